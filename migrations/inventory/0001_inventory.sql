@@ -1,0 +1,57 @@
+-- Inventory owns the stock, the items of each order (learned from OrderPlaced) and the
+-- reservations, and announces StockReserved, StockReservationFailed and StockReleased.
+
+CREATE TABLE inventory.stock (
+    sku       TEXT PRIMARY KEY,
+    available INT  NOT NULL CHECK (available >= 0),
+    reserved  INT  NOT NULL CHECK (reserved >= 0)
+);
+
+-- Seeded stock: what `seeded = available + reserved` is audited against.
+INSERT INTO inventory.stock (sku, available, reserved) VALUES
+    ('MUG-001',     100, 0),
+    ('TEE-001',      50, 0),
+    ('BOOK-001',     25, 0),
+    ('STICKER-001', 1000, 0),
+    ('HOODIE-001',   10, 0);
+
+CREATE TABLE inventory.order_items (
+    order_id UUID NOT NULL,
+    sku      TEXT NOT NULL,
+    quantity INT  NOT NULL CHECK (quantity > 0),
+    PRIMARY KEY (order_id, sku)
+);
+
+CREATE TABLE inventory.reservations (
+    order_id   UUID        PRIMARY KEY,
+    status     TEXT        NOT NULL CHECK (status IN ('reserved', 'failed', 'released')),
+    reason     TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- The transactional outbox: events committed with the state change, published by the relay.
+CREATE TABLE inventory.outbox (
+    id               BIGSERIAL PRIMARY KEY,
+    message_id       UUID        NOT NULL UNIQUE,
+    event_type       TEXT        NOT NULL,
+    routing_key      TEXT        NOT NULL,
+    correlation_id   UUID        NOT NULL,
+    causation_id     UUID,
+    envelope         JSONB       NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    sent_at          TIMESTAMPTZ,
+    publish_attempts INT         NOT NULL DEFAULT 0,
+    last_error       TEXT
+);
+CREATE INDEX outbox_unsent ON inventory.outbox (id) WHERE sent_at IS NULL;
+CREATE INDEX outbox_by_order ON inventory.outbox (correlation_id);
+
+-- The inbox: ids of handled messages, written in the same transaction as their effect.
+CREATE TABLE inventory.inbox (
+    message_id     UUID        PRIMARY KEY,
+    event_type     TEXT        NOT NULL,
+    correlation_id UUID        NOT NULL,
+    received_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX inbox_by_order ON inventory.inbox (correlation_id);

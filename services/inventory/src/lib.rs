@@ -1,0 +1,272 @@
+//! # Inventory
+//!
+//! - **Subscribes to** OrderPlaced (remember what the order contains), PaymentCompleted
+//!   (reserve it, all or nothing), ShipmentFailed (release what was reserved).
+//! - **Owns** `inventory.stock`, `inventory.order_items`, `inventory.reservations`; serves
+//!   `GET /stock` so stock can be watched from outside.
+//! - **Announces** StockReserved, StockReservationFailed, StockReleased.
+
+pub mod domain;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use axum::{Json, Router, extract::State, routing::get};
+use domain::{Release, ReservationStatus};
+use serde::Serialize;
+use service_kit::{
+    CancellationToken, Config, Ctx, Db, HandlerError, Routes, ServiceSpec, http::ApiError,
+};
+use shared_events::{
+    Event, OrderPlaced, PaymentCompleted, ShipmentFailed, StockLine, StockReleased,
+    StockReservationFailed, StockReserved,
+};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub const NAME: &str = "inventory";
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
+
+/// What inventory reacts to, and how. This table also declares the queue's bindings.
+pub fn routes() -> Routes<Inventory> {
+    Routes::<Inventory>::new()
+        .on::<OrderPlaced>(|inventory, ctx, event| Box::pin(inventory.remember_items(ctx, event)))
+        .on::<PaymentCompleted>(|inventory, ctx, event| {
+            Box::pin(inventory.reserve(ctx, event.order_id))
+        })
+        .on::<ShipmentFailed>(|inventory, ctx, event| {
+            Box::pin(inventory.release(ctx, event.order_id))
+        })
+}
+
+pub const ANNOUNCES: &[&str] = &[
+    StockReserved::ROUTING_KEY,
+    StockReservationFailed::ROUTING_KEY,
+    StockReleased::ROUTING_KEY,
+];
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+    let spec = ServiceSpec {
+        name: NAME,
+        migrator: sqlx::migrate!("../../migrations/inventory"),
+        routes: routes(),
+        announces: ANNOUNCES,
+        state: Inventory,
+        http: Some(|db| Router::new().route("/stock", get(stock)).with_state(db)),
+    };
+    service_kit::run(config, shutdown, spec).await
+}
+
+pub struct Inventory;
+
+impl Inventory {
+    async fn remember_items(&self, ctx: &mut Ctx, order: OrderPlaced) -> Result<(), HandlerError> {
+        for line in domain::quantities_by_sku(&order.items) {
+            sqlx::query(
+                "INSERT INTO inventory.order_items (order_id, sku, quantity) VALUES ($1, $2, $3)
+                 ON CONFLICT (order_id, sku) DO NOTHING",
+            )
+            .bind(order.order_id)
+            .bind(&line.sku)
+            .bind(quantity(&line)?)
+            .execute(ctx.db())
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn reserve(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        let wanted = order_items(ctx.db(), order_id).await?;
+        if wanted.is_empty() {
+            // Paid before we heard what was ordered: the queues are per service, so this can
+            // overtake OrderPlaced. Wait for it.
+            return Err(HandlerError::Deferred(
+                "OrderPlaced not seen yet".to_owned(),
+            ));
+        }
+        if reservation_status(ctx.db(), order_id, false)
+            .await?
+            .is_some()
+        {
+            tracing::warn!("reservation already decided for this order; nothing to do");
+            return Ok(());
+        }
+        let skus: Vec<&str> = wanted.iter().map(|l| l.sku.as_str()).collect();
+        // Rows locked in SKU order, so concurrent reservations never deadlock.
+        let available: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i32)>(
+            "SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        )
+        .bind(&skus)
+        .fetch_all(ctx.db())
+        .await?
+        .into_iter()
+        .map(|(sku, n)| (sku, i64::from(n)))
+        .collect();
+
+        match domain::decide_reservation(&wanted, &available) {
+            Ok(()) => {
+                move_stock(ctx.db(), &wanted, Direction::Reserve).await?;
+                record_reservation(ctx.db(), order_id, ReservationStatus::Reserved, None).await?;
+                tracing::info!(lines = wanted.len(), "stock reserved");
+                ctx.announce(&StockReserved {
+                    order_id,
+                    items: wanted,
+                })
+                .await?;
+            }
+            Err(shortage) => {
+                let reason = shortage.reason();
+                record_reservation(ctx.db(), order_id, ReservationStatus::Failed, Some(&reason))
+                    .await?;
+                tracing::info!(%reason, "reservation failed");
+                ctx.announce(&StockReservationFailed { order_id, reason })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        let status = reservation_status(ctx.db(), order_id, true).await?;
+        match domain::decide_release(status) {
+            Release::Due => {
+                let held = order_items(ctx.db(), order_id).await?;
+                move_stock(ctx.db(), &held, Direction::Release).await?;
+                sqlx::query(
+                    "UPDATE inventory.reservations SET status = 'released', updated_at = now()
+                     WHERE order_id = $1",
+                )
+                .bind(order_id)
+                .execute(ctx.db())
+                .await?;
+                tracing::info!(lines = held.len(), "stock released");
+                ctx.announce(&StockReleased {
+                    order_id,
+                    items: held,
+                })
+                .await?;
+                Ok(())
+            }
+            Release::ReservationNotSeenYet => Err(HandlerError::Deferred(
+                "no reservation recorded for this order yet".to_owned(),
+            )),
+            decision => {
+                tracing::info!(?decision, "nothing to release");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn quantity(line: &StockLine) -> Result<i32, HandlerError> {
+    i32::try_from(line.quantity)
+        .map_err(|_| HandlerError::Rejected(format!("quantity {} out of range", line.quantity)))
+}
+
+async fn order_items(
+    db: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Vec<StockLine>, HandlerError> {
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT sku, quantity FROM inventory.order_items WHERE order_id = $1 ORDER BY sku",
+    )
+    .bind(order_id)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|(sku, quantity)| {
+            let quantity = u32::try_from(quantity)
+                .map_err(|_| HandlerError::Rejected(format!("stored quantity {quantity} < 0")))?;
+            Ok(StockLine { sku, quantity })
+        })
+        .collect()
+}
+
+async fn reservation_status(
+    db: &mut PgConnection,
+    order_id: Uuid,
+    lock: bool,
+) -> Result<Option<ReservationStatus>, HandlerError> {
+    let sql = if lock {
+        "SELECT status FROM inventory.reservations WHERE order_id = $1 FOR UPDATE"
+    } else {
+        "SELECT status FROM inventory.reservations WHERE order_id = $1"
+    };
+    let status: Option<String> = sqlx::query_scalar(sql)
+        .bind(order_id)
+        .fetch_optional(db)
+        .await?;
+    status
+        .map(|s| {
+            ReservationStatus::parse(&s)
+                .ok_or_else(|| HandlerError::Rejected(format!("unknown reservation status {s:?}")))
+        })
+        .transpose()
+}
+
+async fn record_reservation(
+    db: &mut PgConnection,
+    order_id: Uuid,
+    status: ReservationStatus,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO inventory.reservations (order_id, status, reason) VALUES ($1, $2, $3)",
+    )
+    .bind(order_id)
+    .bind(status.as_str())
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+enum Direction {
+    Reserve,
+    Release,
+}
+
+/// Moves quantities between `available` and `reserved`. The table's CHECK constraints make a
+/// negative count impossible even if a decision were wrong.
+async fn move_stock(
+    db: &mut PgConnection,
+    lines: &[StockLine],
+    direction: Direction,
+) -> Result<(), HandlerError> {
+    let sql = match direction {
+        Direction::Reserve => {
+            "UPDATE inventory.stock SET available = available - $2, reserved = reserved + $2
+             WHERE sku = $1"
+        }
+        Direction::Release => {
+            "UPDATE inventory.stock SET available = available + $2, reserved = reserved - $2
+             WHERE sku = $1"
+        }
+    };
+    for line in lines {
+        sqlx::query(sql)
+            .bind(&line.sku)
+            .bind(quantity(line)?)
+            .execute(&mut *db)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct StockLevel {
+    sku: String,
+    available: i32,
+    reserved: i32,
+}
+
+/// `GET /stock`: every SKU with what is available and what is held by reservations.
+async fn stock(State(db): State<Db>) -> Result<Json<Vec<StockLevel>>, ApiError> {
+    let levels =
+        sqlx::query_as("SELECT sku, available, reserved FROM inventory.stock ORDER BY sku")
+            .fetch_all(&db.pool)
+            .await?;
+    Ok(Json(levels))
+}

@@ -1,0 +1,195 @@
+//! Configuration from environment variables, each with a localhost default (DESIGN.md §8).
+
+use std::{net::SocketAddr, time::Duration};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `AMQP_URL`
+    pub amqp_url: String,
+    /// `DATABASE_URL`
+    pub database_url: String,
+    /// `SHOP_NAMESPACE`: prefix of the exchange and of every queue.
+    pub namespace: String,
+    /// `HTTP_ADDR`: where this process serves health, metrics and its API.
+    pub http_addr: SocketAddr,
+    /// `DB_POOL_SIZE`
+    pub db_pool_size: u32,
+    /// `CONSUMER_PREFETCH`: deliveries a service works on at once.
+    pub prefetch: u16,
+    /// `OUTBOX_SWEEP_MS`: the relay's safety sweep, for rows no wake-up announced.
+    pub outbox_sweep_interval: Duration,
+    /// `RETRY_DELAYS_MS`: the waits before the 2nd, 3rd, … attempt; the last one repeats.
+    pub retry_delays: Vec<Duration>,
+    /// `MAX_ATTEMPTS`: tries before a message goes to the dead-letter queue.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not valid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_NAMESPACE: &str = "shop";
+
+impl Config {
+    /// Localhost defaults; `http_addr` is the service's own default port.
+    pub fn defaults(http_addr: SocketAddr) -> Self {
+        Self {
+            amqp_url: DEFAULT_AMQP_URL.to_owned(),
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            http_addr,
+            db_pool_size: 10,
+            prefetch: 32,
+            outbox_sweep_interval: Duration::from_secs(2),
+            retry_delays: [250, 1_000, 5_000, 15_000, 30_000]
+                .map(Duration::from_millis)
+                .to_vec(),
+            max_attempts: 10,
+        }
+    }
+
+    pub fn from_env(default_http_addr: SocketAddr) -> Result<Self, ConfigError> {
+        Self::from_lookup(default_http_addr, |name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(
+        default_http_addr: SocketAddr,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Self::defaults(default_http_addr);
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(url) = var("AMQP_URL") {
+            config.amqp_url = url;
+        }
+        if let Some(url) = var("DATABASE_URL") {
+            config.database_url = url;
+        }
+        if let Some(namespace) = var("SHOP_NAMESPACE") {
+            config.namespace = namespace;
+        }
+        validate_namespace(&config.namespace)?;
+        if let Some(addr) = var("HTTP_ADDR") {
+            config.http_addr = parse("HTTP_ADDR", &addr)?;
+        }
+        if let Some(size) = var("DB_POOL_SIZE") {
+            config.db_pool_size = parse("DB_POOL_SIZE", &size)?;
+        }
+        if let Some(prefetch) = var("CONSUMER_PREFETCH") {
+            config.prefetch = parse("CONSUMER_PREFETCH", &prefetch)?;
+        }
+        if let Some(ms) = var("OUTBOX_SWEEP_MS") {
+            config.outbox_sweep_interval = Duration::from_millis(parse("OUTBOX_SWEEP_MS", &ms)?);
+        }
+        if let Some(list) = var("RETRY_DELAYS_MS") {
+            config.retry_delays = list
+                .split(',')
+                .map(|ms| parse("RETRY_DELAYS_MS", ms.trim()).map(Duration::from_millis))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(attempts) = var("MAX_ATTEMPTS") {
+            config.max_attempts = parse("MAX_ATTEMPTS", &attempts)?;
+        }
+        if config.retry_delays.is_empty() || config.max_attempts == 0 || config.prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                name: "RETRY_DELAYS_MS/MAX_ATTEMPTS/CONSUMER_PREFETCH",
+                reason: "must not be empty or zero".to_owned(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError::Invalid {
+        name,
+        reason: format!("{value:?}: {e}"),
+    })
+}
+
+/// Queue and exchange names start with the namespace; keep it to characters that need no
+/// quoting anywhere (AMQP names, Postgres identifiers, URLs).
+fn validate_namespace(namespace: &str) -> Result<(), ConfigError> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= 64
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            name: "SHOP_NAMESPACE",
+            reason: format!("{namespace:?}: use 1-64 of a-z, 0-9, '_' and '-'"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8081))
+    }
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(addr(), |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_point_at_localhost() {
+        let config = from(&[]).expect("defaults are valid");
+        assert_eq!(config.namespace, "shop");
+        assert_eq!(config.http_addr, addr());
+        assert!(config.amqp_url.contains("127.0.0.1:5672"));
+        assert!(config.database_url.contains("127.0.0.1:5432"));
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let config = from(&[
+            ("SHOP_NAMESPACE", "test-1"),
+            ("HTTP_ADDR", "0.0.0.0:9000"),
+            ("RETRY_DELAYS_MS", "10, 20"),
+            ("MAX_ATTEMPTS", "3"),
+        ])
+        .expect("valid");
+        assert_eq!(config.namespace, "test-1");
+        assert_eq!(config.http_addr.port(), 9000);
+        assert_eq!(
+            config.retry_delays,
+            vec![Duration::from_millis(10), Duration::from_millis(20)]
+        );
+        assert_eq!(config.max_attempts, 3);
+    }
+
+    #[test]
+    fn bad_values_are_reported_by_name() {
+        for (name, value) in [
+            ("SHOP_NAMESPACE", "Shop Space"),
+            ("HTTP_ADDR", "nowhere"),
+            ("MAX_ATTEMPTS", "0"),
+            ("RETRY_DELAYS_MS", "1,x"),
+        ] {
+            let err = from(&[(name, value)]).expect_err(name);
+            assert!(
+                err.to_string()
+                    .contains(name.split('_').next().unwrap_or(name)),
+                "{err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The service's database handle: a pool scoped to the service's own schema, migrations whose
+//! history lives in that schema, and the wake-up that tells the relay a commit added events.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{
+    PgPool, Postgres, Transaction,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{broker::Backoff, config::Config};
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: PgPool,
+    /// The schema this service owns; also the prefix of its outbox and inbox tables.
+    pub schema: &'static str,
+    relay_wake: Arc<Notify>,
+}
+
+impl Db {
+    /// A pool that connects on first use, so the service can come up (and report not-ready)
+    /// while the database is still starting.
+    pub fn connect_lazy(config: &Config, schema: &'static str) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = config.database_url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            // Unqualified names (the kit's `outbox` and `inbox`) resolve in the service's own
+            // schema; the services' own SQL names its schema explicitly.
+            .connect_lazy_with(
+                options
+                    .application_name(schema)
+                    .options([("search_path", schema)]),
+            );
+        Ok(Self {
+            pool,
+            schema,
+            relay_wake: Arc::new(Notify::new()),
+        })
+    }
+
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    /// Commits, then wakes the outbox relay: events leave right after the commit that wrote them.
+    pub async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.relay_wake.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn relay_wake(&self) -> Arc<Notify> {
+        self.relay_wake.clone()
+    }
+
+    /// Applies the service's migrations, keeping their history in `<schema>._sqlx_migrations`.
+    /// Retries until the database answers or `shutdown` fires (then returns `Ok(false)`).
+    pub async fn migrate(
+        &self,
+        mut migrator: Migrator,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, sqlx::migrate::MigrateError> {
+        migrator.create_schema(self.schema);
+        migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", self.schema));
+        let mut backoff = Backoff::default();
+        loop {
+            match migrator.run(&self.pool).await {
+                Ok(()) => return Ok(true),
+                Err(sqlx::migrate::MigrateError::Execute(e)) if is_connection_error(&e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "database not reachable; retrying migrations");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => return Ok(false),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub async fn is_reachable(&self) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ping).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// Errors that say "the database is away", as opposed to "this statement is wrong".
+pub fn is_connection_error(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+    ) || matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}

@@ -1,0 +1,423 @@
+//! The idempotent consumer. Each delivery is handled in one transaction that records its
+//! `message_id` in the inbox, applies the effect and appends the outgoing events; the ack
+//! follows the commit. A duplicate finds its id already there and is acked with no effect.
+//!
+//! Failures never block the queue: a handler that cannot proceed yet (an event that arrived
+//! before the fact it depends on) or hit a transient error is re-published to a delay queue
+//! and acked; after `max_attempts`, or at once for a message no retry can fix, it goes to the
+//! dead-letter queue with the reason in its headers.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use shared_events::{Envelope, Event};
+use sqlx::{PgConnection, Postgres, Transaction};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    broker::BrokerError,
+    db::Db,
+    metrics::Metrics,
+    outbox,
+    publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
+    topology::Topology,
+};
+
+/// Headers the consumer sets on messages it retries or dead-letters.
+pub mod headers {
+    /// 1 for the first delivery, 2 for the first retry, ...
+    pub const ATTEMPT: &str = "x-shop-attempt";
+    /// The routing key the event was published with (retries travel under other keys).
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-shop-original-routing-key";
+    pub const DEAD_LETTER_REASON: &str = "x-shop-dead-letter-reason";
+    pub const LAST_ERROR: &str = "x-shop-last-error";
+}
+
+/// Why a handler did not apply its effect. The transaction is rolled back in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The fact this event depends on has not arrived yet: try again later.
+    #[error("deferred: {0}")]
+    Deferred(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// No retry can make this message acceptable: dead-letter it now.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+/// A handler for one event type: the service state, the transaction context, the event.
+pub type Handler<S, E> = for<'a> fn(&'a S, &'a mut Ctx, E) -> HandlerFuture<'a>;
+
+type ErasedHandler<S> =
+    Box<dyn for<'a> Fn(&'a S, &'a mut Ctx, &'a Envelope) -> HandlerFuture<'a> + Send + Sync>;
+
+struct Route<S> {
+    event_type: &'static str,
+    routing_key: &'static str,
+    handle: ErasedHandler<S>,
+}
+
+/// The subscription table of a service: which events it reacts to and with what. The same
+/// table dispatches deliveries and declares the queue bindings, so they cannot drift apart.
+pub struct Routes<S> {
+    routes: Vec<Route<S>>,
+}
+
+impl<S> Default for Routes<S> {
+    fn default() -> Self {
+        Self { routes: Vec::new() }
+    }
+}
+
+impl<S: Send + Sync + 'static> Routes<S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to `E`, handled by `handler`.
+    pub fn on<E: Event>(mut self, handler: Handler<S, E>) -> Self {
+        assert!(
+            self.find(E::TYPE).is_none(),
+            "{} is subscribed twice",
+            E::TYPE
+        );
+        self.routes.push(Route {
+            event_type: E::TYPE,
+            routing_key: E::ROUTING_KEY,
+            handle: Box::new(move |state, ctx, envelope| match envelope.decode::<E>() {
+                Ok(event) => handler(state, ctx, event),
+                Err(e) => Box::pin(std::future::ready(Err(HandlerError::Rejected(
+                    e.to_string(),
+                )))),
+            }),
+        });
+        self
+    }
+
+    pub fn routing_keys(&self) -> Vec<&'static str> {
+        self.routes.iter().map(|r| r.routing_key).collect()
+    }
+
+    pub fn event_types(&self) -> Vec<&'static str> {
+        self.routes.iter().map(|r| r.event_type).collect()
+    }
+
+    fn find(&self, event_type: &str) -> Option<&Route<S>> {
+        self.routes.iter().find(|r| r.event_type == event_type)
+    }
+}
+
+/// What a handler works with: the open transaction and the message being handled.
+pub struct Ctx {
+    tx: Transaction<'static, Postgres>,
+    message_id: Uuid,
+}
+
+impl Ctx {
+    /// The transaction in which the inbox entry, the effect and the outgoing events commit.
+    pub fn db(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// The id of the message being handled.
+    pub fn message_id(&self) -> Uuid {
+        self.message_id
+    }
+
+    /// Announces `event` as caused by the message being handled. It is published only if
+    /// the handler succeeds and the transaction commits.
+    pub async fn announce<E: Event>(&mut self, event: &E) -> Result<(), sqlx::Error> {
+        outbox::append(&mut self.tx, event, Some(self.message_id)).await?;
+        Ok(())
+    }
+}
+
+enum Applied {
+    Effect,
+    Duplicate,
+}
+
+/// What a failed delivery becomes.
+enum Disposition {
+    Retry { next_attempt: u32, error: String },
+    DeadLetter { reason: String },
+}
+
+pub(crate) struct Consumer<S> {
+    pub(crate) service: &'static str,
+    pub(crate) state: Arc<S>,
+    pub(crate) routes: Arc<Routes<S>>,
+    pub(crate) db: Db,
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) max_attempts: u32,
+    pub(crate) metrics: Metrics,
+}
+
+impl<S> Clone for Consumer<S> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service,
+            state: self.state.clone(),
+            routes: self.routes.clone(),
+            db: self.db.clone(),
+            topology: self.topology.clone(),
+            max_attempts: self.max_attempts,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> Consumer<S> {
+    /// Consumes until `stop` fires (`Ok`) or the channel fails (`Err`). Either way, deliveries
+    /// already being handled finish (and are acked) before this returns; the rest go back to
+    /// the queue when the channel closes.
+    pub(crate) async fn run(
+        &self,
+        channel: &Channel,
+        publisher: &Publisher,
+        stop: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let tag = format!("{}-{}", self.service, Uuid::now_v7());
+        let mut deliveries = channel
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let in_flight = TaskTracker::new();
+        let ended = loop {
+            tokio::select! {
+                () = stop.cancelled() => break Ok(()),
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let consumer = self.clone();
+                        let publisher = publisher.clone();
+                        in_flight.spawn(async move { consumer.handle(delivery, &publisher).await });
+                    }
+                    Some(Err(e)) => break Err(BrokerError::Amqp(e)),
+                    None => break Err(BrokerError::ConsumerEnded),
+                },
+            }
+        };
+        if ended.is_ok() {
+            // Stop deliveries first so nothing new arrives while in-flight work finishes.
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+        in_flight.close();
+        in_flight.wait().await;
+        ended
+    }
+
+    async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
+        let attempt = header_u32(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
+        let envelope = match Envelope::from_json(&delivery.data) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let reason = e.to_string();
+                self.metrics.inc(
+                    "shop_messages_total",
+                    &[("event", "?"), ("outcome", "malformed")],
+                );
+                tracing::warn!(%reason, routing_key = %delivery.routing_key, "malformed message");
+                return self
+                    .settle(
+                        delivery,
+                        publisher,
+                        attempt,
+                        Disposition::DeadLetter { reason },
+                    )
+                    .await;
+            }
+        };
+        let span = tracing::info_span!(
+            "handle",
+            service = self.service,
+            event_type = %envelope.event_type,
+            message_id = %envelope.message_id,
+            order_id = %envelope.correlation_id,
+            correlation_id = %envelope.correlation_id,
+            causation_id = ?envelope.causation_id,
+            attempt,
+        );
+        async {
+            let outcome = self.apply(&envelope).await;
+            let event_type = envelope.event_type.as_str();
+            let disposition = match outcome {
+                Ok(Applied::Effect) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", event_type), ("outcome", "applied")],
+                    );
+                    tracing::info!("handled");
+                    return ack(&delivery).await;
+                }
+                Ok(Applied::Duplicate) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", event_type), ("outcome", "duplicate")],
+                    );
+                    tracing::info!("duplicate delivery absorbed by the inbox");
+                    return ack(&delivery).await;
+                }
+                Err(HandlerError::Rejected(reason)) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", event_type), ("outcome", "rejected")],
+                    );
+                    Disposition::DeadLetter { reason }
+                }
+                Err(e) if attempt >= self.max_attempts => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", event_type), ("outcome", "exhausted")],
+                    );
+                    Disposition::DeadLetter {
+                        reason: format!("gave up after {attempt} attempts: {e}"),
+                    }
+                }
+                Err(e) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", event_type), ("outcome", "retried")],
+                    );
+                    Disposition::Retry {
+                        next_attempt: attempt + 1,
+                        error: e.to_string(),
+                    }
+                }
+            };
+            self.settle(delivery, publisher, attempt, disposition).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Inbox entry, effect and outgoing events in one transaction.
+    async fn apply(&self, envelope: &Envelope) -> Result<Applied, HandlerError> {
+        let Some(route) = self.routes.find(&envelope.event_type) else {
+            return Err(HandlerError::Rejected(format!(
+                "{} subscribes to no event of type {:?}",
+                self.service, envelope.event_type
+            )));
+        };
+        let mut tx = self.db.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (message_id, event_type, correlation_id)
+             VALUES ($1, $2, $3) ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(envelope.message_id)
+        .bind(&envelope.event_type)
+        .bind(envelope.correlation_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(Applied::Duplicate);
+        }
+        let mut ctx = Ctx {
+            tx,
+            message_id: envelope.message_id,
+        };
+        (route.handle)(&self.state, &mut ctx, envelope).await?;
+        self.db.commit(ctx.tx).await?;
+        Ok(Applied::Effect)
+    }
+
+    /// Moves a failed delivery on (to a retry queue or the dead-letter queue), then acks it.
+    /// The copy is confirmed before the ack, so a crash in between duplicates, never loses.
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        publisher: &Publisher,
+        attempt: u32,
+        disposition: Disposition,
+    ) {
+        let original_routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.to_string());
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            headers::ORIGINAL_ROUTING_KEY.into(),
+            text(&original_routing_key),
+        );
+        let (queue, metric) = match &disposition {
+            Disposition::Retry {
+                next_attempt,
+                error,
+            } => {
+                tracing::warn!(%error, next_attempt, "handler failed; retrying later");
+                headers.insert(
+                    headers::ATTEMPT.into(),
+                    AMQPValue::LongLongInt((*next_attempt).into()),
+                );
+                headers.insert(headers::LAST_ERROR.into(), text(error));
+                (
+                    self.topology.retry_queue_for(*next_attempt),
+                    "shop_retries_total",
+                )
+            }
+            Disposition::DeadLetter { reason } => {
+                tracing::error!(%reason, attempt, "dead-lettering message");
+                headers.insert(
+                    headers::ATTEMPT.into(),
+                    AMQPValue::LongLongInt(attempt.into()),
+                );
+                headers.insert(headers::DEAD_LETTER_REASON.into(), text(reason));
+                (
+                    self.topology.dead_letter_queue.as_str(),
+                    "shop_dead_letters_total",
+                )
+            }
+        };
+        let copy = Outgoing {
+            exchange: "",
+            routing_key: queue,
+            body: &delivery.data,
+            properties: delivery.properties.clone().with_headers(headers),
+        };
+        match publisher.publish(copy).await {
+            Ok(()) => {
+                self.metrics.inc(metric, &[]);
+                ack(&delivery).await;
+            }
+            Err(e) => requeue(&delivery, &e).await,
+        }
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The broker will redeliver it; the inbox makes that harmless.
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+/// The copy could not be published: hand the original back so nothing is lost.
+async fn requeue(delivery: &Delivery, error: &PublishError) {
+    tracing::warn!(%error, "could not move the message on; returning it to the queue");
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    if let Err(e) = delivery.acker.nack(requeue).await {
+        tracing::warn!(error = %e, "nack failed; the broker will redeliver on reconnect");
+    }
+}

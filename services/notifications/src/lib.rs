@@ -1,0 +1,136 @@
+//! # Notifications
+//!
+//! - **Subscribes to** OrderConfirmed, OrderCancelled, PaymentRefunded: each is one notice
+//!   to the customer.
+//! - **Owns** `notifications.notifications`; serves `GET /notifications?order_id=…` so anyone
+//!   can check that a customer heard each thing exactly once.
+//! - **Announces** nothing.
+
+pub mod domain;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use domain::Notice;
+use serde::{Deserialize, Serialize};
+use service_kit::{
+    CancellationToken, Config, Ctx, Db, HandlerError, Routes, ServiceSpec, http::ApiError,
+};
+use shared_events::{OrderCancelled, OrderConfirmed, PaymentRefunded};
+use uuid::Uuid;
+
+pub const NAME: &str = "notifications";
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8084);
+
+/// What notifications reacts to, and how. This table also declares the queue's bindings.
+pub fn routes() -> Routes<Notifications> {
+    Routes::<Notifications>::new()
+        .on::<OrderConfirmed>(|n, ctx, event| {
+            Box::pin(n.send(ctx, event.order_id, domain::order_confirmed(event.order_id)))
+        })
+        .on::<OrderCancelled>(|n, ctx, event| {
+            Box::pin(n.send(
+                ctx,
+                event.order_id,
+                domain::order_cancelled(event.order_id, &event.reason),
+            ))
+        })
+        .on::<PaymentRefunded>(|n, ctx, event| {
+            Box::pin(n.send(
+                ctx,
+                event.order_id,
+                domain::payment_refunded(event.order_id, event.amount_cents),
+            ))
+        })
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+    let spec = ServiceSpec {
+        name: NAME,
+        migrator: sqlx::migrate!("../../migrations/notifications"),
+        routes: routes(),
+        announces: &[],
+        state: Notifications,
+        http: Some(|db| {
+            Router::new()
+                .route("/notifications", get(list))
+                .with_state(db)
+        }),
+    };
+    service_kit::run(config, shutdown, spec).await
+}
+
+pub struct Notifications;
+
+impl Notifications {
+    async fn send(
+        &self,
+        ctx: &mut Ctx,
+        order_id: Uuid,
+        notice: Notice,
+    ) -> Result<(), HandlerError> {
+        let message_id = ctx.message_id();
+        let inserted = sqlx::query(
+            "INSERT INTO notifications.notifications (order_id, kind, message, message_id)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id, kind) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(notice.kind)
+        .bind(&notice.message)
+        .bind(message_id)
+        .execute(ctx.db())
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            // The delivery channel (mail, SMS) would go here; the record is what we keep.
+            tracing::info!(kind = notice.kind, message = %notice.message, "customer notified");
+        } else {
+            tracing::warn!(
+                kind = notice.kind,
+                "customer already told this; not sending again"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    order_id: Option<Uuid>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct SentNotice {
+    order_id: Uuid,
+    kind: String,
+    message: String,
+    message_id: Uuid,
+    sent_at: DateTime<Utc>,
+}
+
+/// `GET /notifications?order_id=…`: the notices sent for one order, or the latest 100.
+async fn list(
+    State(db): State<Db>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<SentNotice>>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            e.body_text(),
+        )
+    })?;
+    let notices = sqlx::query_as(
+        "SELECT order_id, kind, message, message_id, sent_at FROM notifications.notifications
+         WHERE $1::uuid IS NULL OR order_id = $1 ORDER BY id DESC LIMIT 100",
+    )
+    .bind(query.order_id)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Json(notices))
+}

@@ -1,0 +1,427 @@
+//! The Orders HTTP API (DESIGN.md §7). Bad input is answered with a 4xx JSON error and never
+//! reaches the database or the broker; a good order is written with its OrderPlaced event in
+//! one transaction.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use service_kit::{Db, http::ApiError, outbox};
+use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
+use uuid::Uuid;
+
+use crate::{
+    Progress,
+    domain::{self, Invalid, PlaceOrder, RequestedItem, Status},
+};
+
+/// Orders are small; anything bigger is a mistake or an attack.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+pub fn routes(db: Db) -> Router {
+    Router::new()
+        .route("/orders", get(list_orders).post(place_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/products", get(list_products))
+        // The limit is enforced by `Bytes` below, which reports it as our JSON error.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(db)
+}
+
+fn unprocessable(invalid: Invalid) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        invalid.code,
+        invalid.message,
+    )
+}
+
+#[derive(Deserialize)]
+struct PlaceOrderBody {
+    customer_id: String,
+    items: Vec<ItemBody>,
+    #[serde(default = "default_payment_method")]
+    payment_method: String,
+    shipping_address: ShippingAddress,
+}
+
+#[derive(Deserialize)]
+struct ItemBody {
+    sku: String,
+    quantity: i64,
+}
+
+fn default_payment_method() -> String {
+    "card".to_owned()
+}
+
+#[derive(Serialize)]
+struct Placed {
+    order_id: Uuid,
+    status: &'static str,
+}
+
+/// `POST /orders`
+async fn place_order(
+    State(db): State<Db>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = parse_request(&headers, body)?;
+    let request = domain::validate(request).map_err(unprocessable)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let fingerprint = fingerprint(&request);
+
+    let mut tx = db.begin().await?;
+    if let Some(key) = &idempotency_key
+        && let Some(replay) = find_by_key(&mut tx, key, &fingerprint).await?
+    {
+        return Ok(replay);
+    }
+
+    let skus: Vec<&str> = request.items.iter().map(|i| i.sku.as_str()).collect();
+    let catalog: BTreeMap<String, i64> =
+        sqlx::query_as("SELECT sku, price_cents FROM orders.products WHERE sku = ANY($1)")
+            .bind(&skus)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+    let (lines, total_cents) = domain::price(&request, &catalog).map_err(unprocessable)?;
+
+    let order_id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO orders.orders (id, customer_id, status, total_cents, payment_method,
+                                    shipping_address, idempotency_key, request)
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(&request.customer_id)
+    .bind(total_cents)
+    .bind(&request.payment_method)
+    .bind(sqlx::types::Json(&request.shipping_address))
+    .bind(&idempotency_key)
+    .bind(&fingerprint)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        // A concurrent request with the same key committed first: answer with its order.
+        drop(tx);
+        let mut tx = db.begin().await?;
+        let key = idempotency_key.as_deref().unwrap_or_default();
+        return match find_by_key(&mut tx, key, &fingerprint).await? {
+            Some(replay) => Ok(replay),
+            None => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a request with this Idempotency-Key is in progress; retry",
+            )),
+        };
+    }
+    for (line_no, line) in (1_i32..).zip(&lines) {
+        sqlx::query(
+            "INSERT INTO orders.order_items (order_id, line, sku, quantity, unit_price_cents)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(order_id)
+        .bind(line_no)
+        .bind(&line.sku)
+        .bind(i64::from(line.quantity))
+        .bind(line.unit_price_cents)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let placed = OrderPlaced {
+        order_id,
+        customer_id: request.customer_id.clone(),
+        items: lines,
+        total_cents,
+        payment_method: request.payment_method.clone(),
+        shipping_address: request.shipping_address.clone(),
+    };
+    outbox::append(&mut tx, &placed, None).await?;
+    db.commit(tx).await?;
+    tracing::info!(%order_id, total_cents, "order placed");
+    Ok(accepted(order_id, Status::Pending, false))
+}
+
+fn parse_request(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<PlaceOrder, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the order as Content-Type: application/json",
+        ));
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+        ),
+        status => ApiError::new(status, "unreadable_body", rejection.body_text()),
+    })?;
+    let parsed: PlaceOrderBody = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_data() {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                e.to_string(),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+        }
+    })?;
+    Ok(PlaceOrder {
+        customer_id: parsed.customer_id,
+        items: parsed
+            .items
+            .into_iter()
+            .map(|i| RequestedItem {
+                sku: i.sku,
+                quantity: i.quantity,
+            })
+            .collect(),
+        payment_method: parsed.payment_method,
+        shipping_address: parsed.shipping_address,
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str().map(str::trim) {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )),
+    }
+}
+
+/// The normalized request, stored with the order: the same key must come with the same order.
+fn fingerprint(request: &PlaceOrder) -> serde_json::Value {
+    serde_json::json!({
+        "customer_id": request.customer_id,
+        "items": request.items.iter().map(|i| serde_json::json!([i.sku, i.quantity])).collect::<Vec<_>>(),
+        "payment_method": request.payment_method,
+        "shipping_address": request.shipping_address,
+    })
+}
+
+async fn find_by_key(
+    tx: &mut sqlx::PgConnection,
+    key: &str,
+    fingerprint: &serde_json::Value,
+) -> Result<Option<Response>, ApiError> {
+    let existing: Option<(Uuid, String, serde_json::Value)> =
+        sqlx::query_as("SELECT id, status, request FROM orders.orders WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(tx)
+            .await?;
+    match existing {
+        None => Ok(None),
+        Some((_, _, stored)) if &stored != fingerprint => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different order",
+        )),
+        Some((order_id, status, _)) => {
+            let status = Status::parse(&status).unwrap_or(Status::Pending);
+            Ok(Some(accepted(order_id, status, true)))
+        }
+    }
+}
+
+fn accepted(order_id: Uuid, status: Status, replayed: bool) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(Placed {
+            order_id,
+            status: status.as_str(),
+        }),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    customer_id: String,
+    total_cents: i64,
+    payment_method: String,
+    shipping_address: sqlx::types::Json<ShippingAddress>,
+    #[sqlx(flatten)]
+    progress: Progress,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    fn settled(&self) -> bool {
+        self.progress.order().is_some_and(|order| order.settled())
+    }
+}
+
+#[derive(Serialize)]
+struct OrderView {
+    order_id: Uuid,
+    customer_id: String,
+    status: String,
+    settled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation_reason: Option<String>,
+    items: Vec<OrderLine>,
+    total_cents: i64,
+    payment_method: String,
+    shipping_address: ShippingAddress,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const ORDER_COLUMNS: &str =
+    "id, customer_id, status, total_cents, payment_method, shipping_address,
+     cancelled_by, cancellation_reason, refund_seen, release_seen, created_at, updated_at";
+
+/// `GET /orders/{id}`
+async fn get_order(
+    State(db): State<Db>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order_id = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_order_id",
+            format!("{id:?} is not a UUID"),
+        )
+    })?;
+    let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders.orders WHERE id = $1"
+    )))
+    .bind(order_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let row = row.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("no order {order_id}"),
+        )
+    })?;
+    let items: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT sku, quantity, unit_price_cents FROM orders.order_items
+         WHERE order_id = $1 ORDER BY line",
+    )
+    .bind(order_id)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Json(OrderView {
+        order_id,
+        settled: row.settled(),
+        status: row.progress.status,
+        cancellation_reason: row.progress.cancellation_reason,
+        items: items
+            .into_iter()
+            .map(|(sku, quantity, unit_price_cents)| OrderLine {
+                sku,
+                quantity: u32::try_from(quantity).unwrap_or(0),
+                unit_price_cents,
+            })
+            .collect(),
+        customer_id: row.customer_id,
+        total_cents: row.total_cents,
+        payment_method: row.payment_method,
+        shipping_address: row.shipping_address.0,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct OrderSummary {
+    order_id: Uuid,
+    customer_id: String,
+    status: String,
+    settled: bool,
+    total_cents: i64,
+    created_at: DateTime<Utc>,
+}
+
+/// `GET /orders?limit=N`: the most recent orders first (default 50, at most 500).
+async fn list_orders(
+    State(db): State<Db>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<OrderSummary>>, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders.orders ORDER BY created_at DESC, id DESC LIMIT $1"
+    )))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| OrderSummary {
+                order_id: row.id,
+                settled: row.settled(),
+                customer_id: row.customer_id,
+                status: row.progress.status,
+                total_cents: row.total_cents,
+                created_at: row.created_at,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Product {
+    sku: String,
+    name: String,
+    price_cents: i64,
+}
+
+/// `GET /products`: the catalog.
+async fn list_products(State(db): State<Db>) -> Result<Json<Vec<Product>>, ApiError> {
+    let products =
+        sqlx::query_as("SELECT sku, name, price_cents FROM orders.products ORDER BY sku")
+            .fetch_all(&db.pool)
+            .await?;
+    Ok(Json(products))
+}

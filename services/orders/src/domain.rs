@@ -1,0 +1,531 @@
+//! Order decisions, free of I/O: how each fact moves an order, when it is settled, and what
+//! makes a request to place one valid.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shared_events::{OrderLine, ShippingAddress};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    Pending,
+    Paid,
+    StockReserved,
+    Confirmed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Paid => "paid",
+            Self::StockReserved => "stock_reserved",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(status: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Paid,
+            Self::StockReserved,
+            Self::Confirmed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == status)
+    }
+
+    fn is_final(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Cancelled)
+    }
+}
+
+/// The failure that cancelled an order; it decides which compensations must follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    PaymentFailed,
+    StockReservationFailed,
+    ShipmentFailed,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PaymentFailed => "PaymentFailed",
+            Self::StockReservationFailed => "StockReservationFailed",
+            Self::ShipmentFailed => "ShipmentFailed",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::PaymentFailed,
+            Self::StockReservationFailed,
+            Self::ShipmentFailed,
+        ]
+        .into_iter()
+        .find(|f| f.as_str() == name)
+    }
+
+    /// Was money taken before this failure? Then payment must refund it.
+    pub fn needs_refund(self) -> bool {
+        matches!(self, Self::StockReservationFailed | Self::ShipmentFailed)
+    }
+
+    /// Was stock set aside before this failure? Then inventory must release it.
+    pub fn needs_release(self) -> bool {
+        matches!(self, Self::ShipmentFailed)
+    }
+
+    fn stage(self) -> &'static str {
+        match self {
+            Self::PaymentFailed => "payment failed",
+            Self::StockReservationFailed => "stock reservation failed",
+            Self::ShipmentFailed => "shipment failed",
+        }
+    }
+}
+
+/// A fact orders learned from another service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    Paid,
+    StockReserved,
+    ShipmentBooked,
+    Failed { failure: Failure, reason: String },
+    Refunded,
+    StockReleased,
+}
+
+/// What orders announces as a consequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    Confirmed,
+    Cancelled { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub status: Status,
+    pub cancelled_by: Option<Failure>,
+    pub cancellation_reason: Option<String>,
+    pub refund_seen: bool,
+    pub release_seen: bool,
+}
+
+impl Order {
+    pub fn placed() -> Self {
+        Self {
+            status: Status::Pending,
+            cancelled_by: None,
+            cancellation_reason: None,
+            refund_seen: false,
+            release_seen: false,
+        }
+    }
+
+    /// Moves the order forward. Facts may arrive out of order (each service's queue is its
+    /// own), so progress only ever moves forward and a final status never changes.
+    pub fn apply(&mut self, fact: Fact) -> Option<Announcement> {
+        match fact {
+            Fact::Paid => self.advance_to(Status::Paid),
+            Fact::StockReserved => self.advance_to(Status::StockReserved),
+            Fact::ShipmentBooked if !self.status.is_final() => {
+                self.status = Status::Confirmed;
+                return Some(Announcement::Confirmed);
+            }
+            Fact::Failed { failure, reason } if !self.status.is_final() => {
+                let reason = format!("{}: {reason}", failure.stage());
+                self.status = Status::Cancelled;
+                self.cancelled_by = Some(failure);
+                self.cancellation_reason = Some(reason.clone());
+                return Some(Announcement::Cancelled { reason });
+            }
+            // Arrived after the order was final: the first outcome stands.
+            Fact::ShipmentBooked | Fact::Failed { .. } => {}
+            Fact::Refunded => self.refund_seen = true,
+            Fact::StockReleased => self.release_seen = true,
+        }
+        None
+    }
+
+    fn advance_to(&mut self, status: Status) {
+        if !self.status.is_final() && status > self.status {
+            self.status = status;
+        }
+    }
+
+    /// No further event is expected: confirmed, or cancelled with every compensation the
+    /// failure calls for already seen.
+    pub fn settled(&self) -> bool {
+        match (self.status, self.cancelled_by) {
+            (Status::Confirmed, _) => true,
+            (Status::Cancelled, Some(failure)) => {
+                (!failure.needs_refund() || self.refund_seen)
+                    && (!failure.needs_release() || self.release_seen)
+            }
+            _ => false,
+        }
+    }
+}
+
+// ---- Placing an order ----------------------------------------------------------------------
+
+pub const MAX_ITEMS: usize = 50;
+pub const MAX_QUANTITY: i64 = 1_000;
+pub const MAX_TEXT: usize = 200;
+/// Payment methods the shop accepts; `card_declined` is the test card that always fails.
+pub const PAYMENT_METHODS: &[&str] = &["card", "card_declined"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedItem {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+/// A request to place an order, as received (before any check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceOrder {
+    pub customer_id: String,
+    pub items: Vec<RequestedItem>,
+    pub payment_method: String,
+    pub shipping_address: ShippingAddress,
+}
+
+/// Checks everything that needs no database; returns the normalized request.
+pub fn validate(mut request: PlaceOrder) -> Result<PlaceOrder, Invalid> {
+    request.customer_id = request.customer_id.trim().to_owned();
+    if request.customer_id.is_empty() || request.customer_id.len() > MAX_TEXT {
+        return Err(invalid(
+            "invalid_customer_id",
+            format!("customer_id must be 1 to {MAX_TEXT} characters"),
+        ));
+    }
+    if request.items.is_empty() {
+        return Err(invalid("empty_items", "an order needs at least one item"));
+    }
+    if request.items.len() > MAX_ITEMS {
+        return Err(invalid(
+            "too_many_items",
+            format!(
+                "an order holds at most {MAX_ITEMS} items, got {}",
+                request.items.len()
+            ),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for item in &mut request.items {
+        item.sku = item.sku.trim().to_owned();
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+            return Err(invalid(
+                "invalid_quantity",
+                format!(
+                    "quantity of {:?} must be between 1 and {MAX_QUANTITY}, got {}",
+                    item.sku, item.quantity
+                ),
+            ));
+        }
+        if !seen.insert(item.sku.clone()) {
+            return Err(invalid(
+                "duplicate_sku",
+                format!(
+                    "{:?} is listed twice; put the total quantity on one line",
+                    item.sku
+                ),
+            ));
+        }
+    }
+    if !PAYMENT_METHODS.contains(&request.payment_method.as_str()) {
+        return Err(invalid(
+            "invalid_payment_method",
+            format!("payment_method must be one of {PAYMENT_METHODS:?}"),
+        ));
+    }
+    let address = &mut request.shipping_address;
+    for (field, value) in [
+        ("name", &mut address.name),
+        ("line1", &mut address.line1),
+        ("city", &mut address.city),
+        ("postal_code", &mut address.postal_code),
+    ] {
+        *value = value.trim().to_owned();
+        if value.is_empty() || value.len() > MAX_TEXT {
+            return Err(invalid(
+                "invalid_address",
+                format!("shipping_address.{field} must be 1 to {MAX_TEXT} characters"),
+            ));
+        }
+    }
+    address.country = address.country.trim().to_ascii_uppercase();
+    if !is_iso_country(&address.country) {
+        return Err(invalid(
+            "invalid_country",
+            format!(
+                "{:?} is not an ISO 3166-1 alpha-2 country code",
+                address.country
+            ),
+        ));
+    }
+    Ok(request)
+}
+
+/// Prices a validated request from the catalog (`sku -> price_cents`).
+pub fn price(
+    request: &PlaceOrder,
+    catalog: &BTreeMap<String, i64>,
+) -> Result<(Vec<OrderLine>, i64), Invalid> {
+    let mut lines = Vec::with_capacity(request.items.len());
+    let mut total: i64 = 0;
+    for item in &request.items {
+        let Some(&unit_price_cents) = catalog.get(&item.sku) else {
+            return Err(invalid(
+                "unknown_sku",
+                format!("no product with sku {:?}", item.sku),
+            ));
+        };
+        let quantity = u32::try_from(item.quantity)
+            .map_err(|_| invalid("invalid_quantity", "quantity out of range"))?;
+        total = unit_price_cents
+            .checked_mul(item.quantity)
+            .and_then(|line_total| total.checked_add(line_total))
+            .ok_or_else(|| invalid("total_too_large", "the order total is too large"))?;
+        lines.push(OrderLine {
+            sku: item.sku.clone(),
+            quantity,
+            unit_price_cents,
+        });
+    }
+    Ok((lines, total))
+}
+
+/// ISO 3166-1 alpha-2, all 249 officially assigned codes.
+const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH \
+BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ \
+DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR \
+GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR \
+KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV \
+MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE \
+RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL \
+TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+pub fn is_iso_country(code: &str) -> bool {
+    code.len() == 2 && ISO_COUNTRIES.split(' ').any(|c| c == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(failure: Failure) -> Fact {
+        Fact::Failed {
+            failure,
+            reason: "because".to_owned(),
+        }
+    }
+
+    #[test]
+    fn happy_path_confirms_once() {
+        let mut order = Order::placed();
+        assert_eq!(order.apply(Fact::Paid), None);
+        assert_eq!(order.status, Status::Paid);
+        assert_eq!(order.apply(Fact::StockReserved), None);
+        assert_eq!(order.status, Status::StockReserved);
+        assert!(!order.settled());
+        assert_eq!(
+            order.apply(Fact::ShipmentBooked),
+            Some(Announcement::Confirmed)
+        );
+        assert!(order.settled());
+        assert_eq!(
+            order.apply(Fact::ShipmentBooked),
+            None,
+            "confirmed only once"
+        );
+    }
+
+    #[test]
+    fn progress_never_moves_backwards() {
+        let mut order = Order::placed();
+        order.apply(Fact::StockReserved);
+        order.apply(Fact::Paid);
+        assert_eq!(order.status, Status::StockReserved);
+    }
+
+    #[test]
+    fn declined_payment_cancels_and_settles_at_once() {
+        let mut order = Order::placed();
+        let announcement = order.apply(failed(Failure::PaymentFailed));
+        assert_eq!(
+            announcement,
+            Some(Announcement::Cancelled {
+                reason: "payment failed: because".to_owned()
+            })
+        );
+        assert!(order.settled());
+        assert_eq!(
+            order.apply(failed(Failure::PaymentFailed)),
+            None,
+            "cancelled only once"
+        );
+    }
+
+    #[test]
+    fn stock_failure_settles_only_after_the_refund() {
+        let mut order = Order::placed();
+        order.apply(Fact::Paid);
+        order.apply(failed(Failure::StockReservationFailed));
+        assert_eq!(order.status, Status::Cancelled);
+        assert!(!order.settled());
+        order.apply(Fact::Refunded);
+        assert!(order.settled());
+    }
+
+    #[test]
+    fn shipment_failure_needs_refund_and_release_in_any_order() {
+        let mut order = Order::placed();
+        order.apply(Fact::StockReleased);
+        order.apply(failed(Failure::ShipmentFailed));
+        assert!(!order.settled());
+        order.apply(Fact::Refunded);
+        assert!(order.settled());
+    }
+
+    #[test]
+    fn a_confirmed_order_is_never_cancelled() {
+        let mut order = Order::placed();
+        order.apply(Fact::ShipmentBooked);
+        assert_eq!(order.apply(failed(Failure::ShipmentFailed)), None);
+        assert_eq!(order.status, Status::Confirmed);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for status in [
+            Status::Pending,
+            Status::Paid,
+            Status::StockReserved,
+            Status::Confirmed,
+            Status::Cancelled,
+        ] {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+        for failure in [
+            Failure::PaymentFailed,
+            Failure::StockReservationFailed,
+            Failure::ShipmentFailed,
+        ] {
+            assert_eq!(Failure::parse(failure.as_str()), Some(failure));
+        }
+    }
+
+    fn request() -> PlaceOrder {
+        PlaceOrder {
+            customer_id: " cust-1 ".to_owned(),
+            items: vec![RequestedItem {
+                sku: "MUG-001".to_owned(),
+                quantity: 2,
+            }],
+            payment_method: "card".to_owned(),
+            shipping_address: ShippingAddress {
+                name: "Ada".to_owned(),
+                line1: "1 Road".to_owned(),
+                city: "London".to_owned(),
+                postal_code: "N1".to_owned(),
+                country: "gb".to_owned(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_good_request_is_normalized() {
+        let valid = validate(request()).expect("valid");
+        assert_eq!(valid.customer_id, "cust-1");
+        assert_eq!(valid.shipping_address.country, "GB");
+    }
+
+    #[test]
+    fn each_bad_field_has_its_code() {
+        type Breakage = Box<dyn Fn(&mut PlaceOrder)>;
+        let cases: Vec<(&str, Breakage)> = vec![
+            (
+                "invalid_customer_id",
+                Box::new(|r| r.customer_id = "  ".into()),
+            ),
+            ("empty_items", Box::new(|r| r.items.clear())),
+            (
+                "too_many_items",
+                Box::new(|r| {
+                    r.items = (0..=MAX_ITEMS)
+                        .map(|i| RequestedItem {
+                            sku: format!("S{i}"),
+                            quantity: 1,
+                        })
+                        .collect()
+                }),
+            ),
+            ("invalid_quantity", Box::new(|r| r.items[0].quantity = 0)),
+            ("invalid_quantity", Box::new(|r| r.items[0].quantity = -3)),
+            (
+                "invalid_quantity",
+                Box::new(|r| r.items[0].quantity = MAX_QUANTITY + 1),
+            ),
+            (
+                "duplicate_sku",
+                Box::new(|r| r.items.push(r.items[0].clone())),
+            ),
+            (
+                "invalid_payment_method",
+                Box::new(|r| r.payment_method = "iou".into()),
+            ),
+            (
+                "invalid_address",
+                Box::new(|r| r.shipping_address.city = String::new()),
+            ),
+            (
+                "invalid_country",
+                Box::new(|r| r.shipping_address.country = "XX".into()),
+            ),
+        ];
+        for (code, break_it) in cases {
+            let mut bad = request();
+            break_it(&mut bad);
+            assert_eq!(validate(bad).map_err(|e| e.code), Err(code));
+        }
+    }
+
+    #[test]
+    fn pricing_uses_the_catalog_and_refuses_unknown_skus() {
+        let catalog = BTreeMap::from([("MUG-001".to_owned(), 1250)]);
+        let (lines, total) = price(&validate(request()).expect("valid"), &catalog).expect("priced");
+        assert_eq!(total, 2500);
+        assert_eq!(lines[0].unit_price_cents, 1250);
+        let mut unknown = request();
+        unknown.items[0].sku = "NOPE".into();
+        assert_eq!(
+            price(&unknown, &catalog).map_err(|e| e.code),
+            Err("unknown_sku")
+        );
+    }
+
+    #[test]
+    fn the_country_list_is_complete() {
+        assert_eq!(ISO_COUNTRIES.split(' ').count(), 249);
+        assert!(is_iso_country("AQ"));
+        assert!(!is_iso_country("UK"));
+    }
+}

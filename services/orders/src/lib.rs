@@ -1,0 +1,155 @@
+//! # Orders
+//!
+//! - **Serves** the shop's HTTP API: place an order, read orders, list the catalog.
+//! - **Subscribes to** every outcome of the saga: PaymentCompleted, StockReserved,
+//!   ShipmentBooked (progress), PaymentFailed, StockReservationFailed, ShipmentFailed
+//!   (cancel), PaymentRefunded and StockReleased (compensations seen: settled).
+//! - **Owns** `orders.products` (the catalog and its prices), `orders.orders`,
+//!   `orders.order_items`.
+//! - **Announces** OrderPlaced, OrderConfirmed, OrderCancelled.
+
+pub mod api;
+pub mod domain;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use domain::{Announcement, Fact, Failure, Order, Status};
+use service_kit::{CancellationToken, Config, Ctx, HandlerError, Routes, ServiceSpec};
+use shared_events::{
+    Event, OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCompleted, PaymentFailed,
+    PaymentRefunded, ShipmentBooked, ShipmentFailed, StockReleased, StockReservationFailed,
+    StockReserved,
+};
+use uuid::Uuid;
+
+pub const NAME: &str = "orders";
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+
+/// What orders reacts to, and how. This table also declares the queue's bindings.
+pub fn routes() -> Routes<Orders> {
+    Routes::<Orders>::new()
+        .on::<PaymentCompleted>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::Paid)))
+        .on::<StockReserved>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::StockReserved)))
+        .on::<ShipmentBooked>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::ShipmentBooked)))
+        .on::<PaymentFailed>(|o, ctx, e| {
+            Box::pin(o.record(ctx, e.order_id, failed(Failure::PaymentFailed, e.reason)))
+        })
+        .on::<StockReservationFailed>(|o, ctx, e| {
+            Box::pin(o.record(
+                ctx,
+                e.order_id,
+                failed(Failure::StockReservationFailed, e.reason),
+            ))
+        })
+        .on::<ShipmentFailed>(|o, ctx, e| {
+            Box::pin(o.record(ctx, e.order_id, failed(Failure::ShipmentFailed, e.reason)))
+        })
+        .on::<PaymentRefunded>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::Refunded)))
+        .on::<StockReleased>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::StockReleased)))
+}
+
+pub const ANNOUNCES: &[&str] = &[
+    OrderPlaced::ROUTING_KEY,
+    OrderConfirmed::ROUTING_KEY,
+    OrderCancelled::ROUTING_KEY,
+];
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+    let spec = ServiceSpec {
+        name: NAME,
+        migrator: sqlx::migrate!("../../migrations/orders"),
+        routes: routes(),
+        announces: ANNOUNCES,
+        state: Orders,
+        http: Some(api::routes),
+    };
+    service_kit::run(config, shutdown, spec).await
+}
+
+/// The columns of `orders.orders` that the saga moves.
+#[derive(sqlx::FromRow)]
+pub(crate) struct Progress {
+    status: String,
+    cancelled_by: Option<String>,
+    cancellation_reason: Option<String>,
+    refund_seen: bool,
+    release_seen: bool,
+}
+
+impl Progress {
+    /// `None` if the stored status is not one this build knows.
+    pub(crate) fn order(&self) -> Option<Order> {
+        Some(Order {
+            status: Status::parse(&self.status)?,
+            cancelled_by: self.cancelled_by.as_deref().and_then(Failure::parse),
+            cancellation_reason: self.cancellation_reason.clone(),
+            refund_seen: self.refund_seen,
+            release_seen: self.release_seen,
+        })
+    }
+}
+
+fn failed(failure: Failure, reason: String) -> Fact {
+    Fact::Failed { failure, reason }
+}
+
+pub struct Orders;
+
+impl Orders {
+    /// Applies a fact to the order (locked, so concurrent facts for one order take turns) and
+    /// announces the confirmation or cancellation it leads to.
+    async fn record(&self, ctx: &mut Ctx, order_id: Uuid, fact: Fact) -> Result<(), HandlerError> {
+        let progress: Option<Progress> = sqlx::query_as(
+            "SELECT status, cancelled_by, cancellation_reason, refund_seen, release_seen
+             FROM orders.orders WHERE id = $1 FOR UPDATE",
+        )
+        .bind(order_id)
+        .fetch_optional(ctx.db())
+        .await?;
+        let Some(progress) = progress else {
+            return Err(HandlerError::Deferred(format!(
+                "order {order_id} is unknown here"
+            )));
+        };
+        let mut order = progress.order().ok_or_else(|| {
+            HandlerError::Rejected(format!("unknown status {:?}", progress.status))
+        })?;
+        let before = order.clone();
+        let announcement = order.apply(fact.clone());
+        if order == before {
+            tracing::info!(
+                ?fact,
+                status = order.status.as_str(),
+                "fact changes nothing"
+            );
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE orders.orders
+             SET status = $2, cancelled_by = $3, cancellation_reason = $4,
+                 refund_seen = $5, release_seen = $6, updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(order_id)
+        .bind(order.status.as_str())
+        .bind(order.cancelled_by.map(Failure::as_str))
+        .bind(&order.cancellation_reason)
+        .bind(order.refund_seen)
+        .bind(order.release_seen)
+        .execute(ctx.db())
+        .await?;
+        tracing::info!(
+            status = order.status.as_str(),
+            settled = order.settled(),
+            "order updated"
+        );
+        match announcement {
+            Some(Announcement::Confirmed) => ctx.announce(&OrderConfirmed { order_id }).await?,
+            Some(Announcement::Cancelled { reason }) => {
+                ctx.announce(&OrderCancelled { order_id, reason }).await?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}

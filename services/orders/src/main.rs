@@ -1,0 +1,6 @@
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (config, shutdown) = service_kit::process_setup(orders::DEFAULT_HTTP_ADDR)?;
+    orders::run(config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Shipping decisions, free of I/O.
+
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Booking {
+    Book {
+        carrier: String,
+        tracking_number: String,
+    },
+    Fail {
+        reason: String,
+    },
+}
+
+/// Books with the carrier that serves the destination country, if any does.
+pub fn decide_booking(country: &str, carrier: Option<&str>, shipment_id: Uuid) -> Booking {
+    match carrier {
+        Some(carrier) => Booking::Book {
+            carrier: carrier.to_owned(),
+            tracking_number: tracking_number(carrier, shipment_id),
+        },
+        None => Booking::Fail {
+            reason: format!("no carrier serves {country}"),
+        },
+    }
+}
+
+/// Carrier initials and the random tail of the shipment id: unique, and readable on a label.
+pub fn tracking_number(carrier: &str, shipment_id: Uuid) -> String {
+    let initials: String = carrier
+        .split('-')
+        .filter_map(|word| word.chars().next())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let id = shipment_id.simple().to_string().to_ascii_uppercase();
+    format!("{initials}{}", &id[id.len() - 12..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_country_is_booked_with_its_carrier() {
+        let id = Uuid::now_v7();
+        match decide_booking("GB", Some("royal-parcel"), id) {
+            Booking::Book {
+                carrier,
+                tracking_number,
+            } => {
+                assert_eq!(carrier, "royal-parcel");
+                assert!(tracking_number.starts_with("RP"));
+                assert_eq!(tracking_number.len(), 14);
+            }
+            other => panic!("expected a booking, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unserved_country_fails_with_a_reason() {
+        assert_eq!(
+            decide_booking("AQ", None, Uuid::nil()),
+            Booking::Fail {
+                reason: "no carrier serves AQ".to_owned()
+            }
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! # Shipping
+//!
+//! - **Subscribes to** OrderPlaced (remember where the order goes), StockReserved (book a
+//!   courier: the goods are set aside and paid for).
+//! - **Owns** `shipping.destinations`, `shipping.carrier_coverage`, `shipping.shipments`.
+//! - **Announces** ShipmentBooked, ShipmentFailed.
+
+pub mod domain;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use domain::Booking;
+use service_kit::{CancellationToken, Config, Ctx, HandlerError, Routes, ServiceSpec};
+use shared_events::{Event, OrderPlaced, ShipmentBooked, ShipmentFailed, StockReserved};
+use uuid::Uuid;
+
+pub const NAME: &str = "shipping";
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8083);
+
+/// What shipping reacts to, and how. This table also declares the queue's bindings.
+pub fn routes() -> Routes<Shipping> {
+    Routes::<Shipping>::new()
+        .on::<OrderPlaced>(|shipping, ctx, event| {
+            Box::pin(shipping.remember_destination(ctx, event))
+        })
+        .on::<StockReserved>(|shipping, ctx, event| Box::pin(shipping.book(ctx, event.order_id)))
+}
+
+pub const ANNOUNCES: &[&str] = &[ShipmentBooked::ROUTING_KEY, ShipmentFailed::ROUTING_KEY];
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+    let spec = ServiceSpec {
+        name: NAME,
+        migrator: sqlx::migrate!("../../migrations/shipping"),
+        routes: routes(),
+        announces: ANNOUNCES,
+        state: Shipping,
+        http: None,
+    };
+    service_kit::run(config, shutdown, spec).await
+}
+
+pub struct Shipping;
+
+impl Shipping {
+    async fn remember_destination(
+        &self,
+        ctx: &mut Ctx,
+        order: OrderPlaced,
+    ) -> Result<(), HandlerError> {
+        let address = &order.shipping_address;
+        sqlx::query(
+            "INSERT INTO shipping.destinations (order_id, name, line1, city, postal_code, country)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order.order_id)
+        .bind(&address.name)
+        .bind(&address.line1)
+        .bind(&address.city)
+        .bind(&address.postal_code)
+        .bind(address.country.to_ascii_uppercase())
+        .execute(ctx.db())
+        .await?;
+        Ok(())
+    }
+
+    async fn book(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        let destination: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT d.country, c.carrier FROM shipping.destinations d
+             LEFT JOIN shipping.carrier_coverage c ON c.country = d.country
+             WHERE d.order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(ctx.db())
+        .await?;
+        let Some((country, carrier)) = destination else {
+            // Reserved before we heard where it goes: StockReserved overtook OrderPlaced.
+            return Err(HandlerError::Deferred(
+                "OrderPlaced not seen yet".to_owned(),
+            ));
+        };
+        let already: Option<String> =
+            sqlx::query_scalar("SELECT status FROM shipping.shipments WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(ctx.db())
+                .await?;
+        if let Some(status) = already {
+            tracing::warn!(%status, "shipment already decided for this order; nothing to do");
+            return Ok(());
+        }
+
+        let shipment_id = Uuid::now_v7();
+        match domain::decide_booking(&country, carrier.as_deref(), shipment_id) {
+            Booking::Book {
+                carrier,
+                tracking_number,
+            } => {
+                sqlx::query(
+                    "INSERT INTO shipping.shipments
+                         (order_id, status, shipment_id, carrier, tracking_number)
+                     VALUES ($1, 'booked', $2, $3, $4)",
+                )
+                .bind(order_id)
+                .bind(shipment_id)
+                .bind(&carrier)
+                .bind(&tracking_number)
+                .execute(ctx.db())
+                .await?;
+                tracing::info!(%carrier, %tracking_number, "shipment booked");
+                ctx.announce(&ShipmentBooked {
+                    order_id,
+                    shipment_id,
+                    carrier,
+                    tracking_number,
+                })
+                .await?;
+            }
+            Booking::Fail { reason } => {
+                sqlx::query(
+                    "INSERT INTO shipping.shipments (order_id, status, reason)
+                     VALUES ($1, 'failed', $2)",
+                )
+                .bind(order_id)
+                .bind(&reason)
+                .execute(ctx.db())
+                .await?;
+                tracing::info!(%reason, "shipment failed");
+                ctx.announce(&ShipmentFailed { order_id, reason }).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! `shop`: the operator's command-line tool.
+//!
+//! - `shop up` starts the five services as separate processes (each one `shop service <name>`,
+//!   the same code as the `orders`, `payment`, … binaries), prefixes their logs with the
+//!   service name, and stops them all on Ctrl-C or SIGTERM.
+//! - `shop service <name>` runs one service in the foreground.
+
+use std::{process::Stdio, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
+};
+
+#[derive(Parser)]
+#[command(name = "shop", about = "Run and operate the choreographed shop")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Start all five services, each its own process, on their default ports (8080-8084).
+    Up,
+    /// Run one service in this process.
+    Service {
+        #[arg(value_enum)]
+        name: ServiceName,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ServiceName {
+    Orders,
+    Payment,
+    Inventory,
+    Shipping,
+    Notifications,
+}
+
+const ALL: [ServiceName; 5] = [
+    ServiceName::Orders,
+    ServiceName::Payment,
+    ServiceName::Inventory,
+    ServiceName::Shipping,
+    ServiceName::Notifications,
+];
+
+impl ServiceName {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Orders => orders::NAME,
+            Self::Payment => payment::NAME,
+            Self::Inventory => inventory::NAME,
+            Self::Shipping => shipping::NAME,
+            Self::Notifications => notifications::NAME,
+        }
+    }
+}
+
+/// How long `up` waits for the services to stop after SIGTERM before killing them.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Commands::Up => up().await,
+        Commands::Service { name } => service(name).await,
+    }
+}
+
+async fn service(name: ServiceName) -> anyhow::Result<()> {
+    use ServiceName::*;
+    let default_addr = match name {
+        Orders => orders::DEFAULT_HTTP_ADDR,
+        Payment => payment::DEFAULT_HTTP_ADDR,
+        Inventory => inventory::DEFAULT_HTTP_ADDR,
+        Shipping => shipping::DEFAULT_HTTP_ADDR,
+        Notifications => notifications::DEFAULT_HTTP_ADDR,
+    };
+    let (config, shutdown) = service_kit::process_setup(default_addr)?;
+    match name {
+        Orders => orders::run(config, shutdown).await?,
+        Payment => payment::run(config, shutdown).await?,
+        Inventory => inventory::run(config, shutdown).await?,
+        Shipping => shipping::run(config, shutdown).await?,
+        Notifications => notifications::run(config, shutdown).await?,
+    }
+    Ok(())
+}
+
+async fn up() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the shop executable")?;
+    let mut children = Vec::new();
+    for name in ALL {
+        let mut child = Command::new(&exe)
+            .arg("service")
+            .arg(name.as_str())
+            // Each service listens on its own default port.
+            .env_remove("HTTP_ADDR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", name.as_str()))?;
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(prefix_lines(name.as_str(), out));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(prefix_lines(name.as_str(), err));
+        }
+        children.push((name.as_str(), child));
+    }
+    println!("shop is up: orders API on http://127.0.0.1:8080 (Ctrl-C stops everything)");
+
+    let shutdown = service_kit::shutdown::on_signal();
+    let exited = tokio::select! {
+        () = shutdown.cancelled() => None,
+        (name, status) = first_exit(&mut children) => Some((name, status)),
+    };
+    if let Some((name, status)) = &exited {
+        eprintln!("{name} exited ({status}); stopping the others");
+    }
+    for (name, child) in &mut children {
+        stop(name, child).await;
+    }
+    match exited {
+        Some((name, _)) => bail!("{name} stopped unexpectedly"),
+        None => Ok(()),
+    }
+}
+
+async fn prefix_lines(name: &'static str, stream: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        println!("{name:>13} | {line}");
+    }
+}
+
+async fn first_exit(children: &mut [(&'static str, Child)]) -> (&'static str, String) {
+    let waits = children.iter_mut().map(|(name, child)| {
+        Box::pin(async move {
+            let status = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            };
+            (*name, status)
+        })
+    });
+    futures_util::future::select_all(waits).await.0
+}
+
+/// SIGTERM (the services shut down gracefully), then SIGKILL after [`STOP_GRACE`].
+async fn stop(name: &str, child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            eprintln!("{name} did not stop within {STOP_GRACE:?}; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}

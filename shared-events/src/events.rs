@@ -1,0 +1,181 @@
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Event, EventInfo};
+
+/// Declares the catalog once: every event's type name, producer and routing key, and the
+/// `CATALOG` listing them, so the three can never disagree.
+macro_rules! catalog {
+    ($($event:ident => $producer:literal, $routing_key:literal;)+) => {
+        $(
+            impl Event for $event {
+                const TYPE: &'static str = stringify!($event);
+                const PRODUCER: &'static str = $producer;
+                const ROUTING_KEY: &'static str = $routing_key;
+
+                fn order_id(&self) -> Uuid {
+                    self.order_id
+                }
+            }
+        )+
+
+        /// Every event of the shop, in saga order.
+        pub const CATALOG: &[EventInfo] = &[
+            $(EventInfo {
+                event_type: stringify!($event),
+                producer: $producer,
+                routing_key: $routing_key,
+            },)+
+        ];
+    };
+}
+
+catalog! {
+    OrderPlaced => "orders", "orders.order_placed";
+    PaymentCompleted => "payment", "payment.payment_completed";
+    PaymentFailed => "payment", "payment.payment_failed";
+    StockReserved => "inventory", "inventory.stock_reserved";
+    StockReservationFailed => "inventory", "inventory.stock_reservation_failed";
+    ShipmentBooked => "shipping", "shipping.shipment_booked";
+    ShipmentFailed => "shipping", "shipping.shipment_failed";
+    PaymentRefunded => "payment", "payment.payment_refunded";
+    StockReleased => "inventory", "inventory.stock_released";
+    OrderConfirmed => "orders", "orders.order_confirmed";
+    OrderCancelled => "orders", "orders.order_cancelled";
+}
+
+/// One line of a placed order, priced from the catalog at the time it was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: i64,
+}
+
+/// A quantity of one SKU, as reserved or released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLine {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippingAddress {
+    pub name: String,
+    pub line1: String,
+    pub city: String,
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2, upper case.
+    pub country: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub items: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub payment_method: String,
+    pub shipping_address: ShippingAddress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCompleted {
+    pub order_id: Uuid,
+    pub payment_id: Uuid,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReserved {
+    pub order_id: Uuid,
+    pub items: Vec<StockLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReservationFailed {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentBooked {
+    pub order_id: Uuid,
+    pub shipment_id: Uuid,
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentFailed {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub order_id: Uuid,
+    pub payment_id: Uuid,
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReleased {
+    pub order_id: Uuid,
+    pub items: Vec<StockLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    pub order_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snake_case(name: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() {
+                if i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn routing_keys_are_producer_dot_snake_case_type() {
+        for info in CATALOG {
+            assert_eq!(
+                info.routing_key,
+                format!("{}.{}", info.producer, snake_case(info.event_type))
+            );
+        }
+    }
+
+    #[test]
+    fn catalog_has_eleven_distinct_events() {
+        let mut types: Vec<_> = CATALOG.iter().map(|e| e.event_type).collect();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), 11);
+    }
+}
