@@ -1,0 +1,542 @@
+//! The delivery guarantees of DESIGN.md §5, each proven against the real broker and database:
+//! outbox atomicity, the idempotent inbox, the relay's sweep and its safety with two instances,
+//! deferral of events that overtake what they depend on, dead letters for poison.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use serde_json::json;
+use service_kit::{Ctx, HandlerError, Routes, ServiceSpec, inbox::headers};
+use shared_events::{
+    Envelope, Event, OrderCancelled, OrderConfirmed, OrderLine, OrderPlaced, PaymentCompleted,
+    ShippingAddress, StockReserved,
+};
+use shop_tests::{
+    Env, Shop, Spy, TestPublisher, count, eventually, insert_outbox_row, metric, take_dead_letters,
+};
+use uuid::Uuid;
+
+fn order_placed(order_id: Uuid, sku: &str, quantity: u32) -> OrderPlaced {
+    OrderPlaced {
+        order_id,
+        customer_id: "cust-7".to_owned(),
+        items: vec![OrderLine {
+            sku: sku.to_owned(),
+            quantity,
+            unit_price_cents: 1250,
+        }],
+        total_cents: 1250 * i64::from(quantity),
+        payment_method: "card".to_owned(),
+        shipping_address: ShippingAddress {
+            name: "Grace Hopper".to_owned(),
+            line1: "1 Navy Yard".to_owned(),
+            city: "Arlington".to_owned(),
+            postal_code: "22202".to_owned(),
+            country: "US".to_owned(),
+        },
+    }
+}
+
+// ---- A probe service: the kit with handlers that fail on purpose ---------------------------
+
+/// Fails the first `failures` attempts at OrderConfirmed, after announcing an event and writing
+/// an effect in the same transaction; always rejects OrderCancelled the same way.
+struct Probe {
+    failures: u32,
+    attempts: AtomicU32,
+}
+
+impl Probe {
+    async fn flaky(&self, ctx: &mut Ctx, event: OrderConfirmed) -> Result<(), HandlerError> {
+        self.write_effect_and_announce(ctx, event.order_id).await?;
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        if attempt <= self.failures {
+            return Err(HandlerError::Deferred(format!(
+                "failing attempt {attempt} on purpose"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn poisoned(&self, ctx: &mut Ctx, event: OrderCancelled) -> Result<(), HandlerError> {
+        self.write_effect_and_announce(ctx, event.order_id).await?;
+        Err(HandlerError::Rejected(
+            "this message can never be handled".to_owned(),
+        ))
+    }
+
+    async fn write_effect_and_announce(
+        &self,
+        ctx: &mut Ctx,
+        order_id: Uuid,
+    ) -> Result<(), HandlerError> {
+        let message_id = ctx.message_id();
+        sqlx::query("INSERT INTO probe.effects (message_id, order_id) VALUES ($1, $2)")
+            .bind(message_id)
+            .bind(order_id)
+            .execute(ctx.db())
+            .await?;
+        ctx.announce(&StockReserved {
+            order_id,
+            items: vec![],
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+async fn start_probe(
+    env: &Env,
+    failures: u32,
+) -> (
+    service_kit::CancellationToken,
+    tokio::task::JoinHandle<()>,
+    String,
+) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let config = env.config(addr);
+    let shutdown = service_kit::CancellationToken::new();
+    let token = shutdown.clone();
+    let spec = ServiceSpec {
+        name: "probe",
+        migrator: sqlx::migrate!("migrations/probe"),
+        routes: Routes::<Probe>::new()
+            .on::<OrderConfirmed>(|p, ctx, e| Box::pin(p.flaky(ctx, e)))
+            .on::<OrderCancelled>(|p, ctx, e| Box::pin(p.poisoned(ctx, e))),
+        announces: &[StockReserved::ROUTING_KEY],
+        state: Probe {
+            failures,
+            attempts: AtomicU32::new(0),
+        },
+        http: None,
+    };
+    let task = tokio::spawn(async move {
+        service_kit::run(config, token, spec)
+            .await
+            .expect("probe runs");
+    });
+    let url = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    eventually("probe ready", || async {
+        client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    (shutdown, task, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_publishes_nothing_and_its_retry_publishes_once() {
+    let env = Env::new().await;
+    let spy = Spy::start(&env.namespace).await;
+    let (shutdown, task, url) = start_probe(&env, 2).await;
+    let publisher = TestPublisher::new(&env.namespace).await;
+
+    let order_id = Uuid::now_v7();
+    let incoming = Envelope::new(&OrderConfirmed { order_id }, None);
+    publisher
+        .publish(OrderConfirmed::ROUTING_KEY, &incoming)
+        .await;
+
+    let announced = spy_wait(&spy, order_id, StockReserved::TYPE).await;
+    assert_eq!(announced.envelope.causation_id, Some(incoming.message_id));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let seen: Vec<_> = spy
+        .for_order(order_id)
+        .into_iter()
+        .map(|s| s.envelope.event_type)
+        .collect();
+    assert_eq!(
+        seen,
+        vec!["OrderConfirmed", "StockReserved"],
+        "two failed attempts left no event"
+    );
+    assert_eq!(
+        count(&env.pool, "SELECT count(*) FROM probe.effects").await,
+        1,
+        "failed attempts rolled back their effect"
+    );
+    assert_eq!(
+        count(&env.pool, "SELECT count(*) FROM probe.outbox").await,
+        1,
+        "and their outbox rows"
+    );
+    assert_eq!(
+        count(&env.pool, "SELECT count(*) FROM probe.inbox").await,
+        1
+    );
+    let retried = metric(
+        &reqwest::Client::new(),
+        &url,
+        "shop_messages_total{event=\"OrderConfirmed\",outcome=\"retried\"}",
+    )
+    .await;
+    assert_eq!(retried, 2);
+
+    shutdown.cancel();
+    task.await.expect("probe stops");
+    publisher.close().await;
+    spy.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_message_is_dead_lettered_with_its_reason_and_leaves_no_trace() {
+    let env = Env::new().await;
+    let spy = Spy::start(&env.namespace).await;
+    let (shutdown, task, _) = start_probe(&env, 0).await;
+    let publisher = TestPublisher::new(&env.namespace).await;
+
+    let order_id = Uuid::now_v7();
+    let poison = Envelope::new(
+        &OrderCancelled {
+            order_id,
+            reason: "test".to_owned(),
+        },
+        None,
+    );
+    publisher
+        .publish(OrderCancelled::ROUTING_KEY, &poison)
+        .await;
+    let dead = take_dead_letters(&env.namespace, "probe", 1).await;
+    let dead = &dead[0];
+    assert_eq!(
+        Envelope::from_json(&dead.body)
+            .expect("the original body")
+            .message_id,
+        poison.message_id
+    );
+    assert!(
+        dead.header(headers::DEAD_LETTER_REASON)
+            .is_some_and(|r| r.contains("can never be handled"))
+    );
+    assert_eq!(
+        dead.header(headers::ORIGINAL_ROUTING_KEY).as_deref(),
+        Some(OrderCancelled::ROUTING_KEY)
+    );
+
+    // The consumer keeps going: the next message is handled.
+    let fine = Envelope::new(&OrderConfirmed { order_id }, None);
+    publisher.publish(OrderConfirmed::ROUTING_KEY, &fine).await;
+    spy_wait(&spy, order_id, StockReserved::TYPE).await;
+
+    assert_eq!(
+        count(&env.pool, "SELECT count(*) FROM probe.effects").await,
+        1,
+        "only the good message had an effect"
+    );
+    assert_eq!(
+        count(&env.pool, "SELECT count(*) FROM probe.outbox").await,
+        1
+    );
+
+    shutdown.cancel();
+    task.await.expect("probe stops");
+    publisher.close().await;
+    spy.close().await;
+    env.cleanup().await;
+}
+
+async fn spy_wait(spy: &Spy, order_id: Uuid, event_type: &str) -> shop_tests::Seen {
+    eventually(&format!("{event_type} for {order_id}"), || async {
+        spy.for_order(order_id)
+            .iter()
+            .any(|s| s.envelope.event_type == event_type)
+    })
+    .await;
+    spy.for_order(order_id)
+        .into_iter()
+        .find(|s| s.envelope.event_type == event_type)
+        .expect("just seen")
+}
+
+// ---- The real services ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_delivered_twice_has_one_effect_and_one_outgoing_event() {
+    let shop = Shop::start_only(&["payment"]).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let order_id = Uuid::now_v7();
+    let placed = Envelope::new(&order_placed(order_id, "MUG-001", 1), None);
+
+    publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
+    publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
+    // Another OrderPlaced for the same order under a new message id: still one charge.
+    let again = Envelope::new(&order_placed(order_id, "MUG-001", 1), None);
+    publisher.publish(OrderPlaced::ROUTING_KEY, &again).await;
+
+    let payment = shop.url("payment");
+    eventually("duplicate absorbed", || async {
+        metric(
+            &shop.http,
+            &payment,
+            "shop_messages_total{event=\"OrderPlaced\",outcome=\"duplicate\"}",
+        )
+        .await
+            == 1
+            && metric(
+                &shop.http,
+                &payment,
+                "shop_messages_total{event=\"OrderPlaced\",outcome=\"applied\"}",
+            )
+            .await
+                == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let completed: Vec<_> = shop
+        .spy
+        .for_order(order_id)
+        .into_iter()
+        .filter(|s| s.envelope.event_type == PaymentCompleted::TYPE)
+        .collect();
+    assert_eq!(completed.len(), 1, "one PaymentCompleted");
+    assert_eq!(completed[0].envelope.causation_id, Some(placed.message_id));
+    assert_eq!(
+        shop.count("SELECT count(*) FROM payment.payments").await,
+        1,
+        "one charge"
+    );
+    assert_eq!(
+        shop.count("SELECT count(*) FROM payment.inbox").await,
+        2,
+        "two distinct messages seen"
+    );
+    assert_eq!(shop.count("SELECT count(*) FROM payment.outbox").await, 1);
+    publisher.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_committed_while_the_relay_was_down_are_published_by_the_sweep() {
+    let mut shop = Shop::start_only(&["payment"]).await;
+    shop.stop_service("payment").await;
+
+    // Committed while no relay ran (a crash right after commit looks the same).
+    let order_id = Uuid::now_v7();
+    let event = PaymentCompleted {
+        order_id,
+        payment_id: Uuid::now_v7(),
+        amount_cents: 999,
+    };
+    let left_behind = insert_outbox_row(&shop.env.pool, "payment", &event).await;
+
+    shop.start_service("payment").await;
+    let seen = shop.spy.wait_for::<PaymentCompleted>(order_id).await;
+    assert_eq!(
+        seen.envelope.message_id, left_behind.message_id,
+        "the same message id"
+    );
+
+    // A row no wake-up announces (another instance's) is found by the periodic sweep.
+    let other_order = Uuid::now_v7();
+    let event = PaymentCompleted {
+        order_id: other_order,
+        payment_id: Uuid::now_v7(),
+        amount_cents: 1,
+    };
+    let swept = insert_outbox_row(&shop.env.pool, "payment", &event).await;
+    let seen = shop.spy.wait_for::<PaymentCompleted>(other_order).await;
+    assert_eq!(seen.envelope.message_id, swept.message_id);
+
+    eventually("rows marked sent", || async {
+        shop.count("SELECT count(*) FROM payment.outbox WHERE sent_at IS NULL")
+            .await
+            == 0
+    })
+    .await;
+    assert_eq!(shop.spy.all().len(), 2, "each row published once");
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_outbox_publish_every_row_exactly_once() {
+    let mut shop = Shop::start_only(&["payment"]).await;
+    shop.start_service("payment").await;
+    assert_eq!(shop.services.len(), 2, "two instances of payment");
+
+    const ROWS: usize = 300;
+    let mut expected = BTreeSet::new();
+    for _ in 0..ROWS {
+        let event = PaymentCompleted {
+            order_id: Uuid::now_v7(),
+            payment_id: Uuid::now_v7(),
+            amount_cents: 5,
+        };
+        expected.insert(
+            insert_outbox_row(&shop.env.pool, "payment", &event)
+                .await
+                .message_id,
+        );
+    }
+    eventually("all rows published", || async {
+        shop.spy.all().len() >= ROWS
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut times_seen: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for seen in shop.spy.all() {
+        *times_seen.entry(seen.envelope.message_id).or_default() += 1;
+    }
+    assert_eq!(
+        times_seen.keys().copied().collect::<BTreeSet<_>>(),
+        expected
+    );
+    assert!(
+        times_seen.values().all(|&n| n == 1),
+        "no row published twice"
+    );
+    assert_eq!(
+        shop.count("SELECT count(*) FROM payment.outbox WHERE sent_at IS NULL")
+            .await,
+        0
+    );
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_overtakes_its_prerequisite_is_deferred_not_dropped() {
+    let shop = Shop::start_only(&["inventory"]).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let order_id = Uuid::now_v7();
+
+    // Paid before inventory heard what was ordered.
+    let paid = Envelope::new(
+        &PaymentCompleted {
+            order_id,
+            payment_id: Uuid::now_v7(),
+            amount_cents: 2500,
+        },
+        None,
+    );
+    publisher
+        .publish(PaymentCompleted::ROUTING_KEY, &paid)
+        .await;
+    let inventory = shop.url("inventory");
+    eventually("payment deferred", || async {
+        metric(
+            &shop.http,
+            &inventory,
+            "shop_messages_total{event=\"PaymentCompleted\",outcome=\"retried\"}",
+        )
+        .await
+            >= 1
+    })
+    .await;
+
+    // Meanwhile the queue is not blocked: another order goes through.
+    let other = Uuid::now_v7();
+    publisher
+        .publish(
+            OrderPlaced::ROUTING_KEY,
+            &Envelope::new(&order_placed(other, "TEE-001", 1), None),
+        )
+        .await;
+    publisher
+        .publish(
+            PaymentCompleted::ROUTING_KEY,
+            &Envelope::new(
+                &PaymentCompleted {
+                    order_id: other,
+                    payment_id: Uuid::now_v7(),
+                    amount_cents: 1,
+                },
+                None,
+            ),
+        )
+        .await;
+    shop.spy.wait_for::<StockReserved>(other).await;
+
+    publisher
+        .publish(
+            OrderPlaced::ROUTING_KEY,
+            &Envelope::new(&order_placed(order_id, "MUG-001", 2), None),
+        )
+        .await;
+    let reserved = shop.spy.wait_for::<StockReserved>(order_id).await;
+    assert_eq!(reserved.envelope.causation_id, Some(paid.message_id));
+    let reserved: StockReserved = reserved.envelope.decode().expect("payload");
+    assert_eq!(
+        reserved.items,
+        vec![shared_events::StockLine {
+            sku: "MUG-001".to_owned(),
+            quantity: 2
+        }]
+    );
+    publisher.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unsupported_messages_are_dead_lettered_and_the_consumer_goes_on() {
+    let shop = Shop::start_only(&["payment"]).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+
+    publisher
+        .publish_raw(
+            OrderPlaced::ROUTING_KEY,
+            b"{ this is not json",
+            Default::default(),
+        )
+        .await;
+    let mut future_version = Envelope::new(&order_placed(Uuid::now_v7(), "MUG-001", 1), None);
+    future_version.version = 2;
+    publisher
+        .publish(OrderPlaced::ROUTING_KEY, &future_version)
+        .await;
+    let mut unknown_type = Envelope::new(&order_placed(Uuid::now_v7(), "MUG-001", 1), None);
+    unknown_type.event_type = "OrderTeleported".to_owned();
+    publisher
+        .publish(OrderPlaced::ROUTING_KEY, &unknown_type)
+        .await;
+
+    let order_id = Uuid::now_v7();
+    publisher
+        .publish(
+            OrderPlaced::ROUTING_KEY,
+            &Envelope::new(&order_placed(order_id, "MUG-001", 1), None),
+        )
+        .await;
+    shop.spy.wait_for::<PaymentCompleted>(order_id).await;
+
+    let dead = take_dead_letters(&shop.env.namespace, "payment", 3).await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .filter_map(|d| d.header(headers::DEAD_LETTER_REASON))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("malformed")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("unsupported version 2")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("OrderTeleported")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        shop.count("SELECT count(*) FROM payment.payments").await,
+        1,
+        "only the good order was charged"
+    );
+    assert_eq!(
+        json!(shop.count("SELECT count(*) FROM payment.inbox").await),
+        json!(1)
+    );
+    publisher.close().await;
+    shop.stop().await;
+}

@@ -1,0 +1,211 @@
+//! The happy path, black-box: an order placed over HTTP travels through all five services and
+//! ends confirmed, with every event of the chain published exactly once, correlated by the
+//! order id and each caused by the one before.
+
+use serde_json::json;
+use shared_events::{
+    Event, OrderConfirmed, OrderPlaced, PaymentCompleted, ShipmentBooked, StockReserved,
+};
+use shop_tests::{Seen, Shop, eventually, metric, order_body};
+
+fn header(seen: &Seen, name: &str) -> Option<String> {
+    service_kit::publisher::header_text(&seen.properties, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
+    let shop = Shop::start().await;
+
+    let stock_before = shop
+        .get_json(&format!("{}/stock", shop.url("inventory")))
+        .await;
+    let response = shop
+        .place_order(&order_body("MUG-001", 2, "card", "GB"))
+        .await;
+    assert_eq!(response.status(), 202);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("Location header");
+    let placed: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(placed["status"], "pending");
+    let order_id: uuid::Uuid = placed["order_id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    assert_eq!(location, format!("/orders/{order_id}"));
+
+    let order = shop.settled_order(order_id).await;
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(order["total_cents"], 2500);
+    assert_eq!(
+        order["items"],
+        json!([{ "sku": "MUG-001", "quantity": 2, "unit_price_cents": 1250 }])
+    );
+    assert!(order.get("cancellation_reason").is_none());
+
+    // The customer heard exactly once.
+    let notifications_url = format!(
+        "{}/notifications?order_id={order_id}",
+        shop.url("notifications")
+    );
+    eventually("customer notified", || async {
+        shop.get_json(&notifications_url)
+            .await
+            .as_array()
+            .is_some_and(|n| !n.is_empty())
+    })
+    .await;
+
+    // Give any stray duplicate time to show up before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let chain = [
+        OrderPlaced::TYPE,
+        PaymentCompleted::TYPE,
+        StockReserved::TYPE,
+        ShipmentBooked::TYPE,
+        OrderConfirmed::TYPE,
+    ];
+    let seen = shop.spy.for_order(order_id);
+    let types: Vec<&str> = seen
+        .iter()
+        .map(|s| s.envelope.event_type.as_str())
+        .collect();
+    let mut sorted_types = types.clone();
+    sorted_types.sort_unstable();
+    let mut expected = chain.to_vec();
+    expected.sort_unstable();
+    assert_eq!(
+        sorted_types, expected,
+        "each event of the chain exactly once: {types:?}"
+    );
+
+    let find = |event_type: &str| {
+        seen.iter()
+            .find(|s| s.envelope.event_type == event_type)
+            .expect("seen")
+    };
+    let mut cause = None;
+    for event_type in chain {
+        let event = find(event_type);
+        let envelope = &event.envelope;
+        assert_eq!(
+            envelope.correlation_id, order_id,
+            "{event_type} correlation"
+        );
+        assert_eq!(
+            envelope.causation_id, cause,
+            "{event_type} caused by the previous event"
+        );
+        assert_eq!(envelope.message_id.get_version_num(), 7);
+        let info = shared_events::CATALOG
+            .iter()
+            .find(|i| i.event_type == event_type)
+            .expect("in catalog");
+        assert_eq!(event.routing_key, info.routing_key);
+        assert_eq!(envelope.producer, info.producer);
+        // AMQP properties mirror the envelope.
+        let properties = &event.properties;
+        assert_eq!(
+            properties.message_id().as_ref().map(ToString::to_string),
+            Some(envelope.message_id.to_string())
+        );
+        assert_eq!(
+            properties
+                .correlation_id()
+                .as_ref()
+                .map(ToString::to_string),
+            Some(order_id.to_string())
+        );
+        assert_eq!(
+            properties.kind().as_ref().map(ToString::to_string),
+            Some(event_type.to_owned())
+        );
+        assert_eq!(
+            properties.app_id().as_ref().map(ToString::to_string),
+            Some(info.producer.to_owned())
+        );
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            properties.content_type().as_ref().map(ToString::to_string),
+            Some("application/json".to_owned())
+        );
+        assert_eq!(header(event, "causation_id"), cause.map(|c| c.to_string()));
+        assert!(
+            header(event, "traceparent")
+                .is_some_and(|t| t.contains(&order_id.simple().to_string()))
+        );
+        cause = Some(envelope.message_id);
+    }
+
+    let notices = shop.get_json(&notifications_url).await;
+    assert_eq!(notices.as_array().map(Vec::len), Some(1));
+    assert_eq!(notices[0]["kind"], "order_confirmed");
+
+    // Two mugs left the available stock and are held for the confirmed order.
+    let stock_after = shop
+        .get_json(&format!("{}/stock", shop.url("inventory")))
+        .await;
+    let mug = |stock: &serde_json::Value| {
+        stock
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["sku"] == "MUG-001").cloned())
+            .expect("MUG-001 stocked")
+    };
+    let available = |stock: &serde_json::Value| mug(stock)["available"].as_i64().expect("a count");
+    assert_eq!(available(&stock_after), available(&stock_before) - 2);
+    assert_eq!(mug(&stock_after)["reserved"], 2);
+
+    // Every outbox row was published.
+    for schema in ["orders", "payment", "inventory", "shipping"] {
+        let unsent = shop
+            .count(&format!(
+                "SELECT count(*) FROM {schema}.outbox WHERE sent_at IS NULL"
+            ))
+            .await;
+        assert_eq!(unsent, 0, "{schema} outbox drained");
+    }
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_reports_health_readiness_and_metrics() {
+    let shop = Shop::start().await;
+    let order_id = shop.place(&order_body("TEE-001", 1, "card", "DE")).await;
+    shop.settled_order(order_id).await;
+    for service in &shop.services {
+        let health = shop.get_json(&format!("{}/healthz", service.url)).await;
+        assert_eq!(health["alive"], true);
+        let ready = shop.get_json(&format!("{}/readyz", service.url)).await;
+        assert_eq!(
+            ready,
+            json!({ "service": service.name, "ready": true, "database": true, "broker": true })
+        );
+        assert_eq!(
+            metric(&shop.http, &service.url, "shop_broker_sessions_total").await,
+            1
+        );
+    }
+    assert_eq!(
+        metric(
+            &shop.http,
+            &shop.url("payment"),
+            "shop_messages_total{event=\"OrderPlaced\",outcome=\"applied\"}"
+        )
+        .await,
+        1
+    );
+    assert!(
+        metric(
+            &shop.http,
+            &shop.url("orders"),
+            "shop_outbox_published_total"
+        )
+        .await
+            >= 2
+    );
+    shop.stop().await;
+}
