@@ -4,6 +4,9 @@
 //!   the same code as the `orders`, `payment`, … binaries), prefixes their logs with the
 //!   service name, and stops them all on Ctrl-C or SIGTERM.
 //! - `shop service <name>` runs one service in the foreground.
+//! - `shop map` prints the flow map (who announces what, who reacts), from the code.
+
+mod map;
 
 use std::{process::Stdio, time::Duration};
 
@@ -30,6 +33,8 @@ enum Commands {
         #[arg(value_enum)]
         name: ServiceName,
     },
+    /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
+    Map,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Up => up().await,
         Commands::Service { name } => service(name).await,
+        Commands::Map => {
+            print!("{}", map::render());
+            Ok(())
+        }
     }
 }
 
