@@ -168,6 +168,7 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
             .await;
         assert_eq!(unsent, 0, "{schema} outbox drained");
     }
+    shop.assert_audit_clean().await;
     shop.stop().await;
 }
 

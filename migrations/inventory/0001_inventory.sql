@@ -3,17 +3,18 @@
 
 CREATE TABLE inventory.stock (
     sku       TEXT PRIMARY KEY,
+    -- What the shop started with: the auditor checks seeded = available + reserved.
+    seeded    INT  NOT NULL CHECK (seeded >= 0),
     available INT  NOT NULL CHECK (available >= 0),
     reserved  INT  NOT NULL CHECK (reserved >= 0)
 );
 
--- Seeded stock: what `seeded = available + reserved` is audited against.
-INSERT INTO inventory.stock (sku, available, reserved) VALUES
-    ('MUG-001',     100, 0),
-    ('TEE-001',      50, 0),
-    ('BOOK-001',     25, 0),
-    ('STICKER-001', 1000, 0),
-    ('HOODIE-001',   10, 0);
+INSERT INTO inventory.stock (sku, seeded, available, reserved) VALUES
+    ('MUG-001',      100,  100, 0),
+    ('TEE-001',       50,   50, 0),
+    ('BOOK-001',      25,   25, 0),
+    ('STICKER-001', 1000, 1000, 0),
+    ('HOODIE-001',    10,   10, 0);
 
 CREATE TABLE inventory.order_items (
     order_id UUID NOT NULL,

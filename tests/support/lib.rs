@@ -356,6 +356,20 @@ impl Shop {
         self.order(order_id).await
     }
 
+    /// Runs the auditor (waiting for orders in flight) and fails the test on any violation.
+    pub async fn assert_audit_clean(&self) -> shop::audit::Report {
+        let amqp_url = amqp_url();
+        let broker = shop::audit::Broker {
+            amqp_url: &amqp_url,
+            namespace: &self.env.namespace,
+        };
+        let report = shop::audit::audit_until_clean(&self.env.pool, Some(&broker), PATIENCE)
+            .await
+            .expect("the auditor runs");
+        assert!(report.is_clean(), "audit failed:\n{report}");
+        report
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         count(&self.env.pool, sql).await
     }

@@ -5,8 +5,9 @@
 //!   service name, and stops them all on Ctrl-C or SIGTERM.
 //! - `shop service <name>` runs one service in the foreground.
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
+//! - `shop audit` checks the invariants of DESIGN.md §9 over a shop's data and queues.
 
-mod map;
+use shop::{audit, map};
 
 use std::{process::Stdio, time::Duration};
 
@@ -35,6 +36,13 @@ enum Commands {
     },
     /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
     Map,
+    /// Check the invariants over DATABASE_URL and the dead-letter queues of SHOP_NAMESPACE;
+    /// exits non-zero if any is violated.
+    Audit {
+        /// Keep re-checking for up to this many seconds while orders are still in flight.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Up => up().await,
         Commands::Service { name } => service(name).await,
+        Commands::Audit { wait } => run_audit(wait).await,
         Commands::Map => {
             print!("{}", map::render());
             Ok(())
@@ -97,6 +106,25 @@ async fn service(name: ServiceName) -> anyhow::Result<()> {
         Inventory => inventory::run(config, shutdown).await?,
         Shipping => shipping::run(config, shutdown).await?,
         Notifications => notifications::run(config, shutdown).await?,
+    }
+    Ok(())
+}
+
+async fn run_audit(wait: u64) -> anyhow::Result<()> {
+    let config = service_kit::Config::from_env(orders::DEFAULT_HTTP_ADDR)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&config.database_url)
+        .await
+        .context("cannot connect to DATABASE_URL")?;
+    let broker = audit::Broker {
+        amqp_url: &config.amqp_url,
+        namespace: &config.namespace,
+    };
+    let report = audit::audit_until_clean(&pool, Some(&broker), Duration::from_secs(wait)).await?;
+    print!("{report}");
+    if !report.is_clean() {
+        bail!("{} invariant violations", report.violations.len());
     }
     Ok(())
 }
