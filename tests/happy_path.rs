@@ -168,6 +168,29 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
             .await;
         assert_eq!(unsent, 0, "{schema} outbox drained");
     }
+    // Orders' timeline tells the same story, in causal order.
+    let timeline = shop
+        .get_json(&format!(
+            "{}/orders/{order_id}/timeline",
+            shop.url("orders")
+        ))
+        .await;
+    let story: Vec<(&str, &str)> = timeline
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| Some((e["type"].as_str()?, e["orders_role"].as_str()?)))
+        .collect();
+    assert_eq!(
+        story,
+        vec![
+            (OrderPlaced::TYPE, "announced"),
+            (PaymentCompleted::TYPE, "received"),
+            (StockReserved::TYPE, "received"),
+            (ShipmentBooked::TYPE, "received"),
+            (OrderConfirmed::TYPE, "announced"),
+        ]
+    );
     shop.assert_audit_clean().await;
     shop.stop().await;
 }

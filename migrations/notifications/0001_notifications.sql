@@ -18,6 +18,9 @@ CREATE TABLE notifications.inbox (
     message_id     UUID        PRIMARY KEY,
     event_type     TEXT        NOT NULL,
     correlation_id UUID        NOT NULL,
+    causation_id   UUID,
+    producer       TEXT        NOT NULL,
+    occurred_at    TIMESTAMPTZ NOT NULL,
     received_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX inbox_by_order ON notifications.inbox (correlation_id);

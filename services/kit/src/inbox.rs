@@ -317,12 +317,16 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         };
         let mut tx = self.db.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO inbox (message_id, event_type, correlation_id)
-             VALUES ($1, $2, $3) ON CONFLICT (message_id) DO NOTHING",
+            "INSERT INTO inbox
+                 (message_id, event_type, correlation_id, causation_id, producer, occurred_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(envelope.message_id)
         .bind(&envelope.event_type)
         .bind(envelope.correlation_id)
+        .bind(envelope.causation_id)
+        .bind(&envelope.producer)
+        .bind(envelope.occurred_at)
         .execute(&mut *tx)
         .await?
         .rows_affected();

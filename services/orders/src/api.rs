@@ -31,6 +31,7 @@ pub fn routes(db: Db) -> Router {
     Router::new()
         .route("/orders", get(list_orders).post(place_order))
         .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/timeline", get(timeline))
         .route("/products", get(list_products))
         // The limit is enforced by `Bytes` below, which reports it as our JSON error.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -313,31 +314,37 @@ const ORDER_COLUMNS: &str =
     "id, customer_id, status, total_cents, payment_method, shipping_address,
      cancelled_by, cancellation_reason, refund_seen, release_seen, created_at, updated_at";
 
-/// `GET /orders/{id}`
-async fn get_order(
-    State(db): State<Db>,
-    Path(id): Path<String>,
-) -> Result<Json<OrderView>, ApiError> {
-    let order_id = Uuid::parse_str(&id).map_err(|_| {
+fn parse_order_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_order_id",
             format!("{id:?} is not a UUID"),
         )
-    })?;
+    })
+}
+
+fn order_not_found(order_id: Uuid) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "order_not_found",
+        format!("no order {order_id}"),
+    )
+}
+
+/// `GET /orders/{id}`
+async fn get_order(
+    State(db): State<Db>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order_id = parse_order_id(&id)?;
     let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS} FROM orders.orders WHERE id = $1"
     )))
     .bind(order_id)
     .fetch_optional(&db.pool)
     .await?;
-    let row = row.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "order_not_found",
-            format!("no order {order_id}"),
-        )
-    })?;
+    let row = row.ok_or_else(|| order_not_found(order_id))?;
     let items: Vec<(String, i32, i64)> = sqlx::query_as(
         "SELECT sku, quantity, unit_price_cents FROM orders.order_items
          WHERE order_id = $1 ORDER BY line",
@@ -424,4 +431,42 @@ async fn list_products(State(db): State<Db>) -> Result<Json<Vec<Product>>, ApiEr
             .fetch_all(&db.pool)
             .await?;
     Ok(Json(products))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct TimelineEntry {
+    occurred_at: DateTime<Utc>,
+    #[sqlx(rename = "event_type")]
+    #[serde(rename = "type")]
+    event_type: String,
+    producer: String,
+    message_id: Uuid,
+    causation_id: Option<Uuid>,
+    /// `announced` by orders, or `received` from another service.
+    orders_role: String,
+}
+
+/// `GET /orders/{id}/timeline`: the saga of one order as orders saw it. Orders subscribes to
+/// every outcome and announces the rest, so its inbox and outbox hold the whole story.
+async fn timeline(
+    State(db): State<Db>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
+    let order_id = parse_order_id(&id)?;
+    let entries: Vec<TimelineEntry> = sqlx::query_as(
+        "SELECT occurred_at, event_type, producer, message_id, causation_id, 'received' AS orders_role
+         FROM orders.inbox WHERE correlation_id = $1
+         UNION ALL
+         SELECT (envelope->>'occurred_at')::timestamptz, event_type, 'orders', message_id,
+                causation_id, 'announced'
+         FROM orders.outbox WHERE correlation_id = $1
+         ORDER BY occurred_at, message_id",
+    )
+    .bind(order_id)
+    .fetch_all(&db.pool)
+    .await?;
+    if entries.is_empty() {
+        return Err(order_not_found(order_id));
+    }
+    Ok(Json(entries))
 }
