@@ -313,6 +313,12 @@ async fn the_same_message_delivered_twice_has_one_effect_and_one_outgoing_event(
         "two distinct messages seen"
     );
     assert_eq!(shop.count("SELECT count(*) FROM payment.outbox").await, 1);
+    assert_eq!(
+        shop.count("SELECT sum(duplicates) FROM payment.inbox")
+            .await,
+        1,
+        "the inbox counts what it absorbed"
+    );
     publisher.close().await;
     shop.stop().await;
 }
@@ -536,6 +542,80 @@ async fn malformed_and_unsupported_messages_are_dead_lettered_and_the_consumer_g
     assert_eq!(
         json!(shop.count("SELECT count(*) FROM payment.inbox").await),
         json!(1)
+    );
+    publisher.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_out_of_tries_is_dead_lettered_and_can_be_redriven() {
+    let shop = Shop::start_with(&["inventory"], |config| config.max_attempts = 2).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let amqp_url = shop_tests::amqp_url();
+    let namespace = shop.env.namespace.clone();
+    let order_id = Uuid::now_v7();
+
+    // Paid, but OrderPlaced never comes within two tries: the payment is dead-lettered.
+    let paid = Envelope::new(
+        &PaymentCompleted {
+            order_id,
+            payment_id: Uuid::now_v7(),
+            amount_cents: 2500,
+        },
+        None,
+    );
+    publisher
+        .publish(PaymentCompleted::ROUTING_KEY, &paid)
+        .await;
+    eventually("dead-lettered", || async {
+        service_kit::dead_letters::list(&amqp_url, &namespace, "inventory")
+            .await
+            .is_ok_and(|letters| letters.len() == 1)
+    })
+    .await;
+    let letters = service_kit::dead_letters::list(&amqp_url, &namespace, "inventory")
+        .await
+        .expect("list");
+    let letter = &letters[0];
+    assert_eq!(letter.message_id, Some(paid.message_id));
+    assert_eq!(letter.order_id, Some(order_id));
+    assert_eq!(letter.attempts, Some(2));
+    assert_eq!(
+        letter.original_routing_key.as_deref(),
+        Some(PaymentCompleted::ROUTING_KEY)
+    );
+    assert!(
+        letter.reason.contains("gave up after 2 attempts"),
+        "{}",
+        letter.reason
+    );
+    // Listing leaves it there.
+    assert_eq!(
+        service_kit::dead_letters::list(&amqp_url, &namespace, "inventory")
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+
+    // The missing fact arrives; the operator re-drives the dead letter, and it goes through.
+    publisher
+        .publish(
+            OrderPlaced::ROUTING_KEY,
+            &Envelope::new(&order_placed(order_id, "MUG-001", 2), None),
+        )
+        .await;
+    let moved = service_kit::dead_letters::redrive(&amqp_url, &namespace, "inventory", None)
+        .await
+        .expect("redrive");
+    assert_eq!(moved, 1);
+    let reserved = shop.spy.wait_for::<StockReserved>(order_id).await;
+    assert_eq!(reserved.envelope.causation_id, Some(paid.message_id));
+    assert!(
+        service_kit::dead_letters::list(&amqp_url, &namespace, "inventory")
+            .await
+            .expect("list")
+            .is_empty()
     );
     publisher.close().await;
     shop.stop().await;

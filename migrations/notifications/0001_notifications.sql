@@ -21,6 +21,8 @@ CREATE TABLE notifications.inbox (
     causation_id   UUID,
     producer       TEXT        NOT NULL,
     occurred_at    TIMESTAMPTZ NOT NULL,
-    received_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+    received_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- Deliveries of this message after the first, absorbed without effect.
+    duplicates     INT         NOT NULL DEFAULT 0
 );
 CREATE INDEX inbox_by_order ON notifications.inbox (correlation_id);

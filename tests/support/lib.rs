@@ -266,12 +266,19 @@ impl Shop {
     }
 
     pub async fn start_only(names: &[&'static str]) -> Self {
+        Self::start_with(names, |_| {}).await
+    }
+
+    /// Starts `names` with their test configuration adjusted by `tweak`.
+    pub async fn start_with(names: &[&'static str], tweak: fn(&mut Config)) -> Self {
         let env = Env::new().await;
         // The spy first: it declares the exchange and sees every event from the start.
         let spy = Spy::start(&env.namespace).await;
         let mut services = Vec::new();
         for name in names {
-            services.push(RunningService::start(name, env.config(free_addr())).await);
+            let mut config = env.config(free_addr());
+            tweak(&mut config);
+            services.push(RunningService::start(name, config).await);
         }
         Self {
             env,

@@ -150,8 +150,15 @@ enum Applied {
 
 /// What a failed delivery becomes.
 enum Disposition {
-    Retry { next_attempt: u32, error: String },
-    DeadLetter { reason: String },
+    /// `next_attempt` goes in the header; `delay_step` picks the delay queue.
+    Retry {
+        next_attempt: u32,
+        delay_step: u32,
+        error: String,
+    },
+    DeadLetter {
+        reason: String,
+    },
 }
 
 pub(crate) struct Consumer<S> {
@@ -281,6 +288,19 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                     );
                     Disposition::DeadLetter { reason }
                 }
+                // The database is away (restarting, failing over): not this message's fault,
+                // so the try does not count; it waits in a delay queue like any retry.
+                Err(HandlerError::Database(e)) if crate::db::is_connection_error(&e) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", event_type), ("outcome", "retried")],
+                    );
+                    Disposition::Retry {
+                        next_attempt: attempt,
+                        delay_step: attempt + 1,
+                        error: e.to_string(),
+                    }
+                }
                 Err(e) if attempt >= self.max_attempts => {
                     self.metrics.inc(
                         "shop_messages_total",
@@ -297,6 +317,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                     );
                     Disposition::Retry {
                         next_attempt: attempt + 1,
+                        delay_step: attempt + 1,
                         error: e.to_string(),
                     }
                 }
@@ -316,10 +337,14 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             )));
         };
         let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
+        // The first delivery inserts the id (0 duplicates so far); a later one finds it and
+        // only counts itself, so duplicates absorbed stay auditable after restarts.
+        let duplicates: i32 = sqlx::query_scalar(
             "INSERT INTO inbox
                  (message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (message_id) DO UPDATE SET duplicates = inbox.duplicates + 1
+             RETURNING duplicates",
         )
         .bind(envelope.message_id)
         .bind(&envelope.event_type)
@@ -327,10 +352,10 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         .bind(envelope.causation_id)
         .bind(&envelope.producer)
         .bind(envelope.occurred_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        .fetch_one(&mut *tx)
+        .await?;
+        if duplicates > 0 {
+            tx.commit().await?;
             return Ok(Applied::Duplicate);
         }
         let mut ctx = Ctx {
@@ -361,6 +386,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         let (queue, metric) = match &disposition {
             Disposition::Retry {
                 next_attempt,
+                delay_step,
                 error,
             } => {
                 tracing::warn!(%error, next_attempt, "handler failed; retrying later");
@@ -370,7 +396,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                 );
                 headers.insert(headers::LAST_ERROR.into(), text(error));
                 (
-                    self.topology.retry_queue_for(*next_attempt),
+                    self.topology.retry_queue_for(*delay_step),
                     "shop_retries_total",
                 )
             }

@@ -8,12 +8,14 @@
 //! - [`inbox`]: the idempotent consumer, its subscription table ([`Routes`]), retries and
 //!   dead letters;
 //! - [`broker`]: the reconnect loop that owns the AMQP connections;
+//! - [`dead_letters`]: listing and re-driving what ended in a dead-letter queue;
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`telemetry`] and [`shutdown`]: logs and signals.
 
 pub mod broker;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod http;
 pub mod inbox;
 pub mod metrics;

@@ -34,6 +34,11 @@ enum Commands {
         #[arg(value_enum)]
         name: ServiceName,
     },
+    /// List a service's dead letters with their reasons, or move them back for another try.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
     Map,
     /// Check the invariants over DATABASE_URL and the dead-letter queues of SHOP_NAMESPACE;
@@ -42,6 +47,22 @@ enum Commands {
         /// Keep re-checking for up to this many seconds while orders are still in flight.
         #[arg(long, default_value_t = 0)]
         wait: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Show what is in the dead-letter queues (all services, or one), leaving it there.
+    List {
+        #[arg(value_enum)]
+        service: Option<ServiceName>,
+    },
+    /// Move a service's dead letters (all, or one message id) back to its work queue.
+    Redrive {
+        #[arg(value_enum)]
+        service: ServiceName,
+        #[arg(long)]
+        message_id: Option<uuid::Uuid>,
     },
 }
 
@@ -83,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Up => up().await,
         Commands::Service { name } => service(name).await,
         Commands::Audit { wait } => run_audit(wait).await,
+        Commands::DeadLetters { action } => dead_letters(action).await,
         Commands::Map => {
             print!("{}", map::render());
             Ok(())
@@ -106,6 +128,54 @@ async fn service(name: ServiceName) -> anyhow::Result<()> {
         Inventory => inventory::run(config, shutdown).await?,
         Shipping => shipping::run(config, shutdown).await?,
         Notifications => notifications::run(config, shutdown).await?,
+    }
+    Ok(())
+}
+
+async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
+    use service_kit::dead_letters;
+    let config = service_kit::Config::from_env(orders::DEFAULT_HTTP_ADDR)?;
+    match action {
+        DeadLetterAction::List { service } => {
+            let services = match service {
+                Some(one) => vec![one],
+                None => ALL.to_vec(),
+            };
+            for service in services {
+                let letters =
+                    dead_letters::list(&config.amqp_url, &config.namespace, service.as_str())
+                        .await?;
+                println!("{}: {} dead letters", service.as_str(), letters.len());
+                for letter in letters {
+                    let show = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
+                    println!(
+                        "  message {}  {}  order {}  attempts {}  key {}\n    reason: {}",
+                        show(letter.message_id.map(|id| id.to_string())),
+                        show(letter.event_type),
+                        show(letter.order_id.map(|id| id.to_string())),
+                        show(letter.attempts.map(|n| n.to_string())),
+                        show(letter.original_routing_key),
+                        letter.reason
+                    );
+                }
+            }
+        }
+        DeadLetterAction::Redrive {
+            service,
+            message_id,
+        } => {
+            let moved = dead_letters::redrive(
+                &config.amqp_url,
+                &config.namespace,
+                service.as_str(),
+                message_id,
+            )
+            .await?;
+            println!(
+                "{moved} dead letters of {} moved back to its queue",
+                service.as_str()
+            );
+        }
     }
     Ok(())
 }

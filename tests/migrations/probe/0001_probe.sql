@@ -20,7 +20,9 @@ CREATE TABLE probe.inbox (
     causation_id   UUID,
     producer       TEXT        NOT NULL,
     occurred_at    TIMESTAMPTZ NOT NULL,
-    received_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+    received_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- Deliveries of this message after the first, absorbed without effect.
+    duplicates     INT         NOT NULL DEFAULT 0
 );
 
 -- The probe's "effect": a row per successful handling.

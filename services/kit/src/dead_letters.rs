@@ -1,0 +1,167 @@
+//! Inspecting and re-driving a service's dead-letter queue: the operator's side of "nothing is
+//! lost". A re-driven message goes back to the service's work queue with a fresh attempt
+//! count; its inbox still guarantees at most one effect.
+
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicRejectOptions},
+    types::{AMQPValue, FieldTable},
+};
+use shared_events::Envelope;
+use uuid::Uuid;
+
+use crate::{
+    inbox::headers,
+    publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
+    topology,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// One dead letter, as much of it as can be read.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub order_id: Option<Uuid>,
+    pub reason: String,
+    pub attempts: Option<u32>,
+    pub original_routing_key: Option<String>,
+}
+
+impl DeadLetter {
+    fn read(body: &[u8], properties: &BasicProperties) -> Self {
+        let envelope = Envelope::from_json(body).ok();
+        // Dead-lettered by the consumer: our header says why. By the broker (delivery limit):
+        // its x-death header does.
+        let reason = header_text(properties, headers::DEAD_LETTER_REASON)
+            .or_else(|| broker_death_reason(properties))
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            message_id: envelope.as_ref().map(|e| e.message_id),
+            event_type: envelope.as_ref().map(|e| e.event_type.clone()),
+            order_id: envelope.as_ref().map(|e| e.correlation_id),
+            reason,
+            attempts: header_u32(properties, headers::ATTEMPT),
+            original_routing_key: header_text(properties, headers::ORIGINAL_ROUTING_KEY),
+        }
+    }
+}
+
+fn broker_death_reason(properties: &BasicProperties) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = properties.headers().as_ref()?.inner().get("x-death")?
+    else {
+        return None;
+    };
+    let AMQPValue::FieldTable(death) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match death.inner().get("reason")? {
+        AMQPValue::LongString(reason) => Some(format!(
+            "broker: {}",
+            String::from_utf8_lossy(reason.as_bytes())
+        )),
+        AMQPValue::ShortString(reason) => Some(format!("broker: {reason}")),
+        _ => None,
+    }
+}
+
+/// Reads every dead letter of `service` without removing any: all are fetched unacked on one
+/// channel, and closing the channel returns them to the queue in order.
+pub async fn list(
+    amqp_url: &str,
+    namespace: &str,
+    service: &str,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let queue = topology::dead_letter_queue_name(namespace, service);
+    let mut letters = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        letters.push(DeadLetter::read(
+            &message.delivery.data,
+            &message.delivery.properties,
+        ));
+    }
+    let _ = channel.close(200, "listed".into()).await;
+    let _ = connection.close(200, "listed".into()).await;
+    Ok(letters)
+}
+
+/// Moves dead letters of `service` (all, or just `only`) back to its work queue for another
+/// round of attempts. Each copy is confirmed before its dead letter is acked. Returns how
+/// many were moved.
+pub async fn redrive(
+    amqp_url: &str,
+    namespace: &str,
+    service: &str,
+    only: Option<Uuid>,
+) -> Result<usize, DeadLetterError> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let publisher = Publisher::open(&connection).await?;
+    let dead_letter_queue = topology::dead_letter_queue_name(namespace, service);
+    let work_queue = topology::queue_name(namespace, service);
+    let mut moved = 0;
+    let mut skipped = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            dead_letter_queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await?
+    {
+        let delivery = message.delivery;
+        let letter = DeadLetter::read(&delivery.data, &delivery.properties);
+        if only.is_some() && letter.message_id != only {
+            skipped.push(delivery);
+            continue;
+        }
+        let mut fresh = FieldTable::default();
+        if let Some(old) = delivery.properties.headers() {
+            for (key, value) in old.inner() {
+                if key.as_str() != headers::ATTEMPT && key.as_str() != headers::DEAD_LETTER_REASON {
+                    fresh.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        let copy = Outgoing {
+            exchange: "",
+            routing_key: &work_queue,
+            body: &delivery.data,
+            properties: delivery.properties.clone().with_headers(fresh),
+        };
+        match publisher.publish(copy).await {
+            Ok(()) => {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                moved += 1;
+            }
+            Err(e) => {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                let _ = delivery.acker.nack(requeue).await;
+                return Err(e.into());
+            }
+        }
+    }
+    for delivery in skipped {
+        delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: true })
+            .await?;
+    }
+    let _ = channel.close(200, "redriven".into()).await;
+    let _ = connection.close(200, "redriven".into()).await;
+    Ok(moved)
+}
