@@ -17,7 +17,6 @@ use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -85,7 +84,7 @@ impl Env {
             .execute(&mut admin)
             .await
             .expect("create test database");
-        let database_url = replace_database(&admin_url, &database);
+        let database_url = service_kit::config::with_database(&admin_url, &database);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(3)
             .connect(&database_url)
@@ -152,15 +151,9 @@ async fn cleanup(namespace: &str, database: &str, pool: PgPool) {
         let test_delays = [Duration::from_millis(100), Duration::from_millis(400)];
         for service in SERVICES.iter().chain(&["probe"]) {
             for delays in [&delays[..], &test_delays[..]] {
-                let topology = topology::Topology::new(namespace, service, vec![], delays);
-                let queues = std::iter::once(&topology.queue)
-                    .chain(std::iter::once(&topology.dead_letter_queue))
-                    .chain(topology.retry_queues.iter().map(|(q, _)| q));
-                for queue in queues {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
+                let _ = topology::Topology::new(namespace, service, vec![], delays)
+                    .delete(&channel)
+                    .await;
             }
         }
         let _ = channel
@@ -177,21 +170,6 @@ async fn cleanup(namespace: &str, database: &str, pool: PgPool) {
         )))
         .execute(&mut admin)
         .await;
-    }
-}
-
-fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let base = match base.rsplit_once('/') {
-        Some((host, _)) if host.contains("//") && host.len() > "postgres://".len() => host,
-        _ => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
     }
 }
 

@@ -43,7 +43,7 @@ impl Default for Backoff {
     fn default() -> Self {
         Self {
             base: Duration::from_millis(100),
-            cap: Duration::from_secs(10),
+            cap: Duration::from_secs(5),
             failures: 0,
         }
     }
@@ -167,9 +167,9 @@ mod tests {
         let first = backoff.next_delay();
         assert!(first <= Duration::from_millis(100));
         for _ in 0..20 {
-            assert!(backoff.next_delay() <= Duration::from_secs(10));
+            assert!(backoff.next_delay() <= Duration::from_secs(5));
         }
-        assert!(backoff.next_delay() >= Duration::from_secs(5));
+        assert!(backoff.next_delay() >= Duration::from_millis(2500));
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
     }

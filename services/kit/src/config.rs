@@ -104,6 +104,23 @@ impl Config {
     }
 }
 
+/// The same database server as `url`, another database on it (for tools and tests that create
+/// a database of their own).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[after_scheme..].find('/') {
+        Some(slash) => &base[..after_scheme + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
 fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
@@ -174,6 +191,18 @@ mod tests {
             vec![Duration::from_millis(10), Duration::from_millis(20)]
         );
         assert_eq!(config.max_attempts, 3);
+    }
+
+    #[test]
+    fn another_database_on_the_same_server() {
+        assert_eq!(
+            with_database("postgres://u:p@db:5432/shop?sslmode=disable", "t1"),
+            "postgres://u:p@db:5432/t1?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://localhost", "t2"),
+            "postgres://localhost/t2"
+        );
     }
 
     #[test]

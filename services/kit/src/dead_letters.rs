@@ -111,6 +111,7 @@ pub async fn redrive(
     let publisher = Publisher::open(&connection).await?;
     let dead_letter_queue = topology::dead_letter_queue_name(namespace, service);
     let work_queue = topology::queue_name(namespace, service);
+    let private_exchange = topology::private_exchange_name(namespace, service);
     let mut moved = 0;
     let mut skipped = Vec::new();
     while let Some(message) = channel
@@ -135,7 +136,7 @@ pub async fn redrive(
             }
         }
         let copy = Outgoing {
-            exchange: "",
+            exchange: &private_exchange,
             routing_key: &work_queue,
             body: &delivery.data,
             properties: delivery.properties.clone().with_headers(fresh),

@@ -414,7 +414,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             }
         };
         let copy = Outgoing {
-            exchange: "",
+            exchange: &self.topology.private_exchange,
             routing_key: queue,
             body: &delivery.data,
             properties: delivery.properties.clone().with_headers(headers),

@@ -2,18 +2,26 @@
 //! arguments fails with PRECONDITION_FAILED, so no declaration lives anywhere else.
 //!
 //! ```text
-//! <ns>.events (topic) --routing keys from Routes--> <ns>.<service> (quorum)
-//!      handler failed, try again later:  publish to <ns>.<service>.retry.<ms>ms
-//!                                        (TTL, then dead-lettered back to <ns>.<service>)
-//!      out of tries or malformed:        publish to <ns>.<service>.dlq
-//!      redelivered past the limit:       broker dead-letters to <ns>.<service>.dlq
+//! <ns>.events (topic) --routing keys from Routes--> <ns>.<service> (quorum work queue)
+//!
+//! <ns>.<service>.private (direct; only this service publishes to it)
+//!     --<ns>.<service>.retry.<ms>ms--> delay queue (quorum, TTL) --expired--> back to the work queue
+//!     --<ns>.<service>.dlq-----------> dead-letter queue (quorum)
+//!     --<ns>.<service>---------------> the work queue (expired retries, re-driven dead letters)
 //! ```
+//!
+//! Every queue is a quorum queue and every dead-lettering is `at-least-once`: a message moving
+//! between queues is never dropped, even across a broker restart. The private exchange keeps
+//! the service off the default exchange, so its broker user can be limited to its own names.
 
 use std::time::Duration;
 
 use lapin::{
     Channel, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
@@ -33,9 +41,15 @@ pub fn dead_letter_queue_name(namespace: &str, service: &str) -> String {
     format!("{namespace}.{service}.dlq")
 }
 
+pub fn private_exchange_name(namespace: &str, service: &str) -> String {
+    format!("{namespace}.{service}.private")
+}
+
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub exchange: String,
+    /// Where retries, dead letters and re-driven messages are published.
+    pub private_exchange: String,
     pub queue: String,
     pub dead_letter_queue: String,
     /// One queue per delay step; the name carries the delay, so changing the delays declares
@@ -58,6 +72,7 @@ impl Topology {
             .collect();
         Self {
             exchange: exchange_name(namespace),
+            private_exchange: private_exchange_name(namespace, service),
             dead_letter_queue: dead_letter_queue_name(namespace, service),
             queue,
             retry_queues,
@@ -73,70 +88,129 @@ impl Topology {
 
     /// Idempotent: the same service declaring twice (or two instances) is fine.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
             .exchange_declare(
                 self.exchange.as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.private_exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable_exchange,
                 FieldTable::default(),
             )
             .await?;
 
+        self.declare_queue(channel, &self.dead_letter_queue, &[])
+            .await?;
+        self.declare_queue(
+            channel,
+            &self.queue,
+            &[
+                ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+                ("x-dead-letter-routing-key", text(&self.dead_letter_queue)),
+            ],
+        )
+        .await?;
+        for (retry_queue, delay) in &self.retry_queues {
+            let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            self.declare_queue(
+                channel,
+                retry_queue,
+                &[
+                    ("x-message-ttl", AMQPValue::LongLongInt(ttl_ms)),
+                    ("x-dead-letter-routing-key", text(&self.queue)),
+                ],
+            )
+            .await?;
+        }
+
+        for routing_key in &self.routing_keys {
+            bind(channel, &self.queue, &self.exchange, routing_key).await?;
+        }
+        // Each queue of the service is reachable on the private exchange under its own name.
+        let own_queues = std::iter::once(&self.queue)
+            .chain(std::iter::once(&self.dead_letter_queue))
+            .chain(self.retry_queues.iter().map(|(queue, _)| queue));
+        for queue in own_queues {
+            bind(channel, queue, &self.private_exchange, queue).await?;
+        }
+        Ok(())
+    }
+
+    /// A durable quorum queue; one with a dead-letter routing key dead-letters, at least once,
+    /// through the private exchange.
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        extra: &[(&str, AMQPValue)],
+    ) -> Result<(), lapin::Error> {
+        let mut arguments = vec![("x-queue-type", text("quorum"))];
+        if extra
+            .iter()
+            .any(|(key, _)| *key == "x-dead-letter-routing-key")
+        {
+            arguments.extend([
+                ("x-dead-letter-exchange", text(&self.private_exchange)),
+                ("x-dead-letter-strategy", text("at-least-once")),
+                // Required by at-least-once dead-lettering.
+                ("x-overflow", text("reject-publish")),
+            ]);
+        }
+        arguments.extend(extra.iter().cloned());
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
         channel
-            .queue_declare(
-                self.dead_letter_queue.as_str().into(),
-                durable,
-                args(&[("x-queue-type", text("quorum"))]),
-            )
+            .queue_declare(name.into(), durable, args(&arguments))
             .await?;
-        channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                durable,
-                args(&[
-                    ("x-queue-type", text("quorum")),
-                    ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
-                    ("x-dead-letter-exchange", text("")),
-                    ("x-dead-letter-routing-key", text(&self.dead_letter_queue)),
-                ]),
-            )
-            .await?;
-        for (retry_queue, delay) in &self.retry_queues {
-            // Classic queues: a per-queue TTL expires messages strictly in order, which is
-            // exactly a delay line, and dead-lettering sends them back to the work queue.
-            let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-            channel
-                .queue_declare(
-                    retry_queue.as_str().into(),
-                    durable,
-                    args(&[
-                        ("x-message-ttl", AMQPValue::LongLongInt(ttl_ms)),
-                        ("x-dead-letter-exchange", text("")),
-                        ("x-dead-letter-routing-key", text(&self.queue)),
-                    ]),
-                )
-                .await?;
-        }
-        for routing_key in &self.routing_keys {
-            channel
-                .queue_bind(
-                    self.queue.as_str().into(),
-                    self.exchange.as_str().into(),
-                    (*routing_key).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
         Ok(())
     }
+
+    /// Deletes everything this service declared except the shared events exchange.
+    pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let own_queues = std::iter::once(&self.queue)
+            .chain(std::iter::once(&self.dead_letter_queue))
+            .chain(self.retry_queues.iter().map(|(queue, _)| queue));
+        for queue in own_queues {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        channel
+            .exchange_delete(
+                self.private_exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+    }
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 pub(crate) fn text(value: &str) -> AMQPValue {
@@ -164,6 +238,7 @@ mod tests {
             &[Duration::from_millis(100), Duration::from_secs(2)],
         );
         assert_eq!(topology.exchange, "t1.events");
+        assert_eq!(topology.private_exchange, "t1.payment.private");
         assert_eq!(topology.queue, "t1.payment");
         assert_eq!(topology.dead_letter_queue, "t1.payment.dlq");
         assert_eq!(topology.retry_queue_for(2), "t1.payment.retry.100ms");

@@ -7,6 +7,8 @@
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
 //! - `shop audit` checks the invariants of DESIGN.md §9 over a shop's data and queues.
 
+mod chaos;
+
 use shop::{audit, map};
 
 use std::{process::Stdio, time::Duration};
@@ -39,6 +41,9 @@ enum Commands {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Run the shop under faults (kills, broker and database restarts, duplicate deliveries),
+    /// then audit it and print what happened. Needs rabbitmqctl and pg_ctlcluster rights.
+    Chaos(chaos::ChaosOptions),
     /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
     Map,
     /// Check the invariants over DATABASE_URL and the dead-letter queues of SHOP_NAMESPACE;
@@ -104,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Up => up().await,
         Commands::Service { name } => service(name).await,
         Commands::Audit { wait } => run_audit(wait).await,
+        Commands::Chaos(options) => chaos::run(options).await,
         Commands::DeadLetters { action } => dead_letters(action).await,
         Commands::Map => {
             print!("{}", map::render());
