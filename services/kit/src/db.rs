@@ -65,11 +65,10 @@ impl Db {
         mut migrator: Migrator,
         shutdown: &CancellationToken,
     ) -> Result<bool, sqlx::migrate::MigrateError> {
-        migrator.create_schema(self.schema);
         migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", self.schema));
         let mut backoff = Backoff::default();
         loop {
-            match migrator.run(&self.pool).await {
+            match self.run_migrations(&mut migrator).await {
                 Ok(()) => return Ok(true),
                 Err(sqlx::migrate::MigrateError::Execute(e)) if is_connection_error(&e) => {
                     let delay = backoff.next_delay();
@@ -82,6 +81,23 @@ impl Db {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    async fn run_migrations(
+        &self,
+        migrator: &mut Migrator,
+    ) -> Result<(), sqlx::migrate::MigrateError> {
+        // `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database even when the schema
+        // exists; a least-privilege role owns its pre-created schema and has no such right.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(self.schema)
+                .fetch_one(&self.pool)
+                .await?;
+        if !exists {
+            migrator.create_schema(self.schema);
+        }
+        migrator.run(&self.pool).await
     }
 
     pub async fn is_reachable(&self) -> bool {
