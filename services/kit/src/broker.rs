@@ -27,9 +27,16 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the consumer or closed its channel")]
     ConsumerEnded,
+    #[error("the connection to the broker was lost")]
+    ConnectionLost,
     #[error(transparent)]
     Relay(#[from] RelayError),
 }
+
+/// How often the session checks that both connections are still up.
+const CONNECTION_CHECK: Duration = Duration::from_millis(250);
+/// Closing a connection the broker may no longer answer on.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Capped exponential backoff with full jitter.
 #[derive(Debug, Clone)]
@@ -128,31 +135,67 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
         backoff.reset();
         tracing::info!(service, queue = %self.topology.queue, "connected to the broker; consuming");
 
-        // Either half failing ends the session for both; each finishes its in-flight work.
+        // Shutdown stops both halves, each finishing its in-flight work. A failing half stops
+        // the other at once (a relay waiting for confirms on a dead connection is abandoned:
+        // its rows stay unsent and go out after the reconnect) and readiness drops right away.
         let stop = shutdown.child_token();
-        let consuming = async {
-            let result = self.consumer.run(&channel, &publisher, &stop).await;
+        let failed = CancellationToken::new();
+        let fail = |error: &BrokerError| {
+            tracing::warn!(service, %error, "broker session failing");
+            self.connected.store(false, Ordering::SeqCst);
+            failed.cancel();
             stop.cancel();
-            result
         };
-        let relaying = async {
-            let result = match &self.relay {
-                Some(relay) => relay
-                    .run(&publisher, &self.topology.exchange, &stop)
-                    .await
-                    .map_err(BrokerError::from),
-                None => Ok(()),
-            };
-            if result.is_err() {
-                stop.cancel();
+        let consuming = async {
+            let result = self
+                .consumer
+                .run(&channel, &publisher, &stop, &failed)
+                .await;
+            match &result {
+                Err(e) => fail(e),
+                Ok(()) => stop.cancel(),
             }
             result
         };
-        let (consumed, relayed) = tokio::join!(consuming, relaying);
+        let relaying = async {
+            let Some(relay) = &self.relay else {
+                return Ok(());
+            };
+            let result = tokio::select! {
+                result = relay.run(&publisher, &self.topology.exchange, &stop) => result.map_err(BrokerError::from),
+                () = failed.cancelled() => Ok(()),
+            };
+            if let Err(e) = &result {
+                fail(e);
+            }
+            result
+        };
+        // lapin does not always end a consumer stream when its connection dies (seen with a
+        // reset mid-publish), so watch both connections too.
+        let watchdog = async {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(CONNECTION_CHECK) => {}
+                    () = failed.cancelled() => break,
+                    () = stop.cancelled() => return,
+                }
+                let alive = publish_connection.status().connected()
+                    && consume_connection.status().connected();
+                if !alive {
+                    fail(&BrokerError::ConnectionLost);
+                    break;
+                }
+            }
+            self.connected.store(false, Ordering::SeqCst);
+        };
+        let (consumed, relayed, ()) = tokio::join!(consuming, relaying, watchdog);
 
-        let _ = channel.close(200, "shutting down".into()).await;
-        let _ = consume_connection.close(200, "shutting down".into()).await;
-        let _ = publish_connection.close(200, "shutting down".into()).await;
+        let close = async {
+            let _ = channel.close(200, "shutting down".into()).await;
+            let _ = consume_connection.close(200, "shutting down".into()).await;
+            let _ = publish_connection.close(200, "shutting down".into()).await;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
         consumed.and(relayed)
     }
 }

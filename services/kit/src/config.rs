@@ -30,6 +30,21 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
 }
 
+/// Every environment variable a service reads (the compose file may set no others on one).
+pub const VARIABLES: &[&str] = &[
+    "AMQP_URL",
+    "DATABASE_URL",
+    "SHOP_NAMESPACE",
+    "HTTP_ADDR",
+    "RUST_LOG",
+    "LOG_FORMAT",
+    "DB_POOL_SIZE",
+    "CONSUMER_PREFETCH",
+    "OUTBOX_SWEEP_MS",
+    "RETRY_DELAYS_MS",
+    "MAX_ATTEMPTS",
+];
+
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NAMESPACE: &str = "shop";

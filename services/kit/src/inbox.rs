@@ -7,7 +7,7 @@
 //! and acked; after `max_attempts`, or at once for a message no retry can fix, it goes to the
 //! dead-letter queue with the reason in its headers.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -18,7 +18,8 @@ use lapin::{
 };
 use shared_events::{Envelope, Event};
 use sqlx::{PgConnection, Postgres, Transaction};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -30,6 +31,13 @@ use crate::{
     publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
     topology::Topology,
 };
+
+/// How long in-flight deliveries may take to finish on shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+/// ... and after the channel failed (their acks cannot be delivered anyway).
+const FAILURE_DRAIN: Duration = Duration::from_secs(5);
+/// An ack or nack that takes longer went to a dead channel; the broker will redeliver.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Headers the consumer sets on messages it retries or dead-letters.
 pub mod headers {
@@ -186,14 +194,15 @@ impl<S> Clone for Consumer<S> {
 }
 
 impl<S: Send + Sync + 'static> Consumer<S> {
-    /// Consumes until `stop` fires (`Ok`) or the channel fails (`Err`). Either way, deliveries
-    /// already being handled finish (and are acked) before this returns; the rest go back to
-    /// the queue when the channel closes.
+    /// Consumes until `stop` fires (`Ok`) or the channel fails (`Err`, after cancelling
+    /// `failed` at once). Either way, deliveries already being handled finish (and are acked)
+    /// before this returns; the rest go back to the queue when the channel closes.
     pub(crate) async fn run(
         &self,
         channel: &Channel,
         publisher: &Publisher,
         stop: &CancellationToken,
+        failed: &CancellationToken,
     ) -> Result<(), BrokerError> {
         let tag = format!("{}-{}", self.service, Uuid::now_v7());
         let mut deliveries = channel
@@ -204,29 +213,51 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                 FieldTable::default(),
             )
             .await?;
-        let in_flight = TaskTracker::new();
+        let mut in_flight = JoinSet::new();
         let ended = loop {
             tokio::select! {
+                () = failed.cancelled() => break Err(BrokerError::ConnectionLost),
                 () = stop.cancelled() => break Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let consumer = self.clone();
                         let publisher = publisher.clone();
                         in_flight.spawn(async move { consumer.handle(delivery, &publisher).await });
+                        // Reap finished handlers as we go, so the set stays small.
+                        while in_flight.try_join_next().is_some() {}
                     }
                     Some(Err(e)) => break Err(BrokerError::Amqp(e)),
                     None => break Err(BrokerError::ConsumerEnded),
                 },
             }
         };
-        if ended.is_ok() {
+        if ended.is_err() {
+            failed.cancel();
+        } else {
             // Stop deliveries first so nothing new arrives while in-flight work finishes.
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout(ACK_TIMEOUT, cancel).await;
         }
-        in_flight.close();
-        in_flight.wait().await;
+        // Let in-flight handlers finish and ack. After a failure their acks cannot reach the
+        // broker anyway, so they get less time; what is cut short is redelivered and the inbox
+        // absorbs whatever had already committed.
+        let grace = if ended.is_ok() {
+            SHUTDOWN_DRAIN
+        } else {
+            FAILURE_DRAIN
+        };
+        let drained = tokio::time::timeout(grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                service = self.service,
+                abandoned = in_flight.len(),
+                "in-flight deliveries did not finish in time; they will be redelivered"
+            );
+            in_flight.abort_all();
+        }
         ended
     }
 
@@ -434,9 +465,12 @@ fn text(value: &str) -> AMQPValue {
 }
 
 async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+    let acked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()));
+    match acked.await {
+        Ok(Ok(_)) => {}
         // The broker will redeliver it; the inbox makes that harmless.
-        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+        Ok(Err(e)) => tracing::warn!(error = %e, "ack failed; the message will be redelivered"),
+        Err(_) => tracing::warn!("ack timed out; the message will be redelivered"),
     }
 }
 
@@ -447,7 +481,8 @@ async fn requeue(delivery: &Delivery, error: &PublishError) {
         requeue: true,
         ..Default::default()
     };
-    if let Err(e) = delivery.acker.nack(requeue).await {
-        tracing::warn!(error = %e, "nack failed; the broker will redeliver on reconnect");
+    let nacked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.nack(requeue));
+    if !matches!(nacked.await, Ok(Ok(_))) {
+        tracing::warn!("nack failed; the broker will redeliver on reconnect");
     }
 }

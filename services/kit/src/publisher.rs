@@ -82,19 +82,21 @@ impl Publisher {
     }
 
     async fn send(&self, message: Outgoing<'_>) -> Result<PublisherConfirm, PublishError> {
-        Ok(self
-            .channel
-            .basic_publish(
-                ShortString::from(message.exchange),
-                ShortString::from(message.routing_key),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                message.body,
-                message.properties,
-            )
-            .await?)
+        // On a connection that died without lapin noticing yet, even the send can hang.
+        let send = self.channel.basic_publish(
+            ShortString::from(message.exchange),
+            ShortString::from(message.routing_key),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            message.body,
+            message.properties,
+        );
+        match tokio::time::timeout(CONFIRM_TIMEOUT, send).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
+        }
     }
 }
 

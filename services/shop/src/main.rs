@@ -44,6 +44,11 @@ enum Commands {
     /// Run the shop under faults (kills, broker and database restarts, duplicate deliveries),
     /// then audit it and print what happened. Needs rabbitmqctl and pg_ctlcluster rights.
     Chaos(chaos::ChaosOptions),
+    /// Create each service's Postgres role and RabbitMQ user with least privilege (compose runs
+    /// this before the services start). DATABASE_URL and AMQP_URL must be administrators'.
+    Provision,
+    /// GET a URL and succeed only on a 2xx answer (the containers' health check).
+    Probe { url: String },
     /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
     Map,
     /// Check the invariants over DATABASE_URL and the dead-letter queues of SHOP_NAMESPACE;
@@ -110,6 +115,25 @@ async fn main() -> anyhow::Result<()> {
         Commands::Service { name } => service(name).await,
         Commands::Audit { wait } => run_audit(wait).await,
         Commands::Chaos(options) => chaos::run(options).await,
+        Commands::Provision => {
+            service_kit::telemetry::init();
+            let settings = shop::provision::Settings::from_lookup(|name| std::env::var(name).ok())
+                .map_err(anyhow::Error::msg)?;
+            shop::provision::apply(&settings).await?;
+            println!("provisioned {} services", shop::provision::SERVICES.len());
+            Ok(())
+        }
+        Commands::Probe { url } => {
+            let response = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                bail!("{url} answered {}", response.status());
+            }
+            Ok(())
+        }
         Commands::DeadLetters { action } => dead_letters(action).await,
         Commands::Map => {
             print!("{}", map::render());

@@ -1,0 +1,37 @@
+# One image for the whole shop: the five service binaries and the `shop` operator tool.
+#
+#   docker compose up --build       (see docker-compose.yml)
+#   docker build -t choreographed-shop .
+
+# ---- Build: dependencies first, in a layer of their own (cargo-chef), then the shop --------
+FROM rust:1.95-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked --version 0.1.73
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+# Rebuilt only when Cargo.toml/Cargo.lock change.
+RUN cargo chef cook --release --locked --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked \
+        --bin orders --bin payment --bin inventory --bin shipping --bin notifications --bin shop
+
+# ---- Run: a small image, no compiler, no shell tools needed, not root ----------------------
+FROM debian:bookworm-slim AS runtime
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin shop
+COPY --from=builder \
+    /src/target/release/orders \
+    /src/target/release/payment \
+    /src/target/release/inventory \
+    /src/target/release/shipping \
+    /src/target/release/notifications \
+    /src/target/release/shop \
+    /usr/local/bin/
+USER 10001:10001
+ENV RUST_LOG=info
+# Each compose service picks its binary with `command:`; the operator tool is the default.
+CMD ["shop", "--help"]

@@ -1,0 +1,373 @@
+//! Least privilege, defined once and applied by `shop provision` (compose runs it before the
+//! services start; the tests run the same code):
+//!
+//! - Postgres: one login role per service, named after it, owning its schema and nothing else;
+//!   the database is closed to everyone else.
+//! - RabbitMQ: one user per service, which may configure, write and read only the events
+//!   exchange and its own names (`<ns>.<service>`, `<ns>.<service>.*`), and publish on the
+//!   events exchange only its own routing keys (`<service>.*`, a topic permission).
+
+use sqlx::PgConnection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("RabbitMQ management API: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("RabbitMQ management API refused {what}: {status} {body}")]
+    Refused {
+        what: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// What one service's broker user may do (regular expressions, as RabbitMQ takes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerPermissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    /// The topic exchange the routing-key rule applies to.
+    pub topic_exchange: String,
+    pub topic_write: String,
+    pub topic_read: String,
+}
+
+pub fn broker_permissions(namespace: &str, service: &str) -> BrokerPermissions {
+    let ns = regex_escape(namespace);
+    let svc = regex_escape(service);
+    let own = format!("^{ns}\\.(events|{svc}|{svc}\\..+)$");
+    BrokerPermissions {
+        configure: own.clone(),
+        write: own.clone(),
+        read: own,
+        topic_exchange: service_kit::topology::exchange_name(namespace),
+        topic_write: format!("^{svc}\\."),
+        topic_read: ".*".to_owned(),
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = !(c.is_ascii_alphanumeric() || c == '_');
+            escape.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+/// Creates (or updates) the service's role, gives it its schema, and closes the database to
+/// everyone without an explicit grant. Safe to run again, and concurrently.
+pub async fn database_role(
+    admin: &mut PgConnection,
+    database: &str,
+    service: &str,
+    password: &str,
+) -> Result<(), ProvisionError> {
+    let create: String =
+        sqlx::query_scalar("SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)")
+            .bind(service)
+            .bind(password)
+            .fetch_one(&mut *admin)
+            .await?;
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut *admin)
+        .await
+    {
+        // Roles are global to the server: it may exist already (from another database, or a
+        // concurrent run); then only its password is brought up to date.
+        let exists = matches!(&e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42710" | "23505")));
+        if !exists {
+            return Err(e.into());
+        }
+    }
+    let statements: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(ARRAY[
+            format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text),
+            format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', $1::text, $1::text),
+            format('ALTER SCHEMA %I OWNER TO %I', $1::text, $1::text),
+            format('REVOKE ALL ON DATABASE %I FROM PUBLIC', $3::text),
+            format('GRANT CONNECT ON DATABASE %I TO %I', $3::text, $1::text)
+        ])",
+    )
+    .bind(service)
+    .bind(password)
+    .bind(database)
+    .fetch_all(&mut *admin)
+    .await?;
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *admin)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The RabbitMQ management API, as an administrator.
+pub struct Management {
+    pub base_url: String,
+    pub user: String,
+    pub password: String,
+    pub http: reqwest::Client,
+}
+
+impl Management {
+    async fn put(
+        &self,
+        what: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(), ProvisionError> {
+        let response = self
+            .http
+            .put(format!(
+                "{}/api/{path}",
+                self.base_url.trim_end_matches('/')
+            ))
+            .basic_auth(&self.user, Some(&self.password))
+            .json(&body)
+            .send()
+            .await?;
+        check(what, response).await
+    }
+
+    pub async fn delete(&self, what: &str, path: &str) -> Result<(), ProvisionError> {
+        let response = self
+            .http
+            .delete(format!(
+                "{}/api/{path}",
+                self.base_url.trim_end_matches('/')
+            ))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await?;
+        check(what, response).await
+    }
+
+    pub async fn create_vhost(&self, vhost: &str) -> Result<(), ProvisionError> {
+        self.put(
+            "vhost",
+            &format!("vhosts/{}", encode(vhost)),
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Full rights on `vhost` for `user` (the administrator, tests' spies).
+    pub async fn allow_everything(&self, vhost: &str, user: &str) -> Result<(), ProvisionError> {
+        self.put(
+            "permissions",
+            &format!("permissions/{}/{}", encode(vhost), encode(user)),
+            serde_json::json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+        )
+        .await
+    }
+
+    /// Creates (or updates) the service's user with exactly [`broker_permissions`].
+    pub async fn service_user(
+        &self,
+        vhost: &str,
+        namespace: &str,
+        service: &str,
+        password: &str,
+    ) -> Result<(), ProvisionError> {
+        let rules = broker_permissions(namespace, service);
+        self.put(
+            "user",
+            &format!("users/{}", encode(service)),
+            serde_json::json!({ "password": password, "tags": "" }),
+        )
+        .await?;
+        self.put(
+            "permissions",
+            &format!("permissions/{}/{}", encode(vhost), encode(service)),
+            serde_json::json!({ "configure": rules.configure, "write": rules.write, "read": rules.read }),
+        )
+        .await?;
+        self.put(
+            "topic permissions",
+            &format!("topic-permissions/{}/{}", encode(vhost), encode(service)),
+            serde_json::json!({
+                "exchange": rules.topic_exchange,
+                "write": rules.topic_write,
+                "read": rules.topic_read,
+            }),
+        )
+        .await
+    }
+}
+
+async fn check(what: &str, response: reqwest::Response) -> Result<(), ProvisionError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    Err(ProvisionError::Refused {
+        what: what.to_owned(),
+        status: status.as_u16(),
+        body: response.text().await.unwrap_or_default(),
+    })
+}
+
+/// Percent-encodes a path segment (vhost `/` is `%2F`).
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_may_touch_only_its_own_names_and_publish_only_its_own_keys() {
+        let rules = broker_permissions("shop", "payment");
+        assert_eq!(rules.configure, r"^shop\.(events|payment|payment\..+)$");
+        assert_eq!(rules.topic_exchange, "shop.events");
+        assert_eq!(rules.topic_write, r"^payment\.");
+        let namespace_escaped = broker_permissions("test-1", "orders");
+        assert!(namespace_escaped.read.starts_with(r"^test\-1\."));
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode("/"), "%2F");
+        assert_eq!(encode("test-abc"), "test-abc");
+    }
+}
+
+/// The five services, in the order they are provisioned.
+pub const SERVICES: [&str; 5] = [
+    "orders",
+    "payment",
+    "inventory",
+    "shipping",
+    "notifications",
+];
+
+/// Everything `shop provision` needs, from environment variables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`, as a role that may create roles (the database's owner or a superuser).
+    pub admin_database_url: String,
+    /// `RABBITMQ_MANAGEMENT_URL`
+    pub management_url: String,
+    /// User and password of `AMQP_URL`: a RabbitMQ administrator.
+    pub broker_admin: (String, String),
+    /// The vhost of `AMQP_URL`.
+    pub vhost: String,
+    /// `SHOP_NAMESPACE`
+    pub namespace: String,
+    /// Per service: `<SERVICE>_DB_PASSWORD` and `<SERVICE>_AMQP_PASSWORD`.
+    pub passwords: Vec<ServicePasswords>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicePasswords {
+    pub service: &'static str,
+    pub database: String,
+    pub broker: String,
+}
+
+/// The development default of every service password, meant only for a laptop.
+pub fn development_password(service: &str) -> String {
+    format!("{service}-dev-password")
+}
+
+impl Settings {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let amqp_url =
+            var("AMQP_URL").unwrap_or_else(|| service_kit::config::DEFAULT_AMQP_URL.to_owned());
+        let uri: lapin::uri::AMQPUri = amqp_url.parse().map_err(|e| format!("AMQP_URL: {e}"))?;
+        let passwords = SERVICES
+            .iter()
+            .map(|service| {
+                let upper = service.to_ascii_uppercase();
+                ServicePasswords {
+                    service,
+                    database: var(&format!("{upper}_DB_PASSWORD"))
+                        .unwrap_or_else(|| development_password(service)),
+                    broker: var(&format!("{upper}_AMQP_PASSWORD"))
+                        .unwrap_or_else(|| development_password(service)),
+                }
+            })
+            .collect();
+        Ok(Self {
+            admin_database_url: var("DATABASE_URL")
+                .unwrap_or_else(|| service_kit::config::DEFAULT_DATABASE_URL.to_owned()),
+            management_url: var("RABBITMQ_MANAGEMENT_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:15672".to_owned()),
+            broker_admin: (
+                uri.authority.userinfo.username.clone(),
+                uri.authority.userinfo.password.clone(),
+            ),
+            vhost: uri.vhost.clone(),
+            namespace: var("SHOP_NAMESPACE")
+                .unwrap_or_else(|| service_kit::config::DEFAULT_NAMESPACE.to_owned()),
+            passwords,
+        })
+    }
+
+    /// The environment variables this reads (the compose file may set no others on it).
+    pub const VARIABLES: &'static [&'static str] = &[
+        "DATABASE_URL",
+        "AMQP_URL",
+        "RABBITMQ_MANAGEMENT_URL",
+        "SHOP_NAMESPACE",
+        "RUST_LOG",
+        "ORDERS_DB_PASSWORD",
+        "ORDERS_AMQP_PASSWORD",
+        "PAYMENT_DB_PASSWORD",
+        "PAYMENT_AMQP_PASSWORD",
+        "INVENTORY_DB_PASSWORD",
+        "INVENTORY_AMQP_PASSWORD",
+        "SHIPPING_DB_PASSWORD",
+        "SHIPPING_AMQP_PASSWORD",
+        "NOTIFICATIONS_DB_PASSWORD",
+        "NOTIFICATIONS_AMQP_PASSWORD",
+    ];
+}
+
+/// Applies the whole policy: a role and a broker user per service.
+pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
+    use sqlx::Connection as _;
+    let options: sqlx::postgres::PgConnectOptions = settings.admin_database_url.parse()?;
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = PgConnection::connect_with(&options).await?;
+    let management = Management {
+        base_url: settings.management_url.clone(),
+        user: settings.broker_admin.0.clone(),
+        password: settings.broker_admin.1.clone(),
+        http: reqwest::Client::new(),
+    };
+    for passwords in &settings.passwords {
+        database_role(
+            &mut admin,
+            &database,
+            passwords.service,
+            &passwords.database,
+        )
+        .await?;
+        management
+            .service_user(
+                &settings.vhost,
+                &settings.namespace,
+                passwords.service,
+                &passwords.broker,
+            )
+            .await?;
+        tracing::info!(service = passwords.service, %database, vhost = %settings.vhost, "provisioned");
+    }
+    Ok(())
+}
