@@ -1,0 +1,399 @@
+//! The compose file kept honest without a Docker engine, and least privilege proven:
+//!
+//! - every variable and port the compose file gives a service is one that service reads and
+//!   serves (and the ports are the README's);
+//! - the five services run with exactly the compose environment, credentials included (hosts
+//!   pointed at localhost, a fresh database and vhost), after `shop provision` created their
+//!   Postgres roles and RabbitMQ users, and an order goes through;
+//! - payment's role cannot read or write the orders schema; inventory's broker user cannot
+//!   publish payment's routing keys.
+//!
+//! Needs the RabbitMQ management API on 127.0.0.1:15672 (`.ci/run` enables the plugin).
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::FieldTable,
+};
+use serde_yaml::Value;
+use service_kit::Config;
+use shop::provision::{Management, Settings};
+use shop_tests::{Env, RunningService, eventually, order_body};
+use sqlx::Connection as _;
+use uuid::Uuid;
+
+const SERVICES: [(&str, SocketAddr); 5] = [
+    ("orders", orders::DEFAULT_HTTP_ADDR),
+    ("payment", payment::DEFAULT_HTTP_ADDR),
+    ("inventory", inventory::DEFAULT_HTTP_ADDR),
+    ("shipping", shipping::DEFAULT_HTTP_ADDR),
+    ("notifications", notifications::DEFAULT_HTTP_ADDR),
+];
+
+fn compose() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
+    let text = std::fs::read_to_string(path).expect("docker-compose.yml at the workspace root");
+    let mut compose: Value = serde_yaml::from_str(&text).expect("valid YAML");
+    compose.apply_merge().expect("merge keys resolve");
+    compose
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+/// The environment compose would give `service`, with `${VAR:-default}` at its default.
+fn environment(compose: &Value, service: &str) -> BTreeMap<String, String> {
+    let env = compose["services"][service]["environment"]
+        .as_mapping()
+        .unwrap_or_else(|| panic!("{service} has an environment mapping"));
+    env.iter()
+        .map(|(k, v)| (text(k), with_defaults(&text(v))))
+        .collect()
+}
+
+fn with_defaults(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closed ${") + start;
+        let inner = &rest[start + 2..end];
+        let default = inner
+            .split_once(":-")
+            .map(|(_, d)| d)
+            .expect("every variable has a default");
+        out.push_str(default);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn the_compose_file_sets_only_what_the_services_read_on_the_ports_they_serve() {
+    let compose = compose();
+    for (service, default_addr) in SERVICES {
+        let spec = &compose["services"][service];
+        assert_eq!(
+            text(&spec["command"][0]),
+            service,
+            "{service} runs its own binary"
+        );
+        let env = environment(&compose, service);
+        for key in env.keys() {
+            assert!(
+                service_kit::config::VARIABLES.contains(&key.as_str()),
+                "{service}: compose sets {key}, which the service does not read"
+            );
+        }
+        let port = default_addr.port();
+        assert_eq!(
+            env["HTTP_ADDR"],
+            format!("0.0.0.0:{port}"),
+            "{service} listens on its README port"
+        );
+        let ports: Vec<String> = spec["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .map(text)
+            .collect();
+        assert_eq!(
+            ports,
+            vec![format!("{port}:{port}")],
+            "{service} publishes exactly its port"
+        );
+        let probe: Vec<String> = spec["healthcheck"]["test"]
+            .as_sequence()
+            .expect("healthcheck")
+            .iter()
+            .map(text)
+            .collect();
+        assert_eq!(
+            probe,
+            vec![
+                "CMD".to_owned(),
+                "shop".into(),
+                "probe".into(),
+                format!("http://127.0.0.1:{port}/readyz")
+            ]
+        );
+        assert!(
+            env["DATABASE_URL"].starts_with(&format!("postgres://{service}:")),
+            "{service} has its own role"
+        );
+        assert!(
+            env["AMQP_URL"].starts_with(&format!("amqp://{service}:")),
+            "{service} has its own broker user"
+        );
+        assert_eq!(
+            text(&spec["depends_on"]["provision"]["condition"]),
+            "service_completed_successfully"
+        );
+        assert!(spec["restart"].is_string(), "{service} restarts");
+    }
+    for key in environment(&compose, "provision").keys() {
+        assert!(
+            Settings::VARIABLES.contains(&key.as_str()),
+            "provision: {key} is not read"
+        );
+    }
+    for dependency in ["postgres", "rabbitmq"] {
+        assert!(
+            !text(&compose["services"][dependency]["healthcheck"]["test"][0]).is_empty(),
+            "{dependency} has a health check"
+        );
+        assert_eq!(
+            text(&compose["services"]["provision"]["depends_on"][dependency]["condition"]),
+            "service_healthy"
+        );
+    }
+    let management: Vec<String> = compose["services"]["rabbitmq"]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(
+        management,
+        vec!["15672:15672"],
+        "the RabbitMQ UI is published"
+    );
+    for volume in ["postgres-data", "rabbitmq-data"] {
+        assert!(
+            compose["volumes"].get(volume).is_some(),
+            "named volume {volume}"
+        );
+    }
+}
+
+/// Compose's values, pointed at this machine: localhost, the test database and vhost.
+fn localize(value: &str, database: &str, vhost: &str) -> String {
+    value
+        .replace(
+            "@postgres:5432/shop",
+            &format!("@127.0.0.1:5432/{database}"),
+        )
+        .replace("@rabbitmq:5672/%2f", &format!("@127.0.0.1:5672/{vhost}"))
+        .replace("http://rabbitmq:15672", "http://127.0.0.1:15672")
+}
+
+fn guest_management() -> Management {
+    Management {
+        base_url: "http://127.0.0.1:15672".to_owned(),
+        user: "guest".to_owned(),
+        password: "guest".to_owned(),
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Deletes the test vhost (and with it every queue and exchange in it), even if the test fails.
+struct VhostGuard(String);
+
+impl Drop for VhostGuard {
+    fn drop(&mut self) {
+        let vhost = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = runtime
+                    .block_on(guest_management().delete("vhost", &format!("vhosts/{vhost}")));
+            }
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined() {
+    let compose = compose();
+    let env = Env::new().await;
+    let vhost = format!("test-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let guest = guest_management();
+    guest
+        .create_vhost(&vhost)
+        .await
+        .expect("management API on 127.0.0.1:15672");
+    let _vhost_guard = VhostGuard(vhost.clone());
+    guest
+        .allow_everything(&vhost, "guest")
+        .await
+        .expect("guest on the test vhost");
+
+    // The administrator compose's provision step logs in as.
+    let provision_env: BTreeMap<String, String> = environment(&compose, "provision")
+        .into_iter()
+        .map(|(k, v)| (k, localize(&v, &env.database, &vhost)))
+        .collect();
+    let settings =
+        Settings::from_lookup(|name| provision_env.get(name).cloned()).expect("settings");
+    let (admin_user, admin_password) = settings.broker_admin.clone();
+    guest
+        .http
+        .put(format!("http://127.0.0.1:15672/api/users/{admin_user}"))
+        .basic_auth("guest", Some("guest"))
+        .json(&serde_json::json!({ "password": admin_password, "tags": "administrator" }))
+        .send()
+        .await
+        .expect("create the compose administrator")
+        .error_for_status()
+        .expect("administrator created");
+    guest
+        .allow_everything(&vhost, &admin_user)
+        .await
+        .expect("administrator on the vhost");
+    shop::provision::apply(&settings)
+        .await
+        .expect("provisioning");
+
+    // The services, with exactly their compose environment (only the listen port differs, so
+    // tests can run in parallel; the compose ports are checked above).
+    let mut running = Vec::new();
+    let mut service_env = BTreeMap::new();
+    for (service, default_addr) in SERVICES {
+        let mut vars: BTreeMap<String, String> = environment(&compose, service)
+            .into_iter()
+            .map(|(k, v)| (k, localize(&v, &env.database, &vhost)))
+            .collect();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        vars.insert("HTTP_ADDR".to_owned(), addr.to_string());
+        vars.insert("DB_POOL_SIZE".to_owned(), "3".to_owned());
+        let config = Config::from_lookup(default_addr, |name| vars.get(name).cloned())
+            .expect("compose config is valid");
+        service_env.insert(service, vars);
+        running.push(RunningService::start(service, config).await);
+    }
+
+    let http = reqwest::Client::new();
+    let orders_url = &running[0].url;
+    let response = http
+        .post(format!("{orders_url}/orders"))
+        .json(&order_body("MUG-001", 1, "card", "GB"))
+        .send()
+        .await
+        .expect("orders");
+    assert_eq!(response.status(), 202);
+    let order_id = response.json::<serde_json::Value>().await.expect("JSON")["order_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    eventually("order confirmed", || async {
+        let order: serde_json::Value = http
+            .get(format!("{orders_url}/orders/{order_id}"))
+            .send()
+            .await
+            .expect("orders")
+            .json()
+            .await
+            .expect("JSON");
+        order["status"] == "confirmed"
+    })
+    .await;
+
+    // Postgres: payment's role owns payment, and cannot touch orders.
+    let payment_url = &service_env["payment"]["DATABASE_URL"];
+    let mut as_payment = sqlx::PgConnection::connect(payment_url)
+        .await
+        .expect("payment's role logs in");
+    let own: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payments")
+        .fetch_one(&mut as_payment)
+        .await
+        .expect("payment reads its own schema");
+    assert_eq!(own, 1);
+    for sql in [
+        "SELECT count(*) FROM orders.orders",
+        "UPDATE orders.orders SET status = 'cancelled'",
+        "INSERT INTO orders.products (sku, name, price_cents) VALUES ('FREE', 'free', 1)",
+        "SELECT count(*) FROM inventory.stock",
+    ] {
+        let denied = sqlx::query(sql)
+            .execute(&mut as_payment)
+            .await
+            .expect_err(sql);
+        let code = denied
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{sql}: {denied}");
+    }
+    let _ = as_payment.close().await;
+
+    // RabbitMQ: inventory may publish its own events, not payment's, nor read payment's queue.
+    let inventory_amqp = &service_env["inventory"]["AMQP_URL"];
+    let connection = Connection::connect(inventory_amqp, ConnectionProperties::default())
+        .await
+        .expect("inventory logs in");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let publish = |routing_key: &'static str| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .basic_publish(
+                    "shop.events".into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    b"{}",
+                    BasicProperties::default(),
+                )
+                .await?
+                .await
+        }
+    };
+    // A key of its own that nobody is bound to: allowed, and poisons no queue.
+    publish("inventory.permission_probe")
+        .await
+        .expect("its own routing keys are allowed");
+    let refused = publish("payment.payment_completed")
+        .await
+        .expect_err("another service's key is refused");
+    assert!(
+        refused.to_string().contains("ACCESS_REFUSED") || refused.to_string().contains("access"),
+        "{refused}"
+    );
+    let channel = connection.create_channel().await.expect("a new channel");
+    let reading = channel
+        .basic_consume(
+            "shop.payment".into(),
+            "intruder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("payment's queue is not inventory's to read");
+    assert!(
+        reading.to_string().contains("ACCESS_REFUSED") || reading.to_string().contains("access"),
+        "{reading}"
+    );
+    let _ = connection.close(200, "done".into()).await;
+
+    let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let broker = shop::audit::Broker {
+        amqp_url: &amqp_url,
+        namespace: "shop",
+    };
+    let report = shop::audit::audit_until_clean(&env.pool, Some(&broker), Duration::from_secs(30))
+        .await
+        .expect("audit");
+    assert!(report.is_clean(), "{report}");
+
+    for service in running {
+        service.stop().await;
+    }
+    env.cleanup().await;
+}
