@@ -5,7 +5,7 @@
 
 # ---- Build: dependencies first, in a layer of their own (cargo-chef), then the shop --------
 FROM rust:1.95-slim-bookworm AS chef
-RUN cargo install cargo-chef --locked --version 0.1.73
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
 
 FROM chef AS planner

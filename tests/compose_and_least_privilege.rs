@@ -175,6 +175,41 @@ fn the_compose_file_sets_only_what_the_services_read_on_the_ports_they_serve() {
     }
 }
 
+#[test]
+fn the_image_carries_every_binary_compose_runs_and_runs_them_as_non_root() {
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile"))
+        .expect("Dockerfile at the workspace root");
+    let compose = compose();
+    let mut binaries: Vec<String> = vec!["shop".to_owned()];
+    for (service, _) in SERVICES {
+        binaries.push(text(&compose["services"][service]["command"][0]));
+    }
+    binaries.push(text(&compose["services"]["provision"]["command"][0]));
+    for binary in binaries {
+        assert!(
+            dockerfile.contains(&format!("--bin {binary}")),
+            "the image builds {binary}"
+        );
+        assert!(
+            dockerfile.contains(&format!("/src/target/release/{binary}")),
+            "the image installs {binary}"
+        );
+    }
+    let user = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("USER "))
+        .last()
+        .expect("a USER line");
+    assert!(
+        !user.contains("root") && !user.ends_with(" 0"),
+        "runs as {user}"
+    );
+    assert!(
+        dockerfile.contains("cargo chef cook"),
+        "dependencies are a cached layer of their own"
+    );
+}
+
 /// Compose's values, pointed at this machine: localhost, the test database and vhost.
 fn localize(value: &str, database: &str, vhost: &str) -> String {
     value
