@@ -197,8 +197,7 @@ fn the_image_carries_every_binary_compose_runs_and_runs_them_as_non_root() {
     }
     let user = dockerfile
         .lines()
-        .filter(|l| l.starts_with("USER "))
-        .last()
+        .rfind(|l| l.starts_with("USER "))
         .expect("a USER line");
     assert!(
         !user.contains("root") && !user.ends_with(" 0"),
