@@ -659,20 +659,17 @@ pub async fn take_dead_letters(namespace: &str, service: &str, count: usize) -> 
 /// Records an event straight into a service's outbox, as a transaction that committed while
 /// no relay was listening would have.
 pub async fn insert_outbox_row<E: Event>(pool: &PgPool, schema: &str, event: &E) -> Envelope {
-    let envelope = Envelope::new(event, None);
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {schema}.outbox
-             (message_id, event_type, routing_key, correlation_id, causation_id, envelope)
-         VALUES ($1, $2, $3, $4, $5, $6)"
-    )))
-    .bind(envelope.message_id)
-    .bind(E::TYPE)
-    .bind(E::ROUTING_KEY)
-    .bind(envelope.correlation_id)
-    .bind(envelope.causation_id)
-    .bind(sqlx::types::Json(&envelope))
-    .execute(pool)
-    .await
-    .expect("insert outbox row");
+    let mut conn = pool.acquire().await.expect("a connection");
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
+        .execute(&mut *conn)
+        .await
+        .expect("search_path");
+    let envelope = service_kit::outbox::append(&mut conn, event, None)
+        .await
+        .expect("insert outbox row");
+    sqlx::query("RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .expect("reset search_path");
     envelope
 }

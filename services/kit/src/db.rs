@@ -58,8 +58,9 @@ impl Db {
         self.relay_wake.clone()
     }
 
-    /// Applies the service's migrations, keeping their history in `<schema>._sqlx_migrations`.
-    /// Retries until the database answers or `shutdown` fires (then returns `Ok(false)`).
+    /// Applies the kit's migrations (outbox and inbox, history in `<schema>._kit_migrations`),
+    /// then the service's own (history in `<schema>._sqlx_migrations`), all in the service's
+    /// schema. Retries until the database answers or `shutdown` fires (then `Ok(false)`).
     pub async fn migrate(
         &self,
         mut migrator: Migrator,
@@ -68,7 +69,7 @@ impl Db {
         migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", self.schema));
         let mut backoff = Backoff::default();
         loop {
-            match self.run_migrations(&mut migrator).await {
+            match self.run_migrations(&migrator).await {
                 Ok(()) => return Ok(true),
                 Err(sqlx::migrate::MigrateError::Execute(e)) if is_connection_error(&e) => {
                     let delay = backoff.next_delay();
@@ -83,10 +84,9 @@ impl Db {
         }
     }
 
-    async fn run_migrations(
-        &self,
-        migrator: &mut Migrator,
-    ) -> Result<(), sqlx::migrate::MigrateError> {
+    async fn run_migrations(&self, service: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+        let mut kit = sqlx::migrate!("./migrations");
+        kit.dangerous_set_table_name(format!("{}._kit_migrations", self.schema));
         // `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database even when the schema
         // exists; a least-privilege role owns its pre-created schema and has no such right.
         let exists: bool =
@@ -95,9 +95,10 @@ impl Db {
                 .fetch_one(&self.pool)
                 .await?;
         if !exists {
-            migrator.create_schema(self.schema);
+            kit.create_schema(self.schema);
         }
-        migrator.run(&self.pool).await
+        kit.run(&self.pool).await?;
+        service.run(&self.pool).await
     }
 
     pub async fn is_reachable(&self) -> bool {
