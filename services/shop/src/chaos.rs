@@ -51,7 +51,7 @@ pub struct ChaosOptions {
     /// Orders placed per second.
     #[arg(long, default_value_t = 15.0)]
     pub rate: f64,
-    /// Services SIGKILLed (and restarted) during the run.
+    /// Services stopped and restarted during the run (alternately SIGKILL and SIGTERM).
     #[arg(long, default_value_t = 8)]
     pub kills: usize,
     /// Skip `rabbitmqctl stop_app` / `start_app` (it needs the rights to run rabbitmqctl).
@@ -107,6 +107,7 @@ struct ServiceProcess {
     port: u16,
     child: Option<Child>,
     kills: usize,
+    terms: usize,
 }
 
 struct Run {
@@ -435,6 +436,7 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
             port: free_port()?,
             child: None,
             kills: 0,
+            terms: 0,
         });
     }
     for service in &mut services {
@@ -513,11 +515,24 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
                 restart_database(&journal).await?;
             } else {
                 let victim = &mut services[fastrand::usize(..SERVICES.len())];
+                // Every other stop is a clean SIGTERM while busy: in-flight messages must
+                // finish or go back to the queue, never be lost.
+                let graceful = n % 2 == 1;
                 if let Some(child) = victim.child.as_mut() {
-                    let _ = child.kill().await;
+                    if graceful {
+                        terminate(child).await;
+                    } else {
+                        let _ = child.kill().await;
+                    }
                 }
-                victim.kills += 1;
-                note(&journal, format!("SIGKILL {}", victim.name));
+                let signal = if graceful {
+                    victim.terms += 1;
+                    "SIGTERM"
+                } else {
+                    victim.kills += 1;
+                    "SIGKILL"
+                };
+                note(&journal, format!("{signal} {}", victim.name));
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(100..1_500))).await;
                 run.spawn(victim)?;
                 note(&journal, format!("restarted {}", victim.name));
@@ -578,13 +593,7 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
     pool.close().await;
     for service in &mut services {
         if let Some(child) = service.child.as_mut() {
-            if let Some(pid) = child.id() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+            terminate(child).await;
         }
     }
 
@@ -602,10 +611,10 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
         retried_posts
     );
     println!(
-        "kills (SIGKILL+restart):  {}",
+        "stops and restarts:       {} (SIGKILL/SIGTERM)",
         services
             .iter()
-            .map(|s| format!("{} {}", s.name, s.kills))
+            .map(|s| format!("{} {}/{}", s.name, s.kills, s.terms))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -646,6 +655,22 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGTERM, then the service's own graceful shutdown (SIGKILL if it takes over 30 s).
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
 }
 
 /// Stops the broker's app, checks every service reports not ready, starts it again and

@@ -105,6 +105,9 @@ impl ServiceName {
     }
 }
 
+/// How long `provision` keeps trying while Postgres or RabbitMQ are still starting.
+const PROVISION_PATIENCE: Duration = Duration::from_secs(120);
+
 /// How long `up` waits for the services to stop after SIGTERM before killing them.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -119,7 +122,19 @@ async fn main() -> anyhow::Result<()> {
             service_kit::telemetry::init();
             let settings = shop::provision::Settings::from_lookup(|name| std::env::var(name).ok())
                 .map_err(anyhow::Error::msg)?;
-            shop::provision::apply(&settings).await?;
+            // Started together with the database and the broker (compose), it may be early:
+            // try again for a while before giving up.
+            let deadline = tokio::time::Instant::now() + PROVISION_PATIENCE;
+            loop {
+                match shop::provision::apply(&settings).await {
+                    Ok(()) => break,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "cannot provision yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             println!("provisioned {} services", shop::provision::SERVICES.len());
             Ok(())
         }
