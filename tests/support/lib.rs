@@ -147,7 +147,7 @@ async fn cleanup(namespace: &str, database: &str, pool: PgPool) {
     if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
         && let Ok(channel) = connection.create_channel().await
     {
-        let delays = Config::defaults(free_addr()).retry_delays;
+        let delays = service_kit::config::default_retry_delays();
         let test_delays = [Duration::from_millis(100), Duration::from_millis(400)];
         for service in SERVICES.iter().chain(&["probe"]) {
             for delays in [&delays[..], &test_delays[..]] {

@@ -29,12 +29,16 @@ pub enum BrokerError {
     ConsumerEnded,
     #[error("the connection to the broker was lost")]
     ConnectionLost,
+    #[error("connecting and declaring the topology took over {0:?}")]
+    SetupTimedOut(Duration),
     #[error(transparent)]
     Relay(#[from] RelayError),
 }
 
 /// How often the session checks that both connections are still up.
 const CONNECTION_CHECK: Duration = Duration::from_millis(250);
+/// Connecting, declaring the topology and opening channels.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Closing a connection the broker may no longer answer on.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -118,17 +122,24 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
             Connection::connect(&self.amqp_url, properties)
         };
         // Publishing and consuming on separate connections: a broker that blocks publishers
-        // (resource alarm) would otherwise also stall the consumer's acks.
-        let publish_connection = connect("publish").await?;
-        let consume_connection = connect("consume").await?;
-
-        let channel = consume_connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
-        // Per-consumer prefetch: `global` QoS is not implemented for quorum queues.
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions { global: false })
-            .await?;
-        let publisher = Publisher::open(&publish_connection).await?;
+        // (resource alarm) would otherwise also stall the consumer's acks. A broker that
+        // accepts the socket but never answers must not hang the loop either.
+        let setup = async {
+            let publish_connection = connect("publish").await?;
+            let consume_connection = connect("consume").await?;
+            let channel = consume_connection.create_channel().await?;
+            self.topology.declare(&channel).await?;
+            // Per-consumer prefetch: `global` QoS is not implemented for quorum queues.
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions { global: false })
+                .await?;
+            let publisher = Publisher::open(&publish_connection).await?;
+            Ok::<_, lapin::Error>((publish_connection, consume_connection, channel, publisher))
+        };
+        let (publish_connection, consume_connection, channel, publisher) =
+            tokio::time::timeout(SETUP_TIMEOUT, setup)
+                .await
+                .map_err(|_| BrokerError::SetupTimedOut(SETUP_TIMEOUT))??;
 
         self.connected.store(true, Ordering::SeqCst);
         self.metrics.inc("shop_broker_sessions_total", &[]);
@@ -170,8 +181,8 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
             }
             result
         };
-        // lapin does not always end a consumer stream when its connection dies (seen with a
-        // reset mid-publish), so watch both connections too.
+        // lapin does not reliably end a consumer stream (or fail a pending publish) when its
+        // connection dies, so the session watches both connections itself.
         let watchdog = async {
             loop {
                 tokio::select! {

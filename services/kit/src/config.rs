@@ -49,6 +49,13 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NAMESPACE: &str = "shop";
 
+/// `RETRY_DELAYS_MS` when unset.
+pub fn default_retry_delays() -> Vec<Duration> {
+    [250, 1_000, 5_000, 15_000, 30_000]
+        .map(Duration::from_millis)
+        .to_vec()
+}
+
 impl Config {
     /// Localhost defaults; `http_addr` is the service's own default port.
     pub fn defaults(http_addr: SocketAddr) -> Self {
@@ -60,9 +67,7 @@ impl Config {
             db_pool_size: 10,
             prefetch: 32,
             outbox_sweep_interval: Duration::from_secs(2),
-            retry_delays: [250, 1_000, 5_000, 15_000, 30_000]
-                .map(Duration::from_millis)
-                .to_vec(),
+            retry_delays: default_retry_delays(),
             max_attempts: 10,
         }
     }

@@ -246,6 +246,12 @@ async fn run_audit(wait: u64) -> anyhow::Result<()> {
 
 async fn up() -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the shop executable")?;
+    // Every queue exists before any service publishes: an order placed in the first second
+    // must not miss a subscriber that is still starting.
+    let config = service_kit::Config::from_env(orders::DEFAULT_HTTP_ADDR)?;
+    shop::provision::declare_topologies(&config.amqp_url, &config.namespace, &config.retry_delays)
+        .await
+        .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
     let mut children = Vec::new();
     for name in ALL {
         let mut child = Command::new(&exe)

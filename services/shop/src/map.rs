@@ -5,41 +5,7 @@ use std::fmt::Write;
 
 use shared_events::CATALOG;
 
-struct ServiceFacts {
-    name: &'static str,
-    subscribes: Vec<&'static str>,
-    announces: &'static [&'static str],
-}
-
-fn services() -> Vec<ServiceFacts> {
-    vec![
-        ServiceFacts {
-            name: orders::NAME,
-            subscribes: orders::routes().event_types(),
-            announces: orders::ANNOUNCES,
-        },
-        ServiceFacts {
-            name: payment::NAME,
-            subscribes: payment::routes().event_types(),
-            announces: payment::ANNOUNCES,
-        },
-        ServiceFacts {
-            name: inventory::NAME,
-            subscribes: inventory::routes().event_types(),
-            announces: inventory::ANNOUNCES,
-        },
-        ServiceFacts {
-            name: shipping::NAME,
-            subscribes: shipping::routes().event_types(),
-            announces: shipping::ANNOUNCES,
-        },
-        ServiceFacts {
-            name: notifications::NAME,
-            subscribes: notifications::routes().event_types(),
-            announces: &[],
-        },
-    ]
-}
+use crate::services;
 
 /// A Mermaid diagram (GitHub renders it) and a table: who announces what, who reacts.
 pub fn render() -> String {

@@ -13,6 +13,8 @@ use sqlx::PgConnection;
 pub enum ProvisionError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
     #[error("RabbitMQ management API: {0}")]
     Http(#[from] reqwest::Error),
     #[error("RabbitMQ management API refused {what}: {status} {body}")]
@@ -266,6 +268,8 @@ pub struct Settings {
     pub broker_admin: (String, String),
     /// The vhost of `AMQP_URL`.
     pub vhost: String,
+    /// `AMQP_URL` itself (an administrator's), to declare the topology.
+    pub amqp_url: String,
     /// `SHOP_NAMESPACE`
     pub namespace: String,
     /// Per service: `<SERVICE>_DB_PASSWORD` and `<SERVICE>_AMQP_PASSWORD`.
@@ -313,6 +317,7 @@ impl Settings {
                 uri.authority.userinfo.password.clone(),
             ),
             vhost: uri.vhost.clone(),
+            amqp_url: amqp_url.clone(),
             namespace: var("SHOP_NAMESPACE")
                 .unwrap_or_else(|| service_kit::config::DEFAULT_NAMESPACE.to_owned()),
             passwords,
@@ -339,7 +344,32 @@ impl Settings {
     ];
 }
 
-/// Applies the whole policy: a role and a broker user per service.
+/// Declares every service's queues and bindings up front, so that no event is published
+/// before the queues of all its subscribers exist (a service declares its own again at start;
+/// that is idempotent). Needs a broker user that may configure everything.
+pub async fn declare_topologies(
+    amqp_url: &str,
+    namespace: &str,
+    retry_delays: &[std::time::Duration],
+) -> Result<(), ProvisionError> {
+    let connection =
+        lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    for service in crate::services() {
+        service_kit::topology::Topology::new(
+            namespace,
+            service.name,
+            service.routing_keys,
+            retry_delays,
+        )
+        .declare(&channel)
+        .await?;
+    }
+    let _ = connection.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Applies the whole policy: a role and a broker user per service, and every topology.
 pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
     use sqlx::Connection as _;
     let options: sqlx::postgres::PgConnectOptions = settings.admin_database_url.parse()?;
@@ -369,5 +399,10 @@ pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
             .await?;
         tracing::info!(service = passwords.service, %database, vhost = %settings.vhost, "provisioned");
     }
-    Ok(())
+    declare_topologies(
+        &settings.amqp_url,
+        &settings.namespace,
+        &service_kit::config::default_retry_delays(),
+    )
+    .await
 }
