@@ -15,25 +15,18 @@ use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        ExchangeDeleteOptions,
     },
     types::FieldTable,
 };
 use serde_json::{Value, json};
 use service_kit::{CancellationToken, Config, publisher::envelope_properties, topology};
 use shared_events::{Envelope, Event};
+pub use shop::SERVICES;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-
-pub const SERVICES: [&str; 5] = [
-    "orders",
-    "payment",
-    "inventory",
-    "shipping",
-    "notifications",
-];
 
 /// How long any test waits for the shop to get somewhere before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -407,37 +400,9 @@ impl Spy {
         let channel = connection.create_channel().await.expect("channel");
         let exchange = topology::exchange_name(namespace);
         declare_exchange(&channel, &exchange).await;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let mut consumer = topology::tap(&channel, &exchange, "spy")
             .await
             .expect("spy queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind spy");
-        let mut consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "spy".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume spy");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         let task = tokio::spawn(async move {

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     inbox::Consumer,
     metrics::Metrics,
-    outbox::{Relay, RelayError},
-    publisher::Publisher,
+    outbox::Relay,
+    publisher::{PublishError, Publisher},
     topology::Topology,
 };
 
@@ -31,8 +31,8 @@ pub enum BrokerError {
     ConnectionLost,
     #[error("connecting and declaring the topology took over {0:?}")]
     SetupTimedOut(Duration),
-    #[error(transparent)]
-    Relay(#[from] RelayError),
+    #[error("outbox relay: {0}")]
+    Relay(#[from] PublishError),
 }
 
 /// How often the session checks that both connections are still up.

@@ -293,67 +293,48 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             attempt,
         );
         async {
-            let outcome = self.apply(&envelope).await;
-            let event_type = envelope.event_type.as_str();
-            let disposition = match outcome {
-                Ok(Applied::Effect) => {
-                    self.metrics.inc(
-                        "shop_messages_total",
-                        &[("event", event_type), ("outcome", "applied")],
-                    );
-                    tracing::info!("handled");
-                    return ack(&delivery).await;
-                }
-                Ok(Applied::Duplicate) => {
-                    self.metrics.inc(
-                        "shop_messages_total",
-                        &[("event", event_type), ("outcome", "duplicate")],
-                    );
-                    tracing::info!("duplicate delivery absorbed by the inbox");
-                    return ack(&delivery).await;
-                }
+            let (outcome, disposition) = match self.apply(&envelope).await {
+                Ok(Applied::Effect) => ("applied", None),
+                Ok(Applied::Duplicate) => ("duplicate", None),
                 Err(HandlerError::Rejected(reason)) => {
-                    self.metrics.inc(
-                        "shop_messages_total",
-                        &[("event", event_type), ("outcome", "rejected")],
-                    );
-                    Disposition::DeadLetter { reason }
+                    ("rejected", Some(Disposition::DeadLetter { reason }))
                 }
                 // The database is away (restarting, failing over): not this message's fault,
                 // so the try does not count; it waits in a delay queue like any retry.
                 Err(HandlerError::Database(e)) if crate::db::is_connection_error(&e) => {
-                    self.metrics.inc(
-                        "shop_messages_total",
-                        &[("event", event_type), ("outcome", "retried")],
-                    );
-                    Disposition::Retry {
+                    let retry = Disposition::Retry {
                         next_attempt: attempt,
                         delay_step: attempt + 1,
                         error: e.to_string(),
-                    }
+                    };
+                    ("retried", Some(retry))
                 }
                 Err(e) if attempt >= self.max_attempts => {
-                    self.metrics.inc(
-                        "shop_messages_total",
-                        &[("event", event_type), ("outcome", "exhausted")],
-                    );
-                    Disposition::DeadLetter {
-                        reason: format!("gave up after {attempt} attempts: {e}"),
-                    }
+                    let reason = format!("gave up after {attempt} attempts: {e}");
+                    ("exhausted", Some(Disposition::DeadLetter { reason }))
                 }
                 Err(e) => {
-                    self.metrics.inc(
-                        "shop_messages_total",
-                        &[("event", event_type), ("outcome", "retried")],
-                    );
-                    Disposition::Retry {
+                    let retry = Disposition::Retry {
                         next_attempt: attempt + 1,
                         delay_step: attempt + 1,
                         error: e.to_string(),
-                    }
+                    };
+                    ("retried", Some(retry))
                 }
             };
-            self.settle(delivery, publisher, attempt, disposition).await;
+            self.metrics.inc(
+                "shop_messages_total",
+                &[("event", &envelope.event_type), ("outcome", outcome)],
+            );
+            match disposition {
+                None => {
+                    tracing::info!(outcome, "handled");
+                    ack(&delivery).await;
+                }
+                Some(disposition) => {
+                    self.settle(delivery, publisher, attempt, disposition).await;
+                }
+            }
         }
         .instrument(span)
         .await;

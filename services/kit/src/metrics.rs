@@ -52,14 +52,6 @@ impl Metrics {
         *counters.entry((name, labels)).or_default() += n;
     }
 
-    pub fn get(&self, name: &'static str, labels: &str) -> u64 {
-        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        counters
-            .get(&(name, labels.to_owned()))
-            .copied()
-            .unwrap_or(0)
-    }
-
     pub fn render(&self) -> String {
         let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();

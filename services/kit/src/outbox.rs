@@ -51,12 +51,6 @@ pub async fn append<E: Event>(
     Ok(envelope)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-}
-
 /// Publishes unsent outbox rows: right after a commit wakes it, and on a slow sweep for rows
 /// no wake-up announced (another instance's, or left by a crash).
 pub struct Relay {
@@ -83,13 +77,13 @@ impl Relay {
         publisher: &Publisher,
         exchange: &str,
         stop: &CancellationToken,
-    ) -> Result<(), RelayError> {
+    ) -> Result<(), PublishError> {
         loop {
             loop {
                 match self.relay_batch(publisher, exchange).await {
                     Ok(BatchOutcome::Drained) => break,
                     Ok(BatchOutcome::More) => {}
-                    Ok(BatchOutcome::Failed(e)) if e.is_connection_error() => return Err(e.into()),
+                    Ok(BatchOutcome::Failed(e)) if e.is_connection_error() => return Err(e),
                     Ok(BatchOutcome::Failed(e)) => {
                         tracing::warn!(error = %e, "outbox rows left unsent; retrying on the next sweep");
                         break;

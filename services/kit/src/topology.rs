@@ -17,10 +17,10 @@
 use std::time::Duration;
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Consumer, ExchangeKind,
     options::{
-        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -194,6 +194,29 @@ impl Topology {
             )
             .await
     }
+}
+
+/// An exclusive, auto-deleted queue bound to every routing key of the events exchange, consumed
+/// at once: how tools (the tests' spy, the chaos run) watch the flow without taking messages
+/// from any service. The queue goes away with the channel.
+pub async fn tap(channel: &Channel, exchange: &str, tag: &str) -> Result<Consumer, lapin::Error> {
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await?;
+    bind(channel, queue.name().as_str(), exchange, "#").await?;
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 async fn bind(

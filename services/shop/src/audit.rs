@@ -177,14 +177,6 @@ const RULES: &[Rule] = &[
     },
 ];
 
-pub const SERVICES: [&str; 5] = [
-    "orders",
-    "payment",
-    "inventory",
-    "shipping",
-    "notifications",
-];
-
 pub async fn audit(pool: &PgPool, broker: Option<&Broker<'_>>) -> Result<Report, AuditError> {
     let (orders, confirmed, cancelled): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE status = 'confirmed'),
@@ -216,7 +208,7 @@ pub async fn audit(pool: &PgPool, broker: Option<&Broker<'_>>) -> Result<Report,
 async fn dead_letters(broker: &Broker<'_>) -> Result<Vec<Violation>, AuditError> {
     let connection = Connection::connect(broker.amqp_url, ConnectionProperties::default()).await?;
     let mut violations = Vec::new();
-    for service in SERVICES {
+    for service in crate::SERVICES {
         let queue = service_kit::topology::dead_letter_queue_name(broker.namespace, service);
         // A passive declare only reads the count; a queue that does not exist yet is empty.
         let channel = connection.create_channel().await?;

@@ -16,11 +16,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
-    types::FieldTable,
+    options::{BasicAckOptions, ExchangeDeleteOptions},
 };
 use serde_json::{Value, json};
 use service_kit::{
@@ -28,18 +24,11 @@ use service_kit::{
     publisher::{Outgoing, Publisher},
     topology::{self, Topology},
 };
-use shop::audit;
+use shop::{SERVICES, audit};
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::{process::Child, process::Command, sync::Semaphore};
 use uuid::Uuid;
 
-const SERVICES: [&str; 5] = [
-    "orders",
-    "payment",
-    "inventory",
-    "shipping",
-    "notifications",
-];
 /// Retry delays of the services under test: short, so deferrals resolve within the run.
 const RETRY_DELAYS_MS: [u64; 3] = [200, 1_000, 3_000];
 
@@ -71,36 +60,25 @@ pub struct ChaosOptions {
     pub keep: bool,
 }
 
-/// What happened, printed at the end.
-#[derive(Default)]
-struct Journal {
-    started: Option<Instant>,
-    lines: Vec<String>,
-}
+/// Prints what happens, stamped with the time since the run started.
+#[derive(Clone, Copy)]
+struct Journal(Instant);
 
 impl Journal {
-    fn log(&mut self, line: impl Into<String>) {
-        let at = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        let line = format!("t+{at:6.1}s  {}", line.into());
-        println!("{line}");
-        self.lines.push(line);
+    fn note(self, line: impl AsRef<str>) {
+        println!(
+            "t+{:6.1}s  {}",
+            self.0.elapsed().as_secs_f64(),
+            line.as_ref()
+        );
     }
 }
-
-type SharedJournal = Arc<Mutex<Journal>>;
 
 /// An event as delivered: routing key, body, properties (so it can be delivered again).
 type Recorded = (String, Vec<u8>, BasicProperties);
 
 /// An accepted order: its id, the outcome its path must reach, how many POSTs it took.
 type Placed = (Uuid, &'static str, u32);
-
-fn note(journal: &SharedJournal, line: impl Into<String>) {
-    journal
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .log(line);
-}
 
 struct ServiceProcess {
     name: &'static str,
@@ -288,31 +266,7 @@ async fn spy(
             let connection =
                 Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
             let channel = connection.create_channel().await?;
-            let exclusive = QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            };
-            let queue = channel
-                .queue_declare("".into(), exclusive, FieldTable::default())
-                .await?;
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    exchange.as_str().into(),
-                    "#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let mut deliveries = channel
-                .basic_consume(
-                    queue.name().clone(),
-                    "chaos-spy".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let mut deliveries = topology::tap(&channel, &exchange, "chaos-spy").await?;
             while let Some(delivery) = deliveries.next().await {
                 let delivery = delivery?;
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
@@ -415,19 +369,13 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
 }
 
 async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
-    let journal: SharedJournal = Arc::new(Mutex::new(Journal {
-        started: Some(Instant::now()),
-        lines: vec![],
-    }));
-    note(
-        &journal,
-        format!(
-            "namespace {}, database {}, logs in {}",
-            run.namespace,
-            run.database,
-            run.log_dir.display()
-        ),
-    );
+    let journal = Journal(Instant::now());
+    journal.note(format!(
+        "namespace {}, database {}, logs in {}",
+        run.namespace,
+        run.database,
+        run.log_dir.display()
+    ));
 
     let mut services = Vec::new();
     for name in SERVICES {
@@ -447,7 +395,7 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
             .await?;
     }
     let orders_port = services[0].port;
-    note(&journal, "five services up and ready");
+    journal.note("five services up and ready");
 
     let exchange = topology::exchange_name(&run.namespace);
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -465,7 +413,6 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
     let in_flight = Arc::new(Semaphore::new(64));
     let load = {
         let placed = placed.clone();
-        let journal = journal.clone();
         let run = run.clone();
         let (orders, rate) = (options.orders, options.rate);
         async move {
@@ -475,7 +422,6 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
                 ticker.tick().await;
                 let permit = in_flight.clone().acquire_owned().await;
                 let placed = placed.clone();
-                let journal = journal.clone();
                 let run = run.clone();
                 let key = format!("chaos-{}-{i}", run.id);
                 tasks.push(tokio::spawn(async move {
@@ -486,7 +432,7 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .push((order_id, outcome, tries)),
-                        Err(e) => note(&journal, format!("LOST order {key}: {e}")),
+                        Err(e) => journal.note(format!("LOST order {key}: {e}")),
                     }
                 }));
             }
@@ -507,12 +453,12 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
             let batch = options.duplicates / steps + usize::from(n < options.duplicates % steps);
             match inject_duplicates(&run.amqp_url, &exchange, &seen, batch).await {
                 Ok(sent) => duplicates_sent += sent,
-                Err(e) => note(&journal, format!("duplicate injection failed: {e}")),
+                Err(e) => journal.note(format!("duplicate injection failed: {e}")),
             }
             if n == broker_at && !options.no_broker_restart {
-                recovery = Some(restart_broker(&run, &services, orders_port, &journal).await?);
+                recovery = Some(restart_broker(&run, &services, orders_port, journal).await?);
             } else if n == database_at && !options.no_database_restart {
-                restart_database(&journal).await?;
+                restart_database(journal).await?;
             } else {
                 let victim = &mut services[fastrand::usize(..SERVICES.len())];
                 // Every other stop is a clean SIGTERM while busy: in-flight messages must
@@ -532,20 +478,17 @@ async fn chaos(run: Arc<Run>, options: &ChaosOptions) -> anyhow::Result<()> {
                     victim.kills += 1;
                     "SIGKILL"
                 };
-                note(&journal, format!("{signal} {}", victim.name));
+                journal.note(format!("{signal} {}", victim.name));
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(100..1_500))).await;
                 run.spawn(victim)?;
-                note(&journal, format!("restarted {}", victim.name));
+                journal.note(format!("restarted {}", victim.name));
             }
         }
         anyhow::Ok((recovery, duplicates_sent))
     };
     let ((), faults) = tokio::join!(load, faults);
     let (recovery, duplicates_sent) = faults?;
-    note(
-        &journal,
-        "load and faults done; waiting for the shop to settle",
-    );
+    journal.note("load and faults done; waiting for the shop to settle");
 
     for service in &services {
         run.wait_ready(service.port, Duration::from_secs(60))
@@ -679,10 +622,10 @@ async fn restart_broker(
     run: &Run,
     services: &[ServiceProcess],
     orders_port: u16,
-    journal: &SharedJournal,
+    journal: Journal,
 ) -> anyhow::Result<Duration> {
     shell("rabbitmqctl", &["stop_app"]).await?;
-    note(journal, "RabbitMQ stopped (rabbitmqctl stop_app)");
+    journal.note("RabbitMQ stopped (rabbitmqctl stop_app)");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut not_ready = 0;
     while Instant::now() < deadline {
@@ -697,17 +640,14 @@ async fn restart_broker(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    note(
-        journal,
-        format!(
-            "/readyz while the broker is down: {not_ready} of {} services not ready",
-            services.len()
-        ),
-    );
+    journal.note(format!(
+        "/readyz while the broker is down: {not_ready} of {} services not ready",
+        services.len()
+    ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     shell("rabbitmqctl", &["start_app"]).await?;
     let back = Instant::now();
-    note(journal, "RabbitMQ started (rabbitmqctl start_app)");
+    journal.note("RabbitMQ started (rabbitmqctl start_app)");
     let (body, _) = order_body(0);
     let (order_id, _) = run
         .place(orders_port, &format!("chaos-{}-probe", run.id), &body)
@@ -720,17 +660,14 @@ async fn restart_broker(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let recovery = back.elapsed();
-    note(
-        journal,
-        format!(
-            "first order confirmed {:.1}s after the broker came back",
-            recovery.as_secs_f64()
-        ),
-    );
+    journal.note(format!(
+        "first order confirmed {:.1}s after the broker came back",
+        recovery.as_secs_f64()
+    ));
     Ok(recovery)
 }
 
-async fn restart_database(journal: &SharedJournal) -> anyhow::Result<()> {
+async fn restart_database(journal: Journal) -> anyhow::Result<()> {
     let version = postgres_version()?;
     shell(
         "pg_ctlcluster",
@@ -744,10 +681,9 @@ async fn restart_database(journal: &SharedJournal) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    note(
-        journal,
-        format!("Postgres {version} restarted (pg_ctlcluster restart -m fast)"),
-    );
+    journal.note(format!(
+        "Postgres {version} restarted (pg_ctlcluster restart -m fast)"
+    ));
     Ok(())
 }
 

@@ -5,6 +5,15 @@ pub mod audit;
 pub mod map;
 pub mod provision;
 
+/// The five services, by name (their schema, queue and role names).
+pub const SERVICES: [&str; 5] = [
+    orders::NAME,
+    payment::NAME,
+    inventory::NAME,
+    shipping::NAME,
+    notifications::NAME,
+];
+
 /// What one service subscribes to and announces, read from the service crate itself.
 pub struct ServiceFacts {
     pub name: &'static str,

@@ -135,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            println!("provisioned {} services", shop::provision::SERVICES.len());
+            println!("provisioned {} services", shop::SERVICES.len());
             Ok(())
         }
         Commands::Probe { url } => {

@@ -248,15 +248,6 @@ mod tests {
     }
 }
 
-/// The five services, in the order they are provisioned.
-pub const SERVICES: [&str; 5] = [
-    "orders",
-    "payment",
-    "inventory",
-    "shipping",
-    "notifications",
-];
-
 /// Everything `shop provision` needs, from environment variables.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -294,7 +285,7 @@ impl Settings {
         let amqp_url =
             var("AMQP_URL").unwrap_or_else(|| service_kit::config::DEFAULT_AMQP_URL.to_owned());
         let uri: lapin::uri::AMQPUri = amqp_url.parse().map_err(|e| format!("AMQP_URL: {e}"))?;
-        let passwords = SERVICES
+        let passwords = crate::SERVICES
             .iter()
             .map(|service| {
                 let upper = service.to_ascii_uppercase();
