@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use crate::Event;
 
-/// The JSON body of every message on the wire (DESIGN.md §4).
+/// The JSON body of every message on the wire (docs/architecture.md, "The envelope").
 ///
 /// The payload stays raw JSON until a consumer that knows the type asks for it, so a message
 /// of an unknown type or version can still be read, logged and dead-lettered.
@@ -38,10 +38,10 @@ pub enum DecodeError {
         actual: u32,
         supported: u32,
     },
-    #[error("invalid {event_type} payload: {source}")]
+    #[error("invalid {event_type} payload: {error}")]
     InvalidPayload {
         event_type: &'static str,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -86,9 +86,9 @@ impl Envelope {
                 supported: E::VERSION,
             });
         }
-        serde_json::from_value(self.payload.clone()).map_err(|source| DecodeError::InvalidPayload {
+        serde_json::from_value(self.payload.clone()).map_err(|error| DecodeError::InvalidPayload {
             event_type: E::TYPE,
-            source,
+            error,
         })
     }
 }

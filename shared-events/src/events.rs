@@ -1,16 +1,16 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Event, EventInfo};
+use crate::{Event, EventInfo, Participant, participants};
 
 /// Declares the catalog once: every event's type name, producer and routing key, and the
 /// `CATALOG` listing them, so the three can never disagree.
 macro_rules! catalog {
-    ($($event:ident => $producer:literal, $routing_key:literal;)+) => {
+    ($($event:ident => $producer:ident, $routing_key:literal;)+) => {
         $(
             impl Event for $event {
                 const TYPE: &'static str = stringify!($event);
-                const PRODUCER: &'static str = $producer;
+                type Producer = participants::$producer;
                 const ROUTING_KEY: &'static str = $routing_key;
 
                 fn order_id(&self) -> Uuid {
@@ -23,7 +23,7 @@ macro_rules! catalog {
         pub const CATALOG: &[EventInfo] = &[
             $(EventInfo {
                 event_type: stringify!($event),
-                producer: $producer,
+                producer: <participants::$producer as Participant>::NAME,
                 routing_key: $routing_key,
             },)+
         ];
@@ -31,17 +31,17 @@ macro_rules! catalog {
 }
 
 catalog! {
-    OrderPlaced => "orders", "orders.order_placed";
-    PaymentCompleted => "payment", "payment.payment_completed";
-    PaymentFailed => "payment", "payment.payment_failed";
-    StockReserved => "inventory", "inventory.stock_reserved";
-    StockReservationFailed => "inventory", "inventory.stock_reservation_failed";
-    ShipmentBooked => "shipping", "shipping.shipment_booked";
-    ShipmentFailed => "shipping", "shipping.shipment_failed";
-    PaymentRefunded => "payment", "payment.payment_refunded";
-    StockReleased => "inventory", "inventory.stock_released";
-    OrderConfirmed => "orders", "orders.order_confirmed";
-    OrderCancelled => "orders", "orders.order_cancelled";
+    OrderPlaced => Orders, "orders.order_placed";
+    PaymentCompleted => Payment, "payment.payment_completed";
+    PaymentFailed => Payment, "payment.payment_failed";
+    StockReserved => Inventory, "inventory.stock_reserved";
+    StockReservationFailed => Inventory, "inventory.stock_reservation_failed";
+    ShipmentBooked => Shipping, "shipping.shipment_booked";
+    ShipmentFailed => Shipping, "shipping.shipment_failed";
+    PaymentRefunded => Payment, "payment.payment_refunded";
+    StockReleased => Inventory, "inventory.stock_released";
+    OrderConfirmed => Orders, "orders.order_confirmed";
+    OrderCancelled => Orders, "orders.order_cancelled";
 }
 
 /// One line of a placed order, priced from the catalog at the time it was placed.

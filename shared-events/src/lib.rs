@@ -1,5 +1,5 @@
 //! The event contract of the shop: the envelope every message travels in, the eleven
-//! past-tense events of the catalog and their routing keys. No I/O lives here.
+//! past-tense events of the catalog, their producers and routing keys. No I/O lives here.
 //!
 //! Producers and consumers share only this crate: a payload field may be added, never renamed.
 
@@ -9,6 +9,40 @@ mod events;
 pub use envelope::{DecodeError, Envelope};
 pub use events::*;
 
+/// One of the shop's services as the contract knows it: a name, and (through
+/// [`Event::Producer`]) the events only it may announce.
+pub trait Participant: Send + Sync + 'static {
+    /// The service's name: its schema, its queue, its broker user, its `producer` field.
+    const NAME: &'static str;
+}
+
+/// The participants of the choreography. A type, not a string, so that announcing another
+/// service's event is a compile error (see `service_kit::Ctx::announce`).
+pub mod participants {
+    use crate::Participant;
+
+    macro_rules! participants {
+        ($($participant:ident => $name:literal,)+) => {
+            $(
+                #[derive(Debug, Clone, Copy)]
+                pub struct $participant;
+
+                impl Participant for $participant {
+                    const NAME: &'static str = $name;
+                }
+            )+
+        };
+    }
+
+    participants! {
+        Orders => "orders",
+        Payment => "payment",
+        Inventory => "inventory",
+        Shipping => "shipping",
+        Notifications => "notifications",
+    }
+}
+
 /// Facts every event type declares about itself.
 pub trait Event: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
     /// The `type` of the envelope, e.g. `OrderPlaced`.
@@ -16,9 +50,17 @@ pub trait Event: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 
     /// The payload version this build reads and writes.
     const VERSION: u32 = 1;
     /// The only service allowed to announce this event.
-    const PRODUCER: &'static str;
+    type Producer: Participant;
+    /// The producer's name, as it travels in the envelope.
+    const PRODUCER: &'static str = <Self::Producer as Participant>::NAME;
     /// `<producer>.<event_in_snake_case>` on the events exchange.
     const ROUTING_KEY: &'static str;
+    /// This event's row of the catalog.
+    const INFO: EventInfo = EventInfo {
+        event_type: Self::TYPE,
+        producer: Self::PRODUCER,
+        routing_key: Self::ROUTING_KEY,
+    };
 
     /// Every event of the catalog belongs to one order's saga.
     fn order_id(&self) -> uuid::Uuid;

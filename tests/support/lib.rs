@@ -1,35 +1,34 @@
 //! Test support: a whole shop (or part of it) on the real RabbitMQ and Postgres, isolated by a
-//! fresh database and a unique `SHOP_NAMESPACE`, and a spy that records every event published
-//! on the namespace's exchange.
+//! fresh database and a unique `SHOP_NAMESPACE` (the `shop` crate's [`Sandbox`]), and a spy
+//! that records every event published on the namespace's exchange.
 //!
 //! Settings: `TEST_AMQP_URL` and `TEST_ADMIN_DATABASE_URL` (a database the tests may use to
-//! create and drop their own); localhost defaults.
+//! create and drop their own); localhost defaults. A broker or database that is not running
+//! fails the test with a message saying what to start.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::time::Duration;
 
-use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
-    options::{
-        BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        ExchangeDeleteOptions,
-    },
-    types::FieldTable,
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use serde_json::{Value, json};
-use service_kit::{CancellationToken, Config, publisher::envelope_properties, topology};
+use service_kit::{
+    BoundService, CancellationToken, Config, ErrorChain, Outbox, publisher::envelope_properties,
+    topology,
+};
 use shared_events::{Envelope, Event};
-pub use shop::SERVICES;
-use sqlx::{Connection as _, PgConnection, PgPool};
-use tokio::task::JoinHandle;
+pub use shop::harness::Seen;
+use shop::harness::{EventTap, Sandbox};
+use sqlx::PgPool;
+use tokio::{sync::Mutex, task::JoinHandle};
 use uuid::Uuid;
 
 /// How long any test waits for the shop to get somewhere before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Retry delays of services under test (short, so retries resolve within a test).
+const TEST_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
 
 pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_AMQP_URL.into())
@@ -49,58 +48,133 @@ pub fn init_logs() {
         .try_init();
 }
 
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free local port");
-    listener.local_addr().expect("bound address")
+/// The RabbitMQ management API, which the least-privilege test provisions through (as
+/// compose's provision step does). A fresh broker does not serve it: the first test that
+/// needs it enables the plugin (`rabbitmq-plugins`, as the broker's administrator), so the
+/// README's one test command needs no step before it.
+pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
+
+pub async fn ensure_management_api() {
+    static ENABLING: Mutex<()> = Mutex::const_new(());
+    let _turn = ENABLING.lock().await;
+    let http = reqwest::Client::new();
+    let overview = format!("{MANAGEMENT_URL}/api/overview");
+    let answers = || async {
+        http.get(&overview)
+            .basic_auth("guest", Some("guest"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    if answers().await {
+        return;
+    }
+    let enabled = tokio::process::Command::new("rabbitmq-plugins")
+        .args(["enable", "--quiet", "rabbitmq_management"])
+        .output()
+        .await;
+    let hint = "enable it with `rabbitmq-plugins enable rabbitmq_management` (as root)";
+    match enabled {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "the RabbitMQ management API is not reachable on {MANAGEMENT_URL} and enabling it \
+             failed ({}): {hint}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "the RabbitMQ management API is not reachable on {MANAGEMENT_URL} and \
+             rabbitmq-plugins cannot be run ({e}): {hint}"
+        ),
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !answers().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the RabbitMQ management plugin was enabled but {MANAGEMENT_URL} does not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
-/// One isolated environment: a database and a namespace, deleted again by [`Env::cleanup`].
+/// A test still running after this long is stuck (the whole suite takes well under a minute).
+const HANG_LIMIT: Duration = Duration::from_secs(300);
+
+/// How long removing an environment may take before it is given up (a stuck broker must not
+/// turn a failed test into a hung one).
+const CLEANUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Ends the whole test run, naming the test, if the test that holds it is still running after
+/// [`HANG_LIMIT`]: a hang (a broker that stopped answering, a task that never ends) must fail
+/// the run with a name, not stall it. Dropping the guard disarms it.
+struct HangGuard {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl HangGuard {
+    fn arm() -> Self {
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                disarmed.recv_timeout(HANG_LIMIT)
+            {
+                eprintln!(
+                    "{test} is still running after {HANG_LIMIT:?}: it is stuck; stopping the \
+                     test run"
+                );
+                std::process::exit(101);
+            }
+        });
+        Self { _disarm: disarm }
+    }
+}
+
+/// One isolated environment: a database and a namespace, deleted again by [`Env::cleanup`]
+/// (or when dropped, if the test failed first).
 pub struct Env {
     pub namespace: String,
     pub database: String,
     pub database_url: String,
     pub pool: PgPool,
+    sandbox: Sandbox,
     cleaned: bool,
+    _hang_guard: HangGuard,
 }
 
 impl Env {
     pub async fn new() -> Self {
         init_logs();
-        let id = Uuid::new_v4().simple().to_string();
-        let namespace = format!("test-{}", &id[..12]);
-        let database = format!("shop_test_{}", &id[..12]);
-        let admin_url = admin_database_url();
-        let mut admin = PgConnection::connect(&admin_url)
+        let hang_guard = HangGuard::arm();
+        let sandbox = Sandbox::create(&admin_database_url(), &amqp_url(), "shop_test")
             .await
-            .expect("Postgres reachable (see .ci/run)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        let database_url = service_kit::config::with_database(&admin_url, &database);
+            .unwrap_or_else(|e| panic!("{}", ErrorChain(&e)));
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(3)
-            .connect(&database_url)
+            .connect(&sandbox.database_url)
             .await
-            .expect("connect to test database");
+            .expect("connect to the test database");
         Self {
-            namespace,
-            database,
-            database_url,
+            namespace: sandbox.namespace.clone(),
+            database: sandbox.database.clone(),
+            database_url: sandbox.database_url.clone(),
             pool,
+            sandbox,
             cleaned: false,
+            _hang_guard: hang_guard,
         }
     }
 
-    pub fn config(&self, http_addr: SocketAddr) -> Config {
-        let mut config = Config::defaults(http_addr);
+    /// A service configuration for this environment, listening on a port of its own choice.
+    pub fn config(&self) -> Config {
+        let mut config = Config::defaults(([127, 0, 0, 1], 0).into());
         config.amqp_url = amqp_url();
         config.database_url = self.database_url.clone();
         config.namespace = self.namespace.clone();
         config.db_pool_size = 3;
         config.prefetch = 16;
         config.outbox_sweep_interval = Duration::from_millis(500);
-        config.retry_delays = vec![Duration::from_millis(100), Duration::from_millis(400)];
+        config.retry_delays = TEST_RETRY_DELAYS.to_vec();
         config.max_attempts = 8;
         config
     }
@@ -108,7 +182,23 @@ impl Env {
     /// Drops the database and every queue and exchange of the namespace.
     pub async fn cleanup(mut self) {
         self.cleaned = true;
-        cleanup(&self.namespace, &self.database, self.pool.clone()).await;
+        self.pool.close().await;
+        remove(&self.sandbox).await;
+    }
+}
+
+async fn remove(sandbox: &Sandbox) {
+    let defaults = service_kit::config::default_retry_delays();
+    let removed = tokio::time::timeout(
+        CLEANUP_LIMIT,
+        sandbox.cleanup(&[&defaults, &TEST_RETRY_DELAYS], &[]),
+    )
+    .await;
+    if removed.is_err() {
+        eprintln!(
+            "removing {} took over {CLEANUP_LIMIT:?}; left behind",
+            sandbox.namespace
+        );
     }
 }
 
@@ -118,51 +208,19 @@ impl Drop for Env {
             return;
         }
         // A failed test still cleans up, on a runtime of its own (the test's may be gone).
-        let (namespace, database, pool) = (
-            self.namespace.clone(),
-            self.database.clone(),
-            self.pool.clone(),
-        );
+        let (sandbox, pool) = (self.sandbox.clone(), self.pool.clone());
         let _ = std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                runtime.block_on(cleanup(&namespace, &database, pool));
+                runtime.block_on(async {
+                    pool.close().await;
+                    remove(&sandbox).await;
+                });
             }
         })
         .join();
-    }
-}
-
-async fn cleanup(namespace: &str, database: &str, pool: PgPool) {
-    pool.close().await;
-    if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-        && let Ok(channel) = connection.create_channel().await
-    {
-        let delays = service_kit::config::default_retry_delays();
-        let test_delays = [Duration::from_millis(100), Duration::from_millis(400)];
-        for service in SERVICES.iter().chain(&["probe"]) {
-            for delays in [&delays[..], &test_delays[..]] {
-                let _ = topology::Topology::new(namespace, service, vec![], delays)
-                    .delete(&channel)
-                    .await;
-            }
-        }
-        let _ = channel
-            .exchange_delete(
-                topology::exchange_name(namespace).as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let _ = connection.close(200, "test done".into()).await;
-    }
-    if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
     }
 }
 
@@ -175,20 +233,21 @@ pub struct RunningService {
 }
 
 impl RunningService {
-    pub async fn start(name: &'static str, config: Config) -> Self {
-        let url = format!("http://{}", config.http_addr);
+    /// Starts the registry's service `name` and waits until it is ready.
+    pub async fn start(name: &str, config: Config) -> Self {
+        let entry = shop::registry::find(name).unwrap_or_else(|| panic!("no service {name}"));
+        let bound = (entry.bind)(config)
+            .await
+            .unwrap_or_else(|e| panic!("{name} cannot start: {}", ErrorChain(&e)));
+        Self::run(bound).await
+    }
+
+    /// Runs a bound service (one of the registry's, or a test double) until stopped.
+    pub async fn run(bound: BoundService) -> Self {
+        let name = bound.name();
+        let url = format!("http://{}", bound.local_addr());
         let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            match name {
-                "orders" => orders::run(config, token).await,
-                "payment" => payment::run(config, token).await,
-                "inventory" => inventory::run(config, token).await,
-                "shipping" => shipping::run(config, token).await,
-                "notifications" => notifications::run(config, token).await,
-                other => panic!("no service {other}"),
-            }
-        });
+        let task = tokio::spawn(bound.run(shutdown.clone()));
         let service = Self {
             name,
             url,
@@ -201,13 +260,8 @@ impl RunningService {
 
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
-        let readyz = format!("{}/readyz", self.url);
-        eventually(&format!("{} ready", self.name), || async {
-            client
-                .get(&readyz)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
+        eventually(&format!("{} ready", self.name), || {
+            shop::harness::is_ready(&client, &self.url)
         })
         .await;
     }
@@ -217,7 +271,7 @@ impl RunningService {
         self.shutdown.cancel();
         match self.task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("{} failed: {e}", self.name),
+            Ok(Err(e)) => panic!("{} failed: {}", self.name, ErrorChain(&e)),
             Err(e) => panic!("{} panicked: {e}", self.name),
         }
     }
@@ -233,21 +287,22 @@ pub struct Shop {
 
 impl Shop {
     pub async fn start() -> Self {
-        Self::start_only(&SERVICES).await
+        let all: Vec<&str> = shop::registry::names().collect();
+        Self::start_only(&all).await
     }
 
-    pub async fn start_only(names: &[&'static str]) -> Self {
+    pub async fn start_only(names: &[&str]) -> Self {
         Self::start_with(names, |_| {}).await
     }
 
     /// Starts `names` with their test configuration adjusted by `tweak`.
-    pub async fn start_with(names: &[&'static str], tweak: fn(&mut Config)) -> Self {
+    pub async fn start_with(names: &[&str], tweak: fn(&mut Config)) -> Self {
         let env = Env::new().await;
         // The spy first: it declares the exchange and sees every event from the start.
         let spy = Spy::start(&env.namespace).await;
         let mut services = Vec::new();
         for name in names {
-            let mut config = env.config(free_addr());
+            let mut config = env.config();
             tweak(&mut config);
             services.push(RunningService::start(name, config).await);
         }
@@ -276,8 +331,8 @@ impl Shop {
         self.services.remove(index).stop().await;
     }
 
-    pub async fn start_service(&mut self, name: &'static str) {
-        let config = self.env.config(free_addr());
+    pub async fn start_service(&mut self, name: &str) {
+        let config = self.env.config();
         self.services
             .push(RunningService::start(name, config).await);
     }
@@ -377,67 +432,23 @@ where
     }
 }
 
-/// An event as the broker delivered it to the spy.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub routing_key: String,
-    pub envelope: Envelope,
-    pub properties: BasicProperties,
-}
-
-/// Records everything published on the namespace's exchange (an exclusive queue bound `#`).
-pub struct Spy {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    connection: Connection,
-    task: JoinHandle<()>,
-}
+/// Records everything published on the namespace's exchange.
+pub struct Spy(EventTap);
 
 impl Spy {
     pub async fn start(namespace: &str) -> Self {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        let tap = EventTap::start(&amqp_url(), namespace)
             .await
-            .expect("RabbitMQ reachable (see .ci/run)");
-        let channel = connection.create_channel().await.expect("channel");
-        let exchange = topology::exchange_name(namespace);
-        declare_exchange(&channel, &exchange).await;
-        let mut consumer = topology::tap(&channel, &exchange, "spy")
-            .await
-            .expect("spy queue");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                if let Ok(envelope) = Envelope::from_json(&delivery.data) {
-                    sink.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(Seen {
-                            routing_key: delivery.routing_key.to_string(),
-                            envelope,
-                            properties: delivery.properties,
-                        });
-                }
-            }
-        });
-        Self {
-            seen,
-            connection,
-            task,
-        }
+            .unwrap_or_else(|e| panic!("the spy cannot tap the exchange: {}", ErrorChain(&e)));
+        Self(tap)
     }
 
     pub fn all(&self) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.all()
     }
 
     pub fn for_order(&self, order_id: Uuid) -> Vec<Seen> {
-        self.all()
-            .into_iter()
-            .filter(|s| s.envelope.correlation_id == order_id)
-            .collect()
+        self.0.for_order(order_id)
     }
 
     pub fn types_for(&self, order_id: Uuid) -> Vec<String> {
@@ -449,37 +460,22 @@ impl Spy {
 
     /// Waits until the spy has seen an `E` for the order; returns it.
     pub async fn wait_for<E: Event>(&self, order_id: Uuid) -> Seen {
-        eventually(&format!("{} for {order_id}", E::TYPE), || async {
+        let event_type = E::TYPE;
+        eventually(&format!("{event_type} for {order_id}"), || async {
             self.for_order(order_id)
                 .iter()
-                .any(|s| s.envelope.event_type == E::TYPE)
+                .any(|s| s.envelope.event_type == event_type)
         })
         .await;
         self.for_order(order_id)
             .into_iter()
-            .find(|s| s.envelope.event_type == E::TYPE)
+            .find(|s| s.envelope.event_type == event_type)
             .expect("just seen")
     }
 
     pub async fn close(self) {
-        let _ = self.connection.close(200, "spy done".into()).await;
-        self.task.abort();
+        self.0.close().await;
     }
-}
-
-pub async fn declare_exchange(channel: &Channel, exchange: &str) {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare exchange");
 }
 
 /// Publishes envelopes onto a namespace's exchange as a producer would (confirmed).
@@ -500,7 +496,9 @@ impl TestPublisher {
             .await
             .expect("confirm mode");
         let exchange = topology::exchange_name(namespace);
-        declare_exchange(&channel, &exchange).await;
+        topology::declare_exchange(&channel, &exchange)
+            .await
+            .expect("declare the exchange");
         Self {
             connection,
             channel,
@@ -545,18 +543,7 @@ impl TestPublisher {
 
 /// A valid order body for the seeded catalog.
 pub fn order_body(sku: &str, quantity: u32, payment_method: &str, country: &str) -> Value {
-    json!({
-        "customer_id": "cust-42",
-        "items": [{ "sku": sku, "quantity": quantity }],
-        "payment_method": payment_method,
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "line1": "12 St James's Square",
-            "city": "London",
-            "postal_code": "SW1Y 4JH",
-            "country": country
-        }
-    })
+    shop::harness::order_body("cust-42", sku, quantity, payment_method, country)
 }
 
 /// A metric's value from a service's `/metrics` (0 if absent).
@@ -629,7 +616,7 @@ pub async fn insert_outbox_row<E: Event>(pool: &PgPool, schema: &str, event: &E)
         .execute(&mut *conn)
         .await
         .expect("search_path");
-    let envelope = service_kit::outbox::append(&mut conn, event, None)
+    let envelope = Outbox::<E::Producer>::append(&mut conn, event, None)
         .await
         .expect("insert outbox row");
     sqlx::query("RESET search_path")

@@ -54,27 +54,14 @@ pub fn decide_reservation(
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A reservation's state, stored as the enum type `inventory.reservation_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+// Named without its schema: the service's connections resolve names in their own schema.
+#[sqlx(type_name = "reservation_status", rename_all = "snake_case")]
 pub enum ReservationStatus {
     Reserved,
     Failed,
     Released,
-}
-
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Reserved => "reserved",
-            Self::Failed => "failed",
-            Self::Released => "released",
-        }
-    }
-
-    pub fn parse(status: &str) -> Option<Self> {
-        [Self::Reserved, Self::Failed, Self::Released]
-            .into_iter()
-            .find(|s| s.as_str() == status)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

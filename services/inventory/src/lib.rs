@@ -16,17 +16,14 @@ use std::{
 use axum::{Json, Router, extract::State, routing::get};
 use domain::{Release, ReservationStatus};
 use serde::Serialize;
-use service_kit::{
-    CancellationToken, Config, Ctx, Db, HandlerError, Routes, ServiceSpec, http::ApiError,
-};
+use service_kit::{ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec};
 use shared_events::{
-    Event, OrderPlaced, PaymentCompleted, ShipmentFailed, StockLine, StockReleased,
-    StockReservationFailed, StockReserved,
+    OrderPlaced, PaymentCompleted, ShipmentFailed, StockLine, StockReleased,
+    StockReservationFailed, StockReserved, participants,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-pub const NAME: &str = "inventory";
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
 
 /// What inventory reacts to, and how. This table also declares the queue's bindings.
@@ -41,25 +38,25 @@ pub fn routes() -> Routes<Inventory> {
         })
 }
 
-pub const ANNOUNCES: &[&str] = &[
-    StockReserved::ROUTING_KEY,
-    StockReservationFailed::ROUTING_KEY,
-    StockReleased::ROUTING_KEY,
-];
-
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+/// Binds the service's HTTP listener; `run` the result to start it.
+pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
-        name: NAME,
         migrator: sqlx::migrate!("../../migrations/inventory"),
         routes: routes(),
-        announces: ANNOUNCES,
         state: Inventory,
         http: Some(|db| Router::new().route("/stock", get(stock)).with_state(db)),
     };
-    service_kit::run(config, shutdown, spec).await
+    service_kit::bind(config, spec).await
 }
 
 pub struct Inventory;
+
+impl Service for Inventory {
+    type Participant = participants::Inventory;
+}
+
+/// A handler's context: the transaction, and inventory's own events to announce.
+type Ctx = service_kit::Ctx<participants::Inventory>;
 
 impl Inventory {
     async fn remember_items(&self, ctx: &mut Ctx, order: OrderPlaced) -> Result<(), HandlerError> {
@@ -135,10 +132,11 @@ impl Inventory {
                 let held = order_items(ctx.db(), order_id).await?;
                 move_stock(ctx.db(), &held, Direction::Release).await?;
                 sqlx::query(
-                    "UPDATE inventory.reservations SET status = 'released', updated_at = now()
+                    "UPDATE inventory.reservations SET status = $2, updated_at = now()
                      WHERE order_id = $1",
                 )
                 .bind(order_id)
+                .bind(ReservationStatus::Released)
                 .execute(ctx.db())
                 .await?;
                 tracing::info!(lines = held.len(), "stock released");
@@ -194,16 +192,10 @@ async fn reservation_status(
     } else {
         "SELECT status FROM inventory.reservations WHERE order_id = $1"
     };
-    let status: Option<String> = sqlx::query_scalar(sql)
+    Ok(sqlx::query_scalar(sql)
         .bind(order_id)
         .fetch_optional(db)
-        .await?;
-    status
-        .map(|s| {
-            ReservationStatus::parse(&s)
-                .ok_or_else(|| HandlerError::Rejected(format!("unknown reservation status {s:?}")))
-        })
-        .transpose()
+        .await?)
 }
 
 async fn record_reservation(
@@ -216,7 +208,7 @@ async fn record_reservation(
         "INSERT INTO inventory.reservations (order_id, status, reason) VALUES ($1, $2, $3)",
     )
     .bind(order_id)
-    .bind(status.as_str())
+    .bind(status)
     .bind(reason)
     .execute(db)
     .await?;

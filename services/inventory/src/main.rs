@@ -1,6 +1,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (config, shutdown) = service_kit::process_setup(inventory::DEFAULT_HTTP_ADDR)?;
-    inventory::run(config, shutdown).await?;
+    inventory::bind(config).await?.run(shutdown).await?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Configuration from environment variables, each with a localhost default (DESIGN.md §8).
+//! Configuration from environment variables, each with a localhost default (docs/architecture.md, "Configuration").
 
 use std::{net::SocketAddr, time::Duration};
 

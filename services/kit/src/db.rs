@@ -11,7 +11,7 @@ use sqlx::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Backoff, config::Config};
+use crate::{backoff::Backoff, config::Config};
 
 #[derive(Clone)]
 pub struct Db {
@@ -111,7 +111,7 @@ impl Db {
 }
 
 /// Errors that say "the database is away", as opposed to "this statement is wrong".
-pub fn is_connection_error(error: &sqlx::Error) -> bool {
+pub(crate) fn is_connection_error(error: &sqlx::Error) -> bool {
     matches!(
         error,
         sqlx::Error::Io(_)

@@ -11,7 +11,7 @@ use shared_events::Envelope;
 use uuid::Uuid;
 
 use crate::{
-    inbox::headers,
+    consumer::headers,
     publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
     topology,
 };

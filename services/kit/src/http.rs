@@ -26,14 +26,14 @@ use crate::{db::Db, metrics::Metrics};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
-pub struct Health {
-    pub service: &'static str,
-    pub db: Db,
-    pub broker_connected: Arc<AtomicBool>,
-    pub metrics: Metrics,
+pub(crate) struct Health {
+    pub(crate) service: &'static str,
+    pub(crate) db: Db,
+    pub(crate) broker_connected: Arc<AtomicBool>,
+    pub(crate) metrics: Metrics,
 }
 
-pub fn health_routes(health: Health) -> Router {
+pub(crate) fn health_routes(health: Health) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -79,7 +79,7 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
 }
 
 /// Serves until `shutdown`, then gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
     let graceful = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();

@@ -1,36 +1,44 @@
 //! The plumbing every shop service stands on, so that a service crate holds only what it
-//! subscribes to, what it owns and what it announces:
+//! subscribes to, what it owns and what it announces.
 //!
-//! - [`config`]: environment variables with localhost defaults;
-//! - [`topology`]: the exchange, the service's quorum queue, its retry and dead-letter queues;
-//! - [`outbox`]: events written in the same transaction as the state change, and the relay
-//!   that publishes them with confirms and `mandatory`;
-//! - [`inbox`]: the idempotent consumer, its subscription table ([`Routes`]), retries and
-//!   dead letters;
-//! - [`broker`]: the reconnect loop that owns the AMQP connections;
-//! - [`dead_letters`]: listing and re-driving what ended in a dead-letter queue;
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`;
-//! - [`telemetry`] and [`shutdown`]: logs and signals.
+//! A service author reads [`Routes`], [`Ctx`], [`HandlerError`] and [`Service`], writes a
+//! [`ServiceSpec`] and calls [`bind`]. Underneath, one way down (no module imports one above it):
+//!
+//! - `service` runs it: HTTP (`/healthz`, `/readyz`, `/metrics`), migrations, then
+//!   `session`, the reconnect loop that owns the AMQP connections;
+//! - `session` drives `consumer` (the inbox: idempotent handling, retries, dead letters) and
+//!   `outbox` (events written in the handler's transaction, and the relay that publishes them);
+//! - those stand on [`publisher`] (confirms and `mandatory`), [`topology`] (every exchange and
+//!   queue), `db` (the schema-scoped pool), `backoff`, `metrics` and [`config`].
+//!
+//! [`dead_letters`] is the operator's side: listing and re-driving dead letters.
+//! See `docs/architecture.md` for why each mechanism exists.
 
-pub mod broker;
+mod backoff;
 pub mod config;
-pub mod db;
+mod consumer;
+mod db;
 pub mod dead_letters;
-pub mod http;
-pub mod inbox;
-pub mod metrics;
-pub mod outbox;
+mod handler;
+mod http;
+mod metrics;
+mod outbox;
 pub mod publisher;
-pub mod shutdown;
-pub mod telemetry;
+mod service;
+mod session;
+mod shutdown;
+mod telemetry;
 pub mod topology;
 
-mod service;
-
 pub use config::Config;
+pub use consumer::headers;
 pub use db::Db;
-pub use inbox::{Ctx, HandlerError, HandlerFuture, Routes};
-pub use service::{Error, ServiceSpec, run};
+pub use handler::{Ctx, Handler, HandlerError, HandlerFuture, Routes, Service};
+pub use http::ApiError;
+pub use outbox::Outbox;
+pub use service::{BoundService, Error, ServiceSpec, bind};
+pub use shutdown::on_signal as shutdown_on_signal;
+pub use telemetry::{ErrorChain, init as init_logs};
 pub use tokio_util::sync::CancellationToken;
 
 /// What every service binary does first: logs, configuration from the environment (with the

@@ -4,9 +4,9 @@
 //! A crash after the broker confirmed but before the row was marked sent publishes the same
 //! `message_id` again on restart; consumers' inboxes absorb that duplicate.
 
-use std::{sync::Arc, time::Duration};
+use std::{marker::PhantomData, sync::Arc, time::Duration};
 
-use shared_events::{Envelope, Event};
+use shared_events::{Envelope, Event, Participant};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -16,13 +16,28 @@ use crate::{
     db::Db,
     metrics::Metrics,
     publisher::{Outgoing, PublishError, Publisher, envelope_properties},
+    telemetry::ErrorChain,
 };
 
 /// Rows published per transaction: bounded so a backlog drains in steps that each commit.
 const BATCH_SIZE: i64 = 200;
 
-/// Records `event` for publication, caused by `causation_id`, inside the caller's transaction.
-pub async fn append<E: Event>(
+/// The outbox of participant `P`: only the events the catalog says `P` produces go in.
+pub struct Outbox<P>(PhantomData<fn() -> P>);
+
+impl<P: Participant> Outbox<P> {
+    /// Records `event` for publication, caused by `causation_id`, inside the caller's
+    /// transaction (whose `search_path` is the service's schema).
+    pub async fn append<E: Event<Producer = P>>(
+        conn: &mut PgConnection,
+        event: &E,
+        causation_id: Option<Uuid>,
+    ) -> Result<Envelope, sqlx::Error> {
+        append(conn, event, causation_id).await
+    }
+}
+
+async fn append<E: Event>(
     conn: &mut PgConnection,
     event: &E,
     causation_id: Option<Uuid>,
@@ -53,7 +68,7 @@ pub async fn append<E: Event>(
 
 /// Publishes unsent outbox rows: right after a commit wakes it, and on a slow sweep for rows
 /// no wake-up announced (another instance's, or left by a crash).
-pub struct Relay {
+pub(crate) struct Relay {
     db: Db,
     wake: Arc<Notify>,
     sweep_interval: Duration,
@@ -61,7 +76,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(db: Db, sweep_interval: Duration, metrics: Metrics) -> Self {
+    pub(crate) fn new(db: Db, sweep_interval: Duration, metrics: Metrics) -> Self {
         Self {
             wake: db.relay_wake(),
             db,
@@ -72,7 +87,7 @@ impl Relay {
 
     /// Runs until `stop` fires (`Ok`) or the broker connection fails (`Err`: reconnect).
     /// Database trouble is logged and retried on the next sweep; it never ends the relay.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         publisher: &Publisher,
         exchange: &str,
@@ -85,7 +100,7 @@ impl Relay {
                     Ok(BatchOutcome::More) => {}
                     Ok(BatchOutcome::Failed(e)) if e.is_connection_error() => return Err(e),
                     Ok(BatchOutcome::Failed(e)) => {
-                        tracing::warn!(error = %e, "outbox rows left unsent; retrying on the next sweep");
+                        tracing::warn!(error = %ErrorChain(&e), "outbox rows left unsent; retrying on the next sweep");
                         break;
                     }
                     Err(e) => {

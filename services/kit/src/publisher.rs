@@ -18,7 +18,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The channel or connection failed: reconnect before trying again.
-    #[error("broker channel failed: {0}")]
+    #[error("broker channel failed")]
     Channel(#[from] lapin::Error),
     #[error("broker refused the message (nack)")]
     Nacked,
@@ -61,7 +61,7 @@ impl Publisher {
 
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
         let confirm = self.send(message).await?;
-        settle(confirm).await
+        await_confirm(confirm).await
     }
 
     /// Sends every message before waiting for any confirm (one round trip per batch, not per
@@ -74,7 +74,7 @@ impl Publisher {
         let mut results = Vec::with_capacity(pending.len());
         for sent in pending {
             results.push(match sent {
-                Ok(confirm) => settle(confirm).await,
+                Ok(confirm) => await_confirm(confirm).await,
                 Err(e) => Err(e),
             });
         }
@@ -100,7 +100,8 @@ impl Publisher {
     }
 }
 
-async fn settle(confirm: PublisherConfirm) -> Result<(), PublishError> {
+/// The broker's verdict on one message: confirmed and routed, or why not.
+async fn await_confirm(confirm: PublisherConfirm) -> Result<(), PublishError> {
     match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
         Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
         Ok(Err(e)) => Err(PublishError::Channel(e)),
@@ -115,7 +116,7 @@ async fn settle(confirm: PublisherConfirm) -> Result<(), PublishError> {
     }
 }
 
-/// AMQP properties mirroring the envelope (DESIGN.md §4): persistent, JSON, ids, producer,
+/// AMQP properties mirroring the envelope (docs/architecture.md, "The envelope"): persistent, JSON, ids, producer,
 /// with `causation_id` and a W3C `traceparent` in the headers.
 pub fn envelope_properties(envelope: &Envelope) -> BasicProperties {
     let mut headers = FieldTable::default();

@@ -1,33 +1,41 @@
 //! Runs one service: HTTP first (so `/healthz` answers at once), then migrations, then the
 //! broker supervisor; on shutdown, the reverse.
+//!
+//! Binding and running are two steps: [`bind`] opens the HTTP listener and reports its
+//! address (a test binds port 0 and reads the port it got), [`BoundService::run`] runs until
+//! stopped.
 
-use std::sync::{Arc, atomic::AtomicBool};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use axum::Router;
+use shared_events::{CATALOG, Participant};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Supervisor,
     config::Config,
+    consumer::Consumer,
     db::Db,
+    handler::{Routes, Service},
     http::{Health, health_routes, serve},
-    inbox::{Consumer, Routes},
     metrics::Metrics,
     outbox::Relay,
+    session::Supervisor,
     topology::Topology,
 };
 
-/// Everything that makes one service different from another.
-pub struct ServiceSpec<S> {
-    /// The service name: its schema, its queue (`<ns>.<name>`), its log field.
-    pub name: &'static str,
+/// Everything that makes one service different from another. Its name (schema, queue, log
+/// field) and the events it announces come from `S::Participant` and the catalog.
+pub struct ServiceSpec<S: Service> {
     pub migrator: Migrator,
     /// What it subscribes to.
     pub routes: Routes<S>,
-    /// Routing keys of the events it announces; empty means no outbox relay runs.
-    pub announces: &'static [&'static str],
     pub state: S,
     /// Extra endpoints (an API) built on the service's database handle.
     pub http: Option<fn(Db) -> Router>,
@@ -35,35 +43,75 @@ pub struct ServiceSpec<S> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid DATABASE_URL: {0}")]
-    DatabaseUrl(sqlx::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("invalid DATABASE_URL")]
+    DatabaseUrl(#[source] sqlx::Error),
+    #[error("cannot listen on {addr}")]
     Listen {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("migrations failed: {0}")]
+    #[error("migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// Runs the service until `shutdown` is cancelled, then stops consuming, finishes in-flight
-/// messages and requests, and closes its connections.
-pub async fn run<S: Send + Sync + 'static>(
-    config: Config,
-    shutdown: CancellationToken,
-    spec: ServiceSpec<S>,
-) -> Result<(), Error> {
-    let service = spec.name;
-    let db = Db::connect_lazy(&config, service).map_err(Error::DatabaseUrl)?;
-    let metrics = Metrics::default();
-    let broker_connected = Arc::new(AtomicBool::new(false));
+type RunFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
+/// A service whose HTTP listener is open, ready to run.
+pub struct BoundService {
+    name: &'static str,
+    local_addr: SocketAddr,
+    run: Box<dyn FnOnce(CancellationToken) -> RunFuture + Send>,
+}
+
+impl BoundService {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Where the service serves HTTP (the actual port when `HTTP_ADDR` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs the service until `shutdown` is cancelled, then stops consuming, finishes
+    /// in-flight messages and requests, and closes its connections.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        (self.run)(shutdown).await
+    }
+}
+
+/// Opens the service's database handle (lazily) and its HTTP listener on `config.http_addr`.
+pub async fn bind<S: Service>(config: Config, spec: ServiceSpec<S>) -> Result<BoundService, Error> {
+    let name = S::Participant::NAME;
+    let db = Db::connect_lazy(&config, name).map_err(Error::DatabaseUrl)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| Error::Listen {
             addr: config.http_addr,
             source,
         })?;
+    let local_addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.http_addr,
+        source,
+    })?;
+    Ok(BoundService {
+        name,
+        local_addr,
+        run: Box::new(move |shutdown| Box::pin(run(config, spec, db, listener, shutdown))),
+    })
+}
+
+async fn run<S: Service>(
+    config: Config,
+    spec: ServiceSpec<S>,
+    db: Db,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let service = S::Participant::NAME;
+    let metrics = Metrics::default();
+    let broker_connected = Arc::new(AtomicBool::new(false));
+
     let mut router = health_routes(Health {
         service,
         db: db.clone(),
@@ -73,7 +121,9 @@ pub async fn run<S: Send + Sync + 'static>(
     if let Some(api) = spec.http {
         router = router.merge(api(db.clone()));
     }
-    tracing::info!(service, addr = %config.http_addr, "serving HTTP");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(service, %addr, "serving HTTP");
+    }
     let http = tokio::spawn(serve(listener, router, shutdown.clone()));
 
     let result = async {
@@ -88,6 +138,9 @@ pub async fn run<S: Send + Sync + 'static>(
             spec.routes.routing_keys(),
             &config.retry_delays,
         ));
+        // The catalog says what this participant announces; with nothing to announce, no
+        // relay runs.
+        let announces = CATALOG.iter().any(|event| event.producer == service);
         let supervisor = Supervisor {
             amqp_url: config.amqp_url.clone(),
             prefetch: config.prefetch,
@@ -101,7 +154,7 @@ pub async fn run<S: Send + Sync + 'static>(
                 max_attempts: config.max_attempts,
                 metrics: metrics.clone(),
             },
-            relay: (!spec.announces.is_empty())
+            relay: announces
                 .then(|| Relay::new(db.clone(), config.outbox_sweep_interval, metrics.clone())),
             connected: broker_connected,
             metrics,

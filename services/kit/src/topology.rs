@@ -88,18 +88,11 @@ impl Topology {
 
     /// Idempotent: the same service declaring twice (or two instances) is fine.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        declare_exchange(channel, &self.exchange).await?;
         let durable_exchange = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
         channel
             .exchange_declare(
                 self.private_exchange.as_str().into(),
@@ -194,6 +187,22 @@ impl Topology {
             )
             .await
     }
+}
+
+/// The shop's durable topic exchange of events (`<ns>.events`).
+pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// An exclusive, auto-deleted queue bound to every routing key of the events exchange, consumed

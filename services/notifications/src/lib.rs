@@ -18,13 +18,10 @@ use axum::{
 use chrono::{DateTime, Utc};
 use domain::Notice;
 use serde::{Deserialize, Serialize};
-use service_kit::{
-    CancellationToken, Config, Ctx, Db, HandlerError, Routes, ServiceSpec, http::ApiError,
-};
-use shared_events::{OrderCancelled, OrderConfirmed, PaymentRefunded};
+use service_kit::{ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec};
+use shared_events::{OrderCancelled, OrderConfirmed, PaymentRefunded, participants};
 use uuid::Uuid;
 
-pub const NAME: &str = "notifications";
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8084);
 
 /// What notifications reacts to, and how. This table also declares the queue's bindings.
@@ -49,12 +46,11 @@ pub fn routes() -> Routes<Notifications> {
         })
 }
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+/// Binds the service's HTTP listener; `run` the result to start it.
+pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
-        name: NAME,
         migrator: sqlx::migrate!("../../migrations/notifications"),
         routes: routes(),
-        announces: &[],
         state: Notifications,
         http: Some(|db| {
             Router::new()
@@ -62,10 +58,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), serv
                 .with_state(db)
         }),
     };
-    service_kit::run(config, shutdown, spec).await
+    service_kit::bind(config, spec).await
 }
 
 pub struct Notifications;
+
+impl Service for Notifications {
+    type Participant = participants::Notifications;
+}
+
+/// A handler's context: the transaction, and notifications's own events to announce.
+type Ctx = service_kit::Ctx<participants::Notifications>;
 
 impl Notifications {
     async fn send(

@@ -1,6 +1,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (config, shutdown) = service_kit::process_setup(notifications::DEFAULT_HTTP_ADDR)?;
-    notifications::run(config, shutdown).await?;
+    notifications::bind(config).await?.run(shutdown).await?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The Orders HTTP API (DESIGN.md §7). Bad input is answered with a 4xx JSON error and never
+//! The Orders HTTP API (docs/architecture.md, "The HTTP APIs"). Bad input is answered with a 4xx JSON error and never
 //! reaches the database or the broker; a good order is written with its OrderPlaced event in
 //! one transaction.
 
@@ -14,9 +14,12 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{Db, http::ApiError, outbox};
-use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
+use service_kit::{ApiError, Db};
+use shared_events::{OrderLine, OrderPlaced, ShippingAddress, participants};
 use uuid::Uuid;
+
+/// Orders' outbox: the API announces OrderPlaced in the transaction that stores the order.
+type Outbox = service_kit::Outbox<participants::Orders>;
 
 use crate::{
     Progress,
@@ -68,7 +71,7 @@ fn default_payment_method() -> String {
 #[derive(Serialize)]
 struct Placed {
     order_id: Uuid,
-    status: &'static str,
+    status: Status,
 }
 
 /// `POST /orders`
@@ -103,11 +106,12 @@ async fn place_order(
     let inserted = sqlx::query(
         "INSERT INTO orders.orders (id, customer_id, status, total_cents, payment_method,
                                     shipping_address, idempotency_key, request)
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(order_id)
     .bind(&request.customer_id)
+    .bind(Status::Pending)
     .bind(total_cents)
     .bind(&request.payment_method)
     .bind(sqlx::types::Json(&request.shipping_address))
@@ -151,7 +155,7 @@ async fn place_order(
         payment_method: request.payment_method.clone(),
         shipping_address: request.shipping_address.clone(),
     };
-    outbox::append(&mut tx, &placed, None).await?;
+    Outbox::append(&mut tx, &placed, None).await?;
     db.commit(tx).await?;
     tracing::info!(%order_id, total_cents, "order placed");
     Ok(accepted(order_id, Status::Pending, false))
@@ -236,7 +240,7 @@ async fn find_by_key(
     key: &str,
     fingerprint: &serde_json::Value,
 ) -> Result<Option<Response>, ApiError> {
-    let existing: Option<(Uuid, String, serde_json::Value)> =
+    let existing: Option<(Uuid, Status, serde_json::Value)> =
         sqlx::query_as("SELECT id, status, request FROM orders.orders WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(tx)
@@ -248,22 +252,12 @@ async fn find_by_key(
             "idempotency_key_reused",
             "this Idempotency-Key was used for a different order",
         )),
-        Some((order_id, status, _)) => {
-            let status = Status::parse(&status).unwrap_or(Status::Pending);
-            Ok(Some(accepted(order_id, status, true)))
-        }
+        Some((order_id, status, _)) => Ok(Some(accepted(order_id, status, true))),
     }
 }
 
 fn accepted(order_id: Uuid, status: Status, replayed: bool) -> Response {
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(Placed {
-            order_id,
-            status: status.as_str(),
-        }),
-    )
-        .into_response();
+    let mut response = (StatusCode::ACCEPTED, Json(Placed { order_id, status })).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -290,7 +284,7 @@ struct OrderRow {
 
 impl OrderRow {
     fn settled(&self) -> bool {
-        self.progress.order().is_some_and(|order| order.settled())
+        self.progress.order().settled()
     }
 }
 
@@ -298,7 +292,7 @@ impl OrderRow {
 struct OrderView {
     order_id: Uuid,
     customer_id: String,
-    status: String,
+    status: Status,
     settled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancellation_reason: Option<String>,
@@ -383,7 +377,7 @@ struct ListQuery {
 struct OrderSummary {
     order_id: Uuid,
     customer_id: String,
-    status: String,
+    status: Status,
     settled: bool,
     total_cents: i64,
     created_at: DateTime<Utc>,

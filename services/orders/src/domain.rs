@@ -5,7 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shared_events::{OrderLine, ShippingAddress};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// How far an order got, stored as the enum type `orders.order_status`; the order of the
+/// variants is the order of progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type, serde::Serialize)]
+// Named without its schema: the service's connections resolve names in their own schema.
+#[sqlx(type_name = "order_status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
     Paid,
@@ -15,35 +20,16 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Paid => "paid",
-            Self::StockReserved => "stock_reserved",
-            Self::Confirmed => "confirmed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(status: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Paid,
-            Self::StockReserved,
-            Self::Confirmed,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == status)
-    }
-
     fn is_final(self) -> bool {
         matches!(self, Self::Confirmed | Self::Cancelled)
     }
 }
 
-/// The failure that cancelled an order; it decides which compensations must follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The failure that cancelled an order; it decides which compensations must follow. Stored
+/// as the enum type `orders.cancelled_by`, named after the failure event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+// Named without its schema: the service's connections resolve names in their own schema.
+#[sqlx(type_name = "cancelled_by")]
 pub enum Failure {
     PaymentFailed,
     StockReservationFailed,
@@ -51,24 +37,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PaymentFailed => "PaymentFailed",
-            Self::StockReservationFailed => "StockReservationFailed",
-            Self::ShipmentFailed => "ShipmentFailed",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        [
-            Self::PaymentFailed,
-            Self::StockReservationFailed,
-            Self::ShipmentFailed,
-        ]
-        .into_iter()
-        .find(|f| f.as_str() == name)
-    }
-
     /// Was money taken before this failure? Then payment must refund it.
     pub fn needs_refund(self) -> bool {
         matches!(self, Self::StockReservationFailed | Self::ShipmentFailed)
@@ -411,26 +379,6 @@ mod tests {
         order.apply(Fact::ShipmentBooked);
         assert_eq!(order.apply(failed(Failure::ShipmentFailed)), None);
         assert_eq!(order.status, Status::Confirmed);
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for status in [
-            Status::Pending,
-            Status::Paid,
-            Status::StockReserved,
-            Status::Confirmed,
-            Status::Cancelled,
-        ] {
-            assert_eq!(Status::parse(status.as_str()), Some(status));
-        }
-        for failure in [
-            Failure::PaymentFailed,
-            Failure::StockReservationFailed,
-            Failure::ShipmentFailed,
-        ] {
-            assert_eq!(Failure::parse(failure.as_str()), Some(failure));
-        }
     }
 
     fn request() -> PlaceOrder {

@@ -14,15 +14,14 @@ pub mod domain;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use domain::{Announcement, Fact, Failure, Order, Status};
-use service_kit::{CancellationToken, Config, Ctx, HandlerError, Routes, ServiceSpec};
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
 use shared_events::{
-    Event, OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCompleted, PaymentFailed,
-    PaymentRefunded, ShipmentBooked, ShipmentFailed, StockReleased, StockReservationFailed,
-    StockReserved,
+    OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentFailed, PaymentRefunded,
+    ShipmentBooked, ShipmentFailed, StockReleased, StockReservationFailed, StockReserved,
+    participants,
 };
 use uuid::Uuid;
 
-pub const NAME: &str = "orders";
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
 /// What orders reacts to, and how. This table also declares the queue's bindings.
@@ -48,44 +47,36 @@ pub fn routes() -> Routes<Orders> {
         .on::<StockReleased>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::StockReleased)))
 }
 
-pub const ANNOUNCES: &[&str] = &[
-    OrderPlaced::ROUTING_KEY,
-    OrderConfirmed::ROUTING_KEY,
-    OrderCancelled::ROUTING_KEY,
-];
-
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+/// Binds the service's HTTP listener; `run` the result to start it.
+pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
-        name: NAME,
         migrator: sqlx::migrate!("../../migrations/orders"),
         routes: routes(),
-        announces: ANNOUNCES,
         state: Orders,
         http: Some(api::routes),
     };
-    service_kit::run(config, shutdown, spec).await
+    service_kit::bind(config, spec).await
 }
 
 /// The columns of `orders.orders` that the saga moves.
 #[derive(sqlx::FromRow)]
 pub(crate) struct Progress {
-    status: String,
-    cancelled_by: Option<String>,
+    status: Status,
+    cancelled_by: Option<Failure>,
     cancellation_reason: Option<String>,
     refund_seen: bool,
     release_seen: bool,
 }
 
 impl Progress {
-    /// `None` if the stored status is not one this build knows.
-    pub(crate) fn order(&self) -> Option<Order> {
-        Some(Order {
-            status: Status::parse(&self.status)?,
-            cancelled_by: self.cancelled_by.as_deref().and_then(Failure::parse),
+    pub(crate) fn order(&self) -> Order {
+        Order {
+            status: self.status,
+            cancelled_by: self.cancelled_by,
             cancellation_reason: self.cancellation_reason.clone(),
             refund_seen: self.refund_seen,
             release_seen: self.release_seen,
-        })
+        }
     }
 }
 
@@ -94,6 +85,13 @@ fn failed(failure: Failure, reason: String) -> Fact {
 }
 
 pub struct Orders;
+
+impl Service for Orders {
+    type Participant = participants::Orders;
+}
+
+/// A handler's context: the transaction, and orders's own events to announce.
+type Ctx = service_kit::Ctx<participants::Orders>;
 
 impl Orders {
     /// Applies a fact to the order (locked, so concurrent facts for one order take turns) and
@@ -111,15 +109,13 @@ impl Orders {
                 "order {order_id} is unknown here"
             )));
         };
-        let mut order = progress.order().ok_or_else(|| {
-            HandlerError::Rejected(format!("unknown status {:?}", progress.status))
-        })?;
+        let mut order = progress.order();
         let before = order.clone();
         let announcement = order.apply(fact.clone());
         if order == before {
             tracing::info!(
                 ?fact,
-                status = order.status.as_str(),
+                status = ?order.status,
                 "fact changes nothing"
             );
             return Ok(());
@@ -131,15 +127,15 @@ impl Orders {
              WHERE id = $1",
         )
         .bind(order_id)
-        .bind(order.status.as_str())
-        .bind(order.cancelled_by.map(Failure::as_str))
+        .bind(order.status)
+        .bind(order.cancelled_by)
         .bind(&order.cancellation_reason)
         .bind(order.refund_seen)
         .bind(order.release_seen)
         .execute(ctx.db())
         .await?;
         tracing::info!(
-            status = order.status.as_str(),
+            status = ?order.status,
             settled = order.settled(),
             "order updated"
         );

@@ -1,6 +1,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (config, shutdown) = service_kit::process_setup(orders::DEFAULT_HTTP_ADDR)?;
-    orders::run(config, shutdown).await?;
+    orders::bind(config).await?.run(shutdown).await?;
     Ok(())
 }

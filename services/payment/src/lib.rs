@@ -10,14 +10,13 @@ pub mod domain;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use domain::{Charge, PaymentStatus, Refund};
-use service_kit::{CancellationToken, Config, Ctx, HandlerError, Routes, ServiceSpec};
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
 use shared_events::{
-    Event, OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded, ShipmentFailed,
-    StockReservationFailed,
+    OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded, ShipmentFailed,
+    StockReservationFailed, participants,
 };
 use uuid::Uuid;
 
-pub const NAME: &str = "payment";
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
 
@@ -31,36 +30,36 @@ pub fn routes() -> Routes<Payment> {
         .on::<ShipmentFailed>(|payment, ctx, event| Box::pin(payment.refund(ctx, event.order_id)))
 }
 
-pub const ANNOUNCES: &[&str] = &[
-    PaymentCompleted::ROUTING_KEY,
-    PaymentFailed::ROUTING_KEY,
-    PaymentRefunded::ROUTING_KEY,
-];
-
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+/// Binds the service's HTTP listener; `run` the result to start it.
+pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
-        name: NAME,
         migrator: sqlx::migrate!("../../migrations/payment"),
         routes: routes(),
-        announces: ANNOUNCES,
         state: Payment,
         http: None,
     };
-    service_kit::run(config, shutdown, spec).await
+    service_kit::bind(config, spec).await
 }
 
 pub struct Payment;
 
+impl Service for Payment {
+    type Participant = participants::Payment;
+}
+
+/// A handler's context: the transaction, and payment's own events to announce.
+type Ctx = service_kit::Ctx<participants::Payment>;
+
 impl Payment {
     async fn charge(&self, ctx: &mut Ctx, order: OrderPlaced) -> Result<(), HandlerError> {
-        let existing: Option<String> =
+        let existing: Option<PaymentStatus> =
             sqlx::query_scalar("SELECT status FROM payment.payments WHERE order_id = $1")
                 .bind(order.order_id)
                 .fetch_optional(ctx.db())
                 .await?;
         if let Some(status) = existing {
             // A second OrderPlaced for the same order (another message id) never charges twice.
-            tracing::warn!(%status, "order already has a payment; nothing to do");
+            tracing::warn!(?status, "order already has a payment; nothing to do");
             return Ok(());
         }
         let payment_id = Uuid::now_v7();
@@ -69,10 +68,11 @@ impl Payment {
                 sqlx::query(
                     "INSERT INTO payment.payments
                          (order_id, payment_id, status, amount_cents, payment_method, charged_at)
-                     VALUES ($1, $2, 'charged', $3, $4, now())",
+                     VALUES ($1, $2, $3, $4, $5, now())",
                 )
                 .bind(order.order_id)
                 .bind(payment_id)
+                .bind(PaymentStatus::Charged)
                 .bind(order.total_cents)
                 .bind(&order.payment_method)
                 .execute(ctx.db())
@@ -89,10 +89,11 @@ impl Payment {
                 sqlx::query(
                     "INSERT INTO payment.payments
                          (order_id, payment_id, status, amount_cents, payment_method, decline_reason)
-                     VALUES ($1, $2, 'declined', 0, $3, $4)",
+                     VALUES ($1, $2, $3, 0, $4, $5)",
                 )
                 .bind(order.order_id)
                 .bind(payment_id)
+                .bind(PaymentStatus::Declined)
                 .bind(&order.payment_method)
                 .bind(&reason)
                 .execute(ctx.db())
@@ -109,26 +110,22 @@ impl Payment {
     }
 
     async fn refund(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
-        let payment: Option<(Uuid, String, i64)> = sqlx::query_as(
+        let payment: Option<(Uuid, PaymentStatus, i64)> = sqlx::query_as(
             "SELECT payment_id, status, amount_cents FROM payment.payments
              WHERE order_id = $1 FOR UPDATE",
         )
         .bind(order_id)
         .fetch_optional(ctx.db())
         .await?;
-        let status = match &payment {
-            Some((_, status, _)) => Some(PaymentStatus::parse(status).ok_or_else(|| {
-                HandlerError::Rejected(format!("unknown payment status {status:?}"))
-            })?),
-            None => None,
-        };
+        let status = payment.map(|(_, status, _)| status);
         match (domain::decide_refund(status), payment) {
             (Refund::Due, Some((payment_id, _, amount_cents))) => {
                 sqlx::query(
-                    "UPDATE payment.payments SET status = 'refunded', refunded_at = now()
+                    "UPDATE payment.payments SET status = $2, refunded_at = now()
                      WHERE order_id = $1",
                 )
                 .bind(order_id)
+                .bind(PaymentStatus::Refunded)
                 .execute(ctx.db())
                 .await?;
                 tracing::info!(amount_cents, "refunded");

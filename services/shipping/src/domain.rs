@@ -2,6 +2,15 @@
 
 use uuid::Uuid;
 
+/// A shipment's state, stored as the enum type `shipping.shipment_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+// Named without its schema: the service's connections resolve names in their own schema.
+#[sqlx(type_name = "shipment_status", rename_all = "snake_case")]
+pub enum ShipmentStatus {
+    Booked,
+    Failed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Booking {
     Book {

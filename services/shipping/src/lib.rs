@@ -9,12 +9,11 @@ pub mod domain;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use domain::Booking;
-use service_kit::{CancellationToken, Config, Ctx, HandlerError, Routes, ServiceSpec};
-use shared_events::{Event, OrderPlaced, ShipmentBooked, ShipmentFailed, StockReserved};
+use domain::{Booking, ShipmentStatus};
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
+use shared_events::{OrderPlaced, ShipmentBooked, ShipmentFailed, StockReserved, participants};
 use uuid::Uuid;
 
-pub const NAME: &str = "shipping";
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8083);
 
 /// What shipping reacts to, and how. This table also declares the queue's bindings.
@@ -26,21 +25,25 @@ pub fn routes() -> Routes<Shipping> {
         .on::<StockReserved>(|shipping, ctx, event| Box::pin(shipping.book(ctx, event.order_id)))
 }
 
-pub const ANNOUNCES: &[&str] = &[ShipmentBooked::ROUTING_KEY, ShipmentFailed::ROUTING_KEY];
-
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), service_kit::Error> {
+/// Binds the service's HTTP listener; `run` the result to start it.
+pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
-        name: NAME,
         migrator: sqlx::migrate!("../../migrations/shipping"),
         routes: routes(),
-        announces: ANNOUNCES,
         state: Shipping,
         http: None,
     };
-    service_kit::run(config, shutdown, spec).await
+    service_kit::bind(config, spec).await
 }
 
 pub struct Shipping;
+
+impl Service for Shipping {
+    type Participant = participants::Shipping;
+}
+
+/// A handler's context: the transaction, and shipping's own events to announce.
+type Ctx = service_kit::Ctx<participants::Shipping>;
 
 impl Shipping {
     async fn remember_destination(
@@ -79,13 +82,16 @@ impl Shipping {
                 "OrderPlaced not seen yet".to_owned(),
             ));
         };
-        let already: Option<String> =
+        let already: Option<ShipmentStatus> =
             sqlx::query_scalar("SELECT status FROM shipping.shipments WHERE order_id = $1")
                 .bind(order_id)
                 .fetch_optional(ctx.db())
                 .await?;
         if let Some(status) = already {
-            tracing::warn!(%status, "shipment already decided for this order; nothing to do");
+            tracing::warn!(
+                ?status,
+                "shipment already decided for this order; nothing to do"
+            );
             return Ok(());
         }
 
@@ -98,9 +104,10 @@ impl Shipping {
                 sqlx::query(
                     "INSERT INTO shipping.shipments
                          (order_id, status, shipment_id, carrier, tracking_number)
-                     VALUES ($1, 'booked', $2, $3, $4)",
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(order_id)
+                .bind(ShipmentStatus::Booked)
                 .bind(shipment_id)
                 .bind(&carrier)
                 .bind(&tracking_number)
@@ -118,9 +125,10 @@ impl Shipping {
             Booking::Fail { reason } => {
                 sqlx::query(
                     "INSERT INTO shipping.shipments (order_id, status, reason)
-                     VALUES ($1, 'failed', $2)",
+                     VALUES ($1, $2, $3)",
                 )
                 .bind(order_id)
+                .bind(ShipmentStatus::Failed)
                 .bind(&reason)
                 .execute(ctx.db())
                 .await?;

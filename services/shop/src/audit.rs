@@ -1,4 +1,4 @@
-//! The auditor: checks DESIGN.md §9's invariants over everything in a shop's database (each
+//! The auditor: checks the shop's invariants (docs/architecture.md, "Invariants") over everything in a shop's database (each
 //! service's schema) and its dead-letter queues, independently of the services' own code.
 //! Each violation names the order (or SKU) it concerns.
 
@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// The invariant's number in DESIGN.md §9.
+    /// The invariant's number in docs/architecture.md, "Invariants".
     pub invariant: u8,
     /// The order or SKU concerned, if any.
     pub subject: Option<String>,
@@ -62,9 +62,9 @@ impl fmt::Display for Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("cannot read the database: {0}")]
+    #[error("cannot read the database")]
     Database(#[from] sqlx::Error),
-    #[error("cannot inspect the broker: {0}")]
+    #[error("cannot inspect the broker")]
     Broker(#[from] lapin::Error),
 }
 
@@ -126,7 +126,7 @@ const RULES: &[Rule] = &[
         invariant: 3,
         sql: "SELECT COALESCE(r.order_id, o.id)::text,
                   format('stock reservation is %s but the order is %s',
-                         COALESCE(r.status, 'absent'), COALESCE(o.status, 'unknown'))
+                         COALESCE(r.status::text, 'absent'), COALESCE(o.status::text, 'unknown'))
               FROM (SELECT order_id, status FROM inventory.reservations WHERE status = 'reserved') r
               FULL JOIN (SELECT id, status FROM orders.orders WHERE status = 'confirmed') o
                   ON o.id = r.order_id
@@ -137,7 +137,7 @@ const RULES: &[Rule] = &[
         sql: "SELECT COALESCE(s.order_id, o.id)::text,
                   format('shipment is %s but the order is %s',
                          CASE WHEN s.order_id IS NULL THEN 'absent' ELSE 'booked' END,
-                         COALESCE(o.status, 'not confirmed'))
+                         COALESCE(o.status::text, 'not confirmed'))
               FROM (SELECT order_id FROM shipping.shipments WHERE status = 'booked') s
               FULL JOIN (SELECT id, status FROM orders.orders WHERE status = 'confirmed') o
                   ON o.id = s.order_id
@@ -208,7 +208,7 @@ pub async fn audit(pool: &PgPool, broker: Option<&Broker<'_>>) -> Result<Report,
 async fn dead_letters(broker: &Broker<'_>) -> Result<Vec<Violation>, AuditError> {
     let connection = Connection::connect(broker.amqp_url, ConnectionProperties::default()).await?;
     let mut violations = Vec::new();
-    for service in crate::SERVICES {
+    for service in crate::registry::names() {
         let queue = service_kit::topology::dead_letter_queue_name(broker.namespace, service);
         // A passive declare only reads the count; a queue that does not exist yet is empty.
         let channel = connection.create_channel().await?;

@@ -5,16 +5,16 @@
 //!   service name, and stops them all on Ctrl-C or SIGTERM.
 //! - `shop service <name>` runs one service in the foreground.
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
-//! - `shop audit` checks the invariants of DESIGN.md §9 over a shop's data and queues.
+//! - `shop audit` checks the shop's invariants (docs/architecture.md) over its data and queues.
 
 mod chaos;
 
-use shop::{audit, map};
+use shop::{ServiceEntry, audit, map, registry};
 
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
@@ -33,8 +33,8 @@ enum Commands {
     Up,
     /// Run one service in this process.
     Service {
-        #[arg(value_enum)]
-        name: ServiceName,
+        #[arg(value_parser = service_entry)]
+        service: &'static ServiceEntry,
     },
     /// List a service's dead letters with their reasons, or move them back for another try.
     DeadLetters {
@@ -64,45 +64,24 @@ enum Commands {
 enum DeadLetterAction {
     /// Show what is in the dead-letter queues (all services, or one), leaving it there.
     List {
-        #[arg(value_enum)]
-        service: Option<ServiceName>,
+        #[arg(value_parser = service_entry)]
+        service: Option<&'static ServiceEntry>,
     },
     /// Move a service's dead letters (all, or one message id) back to its work queue.
     Redrive {
-        #[arg(value_enum)]
-        service: ServiceName,
+        #[arg(value_parser = service_entry)]
+        service: &'static ServiceEntry,
         #[arg(long)]
         message_id: Option<uuid::Uuid>,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ServiceName {
-    Orders,
-    Payment,
-    Inventory,
-    Shipping,
-    Notifications,
-}
-
-const ALL: [ServiceName; 5] = [
-    ServiceName::Orders,
-    ServiceName::Payment,
-    ServiceName::Inventory,
-    ServiceName::Shipping,
-    ServiceName::Notifications,
-];
-
-impl ServiceName {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Orders => orders::NAME,
-            Self::Payment => payment::NAME,
-            Self::Inventory => inventory::NAME,
-            Self::Shipping => shipping::NAME,
-            Self::Notifications => notifications::NAME,
-        }
-    }
+/// A service of the registry, by name (for clap).
+fn service_entry(name: &str) -> Result<&'static ServiceEntry, String> {
+    registry::find(name).ok_or_else(|| {
+        let known: Vec<_> = registry::names().collect();
+        format!("no service {name:?}; one of: {}", known.join(", "))
+    })
 }
 
 /// How long `provision` keeps trying while Postgres or RabbitMQ are still starting.
@@ -115,11 +94,11 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Up => up().await,
-        Commands::Service { name } => service(name).await,
+        Commands::Service { service: entry } => service(entry).await,
         Commands::Audit { wait } => run_audit(wait).await,
         Commands::Chaos(options) => chaos::run(options).await,
         Commands::Provision => {
-            service_kit::telemetry::init();
+            service_kit::init_logs();
             let settings = shop::provision::Settings::from_lookup(|name| std::env::var(name).ok())
                 .map_err(anyhow::Error::msg)?;
             // Started together with the database and the broker (compose), it may be early:
@@ -157,40 +136,25 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn service(name: ServiceName) -> anyhow::Result<()> {
-    use ServiceName::*;
-    let default_addr = match name {
-        Orders => orders::DEFAULT_HTTP_ADDR,
-        Payment => payment::DEFAULT_HTTP_ADDR,
-        Inventory => inventory::DEFAULT_HTTP_ADDR,
-        Shipping => shipping::DEFAULT_HTTP_ADDR,
-        Notifications => notifications::DEFAULT_HTTP_ADDR,
-    };
-    let (config, shutdown) = service_kit::process_setup(default_addr)?;
-    match name {
-        Orders => orders::run(config, shutdown).await?,
-        Payment => payment::run(config, shutdown).await?,
-        Inventory => inventory::run(config, shutdown).await?,
-        Shipping => shipping::run(config, shutdown).await?,
-        Notifications => notifications::run(config, shutdown).await?,
-    }
+async fn service(entry: &'static ServiceEntry) -> anyhow::Result<()> {
+    let (config, shutdown) = service_kit::process_setup(entry.default_addr)?;
+    (entry.bind)(config).await?.run(shutdown).await?;
     Ok(())
 }
 
 async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
     use service_kit::dead_letters;
-    let config = service_kit::Config::from_env(orders::DEFAULT_HTTP_ADDR)?;
+    let config = service_kit::Config::from_env(registry::orders().default_addr)?;
     match action {
         DeadLetterAction::List { service } => {
             let services = match service {
                 Some(one) => vec![one],
-                None => ALL.to_vec(),
+                None => shop::SERVICES.iter().collect(),
             };
             for service in services {
                 let letters =
-                    dead_letters::list(&config.amqp_url, &config.namespace, service.as_str())
-                        .await?;
-                println!("{}: {} dead letters", service.as_str(), letters.len());
+                    dead_letters::list(&config.amqp_url, &config.namespace, service.name).await?;
+                println!("{}: {} dead letters", service.name, letters.len());
                 for letter in letters {
                     let show = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
                     println!(
@@ -212,13 +176,13 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             let moved = dead_letters::redrive(
                 &config.amqp_url,
                 &config.namespace,
-                service.as_str(),
+                service.name,
                 message_id,
             )
             .await?;
             println!(
                 "{moved} dead letters of {} moved back to its queue",
-                service.as_str()
+                service.name
             );
         }
     }
@@ -226,7 +190,7 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
 }
 
 async fn run_audit(wait: u64) -> anyhow::Result<()> {
-    let config = service_kit::Config::from_env(orders::DEFAULT_HTTP_ADDR)?;
+    let config = service_kit::Config::from_env(registry::orders().default_addr)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&config.database_url)
@@ -248,33 +212,33 @@ async fn up() -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the shop executable")?;
     // Every queue exists before any service publishes: an order placed in the first second
     // must not miss a subscriber that is still starting.
-    let config = service_kit::Config::from_env(orders::DEFAULT_HTTP_ADDR)?;
+    let config = service_kit::Config::from_env(registry::orders().default_addr)?;
     shop::provision::declare_topologies(&config.amqp_url, &config.namespace, &config.retry_delays)
         .await
         .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
     let mut children = Vec::new();
-    for name in ALL {
+    for name in registry::names() {
         let mut child = Command::new(&exe)
             .arg("service")
-            .arg(name.as_str())
+            .arg(name)
             // Each service listens on its own default port.
             .env_remove("HTTP_ADDR")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", name.as_str()))?;
+            .with_context(|| format!("cannot start {}", name))?;
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(prefix_lines(name.as_str(), out));
+            tokio::spawn(prefix_lines(name, out));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(prefix_lines(name.as_str(), err));
+            tokio::spawn(prefix_lines(name, err));
         }
-        children.push((name.as_str(), child));
+        children.push((name, child));
     }
     println!("shop is up: orders API on http://127.0.0.1:8080 (Ctrl-C stops everything)");
 
-    let shutdown = service_kit::shutdown::on_signal();
+    let shutdown = service_kit::shutdown_on_signal();
     let exited = tokio::select! {
         () = shutdown.cancelled() => None,
         (name, status) = first_exit(&mut children) => Some((name, status)),

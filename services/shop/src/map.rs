@@ -1,20 +1,23 @@
-//! The flow map, generated from the services' own subscription tables and announcements, so
-//! the picture in the README cannot drift from the code (a test compares them).
+//! The flow map, generated from the services' own subscription tables and the event catalog,
+//! so the picture in the README cannot drift from the code (a test compares them).
 
 use std::fmt::Write;
 
 use shared_events::CATALOG;
 
-use crate::services;
+use crate::registry::{self, SERVICES};
 
 /// A Mermaid diagram (GitHub renders it) and a table: who announces what, who reacts.
 pub fn render() -> String {
-    let services = services();
+    let subscriptions: Vec<_> = SERVICES
+        .iter()
+        .map(|service| (service.name, (service.subscriptions)()))
+        .collect();
     let consumers = |event_type: &str| -> Vec<&'static str> {
-        services
+        subscriptions
             .iter()
-            .filter(|s| s.subscribes.contains(&event_type))
-            .map(|s| s.name)
+            .filter(|(_, events)| events.iter().any(|e| e.event_type == event_type))
+            .map(|(name, _)| *name)
             .collect()
     };
     let mut out = String::from("```mermaid\nflowchart LR\n");
@@ -31,10 +34,7 @@ pub fn render() -> String {
         "```\n\n| Event | Routing key | Announced by | Reacted to by |\n|---|---|---|---|\n",
     );
     for event in CATALOG {
-        let producer_announces = services
-            .iter()
-            .any(|s| s.name == event.producer && s.announces.contains(&event.routing_key));
-        let producer = if producer_announces {
+        let producer = if registry::find(event.producer).is_some() {
             event.producer
         } else {
             "(nobody)"

@@ -11,11 +11,11 @@ use sqlx::PgConnection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] sqlx::Error),
-    #[error("RabbitMQ: {0}")]
+    #[error("RabbitMQ")]
     Broker(#[from] lapin::Error),
-    #[error("RabbitMQ management API: {0}")]
+    #[error("RabbitMQ management API")]
     Http(#[from] reqwest::Error),
     #[error("RabbitMQ management API refused {what}: {status} {body}")]
     Refused {
@@ -285,8 +285,7 @@ impl Settings {
         let amqp_url =
             var("AMQP_URL").unwrap_or_else(|| service_kit::config::DEFAULT_AMQP_URL.to_owned());
         let uri: lapin::uri::AMQPUri = amqp_url.parse().map_err(|e| format!("AMQP_URL: {e}"))?;
-        let passwords = crate::SERVICES
-            .iter()
+        let passwords = crate::registry::names()
             .map(|service| {
                 let upper = service.to_ascii_uppercase();
                 ServicePasswords {
@@ -316,23 +315,27 @@ impl Settings {
     }
 
     /// The environment variables this reads (the compose file may set no others on it).
-    pub const VARIABLES: &'static [&'static str] = &[
-        "DATABASE_URL",
-        "AMQP_URL",
-        "RABBITMQ_MANAGEMENT_URL",
-        "SHOP_NAMESPACE",
-        "RUST_LOG",
-        "ORDERS_DB_PASSWORD",
-        "ORDERS_AMQP_PASSWORD",
-        "PAYMENT_DB_PASSWORD",
-        "PAYMENT_AMQP_PASSWORD",
-        "INVENTORY_DB_PASSWORD",
-        "INVENTORY_AMQP_PASSWORD",
-        "SHIPPING_DB_PASSWORD",
-        "SHIPPING_AMQP_PASSWORD",
-        "NOTIFICATIONS_DB_PASSWORD",
-        "NOTIFICATIONS_AMQP_PASSWORD",
-    ];
+    pub fn variables() -> Vec<String> {
+        let shared = [
+            "DATABASE_URL",
+            "AMQP_URL",
+            "RABBITMQ_MANAGEMENT_URL",
+            "SHOP_NAMESPACE",
+            "RUST_LOG",
+        ];
+        let passwords = crate::registry::names().flat_map(|service| {
+            let upper = service.to_ascii_uppercase();
+            [
+                format!("{upper}_DB_PASSWORD"),
+                format!("{upper}_AMQP_PASSWORD"),
+            ]
+        });
+        shared
+            .map(str::to_owned)
+            .into_iter()
+            .chain(passwords)
+            .collect()
+    }
 }
 
 /// Declares every service's queues and bindings up front, so that no event is published
@@ -346,11 +349,11 @@ pub async fn declare_topologies(
     let connection =
         lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    for service in crate::services() {
+    for service in &crate::SERVICES {
         service_kit::topology::Topology::new(
             namespace,
             service.name,
-            service.routing_keys,
+            service.routing_keys(),
             retry_delays,
         )
         .declare(&channel)

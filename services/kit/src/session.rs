@@ -14,24 +14,28 @@ use lapin::{Connection, ConnectionProperties, options::BasicQosOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    inbox::Consumer,
+    backoff::Backoff,
+    consumer::{ConsumeError, Consumer},
+    handler::Service,
     metrics::Metrics,
     outbox::Relay,
     publisher::{PublishError, Publisher},
+    telemetry::ErrorChain,
     topology::Topology,
 };
 
+/// Why a broker session ended; every one of them means "reconnect".
 #[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error(transparent)]
-    Amqp(#[from] lapin::Error),
-    #[error("the broker cancelled the consumer or closed its channel")]
-    ConsumerEnded,
-    #[error("the connection to the broker was lost")]
-    ConnectionLost,
+enum SessionError {
+    #[error("cannot connect or declare the topology")]
+    Setup(#[from] lapin::Error),
     #[error("connecting and declaring the topology took over {0:?}")]
     SetupTimedOut(Duration),
-    #[error("outbox relay: {0}")]
+    #[error("the connection to the broker was lost")]
+    ConnectionLost,
+    #[error("consumer stopped")]
+    Consume(#[from] ConsumeError),
+    #[error("outbox relay stopped")]
     Relay(#[from] PublishError),
 }
 
@@ -42,41 +46,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Closing a connection the broker may no longer answer on.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Capped exponential backoff with full jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    failures: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(5),
-            failures: 0,
-        }
-    }
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(2u32.saturating_pow(self.failures.min(16)))
-            .min(self.cap);
-        self.failures += 1;
-        // Full jitter: services restarted together do not reconnect in lockstep.
-        ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
-pub(crate) struct Supervisor<S> {
+pub(crate) struct Supervisor<S: Service> {
     pub(crate) amqp_url: String,
     pub(crate) prefetch: u16,
     pub(crate) topology: Arc<Topology>,
@@ -87,7 +57,7 @@ pub(crate) struct Supervisor<S> {
     pub(crate) metrics: Metrics,
 }
 
-impl<S: Send + Sync + 'static> Supervisor<S> {
+impl<S: Service> Supervisor<S> {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let service = self.consumer.service;
         let mut backoff = Backoff::default();
@@ -98,7 +68,7 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
                 Ok(()) => break,
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(service, error = %e, ?delay, "broker session ended; reconnecting");
+                    tracing::warn!(service, error = %ErrorChain(&e), ?delay, "broker session ended; reconnecting");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
@@ -114,7 +84,7 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), SessionError> {
         let service = self.consumer.service;
         let connect = |role: &str| {
             let properties = ConnectionProperties::default()
@@ -139,7 +109,7 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
         let (publish_connection, consume_connection, channel, publisher) =
             tokio::time::timeout(SETUP_TIMEOUT, setup)
                 .await
-                .map_err(|_| BrokerError::SetupTimedOut(SETUP_TIMEOUT))??;
+                .map_err(|_| SessionError::SetupTimedOut(SETUP_TIMEOUT))??;
 
         self.connected.store(true, Ordering::SeqCst);
         self.metrics.inc("shop_broker_sessions_total", &[]);
@@ -151,8 +121,8 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
         // its rows stay unsent and go out after the reconnect) and readiness drops right away.
         let stop = shutdown.child_token();
         let failed = CancellationToken::new();
-        let fail = |error: &BrokerError| {
-            tracing::warn!(service, %error, "broker session failing");
+        let fail = |error: &SessionError| {
+            tracing::warn!(service, error = %ErrorChain(error), "broker session failing");
             self.connected.store(false, Ordering::SeqCst);
             failed.cancel();
             stop.cancel();
@@ -161,7 +131,8 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
             let result = self
                 .consumer
                 .run(&channel, &publisher, &stop, &failed)
-                .await;
+                .await
+                .map_err(SessionError::from);
             match &result {
                 Err(e) => fail(e),
                 Ok(()) => stop.cancel(),
@@ -173,7 +144,7 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
                 return Ok(());
             };
             let result = tokio::select! {
-                result = relay.run(&publisher, &self.topology.exchange, &stop) => result.map_err(BrokerError::from),
+                result = relay.run(&publisher, &self.topology.exchange, &stop) => result.map_err(SessionError::from),
                 () = failed.cancelled() => Ok(()),
             };
             if let Err(e) = &result {
@@ -193,7 +164,7 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
                 let alive = publish_connection.status().connected()
                     && consume_connection.status().connected();
                 if !alive {
-                    fail(&BrokerError::ConnectionLost);
+                    fail(&SessionError::ConnectionLost);
                     break;
                 }
             }
@@ -207,24 +178,12 @@ impl<S: Send + Sync + 'static> Supervisor<S> {
             let _ = publish_connection.close(200, "shutting down".into()).await;
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
-        consumed.and(relayed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = Backoff::default();
-        let first = backoff.next_delay();
-        assert!(first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            assert!(backoff.next_delay() <= Duration::from_secs(5));
+        consumed.and(relayed)?;
+        // The watchdog may have failed the session while both halves saw only the stop and
+        // returned Ok: that is still a lost connection, not a shutdown.
+        if failed.is_cancelled() {
+            return Err(SessionError::ConnectionLost);
         }
-        assert!(backoff.next_delay() >= Duration::from_millis(2500));
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
+        Ok(())
     }
 }

@@ -8,34 +8,30 @@
 //! - payment's role cannot read or write the orders schema; inventory's broker user cannot
 //!   publish payment's routing keys.
 //!
-//! Needs the RabbitMQ management API on 127.0.0.1:15672 (`.ci/run` enables the plugin).
+//! Provisions through the RabbitMQ management API on 127.0.0.1:15672, as compose does; the
+//! test enables the plugin first if the broker does not serve it yet.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
-use serde_yaml::Value;
+use serde_norway::Value;
 use service_kit::Config;
+use shop::SERVICES;
 use shop::provision::{Management, Settings};
-use shop_tests::{Env, RunningService, eventually, order_body};
+use shop_tests::{
+    Env, MANAGEMENT_URL, RunningService, ensure_management_api, eventually, order_body,
+};
 use sqlx::Connection as _;
 use uuid::Uuid;
-
-const SERVICES: [(&str, SocketAddr); 5] = [
-    ("orders", orders::DEFAULT_HTTP_ADDR),
-    ("payment", payment::DEFAULT_HTTP_ADDR),
-    ("inventory", inventory::DEFAULT_HTTP_ADDR),
-    ("shipping", shipping::DEFAULT_HTTP_ADDR),
-    ("notifications", notifications::DEFAULT_HTTP_ADDR),
-];
 
 fn compose() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
     let text = std::fs::read_to_string(path).expect("docker-compose.yml at the workspace root");
-    let mut compose: Value = serde_yaml::from_str(&text).expect("valid YAML");
+    let mut compose: Value = serde_norway::from_str(&text).expect("valid YAML");
     compose.apply_merge().expect("merge keys resolve");
     compose
 }
@@ -80,7 +76,8 @@ fn with_defaults(value: &str) -> String {
 #[test]
 fn the_compose_file_sets_only_what_the_services_read_on_the_ports_they_serve() {
     let compose = compose();
-    for (service, default_addr) in SERVICES {
+    for entry in &SERVICES {
+        let (service, default_addr) = (entry.name, entry.default_addr);
         let spec = &compose["services"][service];
         assert_eq!(
             text(&spec["command"][0]),
@@ -142,7 +139,7 @@ fn the_compose_file_sets_only_what_the_services_read_on_the_ports_they_serve() {
     }
     for key in environment(&compose, "provision").keys() {
         assert!(
-            Settings::VARIABLES.contains(&key.as_str()),
+            Settings::variables().contains(key),
             "provision: {key} is not read"
         );
     }
@@ -181,7 +178,7 @@ fn the_image_carries_every_binary_compose_runs_and_runs_them_as_non_root() {
         .expect("Dockerfile at the workspace root");
     let compose = compose();
     let mut binaries: Vec<String> = vec!["shop".to_owned()];
-    for (service, _) in SERVICES {
+    for service in shop::registry::names() {
         binaries.push(text(&compose["services"][service]["command"][0]));
     }
     binaries.push(text(&compose["services"]["provision"]["command"][0]));
@@ -222,7 +219,7 @@ fn localize(value: &str, database: &str, vhost: &str) -> String {
 
 fn guest_management() -> Management {
     Management {
-        base_url: "http://127.0.0.1:15672".to_owned(),
+        base_url: MANAGEMENT_URL.to_owned(),
         user: "guest".to_owned(),
         password: "guest".to_owned(),
         http: reqwest::Client::new(),
@@ -252,12 +249,13 @@ impl Drop for VhostGuard {
 async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined() {
     let compose = compose();
     let env = Env::new().await;
+    ensure_management_api().await;
     let vhost = format!("test-{}", &Uuid::new_v4().simple().to_string()[..12]);
     let guest = guest_management();
     guest
         .create_vhost(&vhost)
         .await
-        .expect("management API on 127.0.0.1:15672");
+        .expect("create the test's vhost");
     let _vhost_guard = VhostGuard(vhost.clone());
     guest
         .allow_everything(&vhost, "guest")
@@ -274,7 +272,7 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     let (admin_user, admin_password) = settings.broker_admin.clone();
     guest
         .http
-        .put(format!("http://127.0.0.1:15672/api/users/{admin_user}"))
+        .put(format!("{MANAGEMENT_URL}/api/users/{admin_user}"))
         .basic_auth("guest", Some("guest"))
         .json(&serde_json::json!({ "password": admin_password, "tags": "administrator" }))
         .send()
@@ -294,15 +292,13 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     // tests can run in parallel; the compose ports are checked above).
     let mut running = Vec::new();
     let mut service_env = BTreeMap::new();
-    for (service, default_addr) in SERVICES {
+    for entry in &SERVICES {
+        let (service, default_addr) = (entry.name, entry.default_addr);
         let mut vars: BTreeMap<String, String> = environment(&compose, service)
             .into_iter()
             .map(|(k, v)| (k, localize(&v, &env.database, &vhost)))
             .collect();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port");
-        vars.insert("HTTP_ADDR".to_owned(), addr.to_string());
+        vars.insert("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned());
         vars.insert("DB_POOL_SIZE".to_owned(), "3".to_owned());
         let config = Config::from_lookup(default_addr, |name| vars.get(name).cloned())
             .expect("compose config is valid");

@@ -1,4 +1,4 @@
-//! Every failure path of DESIGN.md §6 with its scattered compensations, the overselling race,
+//! Every failure path (docs/architecture.md, "Flows") with its scattered compensations, the overselling race,
 //! a mixed concurrent batch, and the auditor itself. Each scenario ends with a clean audit.
 
 use std::collections::BTreeMap;
@@ -386,13 +386,18 @@ async fn stock_reserved_before_the_address_is_known_is_deferred_until_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_auditor_names_the_order_behind_each_broken_invariant() {
-    let shop = Shop::start().await;
+    let mut shop = Shop::start().await;
     let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
     shop.settled_order(order_id).await;
     wait_for_notices(&shop, order_id, 1).await;
     shop.assert_audit_clean().await;
 
-    // Break the books behind the services' backs, one invariant at a time.
+    // Break the books behind the services' backs, one invariant at a time, with the services
+    // stopped: a running relay would re-publish the outbox rows marked unsent below before the
+    // auditor could see them.
+    for service in shop::registry::names() {
+        shop.stop_service(service).await;
+    }
     let pool = &shop.env.pool;
     let tamper = |sql: &'static str| async move {
         sqlx::query(sql).execute(pool).await.expect(sql);

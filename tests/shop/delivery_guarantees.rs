@@ -1,4 +1,4 @@
-//! The delivery guarantees of DESIGN.md §5, each proven against the real broker and database:
+//! The delivery guarantees (docs/architecture.md, "Delivery guarantees"), each proven against the real broker and database:
 //! outbox atomicity, the idempotent inbox, the relay's sweep and its safety with two instances,
 //! deferral of events that overtake what they depend on, dead letters for poison.
 
@@ -9,13 +9,14 @@ use std::{
 };
 
 use serde_json::json;
-use service_kit::{Ctx, HandlerError, Routes, ServiceSpec, inbox::headers};
+use service_kit::{HandlerError, Routes, Service, ServiceSpec, headers};
 use shared_events::{
     Envelope, Event, OrderCancelled, OrderConfirmed, OrderLine, OrderPlaced, PaymentCompleted,
-    ShippingAddress, StockReserved,
+    ShippingAddress, StockReserved, participants,
 };
 use shop_tests::{
-    Env, Shop, Spy, TestPublisher, count, eventually, insert_outbox_row, metric, take_dead_letters,
+    Env, RunningService, Shop, Spy, TestPublisher, count, eventually, insert_outbox_row, metric,
+    take_dead_letters,
 };
 use uuid::Uuid;
 
@@ -43,11 +44,19 @@ fn order_placed(order_id: Uuid, sku: &str, quantity: u32) -> OrderPlaced {
 // ---- A probe service: the kit with handlers that fail on purpose ---------------------------
 
 /// Fails the first `failures` attempts at OrderConfirmed, after announcing an event and writing
-/// an effect in the same transaction; always rejects OrderCancelled the same way.
+/// an effect in the same transaction; always rejects OrderCancelled the same way. It stands in
+/// for inventory (the participant whose StockReserved it announces), so its tables live in the
+/// `inventory` schema of the test's own database.
 struct Probe {
     failures: u32,
     attempts: AtomicU32,
 }
+
+impl Service for Probe {
+    type Participant = participants::Inventory;
+}
+
+type Ctx = service_kit::Ctx<participants::Inventory>;
 
 impl Probe {
     async fn flaky(&self, ctx: &mut Ctx, event: OrderConfirmed) -> Result<(), HandlerError> {
@@ -74,7 +83,7 @@ impl Probe {
         order_id: Uuid,
     ) -> Result<(), HandlerError> {
         let message_id = ctx.message_id();
-        sqlx::query("INSERT INTO probe.effects (message_id, order_id) VALUES ($1, $2)")
+        sqlx::query("INSERT INTO inventory.effects (message_id, order_id) VALUES ($1, $2)")
             .bind(message_id)
             .bind(order_id)
             .execute(ctx.db())
@@ -88,56 +97,29 @@ impl Probe {
     }
 }
 
-async fn start_probe(
-    env: &Env,
-    failures: u32,
-) -> (
-    service_kit::CancellationToken,
-    tokio::task::JoinHandle<()>,
-    String,
-) {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port");
-    let config = env.config(addr);
-    let shutdown = service_kit::CancellationToken::new();
-    let token = shutdown.clone();
+async fn start_probe(env: &Env, failures: u32) -> RunningService {
     let spec = ServiceSpec {
-        name: "probe",
         migrator: sqlx::migrate!("migrations/probe"),
         routes: Routes::<Probe>::new()
             .on::<OrderConfirmed>(|p, ctx, e| Box::pin(p.flaky(ctx, e)))
             .on::<OrderCancelled>(|p, ctx, e| Box::pin(p.poisoned(ctx, e))),
-        announces: &[StockReserved::ROUTING_KEY],
         state: Probe {
             failures,
             attempts: AtomicU32::new(0),
         },
         http: None,
     };
-    let task = tokio::spawn(async move {
-        service_kit::run(config, token, spec)
-            .await
-            .expect("probe runs");
-    });
-    let url = format!("http://{addr}");
-    let client = reqwest::Client::new();
-    eventually("probe ready", || async {
-        client
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    (shutdown, task, url)
+    let bound = service_kit::bind(env.config(), spec)
+        .await
+        .expect("the probe binds");
+    RunningService::run(bound).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_handler_publishes_nothing_and_its_retry_publishes_once() {
     let env = Env::new().await;
     let spy = Spy::start(&env.namespace).await;
-    let (shutdown, task, url) = start_probe(&env, 2).await;
+    let probe = start_probe(&env, 2).await;
     let publisher = TestPublisher::new(&env.namespace).await;
 
     let order_id = Uuid::now_v7();
@@ -146,7 +128,7 @@ async fn a_failing_handler_publishes_nothing_and_its_retry_publishes_once() {
         .publish(OrderConfirmed::ROUTING_KEY, &incoming)
         .await;
 
-    let announced = spy_wait(&spy, order_id, StockReserved::TYPE).await;
+    let announced = spy.wait_for::<StockReserved>(order_id).await;
     assert_eq!(announced.envelope.causation_id, Some(incoming.message_id));
     tokio::time::sleep(Duration::from_millis(700)).await;
 
@@ -161,29 +143,28 @@ async fn a_failing_handler_publishes_nothing_and_its_retry_publishes_once() {
         "two failed attempts left no event"
     );
     assert_eq!(
-        count(&env.pool, "SELECT count(*) FROM probe.effects").await,
+        count(&env.pool, "SELECT count(*) FROM inventory.effects").await,
         1,
         "failed attempts rolled back their effect"
     );
     assert_eq!(
-        count(&env.pool, "SELECT count(*) FROM probe.outbox").await,
+        count(&env.pool, "SELECT count(*) FROM inventory.outbox").await,
         1,
         "and their outbox rows"
     );
     assert_eq!(
-        count(&env.pool, "SELECT count(*) FROM probe.inbox").await,
+        count(&env.pool, "SELECT count(*) FROM inventory.inbox").await,
         1
     );
     let retried = metric(
         &reqwest::Client::new(),
-        &url,
+        &probe.url,
         "shop_messages_total{event=\"OrderConfirmed\",outcome=\"retried\"}",
     )
     .await;
     assert_eq!(retried, 2);
 
-    shutdown.cancel();
-    task.await.expect("probe stops");
+    probe.stop().await;
     publisher.close().await;
     spy.close().await;
     env.cleanup().await;
@@ -193,7 +174,7 @@ async fn a_failing_handler_publishes_nothing_and_its_retry_publishes_once() {
 async fn a_rejected_message_is_dead_lettered_with_its_reason_and_leaves_no_trace() {
     let env = Env::new().await;
     let spy = Spy::start(&env.namespace).await;
-    let (shutdown, task, _) = start_probe(&env, 0).await;
+    let probe = start_probe(&env, 0).await;
     let publisher = TestPublisher::new(&env.namespace).await;
 
     let order_id = Uuid::now_v7();
@@ -207,7 +188,7 @@ async fn a_rejected_message_is_dead_lettered_with_its_reason_and_leaves_no_trace
     publisher
         .publish(OrderCancelled::ROUTING_KEY, &poison)
         .await;
-    let dead = take_dead_letters(&env.namespace, "probe", 1).await;
+    let dead = take_dead_letters(&env.namespace, "inventory", 1).await;
     let dead = &dead[0];
     assert_eq!(
         Envelope::from_json(&dead.body)
@@ -227,36 +208,22 @@ async fn a_rejected_message_is_dead_lettered_with_its_reason_and_leaves_no_trace
     // The consumer keeps going: the next message is handled.
     let fine = Envelope::new(&OrderConfirmed { order_id }, None);
     publisher.publish(OrderConfirmed::ROUTING_KEY, &fine).await;
-    spy_wait(&spy, order_id, StockReserved::TYPE).await;
+    spy.wait_for::<StockReserved>(order_id).await;
 
     assert_eq!(
-        count(&env.pool, "SELECT count(*) FROM probe.effects").await,
+        count(&env.pool, "SELECT count(*) FROM inventory.effects").await,
         1,
         "only the good message had an effect"
     );
     assert_eq!(
-        count(&env.pool, "SELECT count(*) FROM probe.outbox").await,
+        count(&env.pool, "SELECT count(*) FROM inventory.outbox").await,
         1
     );
 
-    shutdown.cancel();
-    task.await.expect("probe stops");
+    probe.stop().await;
     publisher.close().await;
     spy.close().await;
     env.cleanup().await;
-}
-
-async fn spy_wait(spy: &Spy, order_id: Uuid, event_type: &str) -> shop_tests::Seen {
-    eventually(&format!("{event_type} for {order_id}"), || async {
-        spy.for_order(order_id)
-            .iter()
-            .any(|s| s.envelope.event_type == event_type)
-    })
-    .await;
-    spy.for_order(order_id)
-        .into_iter()
-        .find(|s| s.envelope.event_type == event_type)
-        .expect("just seen")
 }
 
 // ---- The real services ---------------------------------------------------------------------
@@ -270,11 +237,23 @@ async fn the_same_message_delivered_twice_has_one_effect_and_one_outgoing_event(
 
     publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
     publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
+    // Deliveries are handled concurrently: let the first one charge before the next message
+    // arrives, so the charge is known to be caused by `placed`.
+    let payment = shop.url("payment");
+    eventually("first OrderPlaced applied", || async {
+        metric(
+            &shop.http,
+            &payment,
+            "shop_messages_total{event=\"OrderPlaced\",outcome=\"applied\"}",
+        )
+        .await
+            == 1
+    })
+    .await;
     // Another OrderPlaced for the same order under a new message id: still one charge.
     let again = Envelope::new(&order_placed(order_id, "MUG-001", 1), None);
     publisher.publish(OrderPlaced::ROUTING_KEY, &again).await;
 
-    let payment = shop.url("payment");
     eventually("duplicate absorbed", || async {
         metric(
             &shop.http,

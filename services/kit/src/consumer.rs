@@ -1,4 +1,4 @@
-//! The idempotent consumer. Each delivery is handled in one transaction that records its
+//! The idempotent consumer (the inbox). Each delivery is handled in one transaction that records its
 //! `message_id` in the inbox, applies the effect and appends the outgoing events; the ack
 //! follows the commit. A duplicate finds its id already there and is acked with no effect.
 //!
@@ -7,7 +7,7 @@
 //! and acked; after `max_attempts`, or at once for a message no retry can fix, it goes to the
 //! dead-letter queue with the reason in its headers.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -16,19 +16,18 @@ use lapin::{
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
-use shared_events::{Envelope, Event};
-use sqlx::{PgConnection, Postgres, Transaction};
+use shared_events::Envelope;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    broker::BrokerError,
-    db::Db,
+    db::{self, Db},
+    handler::{Ctx, HandlerError, Routes, Service},
     metrics::Metrics,
-    outbox,
     publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
+    telemetry::ErrorChain,
     topology::Topology,
 };
 
@@ -39,6 +38,17 @@ const FAILURE_DRAIN: Duration = Duration::from_secs(5);
 /// An ack or nack that takes longer went to a dead channel; the broker will redeliver.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why consuming stopped (other than being asked to).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("cannot consume")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer or closed its channel")]
+    ConsumerEnded,
+    #[error("the connection to the broker was lost")]
+    ConnectionLost,
+}
+
 /// Headers the consumer sets on messages it retries or dead-letters.
 pub mod headers {
     /// 1 for the first delivery, 2 for the first retry, ...
@@ -47,108 +57,6 @@ pub mod headers {
     pub const ORIGINAL_ROUTING_KEY: &str = "x-shop-original-routing-key";
     pub const DEAD_LETTER_REASON: &str = "x-shop-dead-letter-reason";
     pub const LAST_ERROR: &str = "x-shop-last-error";
-}
-
-/// Why a handler did not apply its effect. The transaction is rolled back in every case.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The fact this event depends on has not arrived yet: try again later.
-    #[error("deferred: {0}")]
-    Deferred(String),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// No retry can make this message acceptable: dead-letter it now.
-    #[error("rejected: {0}")]
-    Rejected(String),
-}
-
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
-
-/// A handler for one event type: the service state, the transaction context, the event.
-pub type Handler<S, E> = for<'a> fn(&'a S, &'a mut Ctx, E) -> HandlerFuture<'a>;
-
-type ErasedHandler<S> =
-    Box<dyn for<'a> Fn(&'a S, &'a mut Ctx, &'a Envelope) -> HandlerFuture<'a> + Send + Sync>;
-
-struct Route<S> {
-    event_type: &'static str,
-    routing_key: &'static str,
-    handle: ErasedHandler<S>,
-}
-
-/// The subscription table of a service: which events it reacts to and with what. The same
-/// table dispatches deliveries and declares the queue bindings, so they cannot drift apart.
-pub struct Routes<S> {
-    routes: Vec<Route<S>>,
-}
-
-impl<S> Default for Routes<S> {
-    fn default() -> Self {
-        Self { routes: Vec::new() }
-    }
-}
-
-impl<S: Send + Sync + 'static> Routes<S> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Subscribes to `E`, handled by `handler`.
-    pub fn on<E: Event>(mut self, handler: Handler<S, E>) -> Self {
-        assert!(
-            self.find(E::TYPE).is_none(),
-            "{} is subscribed twice",
-            E::TYPE
-        );
-        self.routes.push(Route {
-            event_type: E::TYPE,
-            routing_key: E::ROUTING_KEY,
-            handle: Box::new(move |state, ctx, envelope| match envelope.decode::<E>() {
-                Ok(event) => handler(state, ctx, event),
-                Err(e) => Box::pin(std::future::ready(Err(HandlerError::Rejected(
-                    e.to_string(),
-                )))),
-            }),
-        });
-        self
-    }
-
-    pub fn routing_keys(&self) -> Vec<&'static str> {
-        self.routes.iter().map(|r| r.routing_key).collect()
-    }
-
-    pub fn event_types(&self) -> Vec<&'static str> {
-        self.routes.iter().map(|r| r.event_type).collect()
-    }
-
-    fn find(&self, event_type: &str) -> Option<&Route<S>> {
-        self.routes.iter().find(|r| r.event_type == event_type)
-    }
-}
-
-/// What a handler works with: the open transaction and the message being handled.
-pub struct Ctx {
-    tx: Transaction<'static, Postgres>,
-    message_id: Uuid,
-}
-
-impl Ctx {
-    /// The transaction in which the inbox entry, the effect and the outgoing events commit.
-    pub fn db(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-
-    /// The id of the message being handled.
-    pub fn message_id(&self) -> Uuid {
-        self.message_id
-    }
-
-    /// Announces `event` as caused by the message being handled. It is published only if
-    /// the handler succeeds and the transaction commits.
-    pub async fn announce<E: Event>(&mut self, event: &E) -> Result<(), sqlx::Error> {
-        outbox::append(&mut self.tx, event, Some(self.message_id)).await?;
-        Ok(())
-    }
 }
 
 enum Applied {
@@ -169,7 +77,7 @@ enum Disposition {
     },
 }
 
-pub(crate) struct Consumer<S> {
+pub(crate) struct Consumer<S: Service> {
     pub(crate) service: &'static str,
     pub(crate) state: Arc<S>,
     pub(crate) routes: Arc<Routes<S>>,
@@ -179,7 +87,7 @@ pub(crate) struct Consumer<S> {
     pub(crate) metrics: Metrics,
 }
 
-impl<S> Clone for Consumer<S> {
+impl<S: Service> Clone for Consumer<S> {
     fn clone(&self) -> Self {
         Self {
             service: self.service,
@@ -193,7 +101,7 @@ impl<S> Clone for Consumer<S> {
     }
 }
 
-impl<S: Send + Sync + 'static> Consumer<S> {
+impl<S: Service> Consumer<S> {
     /// Consumes until `stop` fires (`Ok`) or the channel fails (`Err`, after cancelling
     /// `failed` at once). Either way, deliveries already being handled finish (and are acked)
     /// before this returns; the rest go back to the queue when the channel closes.
@@ -203,7 +111,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         publisher: &Publisher,
         stop: &CancellationToken,
         failed: &CancellationToken,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), ConsumeError> {
         let tag = format!("{}-{}", self.service, Uuid::now_v7());
         let mut deliveries = channel
             .basic_consume(
@@ -216,7 +124,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         let mut in_flight = JoinSet::new();
         let ended = loop {
             tokio::select! {
-                () = failed.cancelled() => break Err(BrokerError::ConnectionLost),
+                () = failed.cancelled() => break Err(ConsumeError::ConnectionLost),
                 () = stop.cancelled() => break Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
@@ -226,8 +134,8 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                         // Reap finished handlers as we go, so the set stays small.
                         while in_flight.try_join_next().is_some() {}
                     }
-                    Some(Err(e)) => break Err(BrokerError::Amqp(e)),
-                    None => break Err(BrokerError::ConsumerEnded),
+                    Some(Err(e)) => break Err(ConsumeError::Amqp(e)),
+                    None => break Err(ConsumeError::ConsumerEnded),
                 },
             }
         };
@@ -273,7 +181,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                 );
                 tracing::warn!(%reason, routing_key = %delivery.routing_key, "malformed message");
                 return self
-                    .settle(
+                    .reroute(
                         delivery,
                         publisher,
                         attempt,
@@ -301,7 +209,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                 }
                 // The database is away (restarting, failing over): not this message's fault,
                 // so the try does not count; it waits in a delay queue like any retry.
-                Err(HandlerError::Database(e)) if crate::db::is_connection_error(&e) => {
+                Err(HandlerError::Database(e)) if db::is_connection_error(&e) => {
                     let retry = Disposition::Retry {
                         next_attempt: attempt,
                         delay_step: attempt + 1,
@@ -332,7 +240,8 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                     ack(&delivery).await;
                 }
                 Some(disposition) => {
-                    self.settle(delivery, publisher, attempt, disposition).await;
+                    self.reroute(delivery, publisher, attempt, disposition)
+                        .await;
                 }
             }
         }
@@ -342,12 +251,6 @@ impl<S: Send + Sync + 'static> Consumer<S> {
 
     /// Inbox entry, effect and outgoing events in one transaction.
     async fn apply(&self, envelope: &Envelope) -> Result<Applied, HandlerError> {
-        let Some(route) = self.routes.find(&envelope.event_type) else {
-            return Err(HandlerError::Rejected(format!(
-                "{} subscribes to no event of type {:?}",
-                self.service, envelope.event_type
-            )));
-        };
         let mut tx = self.db.begin().await?;
         // The first delivery inserts the id (0 duplicates so far); a later one finds it and
         // only counts itself, so duplicates absorbed stay auditable after restarts.
@@ -370,18 +273,21 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             tx.commit().await?;
             return Ok(Applied::Duplicate);
         }
-        let mut ctx = Ctx {
-            tx,
-            message_id: envelope.message_id,
+        let mut ctx = Ctx::new(tx, envelope.message_id);
+        let Some(handled) = self.routes.dispatch(&self.state, &mut ctx, envelope) else {
+            return Err(HandlerError::Rejected(format!(
+                "{} subscribes to no event of type {:?}",
+                self.service, envelope.event_type
+            )));
         };
-        (route.handle)(&self.state, &mut ctx, envelope).await?;
+        handled.await?;
         self.db.commit(ctx.tx).await?;
         Ok(Applied::Effect)
     }
 
     /// Moves a failed delivery on (to a retry queue or the dead-letter queue), then acks it.
     /// The copy is confirmed before the ack, so a crash in between duplicates, never loses.
-    async fn settle(
+    async fn reroute(
         &self,
         delivery: Delivery,
         publisher: &Publisher,
@@ -457,7 +363,7 @@ async fn ack(delivery: &Delivery) {
 
 /// The copy could not be published: hand the original back so nothing is lost.
 async fn requeue(delivery: &Delivery, error: &PublishError) {
-    tracing::warn!(%error, "could not move the message on; returning it to the queue");
+    tracing::warn!(error = %ErrorChain(error), "could not move the message on; returning it to the queue");
     let requeue = BasicNackOptions {
         requeue: true,
         ..Default::default()

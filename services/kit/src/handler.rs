@@ -1,0 +1,170 @@
+//! What a service author writes against: the subscription table ([`Routes`]), the handler's
+//! context ([`Ctx`]) and the ways a handler can fail ([`HandlerError`]). The machinery that
+//! feeds handlers (consuming, the inbox, retries) lives in `consumer`.
+
+use std::{future::Future, marker::PhantomData, pin::Pin};
+
+use shared_events::{Envelope, Event, EventInfo, Participant};
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::outbox::Outbox;
+
+/// A service's state (what its handlers share), tied to who it is in the event catalog.
+pub trait Service: Send + Sync + 'static {
+    /// Names the service's schema and queue, and limits [`Ctx::announce`] to the events the
+    /// catalog says this participant produces: announcing another's is a compile error.
+    type Participant: Participant;
+}
+
+/// Why a handler did not apply its effect. The transaction is rolled back in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The fact this event depends on has not arrived yet: try again later.
+    #[error("deferred: {0}")]
+    Deferred(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// No retry can make this message acceptable: dead-letter it now.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+/// A handler for one event type: the service state, the transaction context, the event.
+pub type Handler<S, E> =
+    for<'a> fn(&'a S, &'a mut Ctx<<S as Service>::Participant>, E) -> HandlerFuture<'a>;
+
+type ErasedHandler<S> = Box<
+    dyn for<'a> Fn(
+            &'a S,
+            &'a mut Ctx<<S as Service>::Participant>,
+            &'a Envelope,
+        ) -> HandlerFuture<'a>
+        + Send
+        + Sync,
+>;
+
+struct Route<S: Service> {
+    event: EventInfo,
+    handle: ErasedHandler<S>,
+}
+
+/// The subscription table of a service: which events it reacts to and with what. The same
+/// table dispatches deliveries and declares the queue bindings, so they cannot drift apart.
+pub struct Routes<S: Service> {
+    routes: Vec<Route<S>>,
+}
+
+impl<S: Service> Default for Routes<S> {
+    fn default() -> Self {
+        Self { routes: Vec::new() }
+    }
+}
+
+impl<S: Service> Routes<S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to `E`, handled by `handler`.
+    pub fn on<E: Event>(mut self, handler: Handler<S, E>) -> Self {
+        assert!(
+            self.find(E::TYPE).is_none(),
+            "{} is subscribed twice",
+            E::TYPE
+        );
+        self.routes.push(Route {
+            event: E::INFO,
+            handle: Box::new(move |state, ctx, envelope| match envelope.decode::<E>() {
+                Ok(event) => handler(state, ctx, event),
+                Err(e) => Box::pin(std::future::ready(Err(HandlerError::Rejected(
+                    e.to_string(),
+                )))),
+            }),
+        });
+        self
+    }
+
+    /// The events subscribed to, in the order they were added.
+    pub fn subscriptions(&self) -> Vec<EventInfo> {
+        self.routes.iter().map(|r| r.event).collect()
+    }
+
+    pub(crate) fn routing_keys(&self) -> Vec<&'static str> {
+        self.routes.iter().map(|r| r.event.routing_key).collect()
+    }
+
+    /// Hands the envelope to the handler of its type, if the service subscribes to it.
+    pub(crate) fn dispatch<'a>(
+        &'a self,
+        state: &'a S,
+        ctx: &'a mut Ctx<S::Participant>,
+        envelope: &'a Envelope,
+    ) -> Option<HandlerFuture<'a>> {
+        let route = self.find(&envelope.event_type)?;
+        Some((route.handle)(state, ctx, envelope))
+    }
+
+    fn find(&self, event_type: &str) -> Option<&Route<S>> {
+        self.routes
+            .iter()
+            .find(|r| r.event.event_type == event_type)
+    }
+}
+
+/// What a handler works with: the open transaction and the message being handled. `P` is the
+/// participant the service is: only its own events can be announced.
+pub struct Ctx<P> {
+    pub(crate) tx: Transaction<'static, Postgres>,
+    message_id: Uuid,
+    participant: PhantomData<fn() -> P>,
+}
+
+impl<P: Participant> Ctx<P> {
+    pub(crate) fn new(tx: Transaction<'static, Postgres>, message_id: Uuid) -> Self {
+        Self {
+            tx,
+            message_id,
+            participant: PhantomData,
+        }
+    }
+
+    /// The transaction in which the inbox entry, the effect and the outgoing events commit.
+    pub fn db(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// The id of the message being handled.
+    pub fn message_id(&self) -> Uuid {
+        self.message_id
+    }
+
+    /// Announces `event` as caused by the message being handled. It is published only if
+    /// the handler succeeds and the transaction commits.
+    ///
+    /// Only the participant's own events are accepted: payment may announce a refund,
+    ///
+    /// ```
+    /// # use service_kit::Ctx;
+    /// # use shared_events::{PaymentRefunded, participants};
+    /// async fn refund(ctx: &mut Ctx<participants::Payment>, refund: PaymentRefunded) {
+    ///     let _ = ctx.announce(&refund).await;
+    /// }
+    /// ```
+    ///
+    /// but inventory cannot announce payment's event; it does not compile:
+    ///
+    /// ```compile_fail
+    /// # use service_kit::Ctx;
+    /// # use shared_events::{PaymentRefunded, participants};
+    /// async fn refund(ctx: &mut Ctx<participants::Inventory>, refund: PaymentRefunded) {
+    ///     let _ = ctx.announce(&refund).await;
+    /// }
+    /// ```
+    pub async fn announce<E: Event<Producer = P>>(&mut self, event: &E) -> Result<(), sqlx::Error> {
+        Outbox::<P>::append(&mut self.tx, event, Some(self.message_id)).await?;
+        Ok(())
+    }
+}

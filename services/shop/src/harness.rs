@@ -1,0 +1,336 @@
+//! A shop on a fresh database and namespace, and the instruments to watch it: what the chaos
+//! run and the integration tests share.
+//!
+//! - [`Sandbox`]: a database and a `SHOP_NAMESPACE` of their own on the shared Postgres and
+//!   RabbitMQ, deleted again by [`Sandbox::cleanup`]; creating one first checks that both are
+//!   reachable and says what to start if not.
+//! - [`EventTap`]: records every event published on the namespace's exchange, reconnecting
+//!   through broker restarts, without taking messages from any service.
+//! - [`order_body`], [`wait_ready`], [`free_port`]: placing orders and waiting for services.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicAckOptions, ExchangeDeleteOptions},
+};
+use serde_json::{Value, json};
+use service_kit::{CancellationToken, topology};
+use shared_events::Envelope;
+use sqlx::{Connection as _, PgConnection};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error(
+        "PostgreSQL is not reachable at {server}: start it (on this machine kind: \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) or point \
+         the admin database URL elsewhere"
+    )]
+    PostgresUnreachable { server: String, source: sqlx::Error },
+    #[error(
+        "RabbitMQ is not reachable at {server}: start it (`rabbitmq-server -detached`) or point \
+         the AMQP URL elsewhere"
+    )]
+    RabbitUnreachable {
+        server: String,
+        source: lapin::Error,
+    },
+    #[error("cannot create the database {database}")]
+    CreateDatabase {
+        database: String,
+        source: sqlx::Error,
+    },
+    #[error("{what} not ready within {patience:?}")]
+    NotReady { what: String, patience: Duration },
+}
+
+/// `scheme://host:port` of a URL, without credentials or path: safe to print.
+pub fn server_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}")
+}
+
+/// A database and a namespace of their own.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub namespace: String,
+    pub database: String,
+    /// The sandbox's database; it carries the admin URL's credentials: do not print it.
+    pub database_url: String,
+    admin_url: String,
+    pub amqp_url: String,
+}
+
+impl Sandbox {
+    /// Creates `<prefix>_<id>` on the server of `admin_url` and picks the namespace
+    /// `<prefix>-<id>`, after checking that Postgres and RabbitMQ both answer.
+    pub async fn create(
+        admin_url: &str,
+        amqp_url: &str,
+        prefix: &str,
+    ) -> Result<Self, HarnessError> {
+        let id = &Uuid::new_v4().simple().to_string()[..12];
+        let database = format!("{prefix}_{id}");
+        let mut admin = PgConnection::connect(admin_url).await.map_err(|source| {
+            HarnessError::PostgresUnreachable {
+                server: server_of(admin_url),
+                source,
+            }
+        })?;
+        let broker = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .map_err(|source| HarnessError::RabbitUnreachable {
+                server: server_of(amqp_url),
+                source,
+            })?;
+        let _ = broker.close(200, "reachable".into()).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut admin)
+            .await
+            .map_err(|source| HarnessError::CreateDatabase {
+                database: database.clone(),
+                source,
+            })?;
+        let _ = admin.close().await;
+        Ok(Self {
+            namespace: format!("{}-{id}", prefix.replace('_', "-")),
+            database_url: service_kit::config::with_database(admin_url, &database),
+            database,
+            admin_url: admin_url.to_owned(),
+            amqp_url: amqp_url.to_owned(),
+        })
+    }
+
+    /// Deletes the database and every exchange and queue of the namespace. `retry_delays`
+    /// are the delay sets the services ran with (retry queue names carry their delay).
+    /// `extra_services` are names beyond the registry that declared queues (test doubles).
+    pub async fn cleanup(&self, retry_delays: &[&[Duration]], extra_services: &[&str]) {
+        if let Ok(connection) =
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await
+            && let Ok(channel) = connection.create_channel().await
+        {
+            let mut services: Vec<&str> = registry::names().collect();
+            services.extend_from_slice(extra_services);
+            for service in services {
+                for delays in retry_delays {
+                    let _ = topology::Topology::new(&self.namespace, service, vec![], delays)
+                        .delete(&channel)
+                        .await;
+                }
+            }
+            let _ = channel
+                .exchange_delete(
+                    topology::exchange_name(&self.namespace).as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
+            let _ = connection.close(200, "sandbox removed".into()).await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+/// An event as the broker delivered it to the tap: enough to read it and to deliver it again.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub routing_key: String,
+    pub envelope: Envelope,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+/// Records everything published on a namespace's exchange (an exclusive queue bound `#`),
+/// reconnecting when the broker goes away. Bodies that are not envelopes are skipped.
+pub struct EventTap {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl EventTap {
+    /// Starts recording once the tap's queue is bound, so nothing published afterwards is
+    /// missed. Declares the exchange if no service has yet.
+    pub async fn start(amqp_url: &str, namespace: &str) -> Result<Self, lapin::Error> {
+        let exchange = topology::exchange_name(namespace);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let first = Self::session(amqp_url, &exchange).await?;
+        let task = tokio::spawn(Self::record(
+            amqp_url.to_owned(),
+            exchange,
+            first,
+            seen.clone(),
+            stop.clone(),
+        ));
+        Ok(Self { seen, stop, task })
+    }
+
+    async fn session(
+        amqp_url: &str,
+        exchange: &str,
+    ) -> Result<(Connection, lapin::Consumer), lapin::Error> {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        topology::declare_exchange(&channel, exchange).await?;
+        let consumer = topology::tap(&channel, exchange, "event-tap").await?;
+        Ok((connection, consumer))
+    }
+
+    async fn record(
+        amqp_url: String,
+        exchange: String,
+        first: (Connection, lapin::Consumer),
+        seen: Arc<Mutex<Vec<Seen>>>,
+        stop: CancellationToken,
+    ) {
+        let mut session = Some(first);
+        while !stop.is_cancelled() {
+            let (connection, mut deliveries) = match session.take() {
+                Some(session) => session,
+                None => match Self::session(&amqp_url, &exchange).await {
+                    Ok(session) => session,
+                    Err(_) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            () = stop.cancelled() => break,
+                        }
+                    }
+                },
+            };
+            loop {
+                let delivery = tokio::select! {
+                    next = deliveries.next() => match next {
+                        Some(Ok(delivery)) => delivery,
+                        _ => break,
+                    },
+                    () = stop.cancelled() => break,
+                };
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                if let Ok(envelope) = Envelope::from_json(&delivery.data) {
+                    seen.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(Seen {
+                            routing_key: delivery.routing_key.to_string(),
+                            envelope,
+                            body: delivery.data,
+                            properties: delivery.properties,
+                        });
+                }
+            }
+            let _ = connection.close(200, "tap done".into()).await;
+        }
+    }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn for_order(&self, order_id: Uuid) -> Vec<Seen> {
+        self.all()
+            .into_iter()
+            .filter(|s| s.envelope.correlation_id == order_id)
+            .collect()
+    }
+
+    pub async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A valid order body for the seeded catalog.
+pub fn order_body(
+    customer_id: &str,
+    sku: &str,
+    quantity: u32,
+    payment_method: &str,
+    country: &str,
+) -> Value {
+    json!({
+        "customer_id": customer_id,
+        "items": [{ "sku": sku, "quantity": quantity }],
+        "payment_method": payment_method,
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "12 St James's Square",
+            "city": "London",
+            "postal_code": "SW1Y 4JH",
+            "country": country
+        }
+    })
+}
+
+/// Whether the service at `base_url` answers `/readyz` with 200.
+pub async fn is_ready(http: &reqwest::Client, base_url: &str) -> bool {
+    http.get(format!("{base_url}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Polls `/readyz` until it answers 200.
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    base_url: &str,
+    patience: Duration,
+) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + patience;
+    while !is_ready(http, base_url).await {
+        if Instant::now() > deadline {
+            return Err(HarnessError::NotReady {
+                what: base_url.to_owned(),
+                patience,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A port that was free a moment ago, for a service started as a separate process (which
+/// must be told its address up front; in-process services bind port 0 instead).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_of_drops_credentials_and_path() {
+        assert_eq!(
+            server_of("postgres://u:secret@db:5432/shop?sslmode=disable"),
+            "postgres://db:5432"
+        );
+        assert_eq!(
+            server_of("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672"
+        );
+    }
+}

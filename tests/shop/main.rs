@@ -1,0 +1,9 @@
+//! The integration tests: one binary (one link of the five services), a module per area.
+//! Every test runs against the real RabbitMQ and Postgres, in a database and namespace of its
+//! own (`shop_tests::Env`), so the tests run in parallel.
+
+mod compose_and_least_privilege;
+mod delivery_guarantees;
+mod failure_flows;
+mod happy_path;
+mod http_api;
