@@ -584,10 +584,26 @@ async fn a_message_out_of_tries_is_dead_lettered_and_can_be_redriven() {
             &Envelope::new(&order_placed(order_id, "MUG-001", 2), None),
         )
         .await;
-    let moved = service_kit::dead_letters::redrive(&amqp_url, &namespace, "inventory", None)
-        .await
-        .expect("redrive");
-    assert_eq!(moved, 1);
+    // Older than the operator's window (here: anything at all), it stays where it is.
+    let refused = service_kit::dead_letters::redrive(
+        &amqp_url,
+        &namespace,
+        "inventory",
+        None,
+        Duration::ZERO,
+    )
+    .await
+    .expect("redrive");
+    assert_eq!(refused.moved, 0);
+    assert_eq!(refused.too_old.len(), 1);
+    assert_eq!(refused.too_old[0].message_id, Some(paid.message_id));
+    let window = shop.env.config().dead_letter_max_age;
+    let redriven =
+        service_kit::dead_letters::redrive(&amqp_url, &namespace, "inventory", None, window)
+            .await
+            .expect("redrive");
+    assert_eq!(redriven.moved, 1);
+    assert!(redriven.too_old.is_empty());
     let reserved = shop.spy.wait_for::<StockReserved>(order_id).await;
     assert_eq!(reserved.envelope.causation_id, Some(paid.message_id));
     assert!(
@@ -596,6 +612,138 @@ async fn a_message_out_of_tries_is_dead_lettered_and_can_be_redriven() {
             .expect("list")
             .is_empty()
     );
+    publisher.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_outbox_rows_and_inbox_ids_are_pruned_after_their_window_and_nothing_else() {
+    let shop = Shop::start_with(&["payment"], |config| {
+        config.outbox_retention = Duration::from_secs(3600);
+        config.dead_letter_max_age = Duration::from_secs(60);
+        config.inbox_retention = Duration::from_secs(2 * 3600);
+        config.prune_interval = Duration::from_millis(200);
+    })
+    .await;
+    let pool = &shop.env.pool;
+    // Rows written while the service runs: an order paid, its event sent.
+    let order_id = Uuid::now_v7();
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    publisher
+        .publish(
+            OrderPlaced::ROUTING_KEY,
+            &Envelope::new(&order_placed(order_id, "MUG-001", 1), None),
+        )
+        .await;
+    shop.spy.wait_for::<PaymentCompleted>(order_id).await;
+    eventually("the payment's event marked sent", || async {
+        count(
+            pool,
+            "SELECT count(*) FROM payment.outbox WHERE sent_at IS NOT NULL",
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    // Rows from long ago: sent and unsent outbox rows, inbox ids just inside and past the window.
+    for age_hours in [2, 3] {
+        let old = insert_outbox_row(
+            pool,
+            "payment",
+            &PaymentCompleted {
+                order_id: Uuid::now_v7(),
+                payment_id: Uuid::now_v7(),
+                amount_cents: 100,
+            },
+        )
+        .await;
+        sqlx::query(
+            "UPDATE payment.outbox SET created_at = now() - make_interval(hours => $2),
+                    sent_at = now() - make_interval(hours => $2)
+              WHERE message_id = $1",
+        )
+        .bind(old.message_id)
+        .bind(age_hours)
+        .execute(pool)
+        .await
+        .expect("age the row");
+    }
+    let unsent = insert_outbox_row(
+        pool,
+        "payment",
+        &PaymentCompleted {
+            order_id: Uuid::now_v7(),
+            payment_id: Uuid::now_v7(),
+            amount_cents: 100,
+        },
+    )
+    .await;
+    sqlx::query(
+        "UPDATE payment.outbox SET created_at = now() - interval '5 hours', publish_attempts = 1
+          WHERE message_id = $1",
+    )
+    .bind(unsent.message_id)
+    .execute(pool)
+    .await
+    .expect("age the unsent row");
+    for (age, id) in [("1 hour", Uuid::now_v7()), ("3 hours", Uuid::now_v7())] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO payment.inbox (message_id, event_type, correlation_id, producer,
+                                        occurred_at, received_at)
+             VALUES ($1, 'OrderPlaced', $1, 'orders', now() - interval '{age}',
+                     now() - interval '{age}')"
+        )))
+        .bind(id)
+        .execute(pool)
+        .await
+        .expect("an old inbox id");
+    }
+
+    eventually("the old sent rows and the old inbox id pruned", || async {
+        count(
+            pool,
+            "SELECT count(*) FROM payment.outbox WHERE sent_at < now() - interval '90 minutes'",
+        )
+        .await
+            == 0
+            && count(
+                pool,
+                "SELECT count(*) FROM payment.inbox WHERE received_at < now() - interval '2 hours'",
+            )
+            .await
+                == 0
+    })
+    .await;
+    // Kept: the recent sent row; a row created long ago but sent only now (the window runs
+    // from sending: until then the relay owes it); the inbox id inside the window.
+    let owed = format!(
+        "SELECT count(*) FROM payment.outbox WHERE message_id = '{}' AND sent_at IS NOT NULL",
+        unsent.message_id
+    );
+    eventually("the owed row sent", || async {
+        count(pool, &owed).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM payment.outbox").await,
+        2,
+        "the recent row and the row sent only now are kept"
+    );
+    assert_eq!(count(pool, "SELECT count(*) FROM payment.inbox").await, 2);
+    let pruned = |table: &'static str| {
+        let (http, url) = (shop.http.clone(), shop.url("payment"));
+        async move {
+            metric(
+                &http,
+                &url,
+                &format!("shop_rows_pruned_total{{table=\"{table}\"}}"),
+            )
+            .await
+        }
+    };
+    assert_eq!((pruned("outbox").await, pruned("inbox").await), (2, 1));
     publisher.close().await;
     shop.stop().await;
 }

@@ -22,6 +22,17 @@ pub struct Config {
     pub retry_delays: Vec<Duration>,
     /// `MAX_ATTEMPTS`: tries before a message goes to the dead-letter queue.
     pub max_attempts: u32,
+    /// `OUTBOX_RETENTION_SECS`: how long a sent outbox row is kept (the orders timeline reaches
+    /// back this far).
+    pub outbox_retention: Duration,
+    /// `INBOX_RETENTION_SECS`: how long a handled message's id is remembered; a copy arriving
+    /// later would be applied again, so it must exceed [`Config::latest_arrival`].
+    pub inbox_retention: Duration,
+    /// `DEAD_LETTER_MAX_AGE_SECS`: the oldest message an operator may re-drive from a
+    /// dead-letter queue (counted from when it occurred).
+    pub dead_letter_max_age: Duration,
+    /// `PRUNE_INTERVAL_SECS`: how often retention runs.
+    pub prune_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +54,10 @@ pub const VARIABLES: &[&str] = &[
     "OUTBOX_SWEEP_MS",
     "RETRY_DELAYS_MS",
     "MAX_ATTEMPTS",
+    "OUTBOX_RETENTION_SECS",
+    "INBOX_RETENTION_SECS",
+    "DEAD_LETTER_MAX_AGE_SECS",
+    "PRUNE_INTERVAL_SECS",
 ];
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -69,7 +84,55 @@ impl Config {
             outbox_sweep_interval: Duration::from_secs(2),
             retry_delays: default_retry_delays(),
             max_attempts: 10,
+            outbox_retention: Duration::from_secs(24 * 3600),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            dead_letter_max_age: Duration::from_secs(3 * 24 * 3600),
+            prune_interval: Duration::from_secs(60),
         }
+    }
+
+    /// The whole retry schedule: the waits before the 2nd … `MAX_ATTEMPTS`th try.
+    pub fn retry_schedule(&self) -> Duration {
+        let last = self.retry_delays.last().copied().unwrap_or_default();
+        (0..self.max_attempts.saturating_sub(1) as usize)
+            .map(|i| self.retry_delays.get(i).copied().unwrap_or(last))
+            .sum()
+    }
+
+    /// The latest a copy of a message can still arrive after it occurred: through every retry,
+    /// then as long as it may wait in the dead-letter queue before it is re-driven.
+    pub fn latest_arrival(&self) -> Duration {
+        self.retry_schedule() + self.dead_letter_max_age
+    }
+
+    /// Checks the rules that tie settings together (docs/architecture.md, "Retention").
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_namespace(&self.namespace)?;
+        if self.retry_delays.is_empty() || self.max_attempts == 0 || self.prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                name: "RETRY_DELAYS_MS/MAX_ATTEMPTS/CONSUMER_PREFETCH",
+                reason: "must not be empty or zero".to_owned(),
+            });
+        }
+        if self.prune_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "PRUNE_INTERVAL_SECS",
+                reason: "must not be zero".to_owned(),
+            });
+        }
+        if self.inbox_retention <= self.latest_arrival() {
+            return Err(ConfigError::Invalid {
+                name: "INBOX_RETENTION_SECS",
+                reason: format!(
+                    "{}s does not outlast the latest a duplicate can arrive: the retry schedule \
+                     ({}s) plus DEAD_LETTER_MAX_AGE_SECS ({}s); a duplicate could be applied twice",
+                    self.inbox_retention.as_secs(),
+                    self.retry_schedule().as_secs(),
+                    self.dead_letter_max_age.as_secs()
+                ),
+            });
+        }
+        Ok(())
     }
 
     pub fn from_env(default_http_addr: SocketAddr) -> Result<Self, ConfigError> {
@@ -92,7 +155,6 @@ impl Config {
         if let Some(namespace) = var("SHOP_NAMESPACE") {
             config.namespace = namespace;
         }
-        validate_namespace(&config.namespace)?;
         if let Some(addr) = var("HTTP_ADDR") {
             config.http_addr = parse("HTTP_ADDR", &addr)?;
         }
@@ -114,12 +176,17 @@ impl Config {
         if let Some(attempts) = var("MAX_ATTEMPTS") {
             config.max_attempts = parse("MAX_ATTEMPTS", &attempts)?;
         }
-        if config.retry_delays.is_empty() || config.max_attempts == 0 || config.prefetch == 0 {
-            return Err(ConfigError::Invalid {
-                name: "RETRY_DELAYS_MS/MAX_ATTEMPTS/CONSUMER_PREFETCH",
-                reason: "must not be empty or zero".to_owned(),
-            });
+        for (name, setting) in [
+            ("OUTBOX_RETENTION_SECS", &mut config.outbox_retention),
+            ("INBOX_RETENTION_SECS", &mut config.inbox_retention),
+            ("DEAD_LETTER_MAX_AGE_SECS", &mut config.dead_letter_max_age),
+            ("PRUNE_INTERVAL_SECS", &mut config.prune_interval),
+        ] {
+            if let Some(secs) = var(name) {
+                *setting = Duration::from_secs(parse(name, &secs)?);
+            }
         }
+        config.validate()?;
         Ok(config)
     }
 }
@@ -211,6 +278,27 @@ mod tests {
             vec![Duration::from_millis(10), Duration::from_millis(20)]
         );
         assert_eq!(config.max_attempts, 3);
+    }
+
+    #[test]
+    fn the_inbox_must_outlast_every_retry_and_the_dead_letter_wait() {
+        let config = from(&[
+            ("RETRY_DELAYS_MS", "1000,5000"),
+            ("MAX_ATTEMPTS", "4"),
+            ("DEAD_LETTER_MAX_AGE_SECS", "100"),
+            ("INBOX_RETENTION_SECS", "112"),
+        ])
+        .expect("112 s outlasts 1 + 5 + 5 s of retries and 100 s in the dead-letter queue");
+        assert_eq!(config.retry_schedule(), Duration::from_secs(11));
+        let err = from(&[
+            ("RETRY_DELAYS_MS", "1000,5000"),
+            ("MAX_ATTEMPTS", "4"),
+            ("DEAD_LETTER_MAX_AGE_SECS", "100"),
+            ("INBOX_RETENTION_SECS", "111"),
+        ])
+        .expect_err("111 s does not");
+        assert!(err.to_string().contains("INBOX_RETENTION_SECS"), "{err}");
+        assert!(from(&[]).expect("defaults").inbox_retention > Duration::from_secs(3 * 86_400));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub enum DeadLetterError {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub message_id: Option<Uuid>,
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
     pub event_type: Option<String>,
     pub order_id: Option<Uuid>,
     pub reason: String,
@@ -45,6 +46,7 @@ impl DeadLetter {
             .unwrap_or_else(|| "unknown".to_owned());
         Self {
             message_id: envelope.as_ref().map(|e| e.message_id),
+            occurred_at: envelope.as_ref().map(|e| e.occurred_at),
             event_type: envelope.as_ref().map(|e| e.event_type.clone()),
             order_id: envelope.as_ref().map(|e| e.correlation_id),
             reason,
@@ -97,22 +99,34 @@ pub async fn list(
     Ok(letters)
 }
 
+/// What a re-drive did.
+#[derive(Debug, Default)]
+pub struct Redriven {
+    pub moved: usize,
+    /// Left in the queue: older than `DEAD_LETTER_MAX_AGE_SECS`. The inbox may have forgotten
+    /// a copy that was applied, so re-driving one could apply it twice.
+    pub too_old: Vec<DeadLetter>,
+}
+
 /// Moves dead letters of `service` (all, or just `only`) back to its work queue for another
-/// round of attempts. Each copy is confirmed before its dead letter is acked. Returns how
-/// many were moved.
+/// round of attempts; each copy is confirmed before its dead letter is acked. A letter that
+/// occurred more than `max_age` ago stays where it is (see [`Redriven::too_old`]).
 pub async fn redrive(
     amqp_url: &str,
     namespace: &str,
     service: &str,
     only: Option<Uuid>,
-) -> Result<usize, DeadLetterError> {
+    max_age: std::time::Duration,
+) -> Result<Redriven, DeadLetterError> {
+    let oldest =
+        chrono::Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX);
     let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let publisher = Publisher::open(&connection).await?;
     let dead_letter_queue = topology::dead_letter_queue_name(namespace, service);
     let work_queue = topology::queue_name(namespace, service);
     let private_exchange = topology::private_exchange_name(namespace, service);
-    let mut moved = 0;
+    let mut redriven = Redriven::default();
     let mut skipped = Vec::new();
     while let Some(message) = channel
         .basic_get(
@@ -124,6 +138,11 @@ pub async fn redrive(
         let delivery = message.delivery;
         let letter = DeadLetter::read(&delivery.data, &delivery.properties);
         if only.is_some() && letter.message_id != only {
+            skipped.push(delivery);
+            continue;
+        }
+        if letter.occurred_at.is_some_and(|at| at < oldest) {
+            redriven.too_old.push(letter);
             skipped.push(delivery);
             continue;
         }
@@ -144,7 +163,7 @@ pub async fn redrive(
         match publisher.publish(copy).await {
             Ok(()) => {
                 delivery.acker.ack(BasicAckOptions::default()).await?;
-                moved += 1;
+                redriven.moved += 1;
             }
             Err(e) => {
                 let requeue = BasicNackOptions {
@@ -164,5 +183,5 @@ pub async fn redrive(
     }
     let _ = channel.close(200, "redriven".into()).await;
     let _ = connection.close(200, "redriven".into()).await;
-    Ok(moved)
+    Ok(redriven)
 }

@@ -24,6 +24,7 @@ mod http;
 mod metrics;
 mod outbox;
 pub mod publisher;
+mod retention;
 mod service;
 mod session;
 mod shutdown;

@@ -35,6 +35,10 @@ const HELP: &[(&str, &str)] = &[
         "shop_broker_sessions_total",
         "Broker sessions opened (1 + reconnects)",
     ),
+    (
+        "shop_rows_pruned_total",
+        "Sent outbox rows and inbox ids deleted by retention",
+    ),
 ];
 
 impl Metrics {

@@ -26,6 +26,7 @@ use crate::{
     http::{Health, health_routes, serve},
     metrics::Metrics,
     outbox::Relay,
+    retention::{self, Retention},
     session::Supervisor,
     topology::Topology,
 };
@@ -52,6 +53,8 @@ pub enum Error {
     },
     #[error("migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 type RunFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
@@ -83,6 +86,7 @@ impl BoundService {
 /// Opens the service's database handle (lazily) and its HTTP listener on `config.http_addr`.
 pub async fn bind<S: Service>(config: Config, spec: ServiceSpec<S>) -> Result<BoundService, Error> {
     let name = S::Participant::NAME;
+    config.validate()?;
     let db = Db::connect_lazy(&config, name).map_err(Error::DatabaseUrl)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
@@ -131,6 +135,16 @@ async fn run<S: Service>(
             return Ok(());
         }
         tracing::info!(service, schema = service, "migrations applied");
+        let pruner = tokio::spawn(retention::run(
+            db.clone(),
+            Retention {
+                outbox: config.outbox_retention,
+                inbox: config.inbox_retention,
+                interval: config.prune_interval,
+            },
+            metrics.clone(),
+            shutdown.clone(),
+        ));
 
         let topology = Arc::new(Topology::new(
             &config.namespace,
@@ -160,6 +174,8 @@ async fn run<S: Service>(
             metrics,
         };
         supervisor.run(shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = pruner.await;
         Ok(())
     }
     .await;

@@ -35,6 +35,10 @@ use uuid::Uuid;
 /// Retry delays of the services under test: short, so deferrals resolve within the run.
 const RETRY_DELAYS_MS: [u64; 3] = [200, 1_000, 3_000];
 
+/// What half the load buys, one unit per order: its stock decides how many of those orders
+/// can be confirmed. Nothing else in the run holds it, so every unit is sold or still there.
+const CONFIRMING_SKU: &str = "STICKER-001";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosOptions {
     /// Orders to place.
@@ -52,6 +56,11 @@ pub struct ChaosOptions {
     /// Skip restarting Postgres (it needs the rights to run pg_ctlcluster).
     #[arg(long)]
     pub no_database_restart: bool,
+    /// Units of STICKER-001 (which half the orders buy) to seed before the load; the
+    /// catalog's seed (1000) if not given. A run may want more than there are: the orders past
+    /// the stock must then be cancelled for it, and exactly the stock sold.
+    #[arg(long)]
+    pub stock: Option<u32>,
     /// Events re-published as duplicate deliveries.
     #[arg(long, default_value_t = 200)]
     pub duplicates: usize,
@@ -77,12 +86,105 @@ impl Journal {
     }
 }
 
+/// The outcome an order's path must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Confirmed,
+    /// Confirmed while [`CONFIRMING_SKU`] lasts; once it has run out, cancelled by the stock
+    /// reservation.
+    ConfirmedWhileStockLasts,
+    /// Cancelled at one of these stages (the start of the order's cancellation reason).
+    Cancelled(&'static [&'static str]),
+}
+
 /// An accepted order: its id, the outcome its path must reach, how many POSTs it took.
 #[derive(Debug, Clone, Copy)]
 struct Placed {
     order_id: Uuid,
-    expected: &'static str,
+    expected: Expected,
     tries: u32,
+}
+
+/// How an order ended, as orders reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ended {
+    status: String,
+    reason: Option<String>,
+}
+
+/// [`CONFIRMING_SKU`]'s stock after the run, as inventory reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StockLevel {
+    seeded: i64,
+    available: i64,
+}
+
+/// The orders judged against their paths and the stock.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Verdict {
+    lost: usize,
+    wrong_outcome: usize,
+    /// Orders that wanted a unit of [`CONFIRMING_SKU`].
+    wanted: usize,
+    /// Of those, confirmed (each sold one unit) and cancelled for want of stock.
+    sold: usize,
+    refused_for_stock: usize,
+    /// How the stock does not add up, if it does not: first come, first served means exactly
+    /// `min(seeded, wanted)` units sold, and the rest still available.
+    stock_mismatch: Option<String>,
+}
+
+/// Judges each accepted order (`None`: orders does not know it) against its path, and the
+/// confirming SKU's sales against its stock. Pure, so its rules are unit-tested.
+fn judge(orders: &[(Expected, Option<Ended>)], stock: StockLevel) -> Verdict {
+    const STOCK_FAILURE: &str = "stock reservation failed";
+    let mut verdict = Verdict::default();
+    for (expected, ended) in orders {
+        let Some(ended) = ended else {
+            verdict.lost += 1;
+            continue;
+        };
+        let cancelled_at = |stage: &str| {
+            ended.status == "cancelled"
+                && ended
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with(stage))
+        };
+        let as_expected = match expected {
+            Expected::Confirmed => ended.status == "confirmed",
+            Expected::Cancelled(stages) => stages.iter().any(|stage| cancelled_at(stage)),
+            Expected::ConfirmedWhileStockLasts => {
+                verdict.wanted += 1;
+                if ended.status == "confirmed" {
+                    verdict.sold += 1;
+                    true
+                } else if cancelled_at(STOCK_FAILURE) {
+                    verdict.refused_for_stock += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if !as_expected {
+            verdict.wrong_outcome += 1;
+        }
+    }
+    // Orders that ended otherwise are wrong already; the stock is judged on those that got
+    // inventory's answer.
+    let answered = verdict.sold + verdict.refused_for_stock;
+    let seeded = usize::try_from(stock.seeded).unwrap_or(0);
+    let should_sell = seeded.min(answered);
+    let left = stock.seeded - i64::try_from(verdict.sold).unwrap_or(i64::MAX);
+    if verdict.sold != should_sell || stock.available != left {
+        verdict.stock_mismatch = Some(format!(
+            "{answered} orders asked for one of {seeded} units: {should_sell} should be sold, \
+             {} were, and {left} should be left, {} are",
+            verdict.sold, stock.available
+        ));
+    }
+    verdict
 }
 
 /// One service process, stopped and restarted during the run.
@@ -97,6 +199,9 @@ struct ServiceProcess {
 /// What the faults step did.
 struct Faults {
     broker_recovery: Option<Duration>,
+    /// The order placed right after the broker restart to time the recovery: it is in the
+    /// shop's books beside the load's orders, and judged with them.
+    probe: Option<Placed>,
     database_restarted: bool,
     duplicates_injected: usize,
 }
@@ -110,8 +215,8 @@ pub struct Report {
     faults: Faults,
     absorbed: BTreeMap<&'static str, i64>,
     settled_in: Duration,
-    lost: usize,
-    wrong_outcome: usize,
+    verdict: Verdict,
+    stock: StockLevel,
     audit: audit::Report,
 }
 
@@ -127,7 +232,10 @@ impl Report {
     }
 
     pub fn promises_kept(&self) -> bool {
-        self.lost == 0 && self.wrong_outcome == 0 && self.audit.is_clean()
+        self.verdict.lost == 0
+            && self.verdict.wrong_outcome == 0
+            && self.verdict.stock_mismatch.is_none()
+            && self.audit.is_clean()
     }
 }
 
@@ -184,21 +292,65 @@ impl fmt::Display for Report {
             "settled after faults in:  {:.1}s",
             self.settled_in.as_secs_f64()
         )?;
-        writeln!(f, "orders lost:              {}", self.lost)?;
-        writeln!(f, "orders with wrong outcome: {}", self.wrong_outcome)?;
+        let verdict = &self.verdict;
+        writeln!(f, "orders lost:              {}", verdict.lost)?;
+        writeln!(f, "orders with wrong outcome: {}", verdict.wrong_outcome)?;
+        writeln!(
+            f,
+            "{CONFIRMING_SKU} stock:        {} seeded, {} orders wanted one: {} sold, {} \
+             refused for stock, {} left",
+            self.stock.seeded,
+            verdict.wanted,
+            verdict.sold,
+            verdict.refused_for_stock,
+            self.stock.available
+        )?;
+        if let Some(mismatch) = &verdict.stock_mismatch {
+            writeln!(f, "STOCK DOES NOT ADD UP:    {mismatch}")?;
+        }
         writeln!(f, "effects applied twice:    {}", self.applied_twice())?;
-        write!(f, "audit: {}", self.audit)
+        let probe = if self.faults.probe.is_some() {
+            " (the load's orders and the probe placed after the broker restart)"
+        } else {
+            " (the load's orders)"
+        };
+        write!(f, "audit{probe}: {}", self.audit)
     }
 }
 
-fn order_body(i: usize) -> (Value, &'static str) {
-    let (sku, method, country, outcome) = match i % 4 {
-        0 | 1 => ("STICKER-001", "card", "NL", "confirmed"),
-        2 => ("MUG-001", "card_declined", "GB", "cancelled"),
-        _ => ("BOOK-001", "card", "AQ", "cancelled"),
+/// The load's `i`th order: half buy the confirming SKU, a quarter are declined, a quarter go
+/// to a country nobody ships to (a BOOK-001, whose 25 units may all be held by such orders
+/// still in flight, so the stock reservation may fail first: both are right).
+fn order_body(i: usize) -> (Value, Expected) {
+    let (sku, method, country, expected) = match i % 4 {
+        0 | 1 => (
+            CONFIRMING_SKU,
+            "card",
+            "NL",
+            Expected::ConfirmedWhileStockLasts,
+        ),
+        2 => (
+            "MUG-001",
+            "card_declined",
+            "GB",
+            Expected::Cancelled(&["payment failed"]),
+        ),
+        _ => (
+            "BOOK-001",
+            "card",
+            "AQ",
+            Expected::Cancelled(&["shipment failed", "stock reservation failed"]),
+        ),
     };
     let body = harness::order_body(&format!("chaos-{i}"), sku, 1, method, country);
-    (body, outcome)
+    (body, expected)
+}
+
+/// The broker-restart probe: a SKU the load does not buy, so it is confirmed whatever the
+/// load has sold.
+fn probe_body() -> (Value, Expected) {
+    let body = harness::order_body("chaos-probe", "TEE-001", 1, "card", "NL");
+    (body, Expected::Confirmed)
 }
 
 async fn shell(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -297,6 +449,9 @@ impl ChaosRun {
             self.log_dir.display()
         ));
         self.start_services().await?;
+        if let Some(units) = options.stock {
+            self.seed_stock(units).await?;
+        }
         let tap = EventTap::start(&self.sandbox.amqp_url, &self.sandbox.namespace).await?;
 
         let load = place_orders(
@@ -313,7 +468,9 @@ impl ChaosRun {
         tap.close().await;
 
         let (audit, settled_in) = self.await_settled(options).await?;
-        let (lost, wrong_outcome) = self.check_orders(options, &placed).await;
+        let judged: Vec<Placed> = placed.iter().copied().chain(faults.probe).collect();
+        let (mut verdict, stock) = self.check_orders(&judged).await?;
+        verdict.lost += options.orders - placed.len();
         let absorbed = self.absorbed_duplicates().await?;
         Ok(Report {
             orders: options.orders,
@@ -327,8 +484,8 @@ impl ChaosRun {
             faults,
             absorbed,
             settled_in,
-            lost,
-            wrong_outcome,
+            verdict,
+            stock,
             audit,
         })
     }
@@ -410,6 +567,7 @@ impl ChaosRun {
         let database_at = 2 * steps / 3;
         let mut faults = Faults {
             broker_recovery: None,
+            probe: None,
             database_restarted: false,
             duplicates_injected: 0,
         };
@@ -423,7 +581,9 @@ impl ChaosRun {
                     .note(format!("duplicate injection failed: {e}")),
             }
             if n == broker_at && !options.no_broker_restart {
-                faults.broker_recovery = Some(self.restart_broker().await?);
+                let (recovery, probe) = self.restart_broker().await?;
+                faults.broker_recovery = Some(recovery);
+                faults.probe = Some(probe);
             } else if n == database_at && !options.no_database_restart {
                 restart_database(self.journal).await?;
                 faults.database_restarted = true;
@@ -502,8 +662,8 @@ impl ChaosRun {
     }
 
     /// Stops the broker's app, checks every service reports not ready, starts it again and
-    /// measures how long until a new order is confirmed.
-    async fn restart_broker(&self) -> anyhow::Result<Duration> {
+    /// measures how long until a new order (the probe) is confirmed.
+    async fn restart_broker(&self) -> anyhow::Result<(Duration, Placed)> {
         shell("rabbitmqctl", &["stop_app"]).await?;
         self.journal.note("RabbitMQ stopped (rabbitmqctl stop_app)");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -529,14 +689,13 @@ impl ChaosRun {
         let back = Instant::now();
         self.journal
             .note("RabbitMQ started (rabbitmqctl start_app)");
-        let (body, _) = order_body(0);
+        let (body, expected) = probe_body();
         let key = format!("{}-probe", self.sandbox.namespace);
-        let (order_id, _) = place(&self.http, &self.orders_url(), &key, &body).await?;
+        let (order_id, tries) = place(&self.http, &self.orders_url(), &key, &body).await?;
         let deadline = back + Duration::from_secs(120);
-        while order_status(&self.http, &self.orders_url(), order_id)
+        while order_ended(&self.http, &self.orders_url(), order_id)
             .await
-            .as_deref()
-            != Some("confirmed")
+            .is_none_or(|ended| ended.status != "confirmed")
         {
             if Instant::now() > deadline {
                 bail!("no order confirmed within 120 s of the broker coming back");
@@ -548,7 +707,12 @@ impl ChaosRun {
             "first order confirmed {:.1}s after the broker came back",
             recovery.as_secs_f64()
         ));
-        Ok(recovery)
+        let probe = Placed {
+            order_id,
+            expected,
+            tries,
+        };
+        Ok((recovery, probe))
     }
 
     /// Step 4: every service ready again, then the auditor until the books balance (or the
@@ -577,19 +741,42 @@ impl ChaosRun {
         Ok((report?, started.elapsed()))
     }
 
-    /// Step 5: accepted orders the shop does not have (lost), or that ended otherwise than
-    /// their path says (wrong outcome).
-    async fn check_orders(&self, options: &ChaosOptions, placed: &[Placed]) -> (usize, usize) {
-        let mut lost = options.orders - placed.len();
-        let mut wrong_outcome = 0;
+    /// Sets [`CONFIRMING_SKU`]'s stock before the load (the run owns its database).
+    async fn seed_stock(&self, units: u32) -> anyhow::Result<()> {
+        let pool = PgPool::connect(&self.sandbox.database_url).await?;
+        sqlx::query(
+            "UPDATE inventory.stock SET seeded = $1, available = $1 WHERE sku = $2 AND reserved = 0",
+        )
+        .bind(i64::from(units))
+        .bind(CONFIRMING_SKU)
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+        self.journal
+            .note(format!("{CONFIRMING_SKU}: {units} units in stock"));
+        Ok(())
+    }
+
+    /// Step 5: every accepted order judged against its path (lost if orders does not know
+    /// it), and the confirming SKU's stock.
+    async fn check_orders(&self, placed: &[Placed]) -> anyhow::Result<(Verdict, StockLevel)> {
+        let mut orders = Vec::with_capacity(placed.len());
         for order in placed {
-            match order_status(&self.http, &self.orders_url(), order.order_id).await {
-                None => lost += 1,
-                Some(status) if status != order.expected => wrong_outcome += 1,
-                Some(_) => {}
-            }
+            let ended = order_ended(&self.http, &self.orders_url(), order.order_id).await;
+            orders.push((order.expected, ended));
         }
-        (lost, wrong_outcome)
+        let pool = PgPool::connect(&self.sandbox.database_url).await?;
+        let (seeded, available): (i32, i32) =
+            sqlx::query_as("SELECT seeded, available FROM inventory.stock WHERE sku = $1")
+                .bind(CONFIRMING_SKU)
+                .fetch_one(&pool)
+                .await?;
+        pool.close().await;
+        let stock = StockLevel {
+            seeded: seeded.into(),
+            available: available.into(),
+        };
+        Ok((judge(&orders, stock), stock))
     }
 
     /// Duplicate deliveries each service's inbox absorbed (it counts them durably).
@@ -680,7 +867,8 @@ async fn place(
     }
 }
 
-async fn order_status(http: &reqwest::Client, orders_url: &str, order_id: Uuid) -> Option<String> {
+/// How orders says the order ended (`None` if it does not know the order).
+async fn order_ended(http: &reqwest::Client, orders_url: &str, order_id: Uuid) -> Option<Ended> {
     let response = http
         .get(format!("{orders_url}/orders/{order_id}"))
         .timeout(Duration::from_secs(2))
@@ -688,7 +876,10 @@ async fn order_status(http: &reqwest::Client, orders_url: &str, order_id: Uuid) 
         .await
         .ok()?;
     let order: Value = response.json().await.ok()?;
-    order["status"].as_str().map(str::to_owned)
+    Some(Ended {
+        status: order["status"].as_str()?.to_owned(),
+        reason: order["cancellation_reason"].as_str().map(str::to_owned),
+    })
 }
 
 /// SIGTERM, then the service's own graceful shutdown (SIGKILL if it takes over 30 s).
@@ -725,4 +916,137 @@ async fn restart_database(journal: Journal) -> anyhow::Result<()> {
         "Postgres {version} restarted (pg_ctlcluster restart -m fast)"
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(status: &str, reason: Option<&str>) -> Option<Ended> {
+        Some(Ended {
+            status: status.to_owned(),
+            reason: reason.map(str::to_owned),
+        })
+    }
+
+    fn confirmed() -> Option<Ended> {
+        ended("confirmed", None)
+    }
+
+    fn out_of_stock() -> Option<Ended> {
+        ended(
+            "cancelled",
+            Some("stock reservation failed: STICKER-001: requested 1, available 0"),
+        )
+    }
+
+    fn wanting(outcomes: Vec<Option<Ended>>) -> Vec<(Expected, Option<Ended>)> {
+        outcomes
+            .into_iter()
+            .map(|ended| (Expected::ConfirmedWhileStockLasts, ended))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_wanting_more_than_the_stock_sells_exactly_the_stock_and_refuses_the_rest() {
+        let orders = wanting(vec![
+            confirmed(),
+            out_of_stock(),
+            confirmed(),
+            confirmed(),
+            out_of_stock(),
+            confirmed(),
+        ]);
+        let verdict = judge(
+            &orders,
+            StockLevel {
+                seeded: 4,
+                available: 0,
+            },
+        );
+        assert_eq!(
+            verdict,
+            Verdict {
+                wanted: 6,
+                sold: 4,
+                refused_for_stock: 2,
+                ..Verdict::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_run_within_the_stock_sells_one_unit_per_order_and_leaves_the_rest() {
+        let orders = wanting(vec![confirmed(), confirmed()]);
+        let verdict = judge(
+            &orders,
+            StockLevel {
+                seeded: 10,
+                available: 8,
+            },
+        );
+        assert_eq!(verdict.stock_mismatch, None);
+        assert_eq!((verdict.sold, verdict.refused_for_stock), (2, 0));
+    }
+
+    #[test]
+    fn overselling_or_refusing_while_units_are_left_does_not_add_up() {
+        let oversold = judge(
+            &wanting(vec![confirmed(), confirmed(), confirmed()]),
+            StockLevel {
+                seeded: 2,
+                available: 0,
+            },
+        );
+        assert!(oversold.stock_mismatch.is_some(), "{oversold:?}");
+        let refused_too_early = judge(
+            &wanting(vec![confirmed(), out_of_stock()]),
+            StockLevel {
+                seeded: 2,
+                available: 1,
+            },
+        );
+        assert!(
+            refused_too_early.stock_mismatch.is_some(),
+            "{refused_too_early:?}"
+        );
+        assert_eq!(refused_too_early.wrong_outcome, 0);
+    }
+
+    #[test]
+    fn unknown_orders_are_lost_and_other_endings_are_wrong() {
+        let declined = Expected::Cancelled(&["payment failed"]);
+        let unserved = Expected::Cancelled(&["shipment failed", "stock reservation failed"]);
+        let orders = vec![
+            (declined, None),
+            (
+                declined,
+                ended("cancelled", Some("payment failed: card declined")),
+            ),
+            (declined, ended("cancelled", Some("shipment failed: AQ"))),
+            (unserved, ended("cancelled", Some("shipment failed: AQ"))),
+            (unserved, out_of_stock()),
+            (unserved, confirmed()),
+            (
+                Expected::Confirmed,
+                ended("cancelled", Some("payment failed: x")),
+            ),
+            (
+                Expected::ConfirmedWhileStockLasts,
+                ended("cancelled", Some("payment failed: x")),
+            ),
+            (Expected::ConfirmedWhileStockLasts, ended("pending", None)),
+        ];
+        let verdict = judge(
+            &orders,
+            StockLevel {
+                seeded: 5,
+                available: 5,
+            },
+        );
+        assert_eq!(verdict.lost, 1);
+        assert_eq!(verdict.wrong_outcome, 5);
+        assert_eq!(verdict.wanted, 2);
+        assert_eq!(verdict.stock_mismatch, None);
+    }
 }

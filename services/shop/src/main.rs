@@ -173,17 +173,38 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             service,
             message_id,
         } => {
-            let moved = dead_letters::redrive(
+            let redriven = dead_letters::redrive(
                 &config.amqp_url,
                 &config.namespace,
                 service.name,
                 message_id,
+                config.dead_letter_max_age,
             )
             .await?;
             println!(
-                "{moved} dead letters of {} moved back to its queue",
-                service.name
+                "{} dead letters of {} moved back to its queue",
+                redriven.moved, service.name
             );
+            if !redriven.too_old.is_empty() {
+                for letter in &redriven.too_old {
+                    eprintln!(
+                        "  left: message {} occurred {}",
+                        letter
+                            .message_id
+                            .map_or("?".to_owned(), |id| id.to_string()),
+                        letter
+                            .occurred_at
+                            .map_or("?".to_owned(), |at| at.to_rfc3339()),
+                    );
+                }
+                bail!(
+                    "{} dead letters are older than DEAD_LETTER_MAX_AGE_SECS ({}s) and were left \
+                     in the queue: the inbox remembers message ids for INBOX_RETENTION_SECS only, \
+                     so re-driving them could apply one twice",
+                    redriven.too_old.len(),
+                    config.dead_letter_max_age.as_secs()
+                );
+            }
         }
     }
     Ok(())

@@ -1,0 +1,61 @@
+//! The chaos run's own verdict, run as a user runs it (the `shop` binary, its services as
+//! processes): a load that wants more of the confirming SKU than is in stock must pass, with
+//! exactly the stock sold and every order past it cancelled for want of stock.
+//!
+//! Faults that touch the shared broker and database (their restarts) are left out: other tests
+//! run beside this one.
+
+use std::process::Command;
+
+use service_kit::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
+
+/// The tests' setting (as the other integration tests read it), or the local default.
+fn setting(test_variable: &str, default: &str) -> String {
+    std::env::var(test_variable).unwrap_or_else(|_| default.to_owned())
+}
+
+#[test]
+fn a_run_wanting_more_than_the_stock_passes_and_sells_exactly_the_stock() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shop"))
+        .args([
+            "chaos",
+            "--orders",
+            "24",
+            "--rate",
+            "24",
+            "--kills",
+            "2",
+            "--stock",
+            "5",
+            "--duplicates",
+            "20",
+            "--no-broker-restart",
+            "--no-database-restart",
+            "--settle-seconds",
+            "90",
+        ])
+        .env("AMQP_URL", setting("TEST_AMQP_URL", DEFAULT_AMQP_URL))
+        .env(
+            "DATABASE_URL",
+            setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
+        )
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the shop binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the chaos run failed\n{stdout}\n{stderr}"
+    );
+    // 12 of the 24 orders want one STICKER-001 each; 5 are in stock.
+    assert!(
+        stdout.contains(
+            "STICKER-001 stock:        5 seeded, 12 orders wanted one: 5 sold, 7 refused for \
+             stock, 0 left"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("orders lost:              0"), "{stdout}");
+    assert!(stdout.contains("orders with wrong outcome: 0"), "{stdout}");
+}
