@@ -11,7 +11,6 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::PathBuf,
-    process::Stdio,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -24,13 +23,15 @@ use service_kit::{
     publisher::{Outgoing, Publisher},
 };
 use shop::{
-    SERVICES, audit,
+    audit,
     harness::{self, EventTap, Sandbox},
     registry,
 };
 use sqlx::PgPool;
-use tokio::{process::Child, process::Command, sync::Semaphore};
+use tokio::{process::Command, sync::Semaphore};
 use uuid::Uuid;
+
+use crate::fleet::{self, Fleet};
 
 /// Retry delays of the services under test: short, so deferrals resolve within the run.
 const RETRY_DELAYS_MS: [u64; 3] = [200, 1_000, 3_000];
@@ -185,15 +186,6 @@ fn judge(orders: &[(Expected, Option<Ended>)], stock: StockLevel) -> Verdict {
         ));
     }
     verdict
-}
-
-/// One service process, stopped and restarted during the run.
-struct ServiceProcess {
-    name: &'static str,
-    port: u16,
-    child: Option<Child>,
-    kills: usize,
-    terms: usize,
 }
 
 /// What the faults step did.
@@ -389,16 +381,31 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
     let sandbox = Sandbox::create(&base.database_url, &base.amqp_url, "shop_chaos").await?;
     let log_dir = std::env::temp_dir().join(&sandbox.namespace);
     std::fs::create_dir_all(&log_dir)?;
+    let fleet = Fleet::new(
+        &log_dir,
+        vec![
+            ("DATABASE_URL", sandbox.database_url.clone()),
+            ("AMQP_URL", sandbox.amqp_url.clone()),
+            ("SHOP_NAMESPACE", sandbox.namespace.clone()),
+            ("DB_POOL_SIZE", "5".to_owned()),
+            ("OUTBOX_SWEEP_MS", "500".to_owned()),
+            (
+                "RETRY_DELAYS_MS",
+                RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
+            ),
+            ("MAX_ATTEMPTS", "30".to_owned()),
+        ],
+    )?;
     let mut run = ChaosRun {
-        exe: std::env::current_exe().context("cannot find the shop executable")?,
         sandbox,
         log_dir,
         http: reqwest::Client::new(),
         journal: Journal(Instant::now()),
-        services: Vec::new(),
+        fleet,
+        stops: BTreeMap::new(),
     };
     let result = run.execute(&options).await;
-    run.stop_services().await;
+    run.fleet.stop().await;
     let kept = match &result {
         Ok(report) => {
             print!("{report}");
@@ -432,12 +439,13 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
 }
 
 struct ChaosRun {
-    exe: PathBuf,
     sandbox: Sandbox,
     log_dir: PathBuf,
     http: reqwest::Client,
     journal: Journal,
-    services: Vec<ServiceProcess>,
+    fleet: Fleet,
+    /// SIGKILLs and SIGTERMs per service.
+    stops: BTreeMap<&'static str, (usize, usize)>,
 }
 
 impl ChaosRun {
@@ -477,9 +485,13 @@ impl ChaosRun {
             placed: placed.len(),
             retried_posts: placed.iter().map(|p| p.tries - 1).sum(),
             stops: self
+                .fleet
                 .services
                 .iter()
-                .map(|s| (s.name, s.kills, s.terms))
+                .map(|s| {
+                    let (kills, terms) = self.stops.get(s.name).copied().unwrap_or_default();
+                    (s.name, kills, terms)
+                })
                 .collect(),
             faults,
             absorbed,
@@ -490,67 +502,18 @@ impl ChaosRun {
         })
     }
 
-    fn url(&self, port: u16) -> String {
-        format!("http://127.0.0.1:{port}")
-    }
-
     fn orders_url(&self) -> String {
-        self.url(self.services[0].port)
+        self.fleet.orders_url()
     }
 
     /// Step 1: every service of the registry as its own process, all ready.
     async fn start_services(&mut self) -> anyhow::Result<()> {
-        for entry in &SERVICES {
-            let port = harness::free_port()?;
-            let child = self.spawn(entry.name, port)?;
-            self.services.push(ServiceProcess {
-                name: entry.name,
-                port,
-                child: Some(child),
-                kills: 0,
-                terms: 0,
-            });
-        }
-        for service in &self.services {
-            harness::wait_ready(&self.http, &self.url(service.port), Duration::from_secs(60))
-                .await?;
-        }
-        self.journal
-            .note(format!("{} services up and ready", self.services.len()));
+        self.fleet.start(&self.http).await?;
+        self.journal.note(format!(
+            "{} services up and ready",
+            self.fleet.services.len()
+        ));
         Ok(())
-    }
-
-    /// Starts `name` as `shop service <name>` on `port`, its output appended to its log.
-    fn spawn(&self, name: &'static str, port: u16) -> anyhow::Result<Child> {
-        let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
-        let child = Command::new(&self.exe)
-            .args(["service", name])
-            .env("DATABASE_URL", &self.sandbox.database_url)
-            .env("AMQP_URL", &self.sandbox.amqp_url)
-            .env("SHOP_NAMESPACE", &self.sandbox.namespace)
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("DB_POOL_SIZE", "5")
-            .env("OUTBOX_SWEEP_MS", "500")
-            .env(
-                "RETRY_DELAYS_MS",
-                RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
-            )
-            .env("MAX_ATTEMPTS", "30")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        Ok(child)
     }
 
     /// Step 3, alongside the load: stops and restarts, a broker and a database restart,
@@ -590,7 +553,7 @@ impl ChaosRun {
             } else {
                 // Every other stop is a clean SIGTERM while busy: in-flight messages must
                 // finish or go back to the queue, never be lost.
-                let victim = fastrand::usize(..self.services.len());
+                let victim = fastrand::usize(..self.fleet.services.len());
                 self.stop_and_restart(victim, n % 2 == 1).await?;
             }
         }
@@ -598,35 +561,28 @@ impl ChaosRun {
     }
 
     async fn stop_and_restart(&mut self, victim: usize, graceful: bool) -> anyhow::Result<()> {
-        let service = &mut self.services[victim];
+        let service = &mut self.fleet.services[victim];
         if let Some(child) = service.child.as_mut() {
             if graceful {
-                terminate(child).await;
+                fleet::terminate(child).await;
             } else {
                 let _ = child.kill().await;
             }
         }
+        let (name, port) = (service.name, service.port);
+        let (kills, terms) = self.stops.entry(name).or_default();
         let signal = if graceful {
-            service.terms += 1;
+            *terms += 1;
             "SIGTERM"
         } else {
-            service.kills += 1;
+            *kills += 1;
             "SIGKILL"
         };
-        self.journal.note(format!("{signal} {}", service.name));
-        let (name, port) = (service.name, service.port);
+        self.journal.note(format!("{signal} {name}"));
         tokio::time::sleep(Duration::from_millis(fastrand::u64(100..1_500))).await;
-        self.services[victim].child = Some(self.spawn(name, port)?);
+        self.fleet.services[victim].child = Some(self.fleet.spawn(name, port)?);
         self.journal.note(format!("restarted {name}"));
         Ok(())
-    }
-
-    async fn stop_services(&mut self) {
-        for service in &mut self.services {
-            if let Some(child) = service.child.as_mut() {
-                terminate(child).await;
-            }
-        }
     }
 
     /// Re-publishes `count` already-seen events (same message ids): duplicate deliveries.
@@ -670,19 +626,19 @@ impl ChaosRun {
         let mut not_ready = 0;
         while Instant::now() < deadline {
             not_ready = 0;
-            for service in &self.services {
-                if !harness::is_ready(&self.http, &self.url(service.port)).await {
+            for service in &self.fleet.services {
+                if !harness::is_ready(&self.http, &service.url()).await {
                     not_ready += 1;
                 }
             }
-            if not_ready == self.services.len() {
+            if not_ready == self.fleet.services.len() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.journal.note(format!(
             "/readyz while the broker is down: {not_ready} of {} services not ready",
-            self.services.len()
+            self.fleet.services.len()
         ));
         tokio::time::sleep(Duration::from_secs(3)).await;
         shell("rabbitmqctl", &["start_app"]).await?;
@@ -721,10 +677,7 @@ impl ChaosRun {
         &self,
         options: &ChaosOptions,
     ) -> anyhow::Result<(audit::Report, Duration)> {
-        for service in &self.services {
-            harness::wait_ready(&self.http, &self.url(service.port), Duration::from_secs(60))
-                .await?;
-        }
+        self.fleet.wait_ready(&self.http).await?;
         let pool = PgPool::connect(&self.sandbox.database_url).await?;
         let started = Instant::now();
         let broker = audit::Broker {
@@ -880,22 +833,6 @@ async fn order_ended(http: &reqwest::Client, orders_url: &str, order_id: Uuid) -
         status: order["status"].as_str()?.to_owned(),
         reason: order["cancellation_reason"].as_str().map(str::to_owned),
     })
-}
-
-/// SIGTERM, then the service's own graceful shutdown (SIGKILL if it takes over 30 s).
-async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-    if tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
 
 async fn restart_database(journal: Journal) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use service_kit::{CancellationToken, topology};
 use shared_events::Envelope;
 use sqlx::{Connection as _, PgConnection};
-use tokio::task::JoinHandle;
+use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
 use crate::registry;
@@ -156,6 +156,15 @@ pub struct Seen {
     pub envelope: Envelope,
     pub body: Vec<u8>,
     pub properties: BasicProperties,
+    /// When the tap received it.
+    pub received_at: Instant,
+}
+
+/// Where the tap puts what it sees: kept in memory to be asked for, or handed on as it comes.
+#[derive(Clone)]
+enum Sink {
+    Keep(Arc<Mutex<Vec<Seen>>>),
+    Forward(mpsc::UnboundedSender<Seen>),
 }
 
 /// Records everything published on a namespace's exchange (an exclusive queue bound `#`),
@@ -170,15 +179,34 @@ impl EventTap {
     /// Starts recording once the tap's queue is bound, so nothing published afterwards is
     /// missed. Declares the exchange if no service has yet.
     pub async fn start(amqp_url: &str, namespace: &str) -> Result<Self, lapin::Error> {
-        let exchange = topology::exchange_name(namespace);
         let seen = Arc::new(Mutex::new(Vec::new()));
+        Self::open(amqp_url, namespace, seen.clone(), Sink::Keep(seen)).await
+    }
+
+    /// Like [`EventTap::start`], but hands each event to `sender` instead of keeping it (for
+    /// long runs: nothing accumulates here). [`EventTap::all`] stays empty.
+    pub async fn forward(
+        amqp_url: &str,
+        namespace: &str,
+        sender: mpsc::UnboundedSender<Seen>,
+    ) -> Result<Self, lapin::Error> {
+        Self::open(amqp_url, namespace, Arc::default(), Sink::Forward(sender)).await
+    }
+
+    async fn open(
+        amqp_url: &str,
+        namespace: &str,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        sink: Sink,
+    ) -> Result<Self, lapin::Error> {
+        let exchange = topology::exchange_name(namespace);
         let stop = CancellationToken::new();
         let first = Self::session(amqp_url, &exchange).await?;
         let task = tokio::spawn(Self::record(
             amqp_url.to_owned(),
             exchange,
             first,
-            seen.clone(),
+            sink,
             stop.clone(),
         ));
         Ok(Self { seen, stop, task })
@@ -199,7 +227,7 @@ impl EventTap {
         amqp_url: String,
         exchange: String,
         first: (Connection, lapin::Consumer),
-        seen: Arc<Mutex<Vec<Seen>>>,
+        sink: Sink,
         stop: CancellationToken,
     ) {
         let mut session = Some(first);
@@ -226,14 +254,22 @@ impl EventTap {
                 };
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                 if let Ok(envelope) = Envelope::from_json(&delivery.data) {
-                    seen.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(Seen {
-                            routing_key: delivery.routing_key.to_string(),
-                            envelope,
-                            body: delivery.data,
-                            properties: delivery.properties,
-                        });
+                    let seen = Seen {
+                        routing_key: delivery.routing_key.to_string(),
+                        envelope,
+                        body: delivery.data,
+                        properties: delivery.properties,
+                        received_at: Instant::now(),
+                    };
+                    match &sink {
+                        Sink::Keep(kept) => kept
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(seen),
+                        Sink::Forward(sender) => {
+                            let _ = sender.send(seen);
+                        }
+                    }
                 }
             }
             let _ = connection.close(200, "tap done".into()).await;

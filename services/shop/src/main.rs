@@ -6,8 +6,11 @@
 //! - `shop service <name>` runs one service in the foreground.
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
 //! - `shop audit` checks the shop's invariants (docs/architecture.md) over its data and queues.
+//! - `shop chaos` runs the shop under faults; `shop bench` measures its speed.
 
+mod bench;
 mod chaos;
+mod fleet;
 
 use shop::{ServiceEntry, audit, map, registry};
 
@@ -44,6 +47,9 @@ enum Commands {
     /// Run the shop under faults (kills, broker and database restarts, duplicate deliveries),
     /// then audit it and print what happened. Needs rabbitmqctl and pg_ctlcluster rights.
     Chaos(chaos::ChaosOptions),
+    /// Measure the shop end to end: an open-loop load, latency from OrderPlaced to the outcome,
+    /// CPU and memory per process, and the machine's ceilings in the same run.
+    Bench(bench::BenchOptions),
     /// Create each service's Postgres role and RabbitMQ user with least privilege (compose runs
     /// this before the services start). DATABASE_URL and AMQP_URL must be administrators'.
     Provision,
@@ -97,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Service { service: entry } => service(entry).await,
         Commands::Audit { wait } => run_audit(wait).await,
         Commands::Chaos(options) => chaos::run(options).await,
+        Commands::Bench(options) => bench::run(options).await,
         Commands::Provision => {
             service_kit::init_logs();
             let settings = shop::provision::Settings::from_lookup(|name| std::env::var(name).ok())
