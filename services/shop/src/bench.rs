@@ -368,12 +368,42 @@ struct Usage {
     groups: Vec<Measured>,
     started: Instant,
     ticks: Vec<HashMap<u32, u64>>,
+    machine: Vec<u64>,
+}
+
+/// The whole machine's time over the window, in % of all its cores (`busy` = 100 − idle).
+#[derive(Debug, Clone, serde::Serialize)]
+struct MachineCpu {
+    busy_pct: f64,
+    user_pct: f64,
+    system_pct: f64,
+    softirq_pct: f64,
+    iowait_pct: f64,
+    steal_pct: f64,
+}
+
+/// The `cpu` line of /proc/stat: user, nice, system, idle, iowait, irq, softirq, steal, …
+fn machine_ticks() -> Vec<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().next()?;
+            Some(
+                line.split_whitespace()
+                    .skip(1)
+                    .filter_map(|n| n.parse().ok())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct ProcessFigures {
+    /// Of one core (a group of processes may exceed 100).
     cpu_pct: f64,
     rss_mib: f64,
+    /// The process's high-water mark (for a group of several: its RSS now).
     peak_rss_mib: f64,
 }
 
@@ -392,17 +422,51 @@ impl Usage {
             groups,
             started: Instant::now(),
             ticks,
+            machine: machine_ticks(),
+        }
+    }
+
+    fn machine(&self) -> MachineCpu {
+        let now = machine_ticks();
+        let delta: Vec<f64> = now
+            .iter()
+            .zip(&self.machine)
+            .map(|(after, before)| after.saturating_sub(*before) as f64)
+            .collect();
+        let total: f64 = delta.iter().sum::<f64>().max(1.0);
+        let pct = |i: usize| round1(delta.get(i).copied().unwrap_or(0.0) / total * 100.0);
+        MachineCpu {
+            busy_pct: round1(100.0 - pct(3)),
+            user_pct: round1(pct(0) + pct(1)),
+            system_pct: pct(2),
+            softirq_pct: round1(pct(5) + pct(6)),
+            iowait_pct: pct(4),
+            steal_pct: pct(7),
         }
     }
 
     /// Per group: CPU % (100 = one core) over the window, memory now and at its peak.
-    fn finish(&self) -> BTreeMap<String, ProcessFigures> {
+    /// `born` are groups found again now: a process that started during the window (a new
+    /// database connection's backend) counts all its time.
+    fn finish(&self, born: &[Measured]) -> BTreeMap<String, ProcessFigures> {
         let hz = clock_ticks_per_second();
         let seconds = self.started.elapsed().as_secs_f64().max(0.001);
         self.groups
             .iter()
             .zip(&self.ticks)
             .map(|(group, before)| {
+                let mut pids = group.pids.clone();
+                for later in born.iter().filter(|b| b.name == group.name) {
+                    for pid in &later.pids {
+                        if !pids.contains(pid) {
+                            pids.push(*pid);
+                        }
+                    }
+                }
+                let group = Measured {
+                    name: group.name.clone(),
+                    pids,
+                };
                 let used: u64 = group
                     .pids
                     .iter()
@@ -410,17 +474,25 @@ impl Usage {
                         Some(cpu_ticks(*pid)?.saturating_sub(*before.get(pid).unwrap_or(&0)))
                     })
                     .sum();
-                let kib = |field| -> u64 {
+                let kib = |field| -> Vec<u64> {
                     group
                         .pids
                         .iter()
                         .filter_map(|pid| status_kib(*pid, field))
-                        .sum()
+                        .collect()
+                };
+                // Shared memory (Postgres's buffers) is in every process's RSS: count it once.
+                let private: u64 =
+                    kib("RssAnon").iter().sum::<u64>() + kib("RssFile").iter().sum::<u64>();
+                let rss = private + kib("RssShmem").into_iter().max().unwrap_or(0);
+                let peak = match kib("VmHWM").as_slice() {
+                    [one] => *one,
+                    _ => rss,
                 };
                 let figures = ProcessFigures {
                     cpu_pct: round1(used as f64 / hz / seconds * 100.0),
-                    rss_mib: round1(kib("VmRSS") as f64 / 1024.0),
-                    peak_rss_mib: round1(kib("VmHWM") as f64 / 1024.0),
+                    rss_mib: round1(rss as f64 / 1024.0),
+                    peak_rss_mib: round1(peak as f64 / 1024.0),
                 };
                 (group.name.clone(), figures)
             })
@@ -543,10 +615,11 @@ impl Target {
         .ok()
     }
 
-    /// Deliveries handled by all services so far (their `shop_messages_total` counters).
-    async fn deliveries(&self, http: &reqwest::Client) -> Option<u64> {
+    /// Deliveries handled by all services so far, and of those sent to a retry queue (their
+    /// `shop_messages_total` counters).
+    async fn deliveries(&self, http: &reqwest::Client) -> Option<(u64, u64)> {
         let own = self.own.as_ref()?;
-        let mut total = 0;
+        let (mut total, mut retried) = (0, 0);
         for service in &own.1.services {
             let text = http
                 .get(format!("{}/metrics", service.url()))
@@ -556,13 +629,18 @@ impl Target {
                 .text()
                 .await
                 .ok()?;
-            total += text
+            for line in text
                 .lines()
-                .filter(|line| line.starts_with("shop_messages_total"))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>();
+                .filter(|l| l.starts_with("shop_messages_total"))
+            {
+                let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+                total += n;
+                if line.contains("outcome=\"retried\"") {
+                    retried += n;
+                }
+            }
         }
-        Some(total)
+        Some((total, retried))
     }
 }
 
@@ -1043,6 +1121,8 @@ struct Summary {
     services: BTreeMap<String, ProcessFigures>,
     /// RabbitMQ, Postgres and this load generator, apart from the shop.
     infrastructure: BTreeMap<String, ProcessFigures>,
+    /// The whole machine over the same window (softirq: mostly loopback networking).
+    machine_cpu: MachineCpu,
     ceiling: Option<Ceilings>,
     /// Per settled order, measured (our own shop only).
     per_order: Option<PerOrder>,
@@ -1055,6 +1135,9 @@ struct Summary {
 struct PerOrder {
     transactions: f64,
     deliveries: f64,
+    /// Deliveries sent to a retry queue (mostly: an event handled before the one it depends
+    /// on had committed, deferred).
+    retried: f64,
 }
 
 /// The shop's work per second as a share of what bare RabbitMQ and Postgres manage.
@@ -1142,13 +1225,17 @@ async fn measure(
         .await;
         ("rate", run, Vec::new(), Vec::new())
     };
-    let mut figures = usage.finish();
+    let mut figures = usage.finish(&infrastructure());
+    let machine_cpu = usage.machine();
     let commits = match (commits_before, target.commits().await) {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
     let deliveries = match (deliveries_before, target.deliveries(http).await) {
-        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        (Some(before), Some(after)) => Some((
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        )),
         _ => None,
     };
     tap.close().await;
@@ -1164,7 +1251,8 @@ async fn measure(
     let per_order = match (commits, deliveries) {
         (Some(commits), Some(deliveries)) if settled_total > 0 => Some(PerOrder {
             transactions: round1(commits as f64 / settled_total as f64),
-            deliveries: round1(deliveries as f64 / settled_total as f64),
+            deliveries: round1(deliveries.0 as f64 / settled_total as f64),
+            retried: round3(deliveries.1 as f64 / settled_total as f64),
         }),
         _ => None,
     };
@@ -1203,6 +1291,7 @@ async fn measure(
         run,
         services: figures,
         infrastructure: infrastructure_figures,
+        machine_cpu,
         ceiling,
         per_order,
         ratio,
@@ -1282,11 +1371,17 @@ fn render(summary: &Summary) -> String {
             );
         }
     }
+    let m = &summary.machine_cpu;
+    let _ = writeln!(
+        out,
+        "machine:             {:.0}% busy (user {}%, system {}%, softirq {}%, iowait {}%, steal {}%)",
+        m.busy_pct, m.user_pct, m.system_pct, m.softirq_pct, m.iowait_pct, m.steal_pct
+    );
     if let Some(per_order) = &summary.per_order {
         let _ = writeln!(
             out,
-            "per settled order:   {} transactions, {} deliveries",
-            per_order.transactions, per_order.deliveries
+            "per settled order:   {} transactions, {} deliveries, {} sent to a retry queue",
+            per_order.transactions, per_order.deliveries, per_order.retried
         );
     }
     if let Some(ceiling) = &summary.ceiling {

@@ -1,0 +1,79 @@
+//! `shop bench`, run as a user runs it, briefly: it starts its own shop, loads it, measures the
+//! machine's ceilings and prints its figures as one JSON object on the last line of stdout.
+//! Only that it ran and reported is asserted; how fast is for the benchmark to say, not a test.
+
+use std::process::Command;
+
+use serde_json::Value;
+use service_kit::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
+
+fn setting(test_variable: &str, default: &str) -> String {
+    std::env::var(test_variable).unwrap_or_else(|_| default.to_owned())
+}
+
+#[test]
+fn a_short_bench_runs_and_prints_its_figures_as_json() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shop"))
+        .args(["bench", "--rate", "20", "--duration", "3", "--json"])
+        .env("AMQP_URL", setting("TEST_AMQP_URL", DEFAULT_AMQP_URL))
+        .env(
+            "DATABASE_URL",
+            setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
+        )
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the shop binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let figures: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+
+    assert_eq!(figures["run"]["sent"], 60, "{figures}");
+    assert!(
+        figures["settled_per_s"].as_f64().is_some_and(|r| r > 0.0),
+        "{figures}"
+    );
+    for quantile in ["p50", "p90", "p99", "max"] {
+        assert!(
+            figures["latency_ms"][quantile]
+                .as_f64()
+                .is_some_and(|ms| ms > 0.0),
+            "{quantile}: {figures}"
+        );
+    }
+    let services = figures["services"].as_object().expect("services");
+    let names: Vec<&str> = services.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "inventory",
+            "notifications",
+            "orders",
+            "payment",
+            "shipping"
+        ],
+        "the shop's own services only"
+    );
+    for (name, service) in services {
+        assert!(service["cpu_pct"].is_number(), "{name}: {service}");
+        assert!(
+            service["rss_mib"].as_f64().is_some_and(|mib| mib > 0.0),
+            "{name}: {service}"
+        );
+    }
+    for process in ["rabbitmq", "postgres"] {
+        assert!(
+            figures["infrastructure"][process]["cpu_pct"].is_number(),
+            "{process}: {figures}"
+        );
+    }
+    for ceiling in ["broker_msgs_per_s", "db_tx_per_s"] {
+        assert!(
+            figures["ceiling"][ceiling]
+                .as_f64()
+                .is_some_and(|r| r > 0.0),
+            "{ceiling}: {figures}"
+        );
+    }
+}
