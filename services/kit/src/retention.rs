@@ -26,6 +26,7 @@ pub struct Retention {
 struct Table {
     name: &'static str,
     delete_batch: &'static str,
+    vacuum: &'static str,
 }
 
 const OUTBOX: Table = Table {
@@ -34,6 +35,7 @@ const OUTBOX: Table = Table {
                        SELECT id FROM outbox
                         WHERE sent_at < now() - make_interval(secs => $1)
                         ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    vacuum: "VACUUM (SKIP_LOCKED) outbox",
 };
 
 const INBOX: Table = Table {
@@ -42,6 +44,7 @@ const INBOX: Table = Table {
                        SELECT message_id FROM inbox
                         WHERE received_at < now() - make_interval(secs => $1)
                         ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    vacuum: "VACUUM (SKIP_LOCKED) inbox",
 };
 
 /// Prunes both tables every `retention.interval` until `shutdown`. A database that is away is
@@ -54,6 +57,11 @@ pub async fn run(db: Db, retention: Retention, metrics: Metrics, shutdown: Cance
                 Ok(deleted) => {
                     metrics.add("shop_rows_pruned_total", &[("table", table.name)], deleted);
                     tracing::debug!(table = table.name, deleted, "pruned");
+                    // Deleted rows free their space only once vacuumed; autovacuum may be off
+                    // or behind, so the table would still grow. A plain VACUUM blocks no writer.
+                    if let Err(e) = sqlx::query(table.vacuum).execute(&db.pool).await {
+                        tracing::warn!(table = table.name, error = %e, "vacuum after pruning failed");
+                    }
                 }
                 Err(e) => tracing::warn!(table = table.name, error = %e, "pruning failed"),
             }

@@ -500,6 +500,16 @@ impl Usage {
     }
 }
 
+/// A line of progress on stderr, above the bar (which indicatif hides when stderr is not a
+/// terminal, and its `println` with it).
+fn note(progress: &ProgressBar, line: impl AsRef<str>) {
+    if progress.is_hidden() {
+        eprintln!("{}", line.as_ref());
+    } else {
+        progress.println(line);
+    }
+}
+
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -545,12 +555,14 @@ impl Target {
             ("SHOP_NAMESPACE", sandbox.namespace.clone()),
         ];
         if options.soak {
-            // Windows short enough to be reached within the soak, and still within the rule
-            // (the inbox outlasts the default retry schedule, 171 s, plus the dead-letter age).
+            // Windows short enough to be reached within the soak's first minutes, and still
+            // within the rule: the inbox (120 s) outlasts the retry schedule (36 s with these
+            // delays and 10 attempts) plus the dead-letter age (60 s).
             env.extend([
+                ("RETRY_DELAYS_MS", "250,1000,5000".to_owned()),
                 ("OUTBOX_RETENTION_SECS", "60".to_owned()),
-                ("DEAD_LETTER_MAX_AGE_SECS", "30".to_owned()),
-                ("INBOX_RETENTION_SECS", "240".to_owned()),
+                ("DEAD_LETTER_MAX_AGE_SECS", "60".to_owned()),
+                ("INBOX_RETENTION_SECS", "120".to_owned()),
                 ("PRUNE_INTERVAL_SECS", "10".to_owned()),
             ]);
         }
@@ -663,6 +675,24 @@ struct Offered {
     outcomes: BTreeMap<String, u64>,
     /// Whether the shop kept up: settled (nearly) all it was offered, at the rate offered.
     kept_up: bool,
+}
+
+impl Offered {
+    /// Two loads one after the other, as one.
+    fn and(mut self, next: &Self) -> Self {
+        self.duration_s = round1(self.duration_s + next.duration_s);
+        self.sent += next.sent;
+        self.accepted += next.accepted;
+        self.refused += next.refused;
+        self.settled += next.settled;
+        self.unsettled += next.unsettled;
+        self.settled_per_s = round1(self.settled as f64 / self.duration_s.max(0.001));
+        for (outcome, n) in &next.outcomes {
+            *self.outcomes.entry(outcome.clone()).or_default() += n;
+        }
+        self.kept_up &= next.kept_up;
+        self
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -945,17 +975,20 @@ async fn saturate(
     while Instant::now() < budget {
         let result = offer(target, watch, http, rate, STEP, first, progress).await;
         first += result.sent;
-        progress.println(format!(
-            "{rate:>6.0}/s offered: {:.1}/s settled, p50 {} ms, p99 {} ms{}",
-            result.settled_per_s,
-            result.latency_ms.p50,
-            result.latency_ms.p99,
-            if result.kept_up {
-                ""
-            } else {
-                "  (fell behind)"
-            }
-        ));
+        note(
+            progress,
+            format!(
+                "{rate:>6.0}/s offered: {:.1}/s settled, p50 {} ms, p99 {} ms{}",
+                result.settled_per_s,
+                result.latency_ms.p50,
+                result.latency_ms.p99,
+                if result.kept_up {
+                    ""
+                } else {
+                    "  (fell behind)"
+                }
+            ),
+        );
         if result.kept_up {
             best = Some(result.clone());
         } else {
@@ -984,6 +1017,8 @@ async fn saturate(
 #[derive(Debug, Clone, serde::Serialize)]
 struct SoakMinute {
     minute: u32,
+    /// Seconds of load in this minute (the last may be shorter).
+    seconds: f64,
     settled: u64,
     p99_ms: f64,
     rss_mib: BTreeMap<String, f64>,
@@ -1025,7 +1060,8 @@ async fn table_sizes(database: &PgPool) -> BTreeMap<String, TableSizes> {
     sizes
 }
 
-/// `orders` orders at `rate`, one minute at a time, with what each minute looked like.
+/// `orders` orders at `rate`, one minute at a time: what each minute looked like, and the
+/// whole soak as one run.
 async fn soak(
     target: &Target,
     watch: &Watch,
@@ -1033,9 +1069,11 @@ async fn soak(
     rate: f64,
     orders: u64,
     progress: &ProgressBar,
-) -> Vec<SoakMinute> {
+) -> anyhow::Result<(Vec<SoakMinute>, Offered)> {
     let minutes = (orders as f64 / rate / 60.0).ceil().max(1.0) as u32;
     let mut report = Vec::new();
+    let mut whole: Option<Offered> = None;
+    let mut whole_latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut first = 0;
     for minute in 1..=minutes {
         let left = orders - first;
@@ -1051,6 +1089,11 @@ async fn soak(
         )
         .await;
         first += result.sent;
+        watch.with(|t| whole_latency.add(&t.latency_us))?;
+        whole = Some(match whole {
+            None => result.clone(),
+            Some(so_far) => so_far.and(&result),
+        });
         let rss_mib = target
             .services()
             .into_iter()
@@ -1065,15 +1108,18 @@ async fn soak(
         };
         let line = SoakMinute {
             minute,
+            seconds: result.duration_s,
             settled: result.settled,
             p99_ms: result.latency_ms.p99,
             rss_mib,
             tables,
         };
-        progress.println(soak_line(&line));
+        note(progress, soak_line(&line));
         report.push(line);
     }
-    report
+    let mut whole = whole.context("the soak ran no minute")?;
+    whole.latency_ms = Latency::of(&whole_latency);
+    Ok((report, whole))
 }
 
 fn soak_line(minute: &SoakMinute) -> String {
@@ -1160,7 +1206,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     );
     eprintln!("starting the shop…");
     let target = Target::open(&options, &http).await?;
-    let result = measure(&options, &target, &http, &progress).await;
+    // Ctrl-C or SIGTERM still stops the services and removes the database and queues.
+    let interrupted = service_kit::shutdown_on_signal();
+    let result = tokio::select! {
+        result = measure(&options, &target, &http, &progress) => result,
+        () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
     progress.finish_and_clear();
     target.close().await;
     let summary = result?;
@@ -1182,7 +1233,10 @@ async fn measure(
         .context("cannot watch the shop's exchange")?;
     let services = target.services();
     if services.iter().any(|s| s.pids.is_empty()) {
-        progress.println("some services' processes were not found: their figures read 0");
+        note(
+            progress,
+            "some services' processes were not found: their figures read 0",
+        );
     }
     let mut groups = services.clone();
     groups.extend(infrastructure());
@@ -1201,7 +1255,7 @@ async fn measure(
             .context("no saturation step ran")?;
         ("saturate", run, steps, Vec::new())
     } else if options.soak {
-        let minutes = soak(
+        let (minutes, whole) = soak(
             target,
             &watch,
             http,
@@ -1209,8 +1263,7 @@ async fn measure(
             options.soak_orders,
             progress,
         )
-        .await;
-        let whole = whole_soak(&watch, options, &minutes);
+        .await?;
         ("soak", whole, Vec::new(), minutes)
     } else {
         let run = offer(
@@ -1259,7 +1312,7 @@ async fn measure(
     let ceiling = if options.no_ceilings {
         None
     } else {
-        progress.println("measuring the machine's ceilings…");
+        note(progress, "measuring the machine's ceilings…");
         let database_url = match &target.own {
             Some((sandbox, _)) => sandbox.database_url.clone(),
             None => Config::from_env(registry::orders().default_addr)?.database_url,
@@ -1297,27 +1350,6 @@ async fn measure(
         ratio,
         saturation_steps,
         soak: soak_minutes,
-    })
-}
-
-/// The soak as one run: every minute's orders together (latency from the last minute only:
-/// the per-minute p99s are in the minutes).
-fn whole_soak(watch: &Watch, options: &BenchOptions, minutes: &[SoakMinute]) -> Offered {
-    watch.with(|t| Offered {
-        offered_per_s: options.rate,
-        duration_s: minutes.len() as f64 * 60.0,
-        sent: options.soak_orders,
-        accepted: options.soak_orders,
-        refused: 0,
-        settled: minutes.iter().map(|m| m.settled).sum(),
-        settled_per_s: round1(
-            minutes.iter().map(|m| m.settled).sum::<u64>() as f64
-                / (minutes.len() as f64 * 60.0).max(1.0),
-        ),
-        unsettled: 0,
-        latency_ms: Latency::of(&t.latency_us),
-        outcomes: t.outcomes.clone(),
-        kept_up: true,
     })
 }
 
@@ -1399,10 +1431,35 @@ fn render(summary: &Summary) -> String {
             ratio.transactions_of_db_ceiling * 100.0
         );
     }
-    if let (Some(first), Some(last)) = (summary.soak.first(), summary.soak.last()) {
+    if !summary.saturation_steps.is_empty() {
+        let _ = writeln!(out, "saturation steps (20 s each):");
+        for step in &summary.saturation_steps {
+            let _ = writeln!(
+                out,
+                "  {:>5.0}/s offered -> {:>5.1}/s settled, p50 {} ms, p99 {} ms{}",
+                step.offered_per_s,
+                step.settled_per_s,
+                step.latency_ms.p50,
+                step.latency_ms.p99,
+                if step.kept_up { "" } else { "  fell behind" }
+            );
+        }
+    }
+    if !summary.soak.is_empty() {
+        let _ = writeln!(out, "soak, minute by minute:");
+        for minute in &summary.soak {
+            let _ = writeln!(out, "  {}", soak_line(minute));
+        }
+    }
+    // A last minute cut short (the orders ran out) holds too few orders to compare.
+    let full = |m: &&SoakMinute| m.seconds >= 59.0;
+    if let (Some(first), Some(last)) = (
+        summary.soak.iter().find(full),
+        summary.soak.iter().rev().find(full),
+    ) {
         let _ = writeln!(
             out,
-            "soak:                p99 first minute {} ms, last minute {} ms ({:.2}x)",
+            "soak:                p99 first full minute {} ms, last full minute {} ms ({:.2}x)",
             first.p99_ms,
             last.p99_ms,
             last.p99_ms / first.p99_ms.max(0.001)
@@ -1431,6 +1488,34 @@ mod tests {
         let ticks = cpu_ticks(std::process::id());
         assert!(ticks.is_some());
         assert!(status_kib(std::process::id(), "VmRSS").is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn minutes_of_a_soak_add_up_to_one_run() {
+        let minute = |seconds: f64, settled: u64, kept_up: bool| Offered {
+            offered_per_s: 10.0,
+            duration_s: seconds,
+            sent: settled,
+            accepted: settled,
+            refused: 0,
+            settled,
+            settled_per_s: settled as f64 / seconds,
+            unsettled: 0,
+            latency_ms: Latency {
+                p50: 1.0,
+                p90: 1.0,
+                p99: 1.0,
+                p999: 1.0,
+                max: 1.0,
+            },
+            outcomes: BTreeMap::from([("confirmed".to_owned(), settled)]),
+            kept_up,
+        };
+        let whole = minute(60.0, 600, true).and(&minute(30.0, 300, false));
+        assert_eq!((whole.sent, whole.settled), (900, 900));
+        assert!((whole.settled_per_s - 10.0).abs() < 0.01);
+        assert_eq!(whole.outcomes["confirmed"], 900);
+        assert!(!whole.kept_up);
     }
 
     #[test]

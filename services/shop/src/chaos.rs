@@ -404,7 +404,12 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
         fleet,
         stops: BTreeMap::new(),
     };
-    let result = run.execute(&options).await;
+    // Ctrl-C or SIGTERM still stops the services (and keeps the rest for inspection).
+    let interrupted = service_kit::shutdown_on_signal();
+    let result = tokio::select! {
+        result = run.execute(&options) => result,
+        () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
     run.fleet.stop().await;
     let kept = match &result {
         Ok(report) => {

@@ -2,27 +2,13 @@
 //! machine's ceilings and prints its figures as one JSON object on the last line of stdout.
 //! Only that it ran and reported is asserted; how fast is for the benchmark to say, not a test.
 
-use std::process::Command;
+mod support;
 
 use serde_json::Value;
-use service_kit::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
-
-fn setting(test_variable: &str, default: &str) -> String {
-    std::env::var(test_variable).unwrap_or_else(|_| default.to_owned())
-}
 
 #[test]
 fn a_short_bench_runs_and_prints_its_figures_as_json() {
-    let output = Command::new(env!("CARGO_BIN_EXE_shop"))
-        .args(["bench", "--rate", "20", "--duration", "3", "--json"])
-        .env("AMQP_URL", setting("TEST_AMQP_URL", DEFAULT_AMQP_URL))
-        .env(
-            "DATABASE_URL",
-            setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
-        )
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the shop binary runs");
+    let output = support::run_shop(&["bench", "--rate", "20", "--duration", "3", "--json"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed\n{stdout}\n{stderr}");

@@ -5,43 +5,27 @@
 //! Faults that touch the shared broker and database (their restarts) are left out: other tests
 //! run beside this one.
 
-use std::process::Command;
-
-use service_kit::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL};
-
-/// The tests' setting (as the other integration tests read it), or the local default.
-fn setting(test_variable: &str, default: &str) -> String {
-    std::env::var(test_variable).unwrap_or_else(|_| default.to_owned())
-}
+mod support;
 
 #[test]
 fn a_run_wanting_more_than_the_stock_passes_and_sells_exactly_the_stock() {
-    let output = Command::new(env!("CARGO_BIN_EXE_shop"))
-        .args([
-            "chaos",
-            "--orders",
-            "24",
-            "--rate",
-            "24",
-            "--kills",
-            "2",
-            "--stock",
-            "5",
-            "--duplicates",
-            "20",
-            "--no-broker-restart",
-            "--no-database-restart",
-            "--settle-seconds",
-            "90",
-        ])
-        .env("AMQP_URL", setting("TEST_AMQP_URL", DEFAULT_AMQP_URL))
-        .env(
-            "DATABASE_URL",
-            setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
-        )
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the shop binary runs");
+    let output = support::run_shop(&[
+        "chaos",
+        "--orders",
+        "24",
+        "--rate",
+        "24",
+        "--kills",
+        "2",
+        "--stock",
+        "5",
+        "--duplicates",
+        "20",
+        "--no-broker-restart",
+        "--no-database-restart",
+        "--settle-seconds",
+        "90",
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
