@@ -747,3 +747,44 @@ async fn sent_outbox_rows_and_inbox_ids_are_pruned_after_their_window_and_nothin
     publisher.close().await;
     shop.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_the_database_cannot_store_is_dead_lettered_at_once_with_its_reason() {
+    let shop = Shop::start_only(&["payment"]).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let order_id = Uuid::now_v7();
+    // A NUL in text: Postgres refuses it (SQLSTATE 22021) on every attempt alike.
+    let mut unstorable = Envelope::new(&order_placed(order_id, "MUG-001", 1), None);
+    unstorable.producer = "orders\u{0}".to_owned();
+    publisher
+        .publish(OrderPlaced::ROUTING_KEY, &unstorable)
+        .await;
+
+    let (amqp_url, namespace) = (shop_tests::amqp_url(), shop.env.namespace.clone());
+    eventually("dead-lettered", || async {
+        service_kit::dead_letters::list(&amqp_url, &namespace, "payment")
+            .await
+            .is_ok_and(|letters| letters.len() == 1)
+    })
+    .await;
+    let letters = service_kit::dead_letters::list(&amqp_url, &namespace, "payment")
+        .await
+        .expect("list");
+    assert_eq!(letters[0].message_id, Some(unstorable.message_id));
+    assert!(
+        letters[0].reason.contains("cannot store"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(letters[0].attempts, Some(1), "no retry was spent on it");
+    assert_eq!(
+        count(&shop.env.pool, "SELECT count(*) FROM payment.payments").await,
+        0
+    );
+    assert_eq!(
+        metric(&shop.http, &shop.url("payment"), "shop_retries_total").await,
+        0
+    );
+    publisher.close().await;
+    shop.stop().await;
+}

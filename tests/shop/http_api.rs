@@ -48,7 +48,7 @@ async fn bad_orders_get_a_json_error_and_change_nothing() {
         .map(|i| json!({ "sku": format!("SKU-{i}"), "quantity": 1 }))
         .collect();
 
-    let json_cases: Vec<(&str, Value, u16, &str)> = vec![
+    let mut json_cases: Vec<(&str, Value, u16, &str)> = vec![
         (
             "unknown SKU",
             with(&["items", "0", "sku"], json!("NOPE-404")),
@@ -135,6 +135,36 @@ async fn bad_orders_get_a_json_error_and_change_nothing() {
             "invalid_body",
         ),
     ];
+    // Postgres cannot store a NUL in text: every string field refuses it up front.
+    for (case, path) in [
+        ("NUL in customer_id", &["customer_id"][..]),
+        ("NUL in a SKU", &["items", "0", "sku"]),
+        ("NUL in payment_method", &["payment_method"]),
+        ("NUL in the name", &["shipping_address", "name"]),
+        ("NUL in line1", &["shipping_address", "line1"]),
+        ("NUL in the city", &["shipping_address", "city"]),
+        (
+            "NUL in the postal code",
+            &["shipping_address", "postal_code"],
+        ),
+        ("NUL in the country", &["shipping_address", "country"]),
+    ] {
+        let original = path
+            .iter()
+            .fold(&valid, |v, key| match key.parse::<usize>() {
+                Ok(i) => &v[i],
+                Err(_) => &v[*key],
+            })
+            .as_str()
+            .unwrap_or("x")
+            .to_owned();
+        json_cases.push((
+            case,
+            with(path, json!(format!("{original}\u{0}"))),
+            422,
+            "invalid_body",
+        ));
+    }
     for (case, body, status, code) in json_cases {
         let response = shop.place_order(&body).await;
         assert_eq!(response.status().as_u16(), status, "{case}");

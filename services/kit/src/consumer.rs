@@ -207,6 +207,11 @@ impl<S: Service> Consumer<S> {
                 Err(HandlerError::Rejected(reason)) => {
                     ("rejected", Some(Disposition::DeadLetter { reason }))
                 }
+                // Data the database cannot hold: every attempt would fail the same way.
+                Err(HandlerError::Database(e)) if db::is_data_exception(&e) => {
+                    let reason = format!("the database cannot store this message's data: {e}");
+                    ("rejected", Some(Disposition::DeadLetter { reason }))
+                }
                 // The database is away (restarting, failing over): not this message's fault,
                 // so the try does not count; it waits in a delay queue like any retry.
                 Err(HandlerError::Database(e)) if db::is_connection_error(&e) => {

@@ -111,6 +111,12 @@ impl Db {
 }
 
 /// Errors that say "the database is away", as opposed to "this statement is wrong".
+/// A data exception (SQLSTATE class 22: a NUL in text, a number out of range, …): the data
+/// itself cannot be stored, so no retry can succeed.
+pub(crate) fn is_data_exception(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("22")))
+}
+
 pub(crate) fn is_connection_error(error: &sqlx::Error) -> bool {
     matches!(
         error,

@@ -20,7 +20,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{db::Db, metrics::Metrics};
+use crate::{
+    db::{self, Db},
+    metrics::Metrics,
+};
 
 /// In-flight requests get this long to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -114,14 +117,24 @@ impl ApiError {
         }
     }
 
-    /// A database failure: logged in full, reported without internals.
+    /// A database failure: logged in full, reported without internals. Only an outage is a
+    /// `503` (worth retrying); any other failure is a `500`: retrying the same request would
+    /// fail the same way.
     pub fn database(error: &sqlx::Error) -> Self {
         tracing::error!(%error, "database error while serving a request");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the service cannot reach its database; try again shortly",
-        )
+        if db::is_connection_error(error) {
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the service cannot reach its database; try again shortly",
+            )
+        } else {
+            Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the service failed on this request and changed nothing; retrying will not help",
+            )
+        }
     }
 }
 
@@ -135,5 +148,23 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let body = serde_json::json!({ "error": self.code, "message": self.message });
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_outage_invites_a_retry() {
+        for outage in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            assert_eq!(
+                ApiError::database(&outage).status,
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+        let failure = ApiError::database(&sqlx::Error::RowNotFound);
+        assert_eq!(failure.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failure.code, "internal");
     }
 }

@@ -175,8 +175,39 @@ pub struct PlaceOrder {
     pub shipping_address: ShippingAddress,
 }
 
+/// The first text field of the request that Postgres could not store: a `text` column refuses
+/// the NUL character (JSON can carry it as `\u0000`).
+fn unstorable_field(request: &PlaceOrder) -> Option<&'static str> {
+    let address = &request.shipping_address;
+    let mut fields = vec![
+        ("customer_id", request.customer_id.as_str()),
+        ("payment_method", request.payment_method.as_str()),
+        ("shipping_address.name", address.name.as_str()),
+        ("shipping_address.line1", address.line1.as_str()),
+        ("shipping_address.city", address.city.as_str()),
+        ("shipping_address.postal_code", address.postal_code.as_str()),
+        ("shipping_address.country", address.country.as_str()),
+    ];
+    fields.extend(
+        request
+            .items
+            .iter()
+            .map(|item| ("items.sku", item.sku.as_str())),
+    );
+    fields
+        .into_iter()
+        .find(|(_, value)| value.contains('\0'))
+        .map(|(field, _)| field)
+}
+
 /// Checks everything that needs no database; returns the normalized request.
 pub fn validate(mut request: PlaceOrder) -> Result<PlaceOrder, Invalid> {
+    if let Some(field) = unstorable_field(&request) {
+        return Err(invalid(
+            "invalid_body",
+            format!("{field} contains a NUL character (\\u0000), which cannot be stored"),
+        ));
+    }
     request.customer_id = request.customer_id.trim().to_owned();
     if request.customer_id.is_empty() || request.customer_id.len() > MAX_TEXT {
         return Err(invalid(
@@ -453,6 +484,50 @@ mod tests {
             let mut bad = request();
             break_it(&mut bad);
             assert_eq!(validate(bad).map_err(|e| e.code), Err(code));
+        }
+    }
+
+    #[test]
+    fn a_nul_character_in_any_text_field_is_refused_as_unstorable() {
+        type Breakage = Box<dyn Fn(&mut PlaceOrder)>;
+        let cases: Vec<(&str, Breakage)> = vec![
+            ("customer_id", Box::new(|r| r.customer_id = "ada\0".into())),
+            (
+                "payment_method",
+                Box::new(|r| r.payment_method = "\0".into()),
+            ),
+            (
+                "items.sku",
+                Box::new(|r| r.items[0].sku = "MUG-\u{0}01".into()),
+            ),
+            ("name", Box::new(|r| r.shipping_address.name = "A\0".into())),
+            (
+                "line1",
+                Box::new(|r| r.shipping_address.line1 = "\0x".into()),
+            ),
+            (
+                "city",
+                Box::new(|r| r.shipping_address.city = "Lon\0don".into()),
+            ),
+            (
+                "postal_code",
+                Box::new(|r| r.shipping_address.postal_code = "\0".into()),
+            ),
+            (
+                "country",
+                Box::new(|r| r.shipping_address.country = "G\0".into()),
+            ),
+        ];
+        for (field, break_it) in cases {
+            let mut bad = request();
+            break_it(&mut bad);
+            let refused = validate(bad).expect_err(field);
+            assert_eq!(refused.code, "invalid_body", "{field}");
+            assert!(
+                refused.message.contains(field),
+                "{field}: {}",
+                refused.message
+            );
         }
     }
 
