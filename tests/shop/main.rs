@@ -7,3 +7,4 @@ mod delivery_guarantees;
 mod failure_flows;
 mod happy_path;
 mod http_api;
+mod http_edge;

@@ -33,6 +33,13 @@ pub struct Config {
     pub dead_letter_max_age: Duration,
     /// `PRUNE_INTERVAL_SECS`: how often retention runs.
     pub prune_interval: Duration,
+    /// `HTTP_HEADER_TIMEOUT_MS`: a client must send a request's headers within this long, and a
+    /// kept-alive connection waiting for its next request is closed after it.
+    pub http_header_timeout: Duration,
+    /// `HTTP_REQUEST_TIMEOUT_MS`: a whole request (body and handling) must be done in this long.
+    pub http_request_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: connections served at once; past it a new one is closed at once.
+    pub http_max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +65,9 @@ pub const VARIABLES: &[&str] = &[
     "INBOX_RETENTION_SECS",
     "DEAD_LETTER_MAX_AGE_SECS",
     "PRUNE_INTERVAL_SECS",
+    "HTTP_HEADER_TIMEOUT_MS",
+    "HTTP_REQUEST_TIMEOUT_MS",
+    "HTTP_MAX_CONNECTIONS",
 ];
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -88,6 +98,9 @@ impl Config {
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             dead_letter_max_age: Duration::from_secs(3 * 24 * 3600),
             prune_interval: Duration::from_secs(60),
+            http_header_timeout: Duration::from_secs(10),
+            http_request_timeout: Duration::from_secs(30),
+            http_max_connections: 1024,
         }
     }
 
@@ -112,6 +125,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "RETRY_DELAYS_MS/MAX_ATTEMPTS/CONSUMER_PREFETCH",
                 reason: "must not be empty or zero".to_owned(),
+            });
+        }
+        if self.http_header_timeout.is_zero()
+            || self.http_request_timeout.is_zero()
+            || self.http_max_connections == 0
+        {
+            return Err(ConfigError::Invalid {
+                name: "HTTP_HEADER_TIMEOUT_MS/HTTP_REQUEST_TIMEOUT_MS/HTTP_MAX_CONNECTIONS",
+                reason: "must not be zero".to_owned(),
             });
         }
         if self.prune_interval.is_zero() {
@@ -175,6 +197,17 @@ impl Config {
         }
         if let Some(attempts) = var("MAX_ATTEMPTS") {
             config.max_attempts = parse("MAX_ATTEMPTS", &attempts)?;
+        }
+        for (name, setting) in [
+            ("HTTP_HEADER_TIMEOUT_MS", &mut config.http_header_timeout),
+            ("HTTP_REQUEST_TIMEOUT_MS", &mut config.http_request_timeout),
+        ] {
+            if let Some(ms) = var(name) {
+                *setting = Duration::from_millis(parse(name, &ms)?);
+            }
+        }
+        if let Some(limit) = var("HTTP_MAX_CONNECTIONS") {
+            config.http_max_connections = parse("HTTP_MAX_CONNECTIONS", &limit)?;
         }
         for (name, setting) in [
             ("OUTBOX_RETENTION_SECS", &mut config.outbox_retention),

@@ -11,14 +11,20 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Request, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     db::{self, Db},
@@ -81,22 +87,115 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     )
 }
 
+/// Request headers past this many bytes get a JSON `431`.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Past this, hyper itself answers `431` (without a JSON body) and stops reading: the most a
+/// connection may buffer for its headers.
+const HARD_HEADER_BYTES: usize = 256 * 1024;
+
+/// What the HTTP server holds a client to (docs/architecture.md, "The HTTP edge").
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpLimits {
+    pub(crate) header_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_connections: usize,
+}
+
 /// Serves until `shutdown`, then gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
-pub(crate) async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let graceful = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    tokio::pin!(graceful);
-    tokio::select! {
-        result = &mut graceful => {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "HTTP server failed");
+///
+/// A slow client cannot pin a socket: it must send its headers within the header timeout
+/// (which also closes a kept-alive connection left idle), and a whole request is bounded in
+/// time. At most `max_connections` are served at once; one more is closed at once.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let router = router
+        .layer(middleware::from_fn(move |request, next| {
+            bound_request(limits.request_timeout, request, next)
+        }))
+        .layer(middleware::from_fn(limit_headers));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.inc("shop_http_connections_refused_total", &[]);
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_header_size(HARD_HEADER_BYTES);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
             }
-        }
-        () = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!("HTTP requests still open after the grace period; closing them"),
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still open after the grace period; closing them");
+    }
+}
+
+/// `431` with a JSON error for request headers past [`MAX_HEADER_BYTES`].
+async fn limit_headers(request: Request, next: Next) -> Response {
+    let bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request headers must total at most {MAX_HEADER_BYTES} bytes, got {bytes}"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `408` with a JSON error for a request (receiving its body and handling it) past `limit`.
+async fn bound_request(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request was not received and handled within {limit:?}"),
+        )
+        .into_response(),
     }
 }
 

@@ -36,6 +36,10 @@ const HELP: &[(&str, &str)] = &[
         "Broker sessions opened (1 + reconnects)",
     ),
     (
+        "shop_http_connections_refused_total",
+        "Connections closed at once: the service already held HTTP_MAX_CONNECTIONS",
+    ),
+    (
         "shop_rows_pruned_total",
         "Sent outbox rows and inbox ids deleted by retention",
     ),

@@ -23,7 +23,7 @@ use crate::{
     consumer::Consumer,
     db::Db,
     handler::{Routes, Service},
-    http::{Health, health_routes, serve},
+    http::{Health, HttpLimits, health_routes, serve},
     metrics::Metrics,
     outbox::Relay,
     retention::{self, Retention},
@@ -128,7 +128,18 @@ async fn run<S: Service>(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(service, %addr, "serving HTTP");
     }
-    let http = tokio::spawn(serve(listener, router, shutdown.clone()));
+    let limits = HttpLimits {
+        header_timeout: config.http_header_timeout,
+        request_timeout: config.http_request_timeout,
+        max_connections: config.http_max_connections,
+    };
+    let http = tokio::spawn(serve(
+        listener,
+        router,
+        limits,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let result = async {
         if !db.migrate(spec.migrator, &shutdown).await? {
