@@ -334,3 +334,296 @@ async fn catalog_and_order_list_are_served() {
     assert_eq!(order["payment_method"], "card");
     shop.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_sheds_new_orders_with_retry_after_until_it_drains() {
+    // Only orders runs: nothing it accepts can settle, so the backlog only grows. Every queue
+    // is declared first (as `shop up` does), so the others find those orders when they start.
+    let mut shop = Shop::start_with(&["orders"], |config| config.max_pending_orders = 3).await;
+    let config = shop.env.config();
+    shop::provision::declare_topologies(&config.amqp_url, &config.namespace, &config.retry_delays)
+        .await
+        .expect("every queue declared");
+    let (http, url) = (shop.http.clone(), format!("{}/orders", shop.url("orders")));
+    let post = move |key: String| {
+        http.post(&url)
+            .header("idempotency-key", key)
+            .json(&order_body("MUG-001", 1, "card", "GB"))
+            .send()
+    };
+    for i in 0..3 {
+        let accepted = post(format!("within-{i}")).await.expect("reachable");
+        assert_eq!(accepted.status(), 202);
+    }
+
+    let shed = post("one-too-many".to_owned()).await.expect("reachable");
+    assert_eq!(shed.status(), 503);
+    assert_eq!(
+        shed.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let error: Value = shed.json().await.expect("a JSON error");
+    assert_eq!(error["error"], "overloaded", "{error}");
+    assert_eq!(shop.count("SELECT count(*) FROM orders.orders").await, 3);
+    assert_eq!(
+        shop_tests::metric(&shop.http, &shop.url("orders"), "shop_orders_shed_total").await,
+        1
+    );
+    // An order already accepted is still answered: its retry is a replay, not a new order.
+    let replay = post("within-0".to_owned()).await.expect("reachable");
+    assert_eq!(replay.status(), 202);
+
+    // The rest of the shop comes up, the backlog settles, and the shed request's retry (same
+    // key) is a fresh attempt that goes through.
+    for name in ["payment", "inventory", "shipping", "notifications"] {
+        shop.start_service(name).await;
+    }
+    let deadline = tokio::time::Instant::now() + shop_tests::PATIENCE;
+    let order_id: uuid::Uuid = loop {
+        let response = post("one-too-many".to_owned()).await.expect("reachable");
+        if response.status() == 202 {
+            let placed: Value = response.json().await.expect("JSON");
+            break placed["order_id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .expect("the accepted order's id");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the retry is still shed after the backlog had time to drain"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(shop.settled_order(order_id).await["status"], "confirmed");
+    shop.assert_audit_clean().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offered_far_more_than_it_settles_the_shop_sheds_some_and_settles_every_order_it_accepted()
+{
+    let shop = Shop::start_with(&shop::registry::names().collect::<Vec<_>>(), |config| {
+        config.max_pending_orders = 10;
+    })
+    .await;
+    let url = format!("{}/orders", shop.url("orders"));
+    let answers = futures_util::future::join_all((0..150).map(|i| {
+        shop.http
+            .post(&url)
+            .json(&order_body(
+                ["MUG-001", "TEE-001", "STICKER-001"][i % 3],
+                1,
+                "card",
+                "NL",
+            ))
+            .send()
+    }))
+    .await;
+    let (mut accepted, mut shed) = (Vec::new(), 0);
+    for answer in answers {
+        let response = answer.expect("reachable");
+        match response.status().as_u16() {
+            202 => accepted.push(
+                response.json::<Value>().await.expect("JSON")["order_id"]
+                    .as_str()
+                    .and_then(|id| id.parse::<uuid::Uuid>().ok())
+                    .expect("an order id"),
+            ),
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                shed += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(shed > 0, "150 at once against a bound of 10: some are shed");
+    assert!(!accepted.is_empty(), "and some accepted");
+    for order_id in &accepted {
+        shop.settled_order(*order_id).await;
+    }
+    let report = shop.assert_audit_clean().await;
+    assert_eq!(
+        report.orders,
+        accepted.len() as i64,
+        "only accepted orders exist"
+    );
+    shop.stop().await;
+}
+
+/// Generated `POST /orders` bodies, valid and not, against an oracle written from the API's
+/// documented rules (not from its code): never a 5xx, and accepted exactly when valid.
+mod generated {
+    use serde_json::{Value, json};
+
+    const SKUS: [&str; 5] = [
+        "MUG-001",
+        "TEE-001",
+        "BOOK-001",
+        "STICKER-001",
+        "HOODIE-001",
+    ];
+    const MAX_TEXT: usize = 200;
+
+    pub fn text(rng: &mut fastrand::Rng) -> Value {
+        let choices: [&dyn Fn(&mut fastrand::Rng) -> String; 9] = [
+            &|_| String::new(),
+            &|_| "   ".to_owned(),
+            &|rng| format!("ada-{}", rng.u32(..)),
+            &|_| "Zoë Ångström 東京 🚀 \"quoted\" \\ back".to_owned(),
+            &|_| "x".repeat(MAX_TEXT),
+            &|_| "x".repeat(MAX_TEXT + 1),
+            &|_| "nul\u{0}inside".to_owned(),
+            &|_| "bell\u{7}tab\t".to_owned(),
+            &|_| "  padded  ".to_owned(),
+        ];
+        Value::String(choices[rng.usize(..choices.len())](rng))
+    }
+
+    fn sku(rng: &mut fastrand::Rng) -> Value {
+        match rng.u8(..10) {
+            0 => text(rng),
+            1 => json!(format!(" {} ", SKUS[rng.usize(..SKUS.len())])),
+            2 => json!("NOPE-404"),
+            3 => json!(42),
+            _ => json!(SKUS[rng.usize(..SKUS.len())]),
+        }
+    }
+
+    fn quantity(rng: &mut fastrand::Rng) -> Value {
+        [
+            json!(1),
+            json!(2),
+            json!(1000),
+            json!(1001),
+            json!(0),
+            json!(-1),
+            json!(1_u64 << 40),
+            json!("two"),
+            json!(1.5),
+            json!(null),
+        ][rng.usize(..10)]
+        .clone()
+    }
+
+    pub fn body(rng: &mut fastrand::Rng) -> Value {
+        let items: Vec<Value> = (0..rng.usize(0..4))
+            .map(|_| json!({ "sku": sku(rng), "quantity": quantity(rng) }))
+            .collect();
+        let countries = [
+            json!("GB"),
+            json!("nl"),
+            json!(" gb "),
+            json!("XX"),
+            json!(""),
+            json!(7),
+        ];
+        let country = countries[rng.usize(..countries.len())].clone();
+        let methods = [
+            json!("card"),
+            json!("card_declined"),
+            json!("iou"),
+            json!(null),
+        ];
+        let method = methods[rng.usize(..methods.len())].clone();
+        let mut address = json!({
+            "name": if rng.bool() { json!("Ada Lovelace") } else { text(rng) },
+            "line1": if rng.bool() { json!("12 St James's Square") } else { text(rng) },
+            "city": if rng.bool() { json!("London") } else { text(rng) },
+            "postal_code": if rng.bool() { json!("SW1Y 4JH") } else { text(rng) },
+            "country": country,
+        });
+        if rng.u8(..10) == 0 {
+            address.as_object_mut().map(|a| a.remove("city"));
+        }
+        let mut body = json!({
+            "customer_id": if rng.bool() { json!("ada") } else { text(rng) },
+            "items": items,
+            "payment_method": method,
+            "shipping_address": address,
+        });
+        if body["payment_method"].is_null() {
+            body.as_object_mut().map(|b| b.remove("payment_method"));
+        }
+        body
+    }
+
+    fn good_text(value: &Value) -> bool {
+        value.as_str().is_some_and(|s| {
+            let trimmed = s.trim();
+            !trimmed.is_empty() && trimmed.len() <= MAX_TEXT && !s.contains('\u{0}')
+        })
+    }
+
+    /// The documented rules: every field present and of its type; text 1–200 bytes once
+    /// trimmed and free of NUL; 1–50 items of catalog SKUs, each once, 1–1000 of each; a known
+    /// payment method (default card); an ISO country code.
+    pub fn valid(body: &Value) -> bool {
+        let address = &body["shipping_address"];
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        let mut skus = std::collections::BTreeSet::new();
+        let items_ok = !items.is_empty()
+            && items.iter().all(|item| {
+                let sku_ok = item["sku"]
+                    .as_str()
+                    .is_some_and(|s| SKUS.contains(&s.trim()) && skus.insert(s.trim().to_owned()));
+                let quantity_ok = item["quantity"]
+                    .as_i64()
+                    .is_some_and(|q| (1..=1000).contains(&q));
+                sku_ok && quantity_ok
+            });
+        let payment_ok = match body.get("payment_method") {
+            None => true,
+            Some(method) => method == "card" || method == "card_declined",
+        };
+        let country_ok = address["country"]
+            .as_str()
+            .is_some_and(|c| ["GB", "NL"].contains(&c.trim().to_uppercase().as_str()));
+        good_text(&body["customer_id"])
+            && items_ok
+            && payment_ok
+            && ["name", "line1", "city", "postal_code"]
+                .iter()
+                .all(|field| good_text(&address[*field]))
+            && country_ok
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_orders_never_get_a_5xx_and_are_accepted_exactly_when_valid() {
+    let shop = Shop::start_only(&["orders"]).await;
+    let seed = std::env::var("ORDERS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut accepted = 0;
+    for case in 0..200 {
+        let body = generated::body(&mut rng);
+        let response = shop.place_order(&body).await;
+        let status = response.status().as_u16();
+        assert!(
+            status < 500,
+            "case {case} (ORDERS_SEED={seed}): {status} for {body}"
+        );
+        let expected = if generated::valid(&body) { 202 } else { 422 };
+        let verdict = if status == 202 { 202 } else { 422 };
+        assert_eq!(
+            verdict, expected,
+            "case {case} (ORDERS_SEED={seed}): {status} for {body}"
+        );
+        if status == 202 {
+            accepted += 1;
+        } else {
+            let error: Value = response.json().await.expect("a JSON error");
+            assert!(error["error"].is_string(), "case {case}: {error}");
+        }
+    }
+    assert_eq!(
+        shop.count("SELECT count(*) FROM orders.orders").await,
+        accepted,
+        "ORDERS_SEED={seed}: exactly the accepted orders were written"
+    );
+    shop.stop().await;
+}

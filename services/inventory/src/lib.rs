@@ -44,7 +44,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         migrator: sqlx::migrate!("../../migrations/inventory"),
         routes: routes(),
         state: Inventory,
-        http: Some(|db| Router::new().route("/stock", get(stock)).with_state(db)),
+        http: Some(|api| Router::new().route("/stock", get(stock)).with_state(api.db)),
     };
     service_kit::bind(config, spec).await
 }

@@ -40,6 +40,10 @@ const HELP: &[(&str, &str)] = &[
         "Connections closed at once: the service already held HTTP_MAX_CONNECTIONS",
     ),
     (
+        "shop_orders_shed_total",
+        "New orders refused (503) because MAX_PENDING_ORDERS were not yet settled",
+    ),
+    (
         "shop_rows_pruned_total",
         "Sent outbox rows and inbox ids deleted by retention",
     ),

@@ -38,8 +38,17 @@ pub struct ServiceSpec<S: Service> {
     /// What it subscribes to.
     pub routes: Routes<S>,
     pub state: S,
-    /// Extra endpoints (an API) built on the service's database handle.
-    pub http: Option<fn(Db) -> Router>,
+    /// Extra endpoints (an API) built on the service's database handle and settings.
+    pub http: Option<fn(ApiContext) -> Router>,
+}
+
+/// What a service's own API is built on.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub db: Db,
+    pub config: Config,
+    /// The service's `/metrics` registry, for what its API counts.
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +132,11 @@ async fn run<S: Service>(
         metrics: metrics.clone(),
     });
     if let Some(api) = spec.http {
-        router = router.merge(api(db.clone()));
+        router = router.merge(api(ApiContext {
+            db: db.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+        }));
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(service, %addr, "serving HTTP");

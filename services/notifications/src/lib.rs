@@ -52,10 +52,10 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         migrator: sqlx::migrate!("../../migrations/notifications"),
         routes: routes(),
         state: Notifications,
-        http: Some(|db| {
+        http: Some(|api| {
             Router::new()
                 .route("/notifications", get(list))
-                .with_state(db)
+                .with_state(api.db)
         }),
     };
     service_kit::bind(config, spec).await

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
+    extract::{DefaultBodyLimit, FromRef, Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ApiError, Db};
+use service_kit::{ApiContext, ApiError, Db, Metrics};
 use shared_events::{OrderLine, OrderPlaced, ShippingAddress, participants};
 use uuid::Uuid;
 
@@ -30,7 +30,54 @@ use crate::{
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
-pub fn routes(db: Db) -> Router {
+/// The API's state: the database, and the admission bound.
+#[derive(Clone)]
+struct Api {
+    db: Db,
+    admission: Admission,
+}
+
+/// Admission control: past `max_pending` orders accepted but not yet settled, `POST /orders`
+/// sheds new orders (`503` with `Retry-After`) rather than accept what the saga cannot settle
+/// in reasonable time. The backlog is counted in orders' own table, so it covers every stage
+/// (a slow payment, a stalled relay, a broker restart) without asking any other service.
+#[derive(Clone)]
+struct Admission {
+    max_pending: u64,
+    metrics: Metrics,
+}
+
+impl FromRef<Api> for Db {
+    fn from_ref(api: &Api) -> Self {
+        api.db.clone()
+    }
+}
+
+impl FromRef<Api> for Admission {
+    fn from_ref(api: &Api) -> Self {
+        api.admission.clone()
+    }
+}
+
+/// Orders accepted but not settled: the auditor's invariant 1 turned around. Its partial
+/// index (`orders_unsettled`) keeps the count to the backlog, however many orders there are.
+const UNSETTLED: &str = "SELECT count(*) FROM orders.orders
+     WHERE status IN ('pending', 'paid', 'stock_reserved')
+        OR (status = 'cancelled'
+            AND ((cancelled_by IN ('StockReservationFailed', 'ShipmentFailed') AND NOT refund_seen)
+                 OR (cancelled_by = 'ShipmentFailed' AND NOT release_seen)))";
+
+/// How long a shed client is asked to wait before trying again.
+const RETRY_AFTER_SECS: u32 = 1;
+
+pub fn routes(api: ApiContext) -> Router {
+    let state = Api {
+        db: api.db,
+        admission: Admission {
+            max_pending: api.config.max_pending_orders,
+            metrics: api.metrics,
+        },
+    };
     Router::new()
         .route("/orders", get(list_orders).post(place_order))
         .route("/orders/{id}", get(get_order))
@@ -38,7 +85,7 @@ pub fn routes(db: Db) -> Router {
         .route("/products", get(list_products))
         // The limit is enforced by `Bytes` below, which reports it as our JSON error.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(db)
+        .with_state(state)
 }
 
 fn unprocessable(invalid: Invalid) -> ApiError {
@@ -77,6 +124,7 @@ struct Placed {
 /// `POST /orders`
 async fn place_order(
     State(db): State<Db>,
+    State(admission): State<Admission>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -90,6 +138,24 @@ async fn place_order(
         && let Some(replay) = find_by_key(&mut tx, key, &fingerprint).await?
     {
         return Ok(replay);
+    }
+    let pending: i64 = sqlx::query_scalar(UNSETTLED).fetch_one(&mut *tx).await?;
+    if u64::try_from(pending).unwrap_or(0) >= admission.max_pending {
+        admission.metrics.inc("shop_orders_shed_total", &[]);
+        tracing::warn!(pending, "shedding a new order: the saga backlog is full");
+        let mut shed = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "{pending} orders are still being settled (the bound is {}); nothing was \
+                 written: retry after {RETRY_AFTER_SECS} s (the same Idempotency-Key is fine)",
+                admission.max_pending
+            ),
+        )
+        .into_response();
+        shed.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return Ok(shed);
     }
 
     let skus: Vec<&str> = request.items.iter().map(|i| i.sku.as_str()).collect();
