@@ -666,6 +666,9 @@ struct Offered {
     duration_s: f64,
     sent: u64,
     accepted: u64,
+    /// Answered `503 overloaded`: shed by admission control (`MAX_PENDING_ORDERS`).
+    shed: u64,
+    /// Any other answer, or none.
     refused: u64,
     settled: u64,
     settled_per_s: f64,
@@ -683,6 +686,7 @@ impl Offered {
         self.duration_s = round1(self.duration_s + next.duration_s);
         self.sent += next.sent;
         self.accepted += next.accepted;
+        self.shed += next.shed;
         self.refused += next.refused;
         self.settled += next.settled;
         self.unsettled += next.unsettled;
@@ -730,7 +734,11 @@ async fn offer(
 ) -> Offered {
     let total = (rate * duration.as_secs_f64()).round() as u64;
     watch.with(Tracker::reset);
-    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (accepted, shed, refused) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     progress.set_length(total);
     progress.set_position(0);
     let start = Instant::now();
@@ -739,7 +747,7 @@ async fn offer(
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
         let (http, url) = (http.clone(), format!("{}/orders", target.orders_url));
-        let (accepted, refused) = (accepted.clone(), refused.clone());
+        let (accepted, shed, refused) = (accepted.clone(), shed.clone(), refused.clone());
         sends.push(tokio::spawn(async move {
             let response = http
                 .post(url)
@@ -750,6 +758,7 @@ async fn offer(
                 .await;
             match response {
                 Ok(r) if r.status() == 202 => accepted.fetch_add(1, Ordering::Relaxed),
+                Ok(r) if r.status() == 503 => shed.fetch_add(1, Ordering::Relaxed),
                 _ => refused.fetch_add(1, Ordering::Relaxed),
             };
         }));
@@ -781,6 +790,7 @@ async fn offer(
             duration_s: round1(load_time.as_secs_f64()),
             sent: total,
             accepted,
+            shed: shed.load(Ordering::Relaxed),
             refused: refused.load(Ordering::Relaxed),
             settled: t.settled,
             settled_per_s: round1(settled_per_s),
@@ -978,7 +988,8 @@ async fn saturate(
         note(
             progress,
             format!(
-                "{rate:>6.0}/s offered: {:.1}/s settled, p50 {} ms, p99 {} ms{}",
+                "{rate:>6.0}/s offered: {} shed, {:.1}/s settled, p50 {} ms, p99 {} ms{}",
+                result.shed,
                 result.settled_per_s,
                 result.latency_ms.p50,
                 result.latency_ms.p99,
@@ -1365,8 +1376,8 @@ fn render(summary: &Summary) -> String {
     let _ = writeln!(out, "mix:                 {}", summary.mix);
     let _ = writeln!(
         out,
-        "offered:             {:.0} orders/s for {} s ({} sent, {} accepted, {} refused)",
-        run.offered_per_s, run.duration_s, run.sent, run.accepted, run.refused
+        "offered:             {:.0} orders/s for {} s ({} sent, {} accepted, {} shed, {} refused)",
+        run.offered_per_s, run.duration_s, run.sent, run.accepted, run.shed, run.refused
     );
     let _ = writeln!(
         out,
@@ -1436,8 +1447,10 @@ fn render(summary: &Summary) -> String {
         for step in &summary.saturation_steps {
             let _ = writeln!(
                 out,
-                "  {:>5.0}/s offered -> {:>5.1}/s settled, p50 {} ms, p99 {} ms{}",
+                "  {:>5.0}/s offered -> {:>5.1}/s accepted, {:>5.1}/s shed, {:>5.1}/s settled, p50 {} ms, p99 {} ms{}",
                 step.offered_per_s,
+                step.accepted as f64 / step.duration_s.max(0.001),
+                step.shed as f64 / step.duration_s.max(0.001),
                 step.settled_per_s,
                 step.latency_ms.p50,
                 step.latency_ms.p99,
@@ -1497,6 +1510,7 @@ mod tests {
             duration_s: seconds,
             sent: settled,
             accepted: settled,
+            shed: 0,
             refused: 0,
             settled,
             settled_per_s: settled as f64 / seconds,
