@@ -229,7 +229,19 @@ pub struct RunningService {
     pub name: &'static str,
     pub url: String,
     shutdown: CancellationToken,
-    task: JoinHandle<Result<(), service_kit::Error>>,
+    /// `None` once stopped.
+    task: Option<JoinHandle<Result<(), service_kit::Error>>>,
+}
+
+/// A service a failed test leaves behind is aborted, so it cannot re-declare the queues its
+/// environment's cleanup is deleting.
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            self.shutdown.cancel();
+            task.abort();
+        }
+    }
 }
 
 impl RunningService {
@@ -252,7 +264,7 @@ impl RunningService {
             name,
             url,
             shutdown,
-            task,
+            task: Some(task),
         };
         service.wait_ready().await;
         service
@@ -267,9 +279,12 @@ impl RunningService {
     }
 
     /// Graceful stop, as on SIGTERM.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        match self.task.await {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        match task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("{} failed: {}", self.name, ErrorChain(&e)),
             Err(e) => panic!("{} panicked: {e}", self.name),
@@ -279,10 +294,11 @@ impl RunningService {
 
 /// A running shop: an environment, some services, a spy, an HTTP client.
 pub struct Shop {
-    pub env: Env,
+    // Dropped in this order when a test fails: the services first, the environment last.
     pub services: Vec<RunningService>,
     pub spy: Spy,
     pub http: reqwest::Client,
+    pub env: Env,
 }
 
 impl Shop {
