@@ -182,3 +182,38 @@ async fn a_request_whose_body_never_finishes_gets_a_json_408_and_writes_nothing(
     assert_eq!(shop.count("SELECT count(*) FROM orders.orders").await, 0);
     shop.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_and_body_limits_are_settings() {
+    let shop = Shop::start_with(&["orders"], |config| {
+        config.http_max_header_bytes = 4096;
+        config.http_max_body_bytes = 2048;
+    })
+    .await;
+    let url = format!("{}/orders", shop.url("orders"));
+    let client = fresh_client();
+    let headers = client
+        .get(&url)
+        .header("x-padding", "x".repeat(6 * 1024))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(headers.status(), 431);
+    let body = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 * 1024])
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(body.status(), 413);
+    let error: Value = body.json().await.expect("a JSON error");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2048")),
+        "{error}"
+    );
+    assert_eq!(shop.count("SELECT count(*) FROM orders.orders").await, 0);
+    shop.stop().await;
+}

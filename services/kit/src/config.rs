@@ -40,6 +40,11 @@ pub struct Config {
     pub http_request_timeout: Duration,
     /// `HTTP_MAX_CONNECTIONS`: connections served at once; past it a new one is closed at once.
     pub http_max_connections: usize,
+    /// `HTTP_MAX_HEADER_BYTES`: request headers past this many bytes in total get `431`
+    /// (at most [`HEADER_BYTES_CEILING`]).
+    pub http_max_header_bytes: usize,
+    /// `HTTP_MAX_BODY_BYTES`: request bodies past this get `413` (orders' `POST /orders`).
+    pub http_max_body_bytes: usize,
     /// `MAX_PENDING_ORDERS` (read by orders): orders accepted but not yet settled past which
     /// `POST /orders` answers `503` with `Retry-After` instead of accepting more.
     pub max_pending_orders: u64,
@@ -71,12 +76,18 @@ pub const VARIABLES: &[&str] = &[
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_REQUEST_TIMEOUT_MS",
     "HTTP_MAX_CONNECTIONS",
+    "HTTP_MAX_HEADER_BYTES",
+    "HTTP_MAX_BODY_BYTES",
     "MAX_PENDING_ORDERS",
 ];
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NAMESPACE: &str = "shop";
+
+/// The most a connection may buffer for a request's headers: past it the HTTP server stops
+/// reading and answers `431` itself (without the JSON body `HTTP_MAX_HEADER_BYTES` gets).
+pub const HEADER_BYTES_CEILING: usize = 256 * 1024;
 
 /// `MAX_PENDING_ORDERS` when unset: about ten seconds of what `shop bench --saturate` measures
 /// this shop settling on a 2-core machine (~90 orders/s), so an ordinary broker restart (a few
@@ -110,6 +121,8 @@ impl Config {
             http_header_timeout: Duration::from_secs(10),
             http_request_timeout: Duration::from_secs(30),
             http_max_connections: 1024,
+            http_max_header_bytes: 32 * 1024,
+            http_max_body_bytes: 64 * 1024,
             max_pending_orders: DEFAULT_MAX_PENDING_ORDERS,
         }
     }
@@ -145,6 +158,16 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "HTTP_HEADER_TIMEOUT_MS/HTTP_REQUEST_TIMEOUT_MS/HTTP_MAX_CONNECTIONS/MAX_PENDING_ORDERS",
                 reason: "must not be zero".to_owned(),
+            });
+        }
+        if !(1024..=HEADER_BYTES_CEILING).contains(&self.http_max_header_bytes)
+            || self.http_max_body_bytes < 1024
+        {
+            return Err(ConfigError::Invalid {
+                name: "HTTP_MAX_HEADER_BYTES/HTTP_MAX_BODY_BYTES",
+                reason: format!(
+                    "headers 1024 to {HEADER_BYTES_CEILING} bytes, bodies at least 1024 bytes"
+                ),
             });
         }
         if self.prune_interval.is_zero() {
@@ -220,8 +243,14 @@ impl Config {
         if let Some(limit) = var("MAX_PENDING_ORDERS") {
             config.max_pending_orders = parse("MAX_PENDING_ORDERS", &limit)?;
         }
-        if let Some(limit) = var("HTTP_MAX_CONNECTIONS") {
-            config.http_max_connections = parse("HTTP_MAX_CONNECTIONS", &limit)?;
+        for (name, setting) in [
+            ("HTTP_MAX_CONNECTIONS", &mut config.http_max_connections),
+            ("HTTP_MAX_HEADER_BYTES", &mut config.http_max_header_bytes),
+            ("HTTP_MAX_BODY_BYTES", &mut config.http_max_body_bytes),
+        ] {
+            if let Some(limit) = var(name) {
+                *setting = parse(name, &limit)?;
+            }
         }
         for (name, setting) in [
             ("OUTBOX_RETENTION_SECS", &mut config.outbox_retention),
@@ -367,6 +396,8 @@ mod tests {
             ("HTTP_ADDR", "nowhere"),
             ("MAX_ATTEMPTS", "0"),
             ("RETRY_DELAYS_MS", "1,x"),
+            ("HTTP_MAX_HEADER_BYTES", "1000000"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
         ] {
             let err = from(&[(name, value)]).expect_err(name);
             assert!(

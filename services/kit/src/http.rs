@@ -27,6 +27,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    config::HEADER_BYTES_CEILING,
     db::{self, Db},
     metrics::Metrics,
 };
@@ -87,19 +88,13 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     )
 }
 
-/// Request headers past this many bytes get a JSON `431`.
-const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// Past this, hyper itself answers `431` (without a JSON body) and stops reading: the most a
-/// connection may buffer for its headers.
-const HARD_HEADER_BYTES: usize = 256 * 1024;
-
 /// What the HTTP server holds a client to (docs/architecture.md, "The HTTP edge").
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HttpLimits {
     pub(crate) header_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_header_bytes: usize,
 }
 
 /// Serves until `shutdown`, then gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
@@ -118,7 +113,9 @@ pub(crate) async fn serve(
         .layer(middleware::from_fn(move |request, next| {
             bound_request(limits.request_timeout, request, next)
         }))
-        .layer(middleware::from_fn(limit_headers));
+        .layer(middleware::from_fn(move |request, next| {
+            limit_headers(limits.max_header_bytes, request, next)
+        }));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -147,7 +144,7 @@ pub(crate) async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .max_header_size(HARD_HEADER_BYTES);
+                .max_header_size(HEADER_BYTES_CEILING);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -168,18 +165,18 @@ pub(crate) async fn serve(
     }
 }
 
-/// `431` with a JSON error for request headers past [`MAX_HEADER_BYTES`].
-async fn limit_headers(request: Request, next: Next) -> Response {
+/// `431` with a JSON error for request headers past `limit` bytes in total.
+async fn limit_headers(limit: usize, request: Request, next: Next) -> Response {
     let bytes: usize = request
         .headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    if bytes > MAX_HEADER_BYTES {
+    if bytes > limit {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            format!("request headers must total at most {MAX_HEADER_BYTES} bytes, got {bytes}"),
+            format!("request headers must total at most {limit} bytes, got {bytes}"),
         )
         .into_response();
     }

@@ -145,6 +145,7 @@ async fn run<S: Service>(
         header_timeout: config.http_header_timeout,
         request_timeout: config.http_request_timeout,
         max_connections: config.http_max_connections,
+        max_header_bytes: config.http_max_header_bytes,
     };
     let http = tokio::spawn(serve(
         listener,

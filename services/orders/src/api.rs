@@ -27,7 +27,6 @@ use crate::{
 };
 
 /// Orders are small; anything bigger is a mistake or an attack.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// The API's state: the database, and the admission bound.
@@ -35,6 +34,17 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 struct Api {
     db: Db,
     admission: Admission,
+    body_limit: BodyLimit,
+}
+
+/// `HTTP_MAX_BODY_BYTES`, for the `413` message.
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+impl FromRef<Api> for BodyLimit {
+    fn from_ref(api: &Api) -> Self {
+        api.body_limit
+    }
 }
 
 /// Admission control: past `max_pending` orders accepted but not yet settled, `POST /orders`
@@ -71,8 +81,10 @@ const UNSETTLED: &str = "SELECT count(*) FROM orders.orders
 const RETRY_AFTER_SECS: u32 = 1;
 
 pub fn routes(api: ApiContext) -> Router {
+    let body_limit = api.config.http_max_body_bytes;
     let state = Api {
         db: api.db,
+        body_limit: BodyLimit(body_limit),
         admission: Admission {
             max_pending: api.config.max_pending_orders,
             metrics: api.metrics,
@@ -84,7 +96,7 @@ pub fn routes(api: ApiContext) -> Router {
         .route("/orders/{id}/timeline", get(timeline))
         .route("/products", get(list_products))
         // The limit is enforced by `Bytes` below, which reports it as our JSON error.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
@@ -125,10 +137,11 @@ struct Placed {
 async fn place_order(
     State(db): State<Db>,
     State(admission): State<Admission>,
+    State(BodyLimit(body_limit)): State<BodyLimit>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request = parse_request(&headers, body)?;
+    let request = parse_request(&headers, body, body_limit)?;
     let request = domain::validate(request).map_err(unprocessable)?;
     let idempotency_key = idempotency_key(&headers)?;
     let fingerprint = fingerprint(&request);
@@ -230,6 +243,7 @@ async fn place_order(
 fn parse_request(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    body_limit: usize,
 ) -> Result<PlaceOrder, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -247,7 +261,7 @@ fn parse_request(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            format!("the body must be at most {body_limit} bytes"),
         ),
         status => ApiError::new(status, "unreadable_body", rejection.body_text()),
     })?;
