@@ -41,6 +41,14 @@ fn order_placed(order_id: Uuid, sku: &str, quantity: u32) -> OrderPlaced {
     }
 }
 
+fn payment_completed(order_id: Uuid, amount_cents: i64) -> PaymentCompleted {
+    PaymentCompleted {
+        order_id,
+        payment_id: Uuid::now_v7(),
+        amount_cents,
+    }
+}
+
 // ---- A probe service: the kit with handlers that fail on purpose ---------------------------
 
 /// Fails the first `failures` attempts at OrderConfirmed, after announcing an event and writing
@@ -397,14 +405,7 @@ async fn an_event_that_overtakes_its_prerequisite_is_deferred_not_dropped() {
     let order_id = Uuid::now_v7();
 
     // Paid before inventory heard what was ordered.
-    let paid = Envelope::new(
-        &PaymentCompleted {
-            order_id,
-            payment_id: Uuid::now_v7(),
-            amount_cents: 2500,
-        },
-        None,
-    );
+    let paid = Envelope::new(&payment_completed(order_id, 2500), None);
     publisher
         .publish(PaymentCompleted::ROUTING_KEY, &paid)
         .await;
@@ -431,14 +432,7 @@ async fn an_event_that_overtakes_its_prerequisite_is_deferred_not_dropped() {
     publisher
         .publish(
             PaymentCompleted::ROUTING_KEY,
-            &Envelope::new(
-                &PaymentCompleted {
-                    order_id: other,
-                    payment_id: Uuid::now_v7(),
-                    amount_cents: 1,
-                },
-                None,
-            ),
+            &Envelope::new(&payment_completed(other, 1), None),
         )
         .await;
     shop.spy.wait_for::<StockReserved>(other).await;
@@ -535,14 +529,7 @@ async fn a_message_out_of_tries_is_dead_lettered_and_can_be_redriven() {
     let order_id = Uuid::now_v7();
 
     // Paid, but OrderPlaced never comes within two tries: the payment is dead-lettered.
-    let paid = Envelope::new(
-        &PaymentCompleted {
-            order_id,
-            payment_id: Uuid::now_v7(),
-            amount_cents: 2500,
-        },
-        None,
-    );
+    let paid = Envelope::new(&payment_completed(order_id, 2500), None);
     publisher
         .publish(PaymentCompleted::ROUTING_KEY, &paid)
         .await;
@@ -648,16 +635,7 @@ async fn sent_outbox_rows_and_inbox_ids_are_pruned_after_their_window_and_nothin
 
     // Rows from long ago: sent and unsent outbox rows, inbox ids just inside and past the window.
     for age_hours in [2, 3] {
-        let old = insert_outbox_row(
-            pool,
-            "payment",
-            &PaymentCompleted {
-                order_id: Uuid::now_v7(),
-                payment_id: Uuid::now_v7(),
-                amount_cents: 100,
-            },
-        )
-        .await;
+        let old = insert_outbox_row(pool, "payment", &payment_completed(Uuid::now_v7(), 100)).await;
         sqlx::query(
             "UPDATE payment.outbox SET created_at = now() - make_interval(hours => $2),
                     sent_at = now() - make_interval(hours => $2)
@@ -669,16 +647,7 @@ async fn sent_outbox_rows_and_inbox_ids_are_pruned_after_their_window_and_nothin
         .await
         .expect("age the row");
     }
-    let unsent = insert_outbox_row(
-        pool,
-        "payment",
-        &PaymentCompleted {
-            order_id: Uuid::now_v7(),
-            payment_id: Uuid::now_v7(),
-            amount_cents: 100,
-        },
-    )
-    .await;
+    let unsent = insert_outbox_row(pool, "payment", &payment_completed(Uuid::now_v7(), 100)).await;
     sqlx::query(
         "UPDATE payment.outbox SET created_at = now() - interval '5 hours', publish_attempts = 1
           WHERE message_id = $1",

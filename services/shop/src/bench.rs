@@ -572,15 +572,8 @@ impl Target {
             .max_connections(CONCURRENCY as u32 + 2)
             .connect(&sandbox.database_url)
             .await?;
-        sqlx::query("UPDATE inventory.stock SET seeded = $1, available = $1 WHERE sku = ANY($2)")
-            .bind(PLENTY)
-            .bind(&SKUS[..])
-            .execute(&database)
-            .await?;
-        sqlx::query("UPDATE inventory.stock SET seeded = 0, available = 0 WHERE sku = $1")
-            .bind(SOLD_OUT_SKU)
-            .execute(&database)
-            .await?;
+        harness::set_stock(&database, &SKUS, PLENTY).await?;
+        harness::set_stock(&database, &[SOLD_OUT_SKU], 0).await?;
         Ok(Self {
             orders_url: fleet.orders_url(),
             amqp_url: sandbox.amqp_url.clone(),

@@ -702,13 +702,7 @@ impl ChaosRun {
     /// Sets [`CONFIRMING_SKU`]'s stock before the load (the run owns its database).
     async fn seed_stock(&self, units: u32) -> anyhow::Result<()> {
         let pool = PgPool::connect(&self.sandbox.database_url).await?;
-        sqlx::query(
-            "UPDATE inventory.stock SET seeded = $1, available = $1 WHERE sku = $2 AND reserved = 0",
-        )
-        .bind(i64::from(units))
-        .bind(CONFIRMING_SKU)
-        .execute(&pool)
-        .await?;
+        harness::set_stock(&pool, &[CONFIRMING_SKU], i32::try_from(units)?).await?;
         pool.close().await;
         self.journal
             .note(format!("{CONFIRMING_SKU}: {units} units in stock"));

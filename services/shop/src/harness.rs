@@ -296,6 +296,21 @@ impl EventTap {
     }
 }
 
+/// Sets the stock of `skus` to `units`, all available, in a sandbox's database (a run that
+/// owns its database reseeds it: the auditor then checks sales against the new seed). SKUs an
+/// order already holds are left alone.
+pub async fn set_stock(pool: &sqlx::PgPool, skus: &[&str], units: i32) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE inventory.stock SET seeded = $1, available = $1
+          WHERE sku = ANY($2) AND reserved = 0",
+    )
+    .bind(units)
+    .bind(skus)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A valid order body for the seeded catalog.
 pub fn order_body(
     customer_id: &str,
