@@ -164,13 +164,20 @@ async fn a_failing_handler_publishes_nothing_and_its_retry_publishes_once() {
         count(&env.pool, "SELECT count(*) FROM inventory.inbox").await,
         1
     );
-    let retried = metric(
-        &reqwest::Client::new(),
-        &probe.url,
-        "shop_messages_total{event=\"OrderConfirmed\",outcome=\"retried\"}",
-    )
-    .await;
-    assert_eq!(retried, 2);
+    // The delivery was parked; tries after it (the two failures' successor included) came from
+    // the parking lot, not from delay queues.
+    let http = reqwest::Client::new();
+    let series = |outcome: &str| {
+        format!("shop_messages_total{{event=\"OrderConfirmed\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(metric(&http, &probe.url, &series("parked")).await, 1);
+    assert_eq!(metric(&http, &probe.url, &series("unparked")).await, 1);
+    assert_eq!(metric(&http, &probe.url, "shop_retries_total").await, 0);
+    assert_eq!(
+        count(&env.pool, "SELECT count(*) FROM inventory.parked").await,
+        0,
+        "out of the parking lot"
+    );
 
     probe.stop().await;
     publisher.close().await;
@@ -410,16 +417,26 @@ async fn an_event_that_overtakes_its_prerequisite_is_deferred_not_dropped() {
         .publish(PaymentCompleted::ROUTING_KEY, &paid)
         .await;
     let inventory = shop.url("inventory");
-    eventually("payment deferred", || async {
+    eventually("payment parked", || async {
         metric(
             &shop.http,
             &inventory,
-            "shop_messages_total{event=\"PaymentCompleted\",outcome=\"retried\"}",
+            "shop_messages_total{event=\"PaymentCompleted\",outcome=\"parked\"}",
         )
         .await
             >= 1
     })
     .await;
+    assert_eq!(
+        shop.count("SELECT count(*) FROM inventory.parked").await,
+        1,
+        "it waits in the parking lot, acked"
+    );
+    assert_eq!(
+        metric(&shop.http, &inventory, "shop_retries_total").await,
+        0,
+        "not in a delay queue"
+    );
 
     // Meanwhile the queue is not blocked: another order goes through.
     let other = Uuid::now_v7();
@@ -452,6 +469,63 @@ async fn an_event_that_overtakes_its_prerequisite_is_deferred_not_dropped() {
             sku: "MUG-001".to_owned(),
             quantity: 2
         }]
+    );
+    // Applied after the commit of OrderPlaced, in the transaction that took it out of the lot.
+    eventually("counted as unparked", || async {
+        metric(
+            &shop.http,
+            &inventory,
+            "shop_messages_total{event=\"PaymentCompleted\",outcome=\"unparked\"}",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(shop.count("SELECT count(*) FROM inventory.parked").await, 0);
+    assert_eq!(
+        metric(&shop.http, &inventory, "shop_retries_total").await,
+        0
+    );
+    publisher.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_parked_before_a_restart_is_applied_once_its_prerequisite_arrives() {
+    let mut shop = Shop::start_only(&["inventory"]).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let order_id = Uuid::now_v7();
+
+    let paid = Envelope::new(&payment_completed(order_id, 1250), None);
+    publisher
+        .publish(PaymentCompleted::ROUTING_KEY, &paid)
+        .await;
+    eventually("payment parked", || async {
+        shop.count("SELECT count(*) FROM inventory.parked").await == 1
+    })
+    .await;
+
+    // The process that parked it (and remembered it) is gone; the new one learns of it only
+    // from the table, and its sweep applies it once OrderPlaced has committed.
+    shop.stop_service("inventory").await;
+    shop.start_service("inventory").await;
+    publisher
+        .publish(
+            OrderPlaced::ROUTING_KEY,
+            &Envelope::new(&order_placed(order_id, "TEE-001", 1), None),
+        )
+        .await;
+    let reserved = shop.spy.wait_for::<StockReserved>(order_id).await;
+    assert_eq!(reserved.envelope.causation_id, Some(paid.message_id));
+    eventually("out of the lot", || async {
+        shop.count("SELECT count(*) FROM inventory.parked").await == 0
+    })
+    .await;
+    assert_eq!(
+        shop.count("SELECT count(*) FROM inventory.reservations WHERE status = 'reserved'")
+            .await,
+        1,
+        "reserved once"
     );
     publisher.close().await;
     shop.stop().await;
@@ -545,13 +619,19 @@ async fn a_message_out_of_tries_is_dead_lettered_and_can_be_redriven() {
     let letter = &letters[0];
     assert_eq!(letter.message_id, Some(paid.message_id));
     assert_eq!(letter.order_id, Some(order_id));
-    assert_eq!(letter.attempts, Some(2));
+    // Parked, it was tried again until it had waited as long as two tries' retry schedule.
+    assert!(
+        letter.attempts.is_some_and(|n| n >= 2),
+        "{:?}",
+        letter.attempts
+    );
     assert_eq!(
         letter.original_routing_key.as_deref(),
         Some(PaymentCompleted::ROUTING_KEY)
     );
     assert!(
-        letter.reason.contains("gave up after 2 attempts"),
+        letter.reason.contains("gave up after")
+            && letter.reason.contains("OrderPlaced not seen yet"),
         "{}",
         letter.reason
     );

@@ -344,11 +344,11 @@ async fn stock_reserved_before_the_address_is_known_is_deferred_until_it_is() {
         .publish(StockReserved::ROUTING_KEY, &reserved)
         .await;
     let shipping = shop.url("shipping");
-    eventually("booking deferred", || async {
+    eventually("booking parked", || async {
         metric(
             &shop.http,
             &shipping,
-            "shop_messages_total{event=\"StockReserved\",outcome=\"retried\"}",
+            "shop_messages_total{event=\"StockReserved\",outcome=\"parked\"}",
         )
         .await
             >= 1

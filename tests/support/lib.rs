@@ -632,12 +632,12 @@ pub async fn insert_outbox_row<E: Event>(pool: &PgPool, schema: &str, event: &E)
         .execute(&mut *conn)
         .await
         .expect("search_path");
-    let envelope = Outbox::<E::Producer>::append(&mut conn, event, None)
+    let announced = Outbox::<E::Producer>::append(&mut conn, event, None)
         .await
         .expect("insert outbox row");
     sqlx::query("RESET search_path")
         .execute(&mut *conn)
         .await
         .expect("reset search_path");
-    envelope
+    announced.into_envelope()
 }

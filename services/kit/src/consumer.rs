@@ -2,22 +2,22 @@
 //! `message_id` in the inbox, applies the effect and appends the outgoing events; the ack
 //! follows the commit. A duplicate finds its id already there and is acked with no effect.
 //!
-//! Failures never block the queue: a handler that cannot proceed yet (an event that arrived
-//! before the fact it depends on) or hit a transient error is re-published to a delay queue
-//! and acked; after `max_attempts`, or at once for a message no retry can fix, it goes to the
-//! dead-letter queue with the reason in its headers.
+//! Failures never block the queue. An event that arrived before the fact it depends on is
+//! parked (see `parked`) and applied as soon as that fact commits. A transient error sends the
+//! message to a delay queue; after `max_attempts`, or at once for a message no retry can fix,
+//! it goes to the dead-letter queue with the reason in its headers.
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
-    Channel,
+    BasicProperties, Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 use shared_events::Envelope;
-use tokio::task::JoinSet;
+use tokio::{task::JoinSet, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -26,7 +26,8 @@ use crate::{
     db::{self, Db},
     handler::{Ctx, HandlerError, Routes, Service},
     metrics::Metrics,
-    publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
+    parked::{ParkedMessage, ParkingLot},
+    publisher::{Outgoing, PublishError, Publisher, envelope_properties, header_text, header_u32},
     telemetry::ErrorChain,
     topology::Topology,
 };
@@ -62,10 +63,28 @@ pub mod headers {
 enum Applied {
     Effect,
     Duplicate,
+    /// The parked message being tried again was already taken out of the lot.
+    Gone,
+}
+
+/// What came of trying a parked message again.
+enum Retried {
+    Applied,
+    Waiting,
+    Gone,
 }
 
 /// What a failed delivery becomes.
 enum Disposition {
+    /// Waits in the parking lot for the fact it depends on.
+    Park {
+        reason: String,
+    },
+    Move(Destination),
+}
+
+/// Where a copy of a failed message goes.
+enum Destination {
     /// `next_attempt` goes in the header; `delay_step` picks the delay queue.
     Retry {
         next_attempt: u32,
@@ -84,6 +103,7 @@ pub(crate) struct Consumer<S: Service> {
     pub(crate) db: Db,
     pub(crate) topology: Arc<Topology>,
     pub(crate) max_attempts: u32,
+    pub(crate) parking: Arc<ParkingLot>,
     pub(crate) metrics: Metrics,
 }
 
@@ -96,6 +116,7 @@ impl<S: Service> Clone for Consumer<S> {
             db: self.db.clone(),
             topology: self.topology.clone(),
             max_attempts: self.max_attempts,
+            parking: self.parking.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -122,10 +143,17 @@ impl<S: Service> Consumer<S> {
             )
             .await?;
         let mut in_flight = JoinSet::new();
+        let mut parked_sweep = tokio::time::interval(self.parking.sweep_interval);
+        parked_sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
                 () = failed.cancelled() => break Err(ConsumeError::ConnectionLost),
                 () = stop.cancelled() => break Ok(()),
+                _ = parked_sweep.tick() => {
+                    let consumer = self.clone();
+                    let publisher = publisher.clone();
+                    in_flight.spawn(async move { consumer.sweep_parked(&publisher).await });
+                }
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let consumer = self.clone();
@@ -185,7 +213,7 @@ impl<S: Service> Consumer<S> {
                         delivery,
                         publisher,
                         attempt,
-                        Disposition::DeadLetter { reason },
+                        Destination::DeadLetter { reason },
                     )
                     .await;
             }
@@ -201,38 +229,39 @@ impl<S: Service> Consumer<S> {
             attempt,
         );
         async {
-            let (outcome, disposition) = match self.apply(&envelope).await {
+            let (outcome, disposition) = match self.apply(&envelope, false).await {
                 Ok(Applied::Effect) => ("applied", None),
-                Ok(Applied::Duplicate) => ("duplicate", None),
-                Err(HandlerError::Rejected(reason)) => {
-                    ("rejected", Some(Disposition::DeadLetter { reason }))
+                Ok(Applied::Duplicate | Applied::Gone) => ("duplicate", None),
+                Err(HandlerError::Deferred(reason)) => {
+                    ("parked", Some(Disposition::Park { reason }))
                 }
+                Err(HandlerError::Rejected(reason)) => ("rejected", Some(dead_letter(reason))),
                 // Data the database cannot hold: every attempt would fail the same way.
                 Err(HandlerError::Database(e)) if db::is_data_exception(&e) => {
                     let reason = format!("the database cannot store this message's data: {e}");
-                    ("rejected", Some(Disposition::DeadLetter { reason }))
+                    ("rejected", Some(dead_letter(reason)))
                 }
                 // The database is away (restarting, failing over): not this message's fault,
                 // so the try does not count; it waits in a delay queue like any retry.
                 Err(HandlerError::Database(e)) if db::is_connection_error(&e) => {
-                    let retry = Disposition::Retry {
+                    let retry = Destination::Retry {
                         next_attempt: attempt,
                         delay_step: attempt + 1,
                         error: e.to_string(),
                     };
-                    ("retried", Some(retry))
+                    ("retried", Some(Disposition::Move(retry)))
                 }
                 Err(e) if attempt >= self.max_attempts => {
                     let reason = format!("gave up after {attempt} attempts: {e}");
-                    ("exhausted", Some(Disposition::DeadLetter { reason }))
+                    ("exhausted", Some(dead_letter(reason)))
                 }
                 Err(e) => {
-                    let retry = Disposition::Retry {
+                    let retry = Destination::Retry {
                         next_attempt: attempt + 1,
                         delay_step: attempt + 1,
                         error: e.to_string(),
                     };
-                    ("retried", Some(retry))
+                    ("retried", Some(Disposition::Move(retry)))
                 }
             };
             self.metrics.inc(
@@ -243,9 +272,17 @@ impl<S: Service> Consumer<S> {
                 None => {
                     tracing::info!(outcome, "handled");
                     ack(&delivery).await;
+                    if outcome == "applied" {
+                        self.unpark_order(envelope.correlation_id, publisher, false)
+                            .await;
+                    }
                 }
-                Some(disposition) => {
-                    self.reroute(delivery, publisher, attempt, disposition)
+                Some(Disposition::Park { reason }) => {
+                    self.park(delivery, &envelope, publisher, attempt, reason)
+                        .await;
+                }
+                Some(Disposition::Move(destination)) => {
+                    self.reroute(delivery, publisher, attempt, destination)
                         .await;
                 }
             }
@@ -254,9 +291,13 @@ impl<S: Service> Consumer<S> {
         .await;
     }
 
-    /// Inbox entry, effect and outgoing events in one transaction.
-    async fn apply(&self, envelope: &Envelope) -> Result<Applied, HandlerError> {
+    /// Inbox entry, effect and outgoing events in one transaction; `unparking` takes the
+    /// message out of the parking lot in that same transaction.
+    async fn apply(&self, envelope: &Envelope, unparking: bool) -> Result<Applied, HandlerError> {
         let mut tx = self.db.begin().await?;
+        if unparking && !ParkingLot::remove(&mut *tx, envelope.message_id).await? {
+            return Ok(Applied::Gone);
+        }
         // The first delivery inserts the id (0 duplicates so far); a later one finds it and
         // only counts itself, so duplicates absorbed stay auditable after restarts.
         let duplicates: i32 = sqlx::query_scalar(
@@ -286,7 +327,7 @@ impl<S: Service> Consumer<S> {
             )));
         };
         handled.await?;
-        self.db.commit(ctx.tx).await?;
+        self.db.commit(ctx.tx, ctx.announced).await?;
         Ok(Applied::Effect)
     }
 
@@ -297,17 +338,44 @@ impl<S: Service> Consumer<S> {
         delivery: Delivery,
         publisher: &Publisher,
         attempt: u32,
-        disposition: Disposition,
+        destination: Destination,
     ) {
         let original_routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
             .unwrap_or_else(|| delivery.routing_key.to_string());
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let moved = self
+            .move_on(
+                publisher,
+                &delivery.data,
+                delivery.properties.clone(),
+                &original_routing_key,
+                attempt,
+                destination,
+            )
+            .await;
+        match moved {
+            Ok(()) => ack(&delivery).await,
+            Err(e) => requeue(&delivery, &e).await,
+        }
+    }
+
+    /// Publishes a copy of a failed message to a delay queue or the dead-letter queue, its
+    /// headers saying which try it was, why, and where it was first routed.
+    async fn move_on(
+        &self,
+        publisher: &Publisher,
+        body: &[u8],
+        properties: BasicProperties,
+        original_routing_key: &str,
+        attempt: u32,
+        destination: Destination,
+    ) -> Result<(), PublishError> {
+        let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
             headers::ORIGINAL_ROUTING_KEY.into(),
-            text(&original_routing_key),
+            text(original_routing_key),
         );
-        let (queue, metric) = match &disposition {
-            Disposition::Retry {
+        let (queue, metric) = match &destination {
+            Destination::Retry {
                 next_attempt,
                 delay_step,
                 error,
@@ -323,7 +391,7 @@ impl<S: Service> Consumer<S> {
                     "shop_retries_total",
                 )
             }
-            Disposition::DeadLetter { reason } => {
+            Destination::DeadLetter { reason } => {
                 tracing::error!(%reason, attempt, "dead-lettering message");
                 headers.insert(
                     headers::ATTEMPT.into(),
@@ -339,17 +407,227 @@ impl<S: Service> Consumer<S> {
         let copy = Outgoing {
             exchange: &self.topology.private_exchange,
             routing_key: queue,
-            body: &delivery.data,
-            properties: delivery.properties.clone().with_headers(headers),
+            body,
+            properties: properties.with_headers(headers),
         };
-        match publisher.publish(copy).await {
+        publisher.publish(copy).await?;
+        self.metrics.inc(metric, &[]);
+        Ok(())
+    }
+
+    /// Parks a delivery whose handler is waiting for another fact, then acks it. A delivery
+    /// that cannot be parked (the database is away) takes a delay queue instead.
+    async fn park(
+        &self,
+        delivery: Delivery,
+        envelope: &Envelope,
+        publisher: &Publisher,
+        attempt: u32,
+        reason: String,
+    ) {
+        let routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.to_string());
+        let parked = self
+            .parking
+            .park(
+                &self.db.pool,
+                envelope,
+                &routing_key,
+                &delivery.data,
+                attempt,
+                &reason,
+            )
+            .await;
+        match parked {
             Ok(()) => {
-                self.metrics.inc(metric, &[]);
+                tracing::info!(%reason, "parked until what it waits for commits");
                 ack(&delivery).await;
+                // What it waits for may have committed while it was being parked.
+                self.unpark_order(envelope.correlation_id, publisher, true)
+                    .await;
             }
-            Err(e) => requeue(&delivery, &e).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot park the message; it takes a delay queue");
+                let retry = Destination::Retry {
+                    next_attempt: attempt + 1,
+                    delay_step: attempt + 1,
+                    error: reason,
+                };
+                self.reroute(delivery, publisher, attempt, retry).await;
+            }
         }
     }
+
+    /// Tries again the messages parked for `order_id` after a commit for that order (if this
+    /// process parked any, or `parked_here`), going round while tries free others.
+    async fn unpark_order(&self, order_id: Uuid, publisher: &Publisher, parked_here: bool) {
+        if !self.parking.begin_pass(order_id, parked_here) {
+            return;
+        }
+        loop {
+            let (mut still_waiting, mut applied_any) = (false, false);
+            match self.parking.of_order(&self.db.pool, order_id).await {
+                Ok(parked) => {
+                    for message_id in parked {
+                        match self.retry_parked(message_id, publisher).await {
+                            Retried::Applied => applied_any = true,
+                            Retried::Waiting => still_waiting = true,
+                            Retried::Gone => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %order_id, "cannot read parked messages; the sweep will retry them");
+                    still_waiting = true;
+                }
+            }
+            if !self.parking.end_pass(order_id, still_waiting, applied_any) {
+                return;
+            }
+        }
+    }
+
+    /// Tries the parked messages of orders that are due (another instance's, from before a
+    /// restart, or those no commit here has freed).
+    async fn sweep_parked(&self, publisher: &Publisher) {
+        let Some(due) = self.parking.due(&self.db.pool).await else {
+            return;
+        };
+        match due {
+            Ok(orders) => {
+                for order_id in orders {
+                    self.unpark_order(order_id, publisher, true).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read parked messages"),
+        }
+        self.parking.sweep_done();
+    }
+
+    /// One more try of a parked message: applied (and out of the lot in the same
+    /// transaction), still waiting (tried again later, or dead-lettered once it has waited
+    /// longer than the retry schedule), or gone (another try got there first).
+    async fn retry_parked(&self, message_id: Uuid, publisher: &Publisher) -> Retried {
+        let parked = match ParkingLot::read(&self.db.pool, message_id).await {
+            Ok(Some(parked)) => parked,
+            Ok(None) => return Retried::Gone,
+            Err(e) => {
+                tracing::warn!(error = %e, %message_id, "cannot read a parked message");
+                return Retried::Waiting;
+            }
+        };
+        let attempt = u32::try_from(parked.attempts).unwrap_or(0) + 1;
+        let envelope = match Envelope::from_json(&parked.body) {
+            Ok(envelope) => envelope,
+            // It was read before it was parked; a row changed since can only be dead-lettered.
+            Err(e) => {
+                let reason = format!("parked message no longer readable: {e}");
+                self.dead_letter_parked(
+                    message_id,
+                    &parked,
+                    BasicProperties::default(),
+                    attempt,
+                    reason,
+                    publisher,
+                )
+                .await;
+                return Retried::Gone;
+            }
+        };
+        let span = tracing::info_span!(
+            "unpark",
+            service = self.service,
+            event_type = %envelope.event_type,
+            message_id = %envelope.message_id,
+            order_id = %envelope.correlation_id,
+            correlation_id = %envelope.correlation_id,
+            causation_id = ?envelope.causation_id,
+            attempt,
+        );
+        async {
+            let waited = parked.waited();
+            let properties = envelope_properties(&envelope);
+            let reason = match self.apply(&envelope, true).await {
+                Ok(Applied::Effect) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", &envelope.event_type), ("outcome", "unparked")],
+                    );
+                    tracing::info!(waited_ms = waited.as_millis(), "handled after waiting");
+                    return Retried::Applied;
+                }
+                Ok(Applied::Duplicate | Applied::Gone) => return Retried::Gone,
+                Err(HandlerError::Deferred(reason)) if waited < self.parking.patience => {
+                    if let Err(e) = self
+                        .parking
+                        .waited_again(&self.db.pool, message_id, attempt, &reason)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot count the try of a parked message");
+                    }
+                    return Retried::Waiting;
+                }
+                Err(HandlerError::Deferred(reason)) => format!(
+                    "gave up after {attempt} attempts over {:.1} s waiting: {reason}",
+                    waited.as_secs_f64()
+                ),
+                Err(HandlerError::Rejected(reason)) => reason,
+                Err(HandlerError::Database(e)) if db::is_data_exception(&e) => {
+                    format!("the database cannot store this message's data: {e}")
+                }
+                Err(HandlerError::Database(e)) => {
+                    tracing::warn!(error = %e, "parked message not applied; trying again later");
+                    return Retried::Waiting;
+                }
+            };
+            self.metrics.inc(
+                "shop_messages_total",
+                &[("event", &envelope.event_type), ("outcome", "exhausted")],
+            );
+            self.dead_letter_parked(message_id, &parked, properties, attempt, reason, publisher)
+                .await;
+            Retried::Gone
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Dead-letters a parked message, then takes it out of the lot (a crash in between leaves
+    /// a copy in both, never in neither).
+    async fn dead_letter_parked(
+        &self,
+        message_id: Uuid,
+        parked: &ParkedMessage,
+        properties: BasicProperties,
+        attempt: u32,
+        reason: String,
+        publisher: &Publisher,
+    ) {
+        let moved = self
+            .move_on(
+                publisher,
+                &parked.body,
+                properties,
+                &parked.routing_key,
+                attempt,
+                Destination::DeadLetter { reason },
+            )
+            .await;
+        let removed = match moved {
+            Ok(()) => ParkingLot::remove(&self.db.pool, message_id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(ErrorChain(&e).to_string()),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(%error, %message_id, "parked message not dead-lettered; trying again later");
+        }
+    }
+}
+
+fn dead_letter(reason: String) -> Disposition {
+    Disposition::Move(Destination::DeadLetter { reason })
 }
 
 fn text(value: &str) -> AMQPValue {

@@ -1,24 +1,49 @@
 //! The service's database handle: a pool scoped to the service's own schema, migrations whose
-//! history lives in that schema, and the wake-up that tells the relay a commit added events.
+//! history lives in that schema, and the feed that hands the relay the events a commit added.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use shared_events::Envelope;
 use sqlx::{
     PgPool, Postgres, Transaction,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{backoff::Backoff, config::Config};
+
+/// Events a relay may be behind on before commits stop handing it theirs; past that, the rows
+/// wait in the outbox for the relay's sweep.
+const FEED_CAPACITY: usize = 8192;
+
+/// An event written to the outbox by a transaction that has not committed yet.
+pub struct Announced {
+    pub(crate) id: i64,
+    pub(crate) routing_key: &'static str,
+    pub(crate) envelope: Envelope,
+}
+
+impl Announced {
+    pub fn into_envelope(self) -> Envelope {
+        self.envelope
+    }
+}
+
+pub(crate) type Feed = mpsc::Receiver<Announced>;
 
 #[derive(Clone)]
 pub struct Db {
     pub pool: PgPool,
     /// The schema this service owns; also the prefix of its outbox and inbox tables.
     pub schema: &'static str,
-    relay_wake: Arc<Notify>,
+    feed: mpsc::Sender<Announced>,
+    /// Taken by the service's one relay.
+    feed_receiver: Arc<Mutex<Option<Feed>>>,
 }
 
 impl Db {
@@ -29,6 +54,9 @@ impl Db {
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(5))
+            // No ping before every transaction (a round trip each): a dead connection fails its
+            // statement instead, which every caller already treats as "database away, retry".
+            .test_before_acquire(false)
             // Unqualified names (the kit's `outbox` and `inbox`) resolve in the service's own
             // schema; the services' own SQL names its schema explicitly.
             .connect_lazy_with(
@@ -36,10 +64,12 @@ impl Db {
                     .application_name(schema)
                     .options([("search_path", schema)]),
             );
+        let (feed, feed_receiver) = mpsc::channel(FEED_CAPACITY);
         Ok(Self {
             pool,
             schema,
-            relay_wake: Arc::new(Notify::new()),
+            feed,
+            feed_receiver: Arc::new(Mutex::new(Some(feed_receiver))),
         })
     }
 
@@ -47,15 +77,29 @@ impl Db {
         self.pool.begin().await
     }
 
-    /// Commits, then wakes the outbox relay: events leave right after the commit that wrote them.
-    pub async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    /// Commits, then hands the events the transaction announced to the relay, so they leave
+    /// right after the commit without the relay reading them back. A relay that is away or far
+    /// behind misses them here and finds them in the outbox on its sweep.
+    pub async fn commit(
+        &self,
+        tx: Transaction<'static, Postgres>,
+        announced: Vec<Announced>,
+    ) -> Result<(), sqlx::Error> {
         tx.commit().await?;
-        self.relay_wake.notify_one();
+        for event in announced {
+            if self.feed.try_send(event).is_err() {
+                break;
+            }
+        }
         Ok(())
     }
 
-    pub(crate) fn relay_wake(&self) -> Arc<Notify> {
-        self.relay_wake.clone()
+    /// The receiving end of the commits' feed, for the one relay of this service.
+    pub(crate) fn take_feed(&self) -> Option<Feed> {
+        self.feed_receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Applies the kit's migrations (outbox and inbox, history in `<schema>._kit_migrations`),

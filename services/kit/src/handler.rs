@@ -8,7 +8,7 @@ use shared_events::{Envelope, Event, EventInfo, Participant};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::outbox::Outbox;
+use crate::{db::Announced, outbox::Outbox};
 
 /// A service's state (what its handlers share), tied to who it is in the event catalog.
 pub trait Service: Send + Sync + 'static {
@@ -118,6 +118,8 @@ impl<S: Service> Routes<S> {
 /// participant the service is: only its own events can be announced.
 pub struct Ctx<P> {
     pub(crate) tx: Transaction<'static, Postgres>,
+    /// What the handler announced, handed to the relay once the transaction commits.
+    pub(crate) announced: Vec<Announced>,
     message_id: Uuid,
     participant: PhantomData<fn() -> P>,
 }
@@ -126,6 +128,7 @@ impl<P: Participant> Ctx<P> {
     pub(crate) fn new(tx: Transaction<'static, Postgres>, message_id: Uuid) -> Self {
         Self {
             tx,
+            announced: Vec::new(),
             message_id,
             participant: PhantomData,
         }
@@ -164,7 +167,8 @@ impl<P: Participant> Ctx<P> {
     /// }
     /// ```
     pub async fn announce<E: Event<Producer = P>>(&mut self, event: &E) -> Result<(), sqlx::Error> {
-        Outbox::<P>::append(&mut self.tx, event, Some(self.message_id)).await?;
+        let announced = Outbox::<P>::append(&mut self.tx, event, Some(self.message_id)).await?;
+        self.announced.push(announced);
         Ok(())
     }
 }

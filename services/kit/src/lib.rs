@@ -23,6 +23,7 @@ mod handler;
 mod http;
 mod metrics;
 mod outbox;
+mod parked;
 pub mod publisher;
 mod retention;
 mod service;
@@ -33,7 +34,7 @@ pub mod topology;
 
 pub use config::Config;
 pub use consumer::headers;
-pub use db::Db;
+pub use db::{Announced, Db};
 pub use handler::{Ctx, Handler, HandlerError, HandlerFuture, Routes, Service};
 pub use http::ApiError;
 pub use metrics::Metrics;

@@ -4,23 +4,35 @@
 //! A crash after the broker confirmed but before the row was marked sent publishes the same
 //! `message_id` again on restart; consumers' inboxes absorb that duplicate.
 
-use std::{marker::PhantomData, sync::Arc, time::Duration};
+use std::{marker::PhantomData, time::Duration};
 
+use futures_util::{StreamExt, stream::FuturesOrdered};
 use shared_events::{Envelope, Event, Participant};
 use sqlx::PgConnection;
-use tokio::sync::Notify;
+use tokio::{
+    sync::{Mutex, mpsc},
+    time::MissedTickBehavior,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    db::Db,
+    db::{Announced, Db, Feed},
     metrics::Metrics,
     publisher::{Outgoing, PublishError, Publisher, envelope_properties},
     telemetry::ErrorChain,
 };
 
-/// Rows published per transaction: bounded so a backlog drains in steps that each commit.
+/// Rows a sweep publishes per transaction: bounded so a backlog drains in steps that each commit.
 const BATCH_SIZE: i64 = 200;
+/// How old an unsent row must be before a sweep takes it: younger rows are normally still
+/// travelling through the feed, and taking them too would publish them twice.
+const SWEEP_GRACE: Duration = Duration::from_secs(3);
+/// Confirmed rows marked sent per statement, at most.
+const MARK_BATCH: usize = 1000;
+/// How long confirmed rows gather before they are marked sent together: nothing waits on the
+/// mark, and one statement for many rows saves a transaction per event.
+const MARK_LINGER: Duration = Duration::from_millis(50);
 
 /// The outbox of participant `P`: only the events the catalog says `P` produces go in.
 pub struct Outbox<P>(PhantomData<fn() -> P>);
@@ -32,7 +44,7 @@ impl<P: Participant> Outbox<P> {
         conn: &mut PgConnection,
         event: &E,
         causation_id: Option<Uuid>,
-    ) -> Result<Envelope, sqlx::Error> {
+    ) -> Result<Announced, sqlx::Error> {
         append(conn, event, causation_id).await
     }
 }
@@ -41,12 +53,13 @@ async fn append<E: Event>(
     conn: &mut PgConnection,
     event: &E,
     causation_id: Option<Uuid>,
-) -> Result<Envelope, sqlx::Error> {
+) -> Result<Announced, sqlx::Error> {
     let envelope = Envelope::new(event, causation_id);
-    sqlx::query(
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO outbox
              (message_id, event_type, routing_key, correlation_id, causation_id, envelope)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id",
     )
     .bind(envelope.message_id)
     .bind(E::TYPE)
@@ -54,7 +67,7 @@ async fn append<E: Event>(
     .bind(envelope.correlation_id)
     .bind(envelope.causation_id)
     .bind(sqlx::types::Json(&envelope))
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
     tracing::debug!(
         message_id = %envelope.message_id,
@@ -63,76 +76,197 @@ async fn append<E: Event>(
         causation_id = ?envelope.causation_id,
         "event recorded in outbox"
     );
-    Ok(envelope)
+    Ok(Announced {
+        id,
+        routing_key: E::ROUTING_KEY,
+        envelope,
+    })
 }
 
-/// Publishes unsent outbox rows: right after a commit wakes it, and on a slow sweep for rows
-/// no wake-up announced (another instance's, or left by a crash).
+/// Publishes outbox rows. Committing transactions hand it the events they wrote (the feed):
+/// each is sent at once, its confirm awaited alongside later sends, and confirmed rows are
+/// marked sent in batches off that path. A periodic sweep publishes the rows no feed announced:
+/// another instance's, those committed while the broker was away, those left by a crash.
 pub(crate) struct Relay {
     db: Db,
-    wake: Arc<Notify>,
+    feed: Mutex<Feed>,
     sweep_interval: Duration,
     metrics: Metrics,
 }
 
 impl Relay {
     pub(crate) fn new(db: Db, sweep_interval: Duration, metrics: Metrics) -> Self {
+        let feed = db
+            .take_feed()
+            .expect("a service runs one relay, the only taker of its commits' feed");
         Self {
-            wake: db.relay_wake(),
             db,
+            feed: Mutex::new(feed),
             sweep_interval,
             metrics,
         }
     }
 
-    /// Runs until `stop` fires (`Ok`) or the broker connection fails (`Err`: reconnect).
-    /// Database trouble is logged and retried on the next sweep; it never ends the relay.
+    /// Runs until `stop` fires (`Ok`, after the confirms in flight arrived) or the broker
+    /// connection fails (`Err`: reconnect). Database trouble is logged and left to the next
+    /// sweep; it never ends the relay.
     pub(crate) async fn run(
         &self,
         publisher: &Publisher,
         exchange: &str,
         stop: &CancellationToken,
     ) -> Result<(), PublishError> {
+        let mut feed = self.feed.lock().await;
+        // Events fed while no session could publish them are still unsent rows: the first
+        // sweep, which takes every unsent row, publishes them in order.
+        while feed.try_recv().is_ok() {}
+        let (confirmed, to_mark) = mpsc::unbounded_channel();
+        let publishing = async move {
+            self.publish(&mut feed, publisher, exchange, stop, confirmed)
+                .await
+        };
+        let (result, ()) = tokio::join!(publishing, self.mark_sent(to_mark));
+        result
+    }
+
+    async fn publish(
+        &self,
+        feed: &mut Feed,
+        publisher: &Publisher,
+        exchange: &str,
+        stop: &CancellationToken,
+        confirmed: mpsc::UnboundedSender<i64>,
+    ) -> Result<(), PublishError> {
+        let mut in_flight = FuturesOrdered::new();
+        let mut sweep = tokio::time::interval(self.sweep_interval);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut grace = Duration::ZERO;
         loop {
-            loop {
-                match self.relay_batch(publisher, exchange).await {
-                    Ok(BatchOutcome::Drained) => break,
-                    Ok(BatchOutcome::More) => {}
-                    Ok(BatchOutcome::Failed(e)) if e.is_connection_error() => return Err(e),
-                    Ok(BatchOutcome::Failed(e)) => {
-                        tracing::warn!(error = %ErrorChain(&e), "outbox rows left unsent; retrying on the next sweep");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbox relay cannot read the database");
-                        break;
-                    }
-                }
-                if stop.is_cancelled() {
-                    return Ok(());
-                }
-            }
             tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.sweep_interval) => {}
-                () = stop.cancelled() => return Ok(()),
+                biased;
+                Some((id, result)) = in_flight.next() => {
+                    self.settle(id, result, &confirmed).await?;
+                }
+                () = stop.cancelled(), if in_flight.is_empty() => return Ok(()),
+                Some(event) = feed.recv(), if !stop.is_cancelled() => {
+                    let Announced { id, routing_key, envelope } = event;
+                    tracing::debug!(
+                        message_id = %envelope.message_id,
+                        event_type = %envelope.event_type,
+                        order_id = %envelope.correlation_id,
+                        causation_id = ?envelope.causation_id,
+                        "publishing"
+                    );
+                    let body = envelope.to_json();
+                    let message = Outgoing {
+                        exchange,
+                        routing_key,
+                        body: &body,
+                        properties: envelope_properties(&envelope),
+                    };
+                    match publisher.send(message).await {
+                        Ok(confirm) => in_flight.push_back(async move { (id, confirm.await) }),
+                        Err(e) => self.settle(id, Err(e), &confirmed).await?,
+                    }
+                }
+                _ = sweep.tick(), if in_flight.is_empty() && !stop.is_cancelled() => {
+                    self.sweep(publisher, exchange, grace).await?;
+                    grace = SWEEP_GRACE;
+                }
             }
         }
     }
 
-    /// Locks a batch of unsent rows (skipping rows another relay holds), publishes them,
-    /// marks the confirmed ones sent, all in one transaction.
-    async fn relay_batch(
+    /// Records a fed event's fate: confirmed rows go to be marked sent; a refused one keeps
+    /// its row unsent (with the error) for a later sweep; a failed connection ends the session.
+    async fn settle(
+        &self,
+        id: i64,
+        result: Result<(), PublishError>,
+        confirmed: &mpsc::UnboundedSender<i64>,
+    ) -> Result<(), PublishError> {
+        match result {
+            Ok(()) => {
+                self.metrics.inc("shop_outbox_published_total", &[]);
+                let _ = confirmed.send(id);
+                Ok(())
+            }
+            Err(e) if e.is_connection_error() => Err(e),
+            Err(e) => {
+                self.metrics.inc("shop_outbox_publish_failures_total", &[]);
+                tracing::warn!(error = %ErrorChain(&e), outbox_id = id, "event not published; retrying on a later sweep");
+                if let Err(db) = record_failure(&self.db.pool, id, &e).await {
+                    tracing::warn!(error = %db, "cannot record the publish failure");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks confirmed rows sent, as many per statement as have piled up. A mark lost to a
+    /// crash or a database error only means the row is published again (consumers' inboxes
+    /// absorb the copy).
+    async fn mark_sent(&self, mut confirmed: mpsc::UnboundedReceiver<i64>) {
+        let mut ids = Vec::new();
+        while confirmed.recv_many(&mut ids, MARK_BATCH).await > 0 {
+            tokio::time::sleep(MARK_LINGER).await;
+            while ids.len() < MARK_BATCH && !confirmed.is_empty() {
+                let room = MARK_BATCH - ids.len();
+                confirmed.recv_many(&mut ids, room).await;
+            }
+            let marked = sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&self.db.pool)
+                .await;
+            if let Err(e) = marked {
+                tracing::warn!(error = %e, rows = ids.len(), "cannot mark published rows sent; they will be published again");
+            }
+            ids.clear();
+        }
+    }
+
+    /// Publishes every unsent row older than `grace` (younger ones are still on their way
+    /// through the feed), batch by batch.
+    async fn sweep(
         &self,
         publisher: &Publisher,
         exchange: &str,
+        grace: Duration,
+    ) -> Result<(), PublishError> {
+        loop {
+            match self.sweep_batch(publisher, exchange, grace).await {
+                Ok(BatchOutcome::Drained) => return Ok(()),
+                Ok(BatchOutcome::More) => {}
+                Ok(BatchOutcome::Failed(e)) if e.is_connection_error() => return Err(e),
+                Ok(BatchOutcome::Failed(e)) => {
+                    tracing::warn!(error = %ErrorChain(&e), "outbox rows left unsent; retrying on the next sweep");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay cannot read the database");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Locks a batch of unsent rows (skipping rows another relay holds) and publishes them;
+    /// the confirmed ones are marked sent before the locks are released, so two relays never
+    /// both publish a row.
+    async fn sweep_batch(
+        &self,
+        publisher: &Publisher,
+        exchange: &str,
+        grace: Duration,
     ) -> Result<BatchOutcome, sqlx::Error> {
         let mut tx = self.db.begin().await?;
         let rows: Vec<(i64, String, sqlx::types::Json<Envelope>)> = sqlx::query_as(
             "SELECT id, routing_key, envelope FROM outbox
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+             WHERE sent_at IS NULL AND created_at <= now() - make_interval(secs => $2)
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(BATCH_SIZE)
+        .bind(grace.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -157,28 +291,11 @@ impl Relay {
 
         let mut sent = Vec::new();
         let mut first_failure = None;
-        for ((id, routing_key, envelope), result) in rows.iter().zip(results) {
+        for ((id, _, _), result) in rows.iter().zip(results) {
             match result {
-                Ok(()) => {
-                    tracing::info!(
-                        message_id = %envelope.message_id,
-                        event_type = %envelope.event_type,
-                        routing_key,
-                        order_id = %envelope.correlation_id,
-                        causation_id = ?envelope.causation_id,
-                        "published"
-                    );
-                    sent.push(*id);
-                }
+                Ok(()) => sent.push(*id),
                 Err(e) => {
-                    sqlx::query(
-                        "UPDATE outbox
-                         SET publish_attempts = publish_attempts + 1, last_error = $2 WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(e.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                    record_failure(&mut *tx, *id, &e).await?;
                     first_failure.get_or_insert(e);
                 }
             }
@@ -190,6 +307,10 @@ impl Relay {
         tx.commit().await?;
         self.metrics
             .add("shop_outbox_published_total", &[], sent.len() as u64);
+        tracing::info!(
+            rows = sent.len(),
+            "outbox sweep published rows no commit handed over"
+        );
 
         Ok(match first_failure {
             Some(e) => {
@@ -204,6 +325,21 @@ impl Relay {
             None => BatchOutcome::Drained,
         })
     }
+}
+
+async fn record_failure<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    id: i64,
+    error: &PublishError,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error.to_string())
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 enum BatchOutcome {

@@ -60,8 +60,7 @@ impl Publisher {
     }
 
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
-        let confirm = self.send(message).await?;
-        await_confirm(confirm).await
+        self.send(message).await?.await
     }
 
     /// Sends every message before waiting for any confirm (one round trip per batch, not per
@@ -74,14 +73,19 @@ impl Publisher {
         let mut results = Vec::with_capacity(pending.len());
         for sent in pending {
             results.push(match sent {
-                Ok(confirm) => await_confirm(confirm).await,
+                Ok(confirm) => confirm.await,
                 Err(e) => Err(e),
             });
         }
         results
     }
 
-    async fn send(&self, message: Outgoing<'_>) -> Result<PublisherConfirm, PublishError> {
+    /// Sends one message; the future it returns yields the broker's verdict, so a caller can
+    /// go on sending while confirms are on their way.
+    pub(crate) async fn send(
+        &self,
+        message: Outgoing<'_>,
+    ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static, PublishError> {
         // On a connection that died without lapin noticing yet, even the send can hang.
         let send = self.channel.basic_publish(
             ShortString::from(message.exchange),
@@ -94,7 +98,7 @@ impl Publisher {
             message.properties,
         );
         match tokio::time::timeout(CONFIRM_TIMEOUT, send).await {
-            Ok(sent) => Ok(sent?),
+            Ok(sent) => Ok(await_confirm(sent?)),
             Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
         }
     }

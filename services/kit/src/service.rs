@@ -10,6 +10,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, atomic::AtomicBool},
+    time::Duration,
 };
 
 use axum::Router;
@@ -26,6 +27,7 @@ use crate::{
     http::{Health, HttpLimits, health_routes, serve},
     metrics::Metrics,
     outbox::Relay,
+    parked::ParkingLot,
     retention::{self, Retention},
     session::Supervisor,
     topology::Topology,
@@ -191,6 +193,10 @@ async fn run<S: Service>(
                 db: db.clone(),
                 topology,
                 max_attempts: config.max_attempts,
+                parking: Arc::new(ParkingLot::new(
+                    config.retry_schedule(),
+                    parked_sweep_interval(&config),
+                )),
                 metrics: metrics.clone(),
             },
             relay: announces
@@ -211,4 +217,11 @@ async fn run<S: Service>(
     db.pool.close().await;
     tracing::info!(service, "stopped");
     result
+}
+
+/// Parked messages no commit here frees are swept as often as the first retry delay used to
+/// retry them, but no more than twenty times a second.
+fn parked_sweep_interval(config: &Config) -> Duration {
+    let first_delay = config.retry_delays.first().copied().unwrap_or_default();
+    first_delay.max(Duration::from_millis(50))
 }

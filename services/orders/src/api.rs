@@ -234,8 +234,8 @@ async fn place_order(
         payment_method: request.payment_method.clone(),
         shipping_address: request.shipping_address.clone(),
     };
-    Outbox::append(&mut tx, &placed, None).await?;
-    db.commit(tx).await?;
+    let announced = Outbox::append(&mut tx, &placed, None).await?;
+    db.commit(tx, vec![announced]).await?;
     tracing::info!(%order_id, total_cents, "order placed");
     Ok(accepted(order_id, Status::Pending, false))
 }

@@ -620,11 +620,12 @@ impl Target {
         .ok()
     }
 
-    /// Deliveries handled by all services so far, and of those sent to a retry queue (their
-    /// `shop_messages_total` counters).
-    async fn deliveries(&self, http: &reqwest::Client) -> Option<(u64, u64)> {
+    /// Deliveries handled by all services so far, and of those the ones parked and the ones
+    /// sent to a retry queue (their `shop_messages_total` counters; a parked message's later
+    /// application is not a delivery).
+    async fn deliveries(&self, http: &reqwest::Client) -> Option<(u64, u64, u64)> {
         let own = self.own.as_ref()?;
-        let (mut total, mut retried) = (0, 0);
+        let (mut total, mut parked, mut retried) = (0, 0, 0);
         for service in &own.1.services {
             let text = http
                 .get(format!("{}/metrics", service.url()))
@@ -639,13 +640,19 @@ impl Target {
                 .filter(|l| l.starts_with("shop_messages_total"))
             {
                 let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+                if line.contains("outcome=\"unparked\"") {
+                    continue;
+                }
                 total += n;
+                if line.contains("outcome=\"parked\"") {
+                    parked += n;
+                }
                 if line.contains("outcome=\"retried\"") {
                     retried += n;
                 }
             }
         }
-        Some((total, retried))
+        Some((total, parked, retried))
     }
 }
 
@@ -1185,8 +1192,9 @@ struct Summary {
 struct PerOrder {
     transactions: f64,
     deliveries: f64,
-    /// Deliveries sent to a retry queue (mostly: an event handled before the one it depends
-    /// on had committed, deferred).
+    /// Deliveries parked: an event handled before the one it depends on had committed.
+    parked: f64,
+    /// Deliveries sent to a retry queue (a transient failure).
     retried: f64,
 }
 
@@ -1292,6 +1300,7 @@ async fn measure(
         (Some(before), Some(after)) => Some((
             after.0.saturating_sub(before.0),
             after.1.saturating_sub(before.1),
+            after.2.saturating_sub(before.2),
         )),
         _ => None,
     };
@@ -1309,7 +1318,8 @@ async fn measure(
         (Some(commits), Some(deliveries)) if settled_total > 0 => Some(PerOrder {
             transactions: round1(commits as f64 / settled_total as f64),
             deliveries: round1(deliveries.0 as f64 / settled_total as f64),
-            retried: round3(deliveries.1 as f64 / settled_total as f64),
+            parked: round3(deliveries.1 as f64 / settled_total as f64),
+            retried: round3(deliveries.2 as f64 / settled_total as f64),
         }),
         _ => None,
     };
@@ -1416,8 +1426,8 @@ fn render(summary: &Summary) -> String {
     if let Some(per_order) = &summary.per_order {
         let _ = writeln!(
             out,
-            "per settled order:   {} transactions, {} deliveries, {} sent to a retry queue",
-            per_order.transactions, per_order.deliveries, per_order.retried
+            "per settled order:   {} transactions, {} deliveries, {} parked, {} sent to a retry queue",
+            per_order.transactions, per_order.deliveries, per_order.parked, per_order.retried
         );
     }
     if let Some(ceiling) = &summary.ceiling {
