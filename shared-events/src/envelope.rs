@@ -4,11 +4,23 @@ use uuid::Uuid;
 
 use crate::Event;
 
-/// The JSON body of every message on the wire (docs/architecture.md, "The envelope").
+/// The CloudEvents version of every message on the wire.
+pub const CLOUDEVENTS_SPEC_VERSION: &str = "1.0";
+/// The content type of a CloudEvent in structured mode (the whole event is the JSON body).
+pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Every event's CloudEvents `type` is `shop.<Event>.v<version>`.
+const TYPE_PREFIX: &str = "shop.";
+/// Every event's CloudEvents `source` is `urn:shop:<producing service>`.
+const SOURCE_PREFIX: &str = "urn:shop:";
+const DATA_CONTENT_TYPE: &str = "application/json";
+
+/// One event of the shop. On the wire it is a CloudEvent 1.0 in structured JSON mode
+/// (docs/architecture.md, "The envelope"), so any CloudEvents SDK reads it.
 ///
 /// The payload stays raw JSON until a consumer that knows the type asks for it, so a message
 /// of an unknown type or version can still be read, logged and dead-lettered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "CloudEvent", into = "CloudEvent")]
 pub struct Envelope {
     pub message_id: Uuid,
     #[serde(rename = "type")]
@@ -23,9 +35,120 @@ pub struct Envelope {
     pub payload: serde_json::Value,
 }
 
+/// The CloudEvents attributes of an envelope, as they travel.
+#[derive(Serialize, Deserialize)]
+struct CloudEvent {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    datacontenttype: Option<String>,
+    /// Extension attributes: lower-case letters and digits only, as CloudEvents requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    correlationid: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    causationid: Option<Uuid>,
+    /// The distributed-tracing extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<serde_json::Value>,
+}
+
+impl From<Envelope> for CloudEvent {
+    fn from(envelope: Envelope) -> Self {
+        Self {
+            specversion: CLOUDEVENTS_SPEC_VERSION.to_owned(),
+            id: envelope.message_id.to_string(),
+            source: format!("{SOURCE_PREFIX}{}", envelope.producer),
+            event_type: cloudevents_type(&envelope.event_type, envelope.version),
+            subject: Some(envelope.correlation_id.to_string()),
+            time: Some(envelope.occurred_at),
+            datacontenttype: Some(DATA_CONTENT_TYPE.to_owned()),
+            correlationid: Some(envelope.correlation_id),
+            causationid: envelope.causation_id,
+            traceparent: Some(envelope.traceparent()),
+            data: Some(envelope.payload),
+        }
+    }
+}
+
+impl TryFrom<CloudEvent> for Envelope {
+    type Error = String;
+
+    /// Accepts a valid CloudEvent 1.0 that carries everything a shop event has.
+    fn try_from(event: CloudEvent) -> Result<Self, String> {
+        if event.specversion != CLOUDEVENTS_SPEC_VERSION {
+            return Err(format!(
+                "specversion {:?} is not CloudEvents {CLOUDEVENTS_SPEC_VERSION}",
+                event.specversion
+            ));
+        }
+        let message_id =
+            Uuid::parse_str(&event.id).map_err(|_| format!("id {:?} is not a UUID", event.id))?;
+        let producer = event
+            .source
+            .strip_prefix(SOURCE_PREFIX)
+            .filter(|service| !service.is_empty())
+            .ok_or_else(|| format!("source {:?} is not {SOURCE_PREFIX}<service>", event.source))?;
+        let (event_type, version) = parse_cloudevents_type(&event.event_type)?;
+        let correlation_id = event
+            .correlationid
+            .ok_or("the correlationid attribute (the order id) is missing")?;
+        if let Some(subject) = &event.subject
+            && *subject != correlation_id.to_string()
+        {
+            return Err(format!(
+                "subject {subject:?} is not the order id {correlation_id}"
+            ));
+        }
+        if let Some(content_type) = &event.datacontenttype
+            && content_type != DATA_CONTENT_TYPE
+        {
+            return Err(format!(
+                "datacontenttype {content_type:?} is not {DATA_CONTENT_TYPE}"
+            ));
+        }
+        Ok(Self {
+            message_id,
+            event_type: event_type.to_owned(),
+            version,
+            occurred_at: event.time.ok_or("the time attribute is missing")?,
+            producer: producer.to_owned(),
+            correlation_id,
+            causation_id: event.causationid,
+            payload: event.data.ok_or("the data attribute is missing")?,
+        })
+    }
+}
+
+/// `shop.PaymentCompleted.v1` for version 1 of PaymentCompleted.
+pub fn cloudevents_type(event_type: &str, version: u32) -> String {
+    format!("{TYPE_PREFIX}{event_type}.v{version}")
+}
+
+fn parse_cloudevents_type(ce_type: &str) -> Result<(&str, u32), String> {
+    let invalid = || format!("type {ce_type:?} is not shop.<Event>.v<version>");
+    let (name, version) = ce_type
+        .strip_prefix(TYPE_PREFIX)
+        .and_then(|rest| rest.rsplit_once(".v"))
+        .ok_or_else(invalid)?;
+    let version = version.parse().map_err(|_| invalid())?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(invalid());
+    }
+    Ok((name, version))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("malformed envelope: {0}")]
+    #[error("not a shop CloudEvent: {0}")]
     Malformed(serde_json::Error),
     #[error("expected a {expected} event, got {actual}")]
     WrongType {
@@ -69,6 +192,19 @@ impl Envelope {
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain data with string keys cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The CloudEvents `type`: `shop.<Event>.v<version>`.
+    pub fn cloudevents_type(&self) -> String {
+        cloudevents_type(&self.event_type, self.version)
+    }
+
+    /// A W3C `traceparent` putting every event of one saga in one trace: the trace id is the
+    /// correlation (order) id, the parent span id is taken from the message id.
+    pub fn traceparent(&self) -> String {
+        let trace_id = self.correlation_id.simple().to_string();
+        let message_id = self.message_id.simple().to_string();
+        format!("00-{trace_id}-{}-01", &message_id[16..])
     }
 
     /// The typed payload, if this envelope carries a readable `E`.
@@ -131,6 +267,100 @@ mod tests {
             envelope.decode::<OrderConfirmed>(),
             Err(DecodeError::UnsupportedVersion { actual: 2, .. })
         ));
+    }
+
+    #[test]
+    fn on_the_wire_it_is_a_structured_cloudevent() {
+        let order_id = Uuid::now_v7();
+        let cause = Uuid::now_v7();
+        let envelope = Envelope::new(&OrderConfirmed { order_id }, Some(cause));
+        let wire: serde_json::Value = serde_json::from_slice(&envelope.to_json()).expect("JSON");
+        assert_eq!(wire["specversion"], "1.0");
+        assert_eq!(wire["id"], envelope.message_id.to_string());
+        assert_eq!(wire["source"], "urn:shop:orders");
+        assert_eq!(wire["type"], "shop.OrderConfirmed.v1");
+        assert_eq!(wire["subject"], order_id.to_string());
+        assert_eq!(wire["datacontenttype"], "application/json");
+        assert_eq!(wire["correlationid"], order_id.to_string());
+        assert_eq!(wire["causationid"], cause.to_string());
+        assert_eq!(wire["traceparent"], envelope.traceparent());
+        assert_eq!(wire["data"]["order_id"], order_id.to_string());
+        assert_eq!(
+            Envelope::from_json(&envelope.to_json()).ok(),
+            Some(envelope),
+            "round trip"
+        );
+    }
+
+    #[test]
+    fn a_message_that_is_not_a_shop_cloudevent_is_refused_with_the_reason() {
+        let valid = Envelope::new(
+            &OrderConfirmed {
+                order_id: Uuid::now_v7(),
+            },
+            None,
+        );
+        let wire: serde_json::Value = serde_json::from_slice(&valid.to_json()).expect("JSON");
+        let broken = |change: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+            let mut event = wire.as_object().expect("an object").clone();
+            change(&mut event);
+            let bytes = serde_json::to_vec(&event).expect("JSON");
+            match Envelope::from_json(&bytes) {
+                Err(DecodeError::Malformed(e)) => e.to_string(),
+                other => panic!("accepted {event:?}: {other:?}"),
+            }
+        };
+        type Change = dyn Fn(&mut serde_json::Map<String, serde_json::Value>);
+        let cases: [(&Change, &str); 9] = [
+            (&|e| drop(e.remove("specversion")), "specversion"),
+            (
+                &|e| drop(e.insert("specversion".into(), "0.3".into())),
+                "specversion",
+            ),
+            (
+                &|e| drop(e.insert("id".into(), "order-1".into())),
+                "not a UUID",
+            ),
+            (
+                &|e| drop(e.insert("source".into(), "/payment".into())),
+                "source",
+            ),
+            (
+                &|e| drop(e.insert("type".into(), "OrderConfirmed".into())),
+                "type",
+            ),
+            (
+                &|e| drop(e.insert("type".into(), "shop.OrderConfirmed.one".into())),
+                "type",
+            ),
+            (&|e| drop(e.remove("correlationid")), "correlationid"),
+            (&|e| drop(e.remove("time")), "time"),
+            (&|e| drop(e.remove("data")), "data"),
+        ];
+        for (change, expected) in cases {
+            let reason = broken(change);
+            assert!(
+                reason.contains(expected),
+                "{reason:?} should name {expected}"
+            );
+        }
+        let other_subject = broken(&|e| drop(e.insert("subject".into(), "x".into())));
+        assert!(other_subject.contains("subject"), "{other_subject}");
+        let other_content =
+            broken(&|e| drop(e.insert("datacontenttype".into(), "text/plain".into())));
+        assert!(other_content.contains("datacontenttype"), "{other_content}");
+    }
+
+    #[test]
+    fn cloudevents_types_name_the_event_and_its_version() {
+        assert_eq!(cloudevents_type("OrderPlaced", 1), "shop.OrderPlaced.v1");
+        assert_eq!(
+            parse_cloudevents_type("shop.OrderPlaced.v12"),
+            Ok(("OrderPlaced", 12))
+        );
+        assert!(parse_cloudevents_type("shop..v1").is_err());
+        assert!(parse_cloudevents_type("shop.Order.Placed.v1").is_err());
+        assert!(parse_cloudevents_type("com.example.OrderPlaced.v1").is_err());
     }
 
     #[test]

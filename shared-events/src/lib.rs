@@ -6,7 +6,9 @@
 mod envelope;
 mod events;
 
-pub use envelope::{DecodeError, Envelope};
+pub use envelope::{
+    CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_SPEC_VERSION, DecodeError, Envelope, cloudevents_type,
+};
 pub use events::*;
 
 /// One of the shop's services as the contract knows it: a name, and (through

@@ -122,7 +122,7 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
         );
         assert_eq!(
             properties.kind().as_ref().map(ToString::to_string),
-            Some(event_type.to_owned())
+            Some(format!("shop.{event_type}.v1"))
         );
         assert_eq!(
             properties.app_id().as_ref().map(ToString::to_string),
@@ -131,7 +131,7 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
         assert_eq!(properties.delivery_mode(), &Some(2));
         assert_eq!(
             properties.content_type().as_ref().map(ToString::to_string),
-            Some("application/json".to_owned())
+            Some("application/cloudevents+json".to_owned())
         );
         assert_eq!(header(event, "causation_id"), cause.map(|c| c.to_string()));
         assert!(

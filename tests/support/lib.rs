@@ -14,7 +14,8 @@ use lapin::{
 };
 use serde_json::{Value, json};
 use service_kit::{
-    BoundService, CancellationToken, Config, ErrorChain, Outbox, publisher::envelope_properties,
+    BoundService, CancellationToken, Config, ErrorChain, Outbox,
+    publisher::{envelope_properties, header_text},
     topology,
 };
 use shared_events::{Envelope, Event};
@@ -489,8 +490,45 @@ impl Spy {
             .expect("just seen")
     }
 
+    /// Stops the spy. With `SHOP_WIRE_SAMPLES` set to a directory, every message it saw is
+    /// written there first (body, content type, string headers, routing key), for validators
+    /// we did not write (CI checks them with a CloudEvents SDK).
     pub async fn close(self) {
+        if let Some(dir) = std::env::var_os("SHOP_WIRE_SAMPLES") {
+            write_wire_samples(std::path::Path::new(&dir), &self.all());
+        }
         self.0.close().await;
+    }
+}
+
+fn write_wire_samples(dir: &std::path::Path, seen: &[Seen]) {
+    std::fs::create_dir_all(dir).expect("sample directory");
+    for message in seen {
+        let headers: serde_json::Map<String, serde_json::Value> = message
+            .properties
+            .headers()
+            .as_ref()
+            .map(|table| {
+                table
+                    .inner()
+                    .keys()
+                    .filter_map(|name| {
+                        let value = header_text(&message.properties, name.as_str())?;
+                        Some((name.to_string(), value.into()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sample = json!({
+            "routing_key": message.routing_key,
+            "content_type": message.properties.content_type().as_ref().map(ToString::to_string),
+            "message_id": message.properties.message_id().as_ref().map(ToString::to_string),
+            "type": message.properties.kind().as_ref().map(ToString::to_string),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&message.body),
+        });
+        let path = dir.join(format!("{}.json", message.envelope.message_id));
+        std::fs::write(&path, sample.to_string()).expect("sample written");
     }
 }
 

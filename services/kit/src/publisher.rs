@@ -9,7 +9,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use shared_events::Envelope;
+use shared_events::{CLOUDEVENTS_CONTENT_TYPE, Envelope};
 
 /// How long to wait for a confirm: a broker under a resource alarm blocks publishers, and a
 /// row must not stay locked forever behind it.
@@ -120,8 +120,9 @@ async fn await_confirm(confirm: PublisherConfirm) -> Result<(), PublishError> {
     }
 }
 
-/// AMQP properties mirroring the envelope (docs/architecture.md, "The envelope"): persistent, JSON, ids, producer,
-/// with `causation_id` and a W3C `traceparent` in the headers.
+/// AMQP properties mirroring the CloudEvent (docs/architecture.md, "The envelope"): persistent,
+/// its content type, id, type, order id, time and producer, with `causation_id` and the W3C
+/// `traceparent` in the headers.
 pub fn envelope_properties(envelope: &Envelope) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(causation_id) = envelope.causation_id {
@@ -132,27 +133,19 @@ pub fn envelope_properties(envelope: &Envelope) -> BasicProperties {
     }
     headers.insert(
         "traceparent".into(),
-        AMQPValue::LongString(LongString::from(traceparent(envelope))),
+        AMQPValue::LongString(LongString::from(envelope.traceparent())),
     );
     let timestamp = u64::try_from(envelope.occurred_at.timestamp())
         .unwrap_or_else(|_| u64::try_from(Utc::now().timestamp()).unwrap_or(0));
     BasicProperties::default()
         .with_message_id(envelope.message_id.to_string().into())
-        .with_type(ShortString::try_new(envelope.event_type.as_str()).unwrap_or_default())
+        .with_type(ShortString::try_new(envelope.cloudevents_type()).unwrap_or_default())
         .with_correlation_id(envelope.correlation_id.to_string().into())
-        .with_content_type("application/json".into())
+        .with_content_type(CLOUDEVENTS_CONTENT_TYPE.into())
         .with_delivery_mode(2)
         .with_timestamp(timestamp)
         .with_app_id(ShortString::try_new(envelope.producer.as_str()).unwrap_or_default())
         .with_headers(headers)
-}
-
-/// One trace per saga: the trace id is the correlation (order) id, the parent span id is taken
-/// from the message id, so a tracing backend shows an order's events as one trace.
-pub fn traceparent(envelope: &Envelope) -> String {
-    let trace_id = envelope.correlation_id.simple().to_string();
-    let message_id = envelope.message_id.simple().to_string();
-    format!("00-{trace_id}-{}-01", &message_id[16..])
 }
 
 /// A header as text, whatever string type the sender used.

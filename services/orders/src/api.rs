@@ -531,7 +531,7 @@ async fn timeline(
         "SELECT occurred_at, event_type, producer, message_id, causation_id, 'received' AS orders_role
          FROM orders.inbox WHERE correlation_id = $1
          UNION ALL
-         SELECT (envelope->>'occurred_at')::timestamptz, event_type, 'orders', message_id,
+         SELECT (envelope->>'time')::timestamptz, event_type, 'orders', message_id,
                 causation_id, 'announced'
          FROM orders.outbox WHERE correlation_id = $1
          ORDER BY occurred_at, message_id",
