@@ -68,6 +68,20 @@ pub trait Event: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 
     fn order_id(&self) -> uuid::Uuid;
 }
 
+/// A type's JSON Schema as draft 07 with every subschema inlined, so it can be embedded in
+/// another document (an AsyncAPI message payload) without dangling references.
+fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    let mut schema = schemars::generate::SchemaSettings::draft07()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value();
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+    }
+    schema
+}
+
 /// One row of the catalog, for tooling (flow map, audits) that lists every event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventInfo {

@@ -1,7 +1,8 @@
 //! The operator's toolbox behind the `shop` command: the service registry, the auditor, the
-//! flow map, least-privilege provisioning, and the harness that runs a shop on a fresh
+//! flow map and the AsyncAPI document, least-privilege provisioning, and the harness that runs a shop on a fresh
 //! database and namespace (shared by the chaos run and the integration tests).
 
+pub mod asyncapi;
 pub mod audit;
 pub mod harness;
 pub mod map;

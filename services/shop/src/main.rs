@@ -12,7 +12,7 @@ mod bench;
 mod chaos;
 mod fleet;
 
-use shop::{ServiceEntry, audit, map, registry};
+use shop::{ServiceEntry, asyncapi, audit, map, registry};
 
 use std::{process::Stdio, time::Duration};
 
@@ -57,6 +57,9 @@ enum Commands {
     Probe { url: String },
     /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
     Map,
+    /// Print the AsyncAPI 3.0 document (YAML) of every event, who sends and who receives it,
+    /// generated from the catalog, the payload types and the services' subscriptions.
+    Asyncapi,
     /// Check the invariants over DATABASE_URL and the dead-letter queues of SHOP_NAMESPACE;
     /// exits non-zero if any is violated.
     Audit {
@@ -138,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
         Commands::DeadLetters { action } => dead_letters(action).await,
         Commands::Map => {
             print!("{}", map::render());
+            Ok(())
+        }
+        Commands::Asyncapi => {
+            print!("{}", asyncapi::render());
             Ok(())
         }
     }
