@@ -231,5 +231,62 @@ async fn every_service_reports_health_readiness_and_metrics() {
         .await
             >= 2
     );
+    assert_eq!(
+        metric(
+            &shop.http,
+            &shop.url("orders"),
+            "shop_saga_duration_seconds_count{outcome=\"confirmed\"}"
+        )
+        .await,
+        1,
+        "one saga timed, placed to confirmed"
+    );
+    assert_eq!(
+        metric(
+            &shop.http,
+            &shop.url("payment"),
+            "shop_handler_duration_seconds_count{event=\"OrderPlaced\"}"
+        )
+        .await,
+        1
+    );
+    let samples = std::env::var_os("SHOP_METRICS_SAMPLES").map(std::path::PathBuf::from);
+    for service in &shop.services {
+        let text = shop
+            .http
+            .get(format!("{}/metrics", service.url))
+            .send()
+            .await
+            .expect("metrics reachable")
+            .text()
+            .await
+            .expect("metrics text");
+        for line in [
+            "# TYPE shop_outbox_unsent_rows gauge",
+            "# TYPE shop_outbox_oldest_unsent_age_seconds gauge",
+            "# TYPE shop_dead_letter_queue_depth gauge",
+            "shop_dead_letter_queue_depth 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{}: no {line:?} in\n{text}",
+                service.name
+            );
+        }
+        // What promtool checks in CI (`.ci/run`).
+        if let Some(dir) = &samples {
+            std::fs::create_dir_all(dir).expect("sample directory");
+            std::fs::write(dir.join(format!("{}.prom", service.name)), &text)
+                .expect("sample written");
+        }
+    }
+    eventually("every outbox drained, as /metrics says", || async {
+        let mut drained = true;
+        for service in &shop.services {
+            drained &= metric(&shop.http, &service.url, "shop_outbox_unsent_rows").await == 0;
+        }
+        drained
+    })
+    .await;
     shop.stop().await;
 }

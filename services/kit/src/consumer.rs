@@ -7,13 +7,19 @@
 //! message to a delay queue; after `max_attempts`, or at once for a message no retry can fix,
 //! it goes to the dead-letter queue with the reason in its headers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable, LongString},
 };
 use shared_events::Envelope;
@@ -38,6 +44,9 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 const FAILURE_DRAIN: Duration = Duration::from_secs(5);
 /// An ack or nack that takes longer went to a dead channel; the broker will redeliver.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the dead-letter queue's depth is sampled for `/metrics`.
+const DEAD_LETTER_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why consuming stopped (other than being asked to).
 #[derive(Debug, thiserror::Error)]
@@ -145,10 +154,19 @@ impl<S: Service> Consumer<S> {
         let mut in_flight = JoinSet::new();
         let mut parked_sweep = tokio::time::interval(self.parking.sweep_interval);
         parked_sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut dead_letter_depth = tokio::time::interval(DEAD_LETTER_DEPTH_INTERVAL);
+        dead_letter_depth.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
                 () = failed.cancelled() => break Err(ConsumeError::ConnectionLost),
                 () = stop.cancelled() => break Ok(()),
+                _ = dead_letter_depth.tick() => {
+                    in_flight.spawn(sample_dead_letter_depth(
+                        channel.clone(),
+                        self.topology.dead_letter_queue.clone(),
+                        self.metrics.clone(),
+                    ));
+                }
                 _ = parked_sweep.tick() => {
                     let consumer = self.clone();
                     let publisher = publisher.clone();
@@ -229,7 +247,14 @@ impl<S: Service> Consumer<S> {
             attempt,
         );
         async {
-            let (outcome, disposition) = match self.apply(&envelope, false).await {
+            let started = Instant::now();
+            let applied = self.apply(&envelope, false).await;
+            self.metrics.observe(
+                "shop_handler_duration_seconds",
+                &[("event", &envelope.event_type)],
+                started.elapsed().as_secs_f64(),
+            );
+            let (outcome, disposition) = match applied {
                 Ok(Applied::Effect) => ("applied", None),
                 Ok(Applied::Duplicate | Applied::Gone) => ("duplicate", None),
                 Err(HandlerError::Deferred(reason)) => {
@@ -333,7 +358,17 @@ impl<S: Service> Consumer<S> {
             )));
         };
         handled.await?;
-        self.db.commit(ctx.tx, ctx.announced).await?;
+        let Ctx {
+            tx,
+            announced,
+            observations,
+            ..
+        } = ctx;
+        self.db.commit(tx, announced).await?;
+        for observation in observations {
+            self.metrics
+                .observe(observation.name, &[observation.label], observation.value);
+        }
         Ok(Applied::Effect)
     }
 
@@ -629,6 +664,23 @@ impl<S: Service> Consumer<S> {
         if let Err(error) = removed {
             tracing::warn!(%error, %message_id, "parked message not dead-lettered; trying again later");
         }
+    }
+}
+
+/// Asks the broker how many messages wait in the dead-letter queue (a passive declare: the
+/// queue exists, the topology declared it before consuming).
+async fn sample_dead_letter_depth(channel: Channel, queue: String, metrics: Metrics) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel.queue_declare(queue.as_str().into(), passive, FieldTable::default());
+    if let Ok(Ok(queue)) = tokio::time::timeout(ACK_TIMEOUT, declared).await {
+        metrics.set(
+            "shop_dead_letter_queue_depth",
+            &[],
+            f64::from(queue.message_count()),
+        );
     }
 }
 

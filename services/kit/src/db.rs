@@ -145,6 +145,18 @@ impl Db {
         service.run(&self.pool).await
     }
 
+    /// Unpublished outbox rows and the age in seconds of the oldest (0 when none): how far
+    /// the relay is behind.
+    pub(crate) async fn outbox_lag(&self) -> Result<(i64, f64), sqlx::Error> {
+        sqlx::query_as(
+            "SELECT count(*),
+                    coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+             FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
     pub async fn is_reachable(&self) -> bool {
         let ping = sqlx::query("SELECT 1").execute(&self.pool);
         matches!(

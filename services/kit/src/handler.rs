@@ -114,12 +114,21 @@ impl<S: Service> Routes<S> {
     }
 }
 
+/// A histogram observation a handler made, recorded after its commit.
+pub(crate) struct Observation {
+    pub(crate) name: &'static str,
+    pub(crate) label: (&'static str, &'static str),
+    pub(crate) value: f64,
+}
+
 /// What a handler works with: the open transaction and the message being handled. `P` is the
 /// participant the service is: only its own events can be announced.
 pub struct Ctx<P> {
     pub(crate) tx: Transaction<'static, Postgres>,
     /// What the handler announced, handed to the relay once the transaction commits.
     pub(crate) announced: Vec<Announced>,
+    /// Histogram observations to record once the transaction commits.
+    pub(crate) observations: Vec<Observation>,
     message_id: Uuid,
     participant: PhantomData<fn() -> P>,
 }
@@ -129,6 +138,7 @@ impl<P: Participant> Ctx<P> {
         Self {
             tx,
             announced: Vec::new(),
+            observations: Vec::new(),
             message_id,
             participant: PhantomData,
         }
@@ -137,6 +147,17 @@ impl<P: Participant> Ctx<P> {
     /// The transaction in which the inbox entry, the effect and the outgoing events commit.
     pub fn db(&mut self) -> &mut PgConnection {
         &mut self.tx
+    }
+
+    /// Records `value` in the histogram `name` (see `/metrics`) if the transaction commits, so
+    /// a rolled-back attempt is not counted.
+    pub fn observe_on_commit(
+        &mut self,
+        name: &'static str,
+        label: (&'static str, &'static str),
+        value: f64,
+    ) {
+        self.observations.push(Observation { name, label, value });
     }
 
     /// The id of the message being handled.

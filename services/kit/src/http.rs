@@ -82,6 +82,17 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    // Sampled when scraped: the relay's lag is what an operator looks at /metrics for. A
+    // database that does not answer in time leaves the last sample.
+    let lag = tokio::time::timeout(Duration::from_secs(2), health.db.outbox_lag()).await;
+    if let Ok(Ok((unsent, oldest_seconds))) = lag {
+        health
+            .metrics
+            .set("shop_outbox_unsent_rows", &[], unsent as f64);
+        health
+            .metrics
+            .set("shop_outbox_oldest_unsent_age_seconds", &[], oldest_seconds);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         health.metrics.render(),

@@ -1,53 +1,143 @@
-//! A few counters in the Prometheus text format. Each service instance owns its registry (no
-//! global recorder), so several services can share one process in tests.
+//! The service's metrics in the Prometheus text format, kept by `metrics-exporter-prometheus`.
+//! Each service instance owns its recorder (no global one), so several services can share one
+//! process in tests; `/metrics` renders it.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{sync::Arc, time::Duration};
 
-#[derive(Clone, Default)]
-pub struct Metrics {
-    counters: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
+use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use tokio_util::sync::CancellationToken;
+
+/// Histogram buckets in seconds: a handler takes milliseconds, a saga tens of milliseconds to
+/// seconds, a saga held up by a fault up to minutes.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+const METADATA: Metadata<'static> = Metadata::new("shop", Level::INFO, None);
+
+enum Kind {
+    Counter,
+    Histogram,
+    Gauge,
 }
 
-/// What each counter counts, for the `# HELP` lines.
-const HELP: &[(&str, &str)] = &[
+/// Every metric a service may report: name, kind, unit and what it means (the `# HELP` line).
+const CATALOG: &[(&str, Kind, Option<Unit>, &str)] = &[
     (
         "shop_messages_total",
-        "Deliveries handled, by event type and outcome",
+        Kind::Counter,
+        None,
+        "Deliveries handled, by event type and outcome (applied, duplicate, parked, unparked, retried, rejected, exhausted, malformed)",
     ),
     (
         "shop_outbox_published_total",
+        Kind::Counter,
+        None,
         "Outbox rows published and confirmed",
     ),
     (
         "shop_outbox_publish_failures_total",
+        Kind::Counter,
+        None,
         "Outbox publishes nacked, returned or timed out",
     ),
-    ("shop_retries_total", "Deliveries sent to a retry queue"),
+    (
+        "shop_retries_total",
+        Kind::Counter,
+        None,
+        "Deliveries sent to a retry queue",
+    ),
     (
         "shop_dead_letters_total",
+        Kind::Counter,
+        None,
         "Deliveries sent to the dead-letter queue",
     ),
     (
         "shop_broker_sessions_total",
+        Kind::Counter,
+        None,
         "Broker sessions opened (1 + reconnects)",
     ),
     (
         "shop_http_connections_refused_total",
+        Kind::Counter,
+        None,
         "Connections closed at once: the service already held HTTP_MAX_CONNECTIONS",
     ),
     (
         "shop_orders_shed_total",
+        Kind::Counter,
+        None,
         "New orders refused (503) because MAX_PENDING_ORDERS were not yet settled",
     ),
     (
         "shop_rows_pruned_total",
+        Kind::Counter,
+        None,
         "Sent outbox rows and inbox ids deleted by retention",
     ),
+    (
+        "shop_handler_duration_seconds",
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time to handle one delivery (inbox, effect, outbox, commit), by event type",
+    ),
+    (
+        "shop_saga_duration_seconds",
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time from an order's placement to its confirmation or cancellation, by outcome",
+    ),
+    (
+        "shop_outbox_unsent_rows",
+        Kind::Gauge,
+        None,
+        "Outbox rows not yet published",
+    ),
+    (
+        "shop_outbox_oldest_unsent_age_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Age of the oldest unpublished outbox row (0 when none): the relay's lag",
+    ),
+    (
+        "shop_dead_letter_queue_depth",
+        Kind::Gauge,
+        None,
+        "Messages waiting in the service's dead-letter queue",
+    ),
 ];
+
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(SECONDS_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        for (name, kind, unit, help) in CATALOG {
+            let name = KeyName::from_const_str(name);
+            let help = SharedString::const_str(help);
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, *unit, help),
+                Kind::Histogram => recorder.describe_histogram(name, *unit, help),
+                Kind::Gauge => recorder.describe_gauge(name, *unit, help),
+            }
+        }
+        Self {
+            recorder: Arc::new(recorder),
+        }
+    }
+}
 
 impl Metrics {
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
@@ -55,35 +145,48 @@ impl Metrics {
     }
 
     pub fn add(&self, name: &'static str, labels: &[(&str, &str)], n: u64) {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        *counters.entry((name, labels)).or_default() += n;
+        self.recorder
+            .register_counter(&key(name, labels), &METADATA)
+            .increment(n);
+    }
+
+    /// Records one observation of a histogram (seconds, for the `_seconds` ones).
+    pub fn observe(&self, name: &'static str, labels: &[(&str, &str)], value: f64) {
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
+            .record(value);
+    }
+
+    pub fn set(&self, name: &'static str, labels: &[(&str, &str)], value: f64) {
+        self.recorder
+            .register_gauge(&key(name, labels), &METADATA)
+            .set(value);
     }
 
     pub fn render(&self) -> String {
-        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out = String::new();
-        let mut last_name = "";
-        for ((name, labels), value) in counters.iter() {
-            if *name != last_name {
-                if let Some((_, help)) = HELP.iter().find(|(n, _)| n == name) {
-                    let _ = writeln!(out, "# HELP {name} {help}");
-                }
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last_name = name;
-            }
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {value}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        self.recorder.handle().run_upkeep();
+        self.recorder.handle().render()
+    }
+
+    /// Folds histogram samples into their buckets now and then, so memory stays flat however
+    /// rarely `/metrics` is scraped.
+    pub(crate) async fn upkeep(self, shutdown: CancellationToken) {
+        let handle = self.recorder.handle();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(UPKEEP_INTERVAL) => handle.run_upkeep(),
+                () = shutdown.cancelled() => return,
             }
         }
-        out
     }
+}
+
+fn key(name: &'static str, labels: &[(&str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(k.to_string(), v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
 }
 
 #[cfg(test)]
@@ -102,9 +205,42 @@ mod tests {
             &[("event", "OrderPlaced"), ("outcome", "applied")],
         );
         metrics.add("shop_outbox_published_total", &[], 3);
+        metrics.observe(
+            "shop_handler_duration_seconds",
+            &[("event", "OrderPlaced")],
+            0.004,
+        );
+        metrics.set("shop_outbox_unsent_rows", &[], 7.0);
         let text = metrics.render();
-        assert!(text.contains("# TYPE shop_messages_total counter"));
-        assert!(text.contains("shop_messages_total{event=\"OrderPlaced\",outcome=\"applied\"} 2"));
-        assert!(text.contains("shop_outbox_published_total 3"));
+        assert!(
+            text.contains("# TYPE shop_messages_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shop_messages_total{event=\"OrderPlaced\",outcome=\"applied\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("shop_outbox_published_total 3"), "{text}");
+        assert!(
+            text.contains("# TYPE shop_handler_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "shop_handler_duration_seconds_bucket{event=\"OrderPlaced\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "shop_handler_duration_seconds_bucket{event=\"OrderPlaced\",le=\"0.0025\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("shop_outbox_unsent_rows 7"), "{text}");
+        assert!(
+            text.contains("# HELP shop_outbox_unsent_rows Outbox rows not yet published"),
+            "{text}"
+        );
     }
 }

@@ -162,6 +162,7 @@ async fn run<S: Service>(
             return Ok(());
         }
         tracing::info!(service, schema = service, "migrations applied");
+        tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
         let pruner = tokio::spawn(retention::run(
             db.clone(),
             Retention {

@@ -90,6 +90,9 @@ impl Service for Orders {
     type Participant = participants::Orders;
 }
 
+/// Placed → confirmed or cancelled, in seconds (a histogram on `/metrics`).
+const SAGA_DURATION: &str = "shop_saga_duration_seconds";
+
 /// A handler's context: the transaction, and orders's own events to announce.
 type Ctx = service_kit::Ctx<participants::Orders>;
 
@@ -120,11 +123,12 @@ impl Orders {
             );
             return Ok(());
         }
-        sqlx::query(
+        let age_seconds: f64 = sqlx::query_scalar(
             "UPDATE orders.orders
              SET status = $2, cancelled_by = $3, cancellation_reason = $4,
                  refund_seen = $5, release_seen = $6, updated_at = now()
-             WHERE id = $1",
+             WHERE id = $1
+             RETURNING extract(epoch FROM now() - created_at)::float8",
         )
         .bind(order_id)
         .bind(order.status)
@@ -132,7 +136,7 @@ impl Orders {
         .bind(&order.cancellation_reason)
         .bind(order.refund_seen)
         .bind(order.release_seen)
-        .execute(ctx.db())
+        .fetch_one(ctx.db())
         .await?;
         tracing::info!(
             status = ?order.status,
@@ -140,9 +144,13 @@ impl Orders {
             "order updated"
         );
         match announcement {
-            Some(Announcement::Confirmed) => ctx.announce(&OrderConfirmed { order_id }).await?,
+            Some(Announcement::Confirmed) => {
+                ctx.announce(&OrderConfirmed { order_id }).await?;
+                ctx.observe_on_commit(SAGA_DURATION, ("outcome", "confirmed"), age_seconds);
+            }
             Some(Announcement::Cancelled { reason }) => {
                 ctx.announce(&OrderCancelled { order_id, reason }).await?;
+                ctx.observe_on_commit(SAGA_DURATION, ("outcome", "cancelled"), age_seconds);
             }
             None => {}
         }
