@@ -8,3 +8,4 @@ mod failure_flows;
 mod happy_path;
 mod http_api;
 mod http_edge;
+mod observability;

@@ -113,6 +113,17 @@ const CATALOG: &[(&str, Kind, Option<Unit>, &str)] = &[
     ),
 ];
 
+/// Counters every service exports from its start, at 0: a rate over a series that does not
+/// exist yet is no data, not zero, and an operator's panel must not go blank in good times.
+const ZERO_FROM_START: &[&str] = &[
+    "shop_outbox_published_total",
+    "shop_outbox_publish_failures_total",
+    "shop_retries_total",
+    "shop_dead_letters_total",
+    "shop_broker_sessions_total",
+    "shop_http_connections_refused_total",
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
@@ -125,6 +136,11 @@ impl Default for Metrics {
             .expect("the bucket list is not empty")
             .build_recorder();
         for (name, kind, unit, help) in CATALOG {
+            if ZERO_FROM_START.contains(name) {
+                recorder
+                    .register_counter(&Key::from_static_name(name), &METADATA)
+                    .increment(0);
+            }
             let name = KeyName::from_const_str(name);
             let help = SharedString::const_str(help);
             match kind {

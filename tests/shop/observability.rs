@@ -1,0 +1,103 @@
+//! What an operator looks at from outside, kept honest: the Grafana dashboard queries only
+//! series the services really export, and Prometheus (as compose runs it) scrapes every
+//! service where it listens. promtool lints the exposition itself in CI.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use shop::SERVICES;
+use shop_tests::{Shop, order_body};
+
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/grafana/dashboards/shop.json"
+);
+const PROMETHEUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/prometheus/prometheus.yml"
+);
+
+/// Every `shop_…` series name in the dashboard's queries.
+fn dashboard_series() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(DASHBOARD).expect("the dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut series = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            let mut rest = expr;
+            while let Some(start) = rest.find("shop_") {
+                let name: String = rest[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                rest = &rest[start + name.len()..];
+                series.insert(name);
+            }
+        }
+    }
+    series
+}
+
+/// The series names in an exposition: samples' names, so a histogram counts as its `_bucket`,
+/// `_sum` and `_count`.
+fn exported(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_only_series_the_services_export() {
+    let shop = Shop::start().await;
+    // One saga of each outcome, so every labelled series has appeared.
+    let confirmed = shop.place(&order_body("TEE-001", 1, "card", "DE")).await;
+    let cancelled = shop.place(&order_body("TEE-001", 1, "card", "AQ")).await;
+    shop.settled_order(confirmed).await;
+    shop.settled_order(cancelled).await;
+
+    let mut available = BTreeSet::new();
+    for service in &shop.services {
+        let text = shop
+            .http
+            .get(format!("{}/metrics", service.url))
+            .send()
+            .await
+            .expect("metrics reachable")
+            .text()
+            .await
+            .expect("metrics text");
+        available.extend(exported(&text));
+    }
+    let queried = dashboard_series();
+    assert!(queried.len() >= 8, "the dashboard queries {queried:?}");
+    let missing: Vec<_> = queried.difference(&available).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries series nobody exports: {missing:?}\nexported: {available:?}"
+    );
+    shop.stop().await;
+}
+
+#[test]
+fn prometheus_scrapes_every_service_where_compose_runs_it() {
+    let text = std::fs::read_to_string(PROMETHEUS).expect("prometheus.yml");
+    let config: serde_norway::Value = serde_norway::from_str(&text).expect("YAML");
+    let job = &config["scrape_configs"][0];
+    assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
+    let targets: BTreeSet<String> = job["static_configs"]
+        .as_sequence()
+        .expect("static_configs")
+        .iter()
+        .flat_map(|group| group["targets"].as_sequence().cloned().unwrap_or_default())
+        .filter_map(|target| target.as_str().map(str::to_owned))
+        .collect();
+    let expected: BTreeSet<String> = SERVICES
+        .iter()
+        .map(|s| format!("{}:{}", s.name, s.default_addr.port()))
+        .collect();
+    assert_eq!(targets, expected);
+}
