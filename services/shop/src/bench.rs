@@ -567,7 +567,7 @@ impl Target {
             ]);
         }
         let mut fleet = Fleet::new(&log_dir, env)?;
-        fleet.start(http).await?;
+        fleet.start(http, 1).await?;
         let database = PgPoolOptions::new()
             .max_connections(CONCURRENCY as u32 + 2)
             .connect(&sandbox.database_url)

@@ -68,6 +68,10 @@ pub struct ChaosOptions {
     /// How long the shop may take to settle after the faults stop.
     #[arg(long, default_value_t = 180)]
     pub settle_seconds: u64,
+    /// Processes per service: replicas compete for their service's queue, race on its outbox,
+    /// and are stopped one at a time while the others go on.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    pub replicas: u16,
     /// Keep the database, queues and logs afterwards for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -201,6 +205,7 @@ struct Faults {
 /// What happened, and whether the shop kept its promises.
 pub struct Report {
     orders: usize,
+    replicas: u16,
     placed: usize,
     retried_posts: u32,
     stops: Vec<(&'static str, usize, usize)>,
@@ -246,8 +251,9 @@ impl fmt::Display for Report {
             .collect();
         writeln!(
             f,
-            "stops and restarts:       {} (SIGKILL/SIGTERM)",
-            stops.join(", ")
+            "stops and restarts:       {} (SIGKILL/SIGTERM, of {} replica(s) each)",
+            stops.join(", "),
+            self.replicas
         )?;
         match self.faults.broker_recovery {
             Some(recovery) => writeln!(
@@ -387,7 +393,10 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
             ("DATABASE_URL", sandbox.database_url.clone()),
             ("AMQP_URL", sandbox.amqp_url.clone()),
             ("SHOP_NAMESPACE", sandbox.namespace.clone()),
-            ("DB_POOL_SIZE", "5".to_owned()),
+            (
+                "DB_POOL_SIZE",
+                fleet::pool_size_per_replica(usize::from(options.replicas)).to_string(),
+            ),
             ("OUTBOX_SWEEP_MS", "500".to_owned()),
             (
                 "RETRY_DELAYS_MS",
@@ -461,7 +470,7 @@ impl ChaosRun {
             self.sandbox.database,
             self.log_dir.display()
         ));
-        self.start_services().await?;
+        self.start_services(options.replicas).await?;
         if let Some(units) = options.stock {
             self.seed_stock(units).await?;
         }
@@ -469,7 +478,7 @@ impl ChaosRun {
 
         let load = place_orders(
             self.http.clone(),
-            self.orders_url(),
+            self.fleet.orders_urls(),
             self.sandbox.namespace.clone(),
             options,
             self.journal,
@@ -487,15 +496,13 @@ impl ChaosRun {
         let absorbed = self.absorbed_duplicates().await?;
         Ok(Report {
             orders: options.orders,
+            replicas: options.replicas,
             placed: placed.len(),
             retried_posts: placed.iter().map(|p| p.tries - 1).sum(),
-            stops: self
-                .fleet
-                .services
-                .iter()
-                .map(|s| {
-                    let (kills, terms) = self.stops.get(s.name).copied().unwrap_or_default();
-                    (s.name, kills, terms)
+            stops: registry::names()
+                .map(|name| {
+                    let (kills, terms) = self.stops.get(name).copied().unwrap_or_default();
+                    (name, kills, terms)
                 })
                 .collect(),
             faults,
@@ -511,11 +518,11 @@ impl ChaosRun {
         self.fleet.orders_url()
     }
 
-    /// Step 1: every service of the registry as its own process, all ready.
-    async fn start_services(&mut self) -> anyhow::Result<()> {
-        self.fleet.start(&self.http).await?;
+    /// Step 1: every service of the registry as its own processes (`replicas` each), all ready.
+    async fn start_services(&mut self, replicas: u16) -> anyhow::Result<()> {
+        self.fleet.start(&self.http, usize::from(replicas)).await?;
         self.journal.note(format!(
-            "{} services up and ready",
+            "{} service processes up and ready",
             self.fleet.services.len()
         ));
         Ok(())
@@ -574,7 +581,8 @@ impl ChaosRun {
                 let _ = child.kill().await;
             }
         }
-        let (name, port) = (service.name, service.port);
+        let (name, replica, port, label) =
+            (service.name, service.replica, service.port, service.label());
         let (kills, terms) = self.stops.entry(name).or_default();
         let signal = if graceful {
             *terms += 1;
@@ -583,10 +591,10 @@ impl ChaosRun {
             *kills += 1;
             "SIGKILL"
         };
-        self.journal.note(format!("{signal} {name}"));
+        self.journal.note(format!("{signal} {label}"));
         tokio::time::sleep(Duration::from_millis(fastrand::u64(100..1_500))).await;
-        self.fleet.services[victim].child = Some(self.fleet.spawn(name, port)?);
-        self.journal.note(format!("restarted {name}"));
+        self.fleet.services[victim].child = Some(self.fleet.spawn(name, replica, port)?);
+        self.journal.note(format!("restarted {label}"));
         Ok(())
     }
 
@@ -652,7 +660,7 @@ impl ChaosRun {
             .note("RabbitMQ started (rabbitmqctl start_app)");
         let (body, expected) = probe_body();
         let key = format!("{}-probe", self.sandbox.namespace);
-        let (order_id, tries) = place(&self.http, &self.orders_url(), &key, &body).await?;
+        let (order_id, tries) = place(&self.http, &self.fleet.orders_urls(), &key, &body).await?;
         let deadline = back + Duration::from_secs(120);
         while order_ended(&self.http, &self.orders_url(), order_id)
             .await
@@ -751,7 +759,7 @@ impl ChaosRun {
 /// Step 2: the load, at a steady rate, each order retried with its key until accepted.
 async fn place_orders(
     http: reqwest::Client,
-    orders_url: String,
+    orders_urls: Vec<String>,
     key_prefix: String,
     options: &ChaosOptions,
     journal: Journal,
@@ -765,11 +773,14 @@ async fn place_orders(
         let permit = in_flight.clone().acquire_owned().await;
         let placed = placed.clone();
         let key = format!("{key_prefix}-{i}");
-        let (http, orders_url) = (http.clone(), orders_url.clone());
+        // Round robin over the orders replicas; a retry goes to the next one.
+        let (http, mut orders_urls) = (http.clone(), orders_urls.clone());
+        let replicas = orders_urls.len().max(1);
+        orders_urls.rotate_left(i % replicas);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let (body, expected) = order_body(i);
-            match place(&http, &orders_url, &key, &body).await {
+            match place(&http, &orders_urls, &key, &body).await {
                 Ok((order_id, tries)) => placed
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -787,16 +798,20 @@ async fn place_orders(
     placed.clone()
 }
 
-/// POSTs until the order is accepted, with the same key every time; `(order id, tries)`.
+/// POSTs until the order is accepted, with the same key every time, trying the orders
+/// replicas in turn; `(order id, tries)`.
 async fn place(
     http: &reqwest::Client,
-    orders_url: &str,
+    orders_urls: &[String],
     key: &str,
     body: &Value,
 ) -> anyhow::Result<(Uuid, u32)> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut tries = 0;
     loop {
+        let Some(orders_url) = orders_urls.get(tries as usize % orders_urls.len().max(1)) else {
+            bail!("no orders replica to place order {key} with");
+        };
         tries += 1;
         let response = http
             .post(format!("{orders_url}/orders"))

@@ -1,6 +1,6 @@
 //! The five services as processes of this executable (`shop service <name>`, the same code as
-//! their own binaries), each on a free port with its output in a log file: what `shop chaos`
-//! and `shop bench` run the shop as.
+//! their own binaries), each on a free port with its output in a log file, one or several
+//! replicas of each: what `shop chaos` and `shop bench` run the shop as.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,12 +9,13 @@ use std::{
 };
 
 use anyhow::Context;
-use shop::{SERVICES, harness};
+use shop::{SERVICES, harness, registry};
 use tokio::process::{Child, Command};
 
-/// One service process.
+/// One service process: replica `replica` of service `name`.
 pub struct ServiceProcess {
     pub name: &'static str,
+    pub replica: usize,
     pub port: u16,
     pub child: Option<Child>,
 }
@@ -22,6 +23,11 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `payment`, or `payment#2` for a second replica.
+    pub fn label(&self) -> String {
+        replica_label(self.name, self.replica)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -47,16 +53,21 @@ impl Fleet {
         })
     }
 
-    /// Starts every service of the registry and waits until all are ready.
-    pub async fn start(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
+    /// Starts `replicas` processes of every service of the registry, all at once (replicas
+    /// of one service race through their start-up, migrations included), and waits until all
+    /// are ready.
+    pub async fn start(&mut self, http: &reqwest::Client, replicas: usize) -> anyhow::Result<()> {
         for entry in &SERVICES {
-            let port = harness::free_port()?;
-            let child = self.spawn(entry.name, port)?;
-            self.services.push(ServiceProcess {
-                name: entry.name,
-                port,
-                child: Some(child),
-            });
+            for replica in 0..replicas {
+                let port = harness::free_port()?;
+                let child = self.spawn(entry.name, replica, port)?;
+                self.services.push(ServiceProcess {
+                    name: entry.name,
+                    replica,
+                    port,
+                    child: Some(child),
+                });
+            }
         }
         self.wait_ready(http).await
     }
@@ -68,9 +79,11 @@ impl Fleet {
         Ok(())
     }
 
-    /// Starts `name` on `port`, its output appended to its log.
-    pub fn spawn(&self, name: &'static str, port: u16) -> anyhow::Result<Child> {
-        let log_path = self.log_dir.join(format!("{name}.log"));
+    /// Starts replica `replica` of `name` on `port`, its output appended to its log.
+    pub fn spawn(&self, name: &'static str, replica: usize, port: u16) -> anyhow::Result<Child> {
+        let log_path = self
+            .log_dir
+            .join(format!("{}.log", replica_label(name, replica)));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,6 +112,15 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// Every orders replica's URL: a client spreads its orders over them.
+    pub fn orders_urls(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|service| service.name == registry::orders().name)
+            .map(ServiceProcess::url)
+            .collect()
+    }
+
     /// Stops every service gracefully.
     pub async fn stop(&mut self) {
         for service in &mut self.services {
@@ -107,6 +129,21 @@ impl Fleet {
             }
         }
     }
+}
+
+/// How a replica is named in logs and reports: `payment` for the first, `payment#2` after.
+pub fn replica_label(name: &str, replica: usize) -> String {
+    if replica == 0 {
+        name.to_owned()
+    } else {
+        format!("{name}#{}", replica + 1)
+    }
+}
+
+/// Database connections per service process when `replicas` of each share one Postgres:
+/// this machine's allows 100 in all, and the auditor, the load and the tests need some too.
+pub fn pool_size_per_replica(replicas: usize) -> usize {
+    (50 / (SERVICES.len() * replicas.max(1))).clamp(2, 5)
 }
 
 /// SIGTERM, then the service's own graceful shutdown (SIGKILL if it takes over 30 s).

@@ -33,7 +33,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Start all five services, each its own process, on their default ports (8080-8084).
-    Up,
+    Up {
+        /// Processes per service. Replica k (from 0) listens on its service's port + 100 k
+        /// (orders: 8080, 8180, …); all consume the same queue and share the schema.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+        replicas: u16,
+    },
     /// Run one service in this process.
     Service {
         #[arg(value_parser = service_entry)]
@@ -102,7 +107,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Commands::Up => up().await,
+        Commands::Up { replicas } => up(usize::from(replicas)).await,
         Commands::Service { service: entry } => service(entry).await,
         Commands::Audit { wait } => run_audit(wait).await,
         Commands::Chaos(options) => chaos::run(options).await,
@@ -243,7 +248,7 @@ async fn run_audit(wait: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up() -> anyhow::Result<()> {
+async fn up(replicas: usize) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the shop executable")?;
     // Every queue exists before any service publishes: an order placed in the first second
     // must not miss a subscriber that is still starting.
@@ -251,27 +256,45 @@ async fn up() -> anyhow::Result<()> {
     shop::provision::declare_topologies(&config.amqp_url, &config.namespace, &config.retry_delays)
         .await
         .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
+    // Replicas share one Postgres: fewer connections each, unless told otherwise.
+    let pool_size = std::env::var("DB_POOL_SIZE")
+        .unwrap_or_else(|_| fleet::pool_size_per_replica(replicas).to_string());
     let mut children = Vec::new();
-    for name in registry::names() {
-        let mut child = Command::new(&exe)
-            .arg("service")
-            .arg(name)
-            // Each service listens on its own default port.
-            .env_remove("HTTP_ADDR")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", name))?;
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(prefix_lines(name, out));
+    for entry in &shop::SERVICES {
+        for replica in 0..replicas {
+            let label = fleet::replica_label(entry.name, replica);
+            let mut command = Command::new(&exe);
+            command.arg("service").arg(entry.name);
+            if replica == 0 {
+                // The first replica listens on the service's own default port.
+                command.env_remove("HTTP_ADDR");
+            } else {
+                let port = entry.default_addr.port() + 100 * u16::try_from(replica)?;
+                command.env("HTTP_ADDR", format!("127.0.0.1:{port}"));
+            }
+            if replicas > 1 {
+                command.env("DB_POOL_SIZE", &pool_size);
+            }
+            let mut child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start {label}"))?;
+            if let Some(out) = child.stdout.take() {
+                tokio::spawn(prefix_lines(label.clone(), out));
+            }
+            if let Some(err) = child.stderr.take() {
+                tokio::spawn(prefix_lines(label.clone(), err));
+            }
+            children.push((label, child));
         }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(prefix_lines(name, err));
-        }
-        children.push((name, child));
     }
-    println!("shop is up: orders API on http://127.0.0.1:8080 (Ctrl-C stops everything)");
+    println!(
+        "shop is up: {} process(es) per service, orders API on http://127.0.0.1:8080 \
+         (Ctrl-C stops everything)",
+        replicas
+    );
 
     let shutdown = service_kit::shutdown_on_signal();
     let exited = tokio::select! {
@@ -290,21 +313,21 @@ async fn up() -> anyhow::Result<()> {
     }
 }
 
-async fn prefix_lines(name: &'static str, stream: impl AsyncRead + Unpin) {
+async fn prefix_lines(name: String, stream: impl AsyncRead + Unpin) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         println!("{name:>13} | {line}");
     }
 }
 
-async fn first_exit(children: &mut [(&'static str, Child)]) -> (&'static str, String) {
+async fn first_exit(children: &mut [(String, Child)]) -> (String, String) {
     let waits = children.iter_mut().map(|(name, child)| {
         Box::pin(async move {
             let status = match child.wait().await {
                 Ok(status) => status.to_string(),
                 Err(e) => e.to_string(),
             };
-            (*name, status)
+            (name.clone(), status)
         })
     });
     futures_util::future::select_all(waits).await.0

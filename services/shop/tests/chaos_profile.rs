@@ -1,6 +1,8 @@
 //! The chaos run's own verdict, run as a user runs it (the `shop` binary, its services as
 //! processes): a load that wants more of the confirming SKU than is in stock must pass, with
-//! exactly the stock sold and every order past it cancelled for want of stock.
+//! exactly the stock sold and every order past it cancelled for want of stock, while two
+//! replicas of every service start at once (migrations racing), compete for each queue (two
+//! inventories reserving the same stock), and are stopped one at a time.
 //!
 //! Faults that touch the shared broker and database (their restarts) are left out: other tests
 //! run beside this one.
@@ -8,7 +10,7 @@
 mod support;
 
 #[test]
-fn a_run_wanting_more_than_the_stock_passes_and_sells_exactly_the_stock() {
+fn two_replicas_each_wanting_more_than_the_stock_sell_exactly_the_stock() {
     let output = support::run_shop(&[
         "chaos",
         "--orders",
@@ -23,6 +25,8 @@ fn a_run_wanting_more_than_the_stock_passes_and_sells_exactly_the_stock() {
         "20",
         "--no-broker-restart",
         "--no-database-restart",
+        "--replicas",
+        "2",
         "--settle-seconds",
         "90",
     ]);
@@ -40,6 +44,7 @@ fn a_run_wanting_more_than_the_stock_passes_and_sells_exactly_the_stock() {
         ),
         "{stdout}"
     );
+    assert!(stdout.contains("of 2 replica(s) each"), "{stdout}");
     assert!(stdout.contains("orders lost:              0"), "{stdout}");
     assert!(stdout.contains("orders with wrong outcome: 0"), "{stdout}");
 }
