@@ -71,6 +71,10 @@ pub struct BenchOptions {
     /// Print one JSON object on the last line of stdout (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Processes per service of the shop it starts (orders are spread over the orders
+    /// replicas; CPU and memory are reported per service, replicas summed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4), conflicts_with = "url")]
+    pub replicas: u16,
 }
 
 /// Transactions (Postgres) and deliveries (RabbitMQ) in flight at once in the ceilings: what
@@ -518,7 +522,8 @@ fn round1(x: f64) -> f64 {
 // The target: a shop of our own, or a running one.
 
 struct Target {
-    orders_url: String,
+    /// Every orders replica's API; orders go round robin.
+    orders_urls: Vec<String>,
     amqp_url: String,
     namespace: String,
     /// Our own shop's database (sizes, commit counts); none for a running shop.
@@ -533,7 +538,7 @@ impl Target {
         let base = Config::from_env(registry::orders().default_addr)?;
         if let Some(url) = &options.url {
             return Ok(Self {
-                orders_url: url.trim_end_matches('/').to_owned(),
+                orders_urls: vec![url.trim_end_matches('/').to_owned()],
                 amqp_url: base.amqp_url,
                 namespace: base.namespace,
                 database: None,
@@ -549,11 +554,18 @@ impl Target {
         .await?;
         let log_dir = std::env::temp_dir().join(&sandbox.namespace);
         std::fs::create_dir_all(&log_dir)?;
+        let replicas = usize::from(options.replicas);
         let mut env = vec![
             ("DATABASE_URL", sandbox.database_url.clone()),
             ("AMQP_URL", sandbox.amqp_url.clone()),
             ("SHOP_NAMESPACE", sandbox.namespace.clone()),
         ];
+        if replicas > 1 {
+            env.push((
+                "DB_POOL_SIZE",
+                crate::fleet::pool_size_per_replica(replicas).to_string(),
+            ));
+        }
         if options.soak {
             // Windows short enough to be reached within the soak's first minutes, and still
             // within the rule: the inbox (120 s) outlasts the retry schedule (36 s with these
@@ -567,15 +579,16 @@ impl Target {
             ]);
         }
         let mut fleet = Fleet::new(&log_dir, env)?;
-        fleet.start(http, 1).await?;
+        fleet.start(http, replicas).await?;
         let database = PgPoolOptions::new()
             .max_connections(CONCURRENCY as u32 + 2)
             .connect(&sandbox.database_url)
             .await?;
         harness::set_stock(&database, &SKUS, PLENTY).await?;
         harness::set_stock(&database, &[SOLD_OUT_SKU], 0).await?;
+        anyhow::ensure!(!fleet.orders_urls().is_empty(), "no orders process started");
         Ok(Self {
-            orders_url: fleet.orders_url(),
+            orders_urls: fleet.orders_urls(),
             amqp_url: sandbox.amqp_url.clone(),
             namespace: sandbox.namespace.clone(),
             database: Some(database),
@@ -585,12 +598,15 @@ impl Target {
 
     fn services(&self) -> Vec<Measured> {
         match &self.own {
-            Some((_, fleet)) => fleet
-                .services
-                .iter()
-                .map(|s| Measured {
-                    name: s.name.to_owned(),
-                    pids: s.pid().into_iter().collect(),
+            Some((_, fleet)) => registry::names()
+                .map(|name| Measured {
+                    name: name.to_owned(),
+                    pids: fleet
+                        .services
+                        .iter()
+                        .filter(|s| s.name == name)
+                        .filter_map(|s| s.pid())
+                        .collect(),
                 })
                 .collect(),
             None => find_services(),
@@ -746,7 +762,8 @@ async fn offer(
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let (http, url) = (http.clone(), format!("{}/orders", target.orders_url));
+        let orders_url = &target.orders_urls[(i as usize) % target.orders_urls.len()];
+        let (http, url) = (http.clone(), format!("{orders_url}/orders"));
         let (accepted, shed, refused) = (accepted.clone(), shed.clone(), refused.clone());
         sends.push(tokio::spawn(async move {
             let response = http
