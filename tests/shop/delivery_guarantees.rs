@@ -417,20 +417,18 @@ async fn an_event_that_overtakes_its_prerequisite_is_deferred_not_dropped() {
         .publish(PaymentCompleted::ROUTING_KEY, &paid)
         .await;
     let inventory = shop.url("inventory");
-    eventually("payment parked", || async {
+    eventually("payment parked: in the parking lot, acked", || async {
+        shop.count("SELECT count(*) FROM inventory.parked").await == 1
+    })
+    .await;
+    assert_eq!(
         metric(
             &shop.http,
             &inventory,
             "shop_messages_total{event=\"PaymentCompleted\",outcome=\"parked\"}",
         )
-        .await
-            >= 1
-    })
-    .await;
-    assert_eq!(
-        shop.count("SELECT count(*) FROM inventory.parked").await,
-        1,
-        "it waits in the parking lot, acked"
+        .await,
+        1
     );
     assert_eq!(
         metric(&shop.http, &inventory, "shop_retries_total").await,
@@ -534,6 +532,41 @@ async fn a_message_parked_before_a_restart_is_applied_once_its_prerequisite_arri
         1,
         "reserved once"
     );
+    publisher.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_parked_by_one_instance_is_freed_by_another_instances_commit() {
+    // The parked sweep is a minute away, longer than the test waits: only the NOTIFY sent by
+    // the other instance's commit can free the message in time.
+    let slow_sweep: fn(&mut service_kit::Config) =
+        |config| config.retry_delays = shop_tests::SLOW_RETRY_DELAYS.to_vec();
+    let mut shop = Shop::start_with(&["inventory"], slow_sweep).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let order_id = Uuid::now_v7();
+
+    let paid = Envelope::new(&payment_completed(order_id, 1250), None);
+    publisher
+        .publish(PaymentCompleted::ROUTING_KEY, &paid)
+        .await;
+    eventually("payment parked", || async {
+        shop.count("SELECT count(*) FROM inventory.parked").await == 1
+    })
+    .await;
+    // The instance that parked it goes; another, which never heard of it, commits the fact it
+    // waits for.
+    shop.stop_service("inventory").await;
+    shop.start_service_with("inventory", slow_sweep).await;
+    publisher
+        .publish(
+            OrderPlaced::ROUTING_KEY,
+            &Envelope::new(&order_placed(order_id, "TEE-001", 1), None),
+        )
+        .await;
+    let reserved = shop.spy.wait_for::<StockReserved>(order_id).await;
+    assert_eq!(reserved.envelope.causation_id, Some(paid.message_id));
+    assert_eq!(shop.count("SELECT count(*) FROM inventory.parked").await, 0);
     publisher.close().await;
     shop.stop().await;
 }

@@ -31,6 +31,10 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Retry delays of services under test (short, so retries resolve within a test).
 const TEST_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
 
+/// Retry delays for a test that must not be rescued by a retry or the parked sweep (the first
+/// delay is also the sweep's interval) within its patience.
+pub const SLOW_RETRY_DELAYS: [Duration; 1] = [Duration::from_secs(60)];
+
 pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| service_kit::config::DEFAULT_AMQP_URL.into())
 }
@@ -192,7 +196,7 @@ async fn remove(sandbox: &Sandbox) {
     let defaults = service_kit::config::default_retry_delays();
     let removed = tokio::time::timeout(
         CLEANUP_LIMIT,
-        sandbox.cleanup(&[&defaults, &TEST_RETRY_DELAYS], &[]),
+        sandbox.cleanup(&[&defaults, &TEST_RETRY_DELAYS, &SLOW_RETRY_DELAYS], &[]),
     )
     .await;
     if removed.is_err() {
@@ -349,7 +353,12 @@ impl Shop {
     }
 
     pub async fn start_service(&mut self, name: &str) {
-        let config = self.env.config();
+        self.start_service_with(name, |_| {}).await;
+    }
+
+    pub async fn start_service_with(&mut self, name: &str, tweak: fn(&mut Config)) {
+        let mut config = self.env.config();
+        tweak(&mut config);
         self.services
             .push(RunningService::start(name, config).await);
     }

@@ -23,6 +23,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use shared_events::Envelope;
+use sqlx::postgres::{PgListener, PgNotification};
 use tokio::{task::JoinSet, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -45,7 +46,10 @@ const FAILURE_DRAIN: Duration = Duration::from_secs(5);
 /// An ack or nack that takes longer went to a dead channel; the broker will redeliver.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often the dead-letter queue's depth is sampled for `/metrics`.
+/// How long connecting the parked-order listener may hold up the consumer's loop.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the dead-letter queue's depth is sampled for `/metrics` (and a lost parked-order
+/// listener is set up again).
 const DEAD_LETTER_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why consuming stopped (other than being asked to).
@@ -156,11 +160,35 @@ impl<S: Service> Consumer<S> {
         parked_sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut dead_letter_depth = tokio::time::interval(DEAD_LETTER_DEPTH_INTERVAL);
         dead_letter_depth.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Another instance's commit may free what this one parked: it says so by NOTIFY. Without
+        // a listener (the database is away) the parked sweep still finds everything.
+        let mut freed = self.listen_for_freed_orders().await;
         let ended = loop {
             tokio::select! {
                 () = failed.cancelled() => break Err(ConsumeError::ConnectionLost),
                 () = stop.cancelled() => break Ok(()),
+                notification = next_notification(&mut freed), if freed.is_some() => {
+                    match notification.map(|n| n.payload().parse::<Uuid>()) {
+                        Ok(Ok(order_id)) => {
+                            let consumer = self.clone();
+                            let publisher = publisher.clone();
+                            in_flight.spawn(async move {
+                                consumer.unpark_order(order_id, &publisher, true).await;
+                            });
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "a parked-order notification without an order id"),
+                        // The database went away: listen again later; what is missed meanwhile,
+                        // the sweep finds.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "listening for freed parked messages failed");
+                            freed = None;
+                        }
+                    }
+                }
                 _ = dead_letter_depth.tick() => {
+                    if freed.is_none() {
+                        freed = self.listen_for_freed_orders().await;
+                    }
                     in_flight.spawn(sample_dead_letter_depth(
                         channel.clone(),
                         self.topology.dead_letter_queue.clone(),
@@ -213,6 +241,20 @@ impl<S: Service> Consumer<S> {
             in_flight.abort_all();
         }
         ended
+    }
+
+    /// Listens on `<schema>_parked`, where a commit on any instance names an order whose
+    /// parked messages it may have freed. `None` if the database does not answer soon.
+    async fn listen_for_freed_orders(&self) -> Option<PgListener> {
+        let channel = format!("{}_parked", self.db.schema);
+        match tokio::time::timeout(LISTEN_TIMEOUT, self.db.listen(&[&channel])).await {
+            Ok(Ok(listener)) => Some(listener),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for freed parked messages; the sweep will find them");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
@@ -664,6 +706,15 @@ impl<S: Service> Consumer<S> {
         if let Err(error) = removed {
             tracing::warn!(%error, %message_id, "parked message not dead-lettered; trying again later");
         }
+    }
+}
+
+async fn next_notification(
+    listener: &mut Option<PgListener>,
+) -> Result<PgNotification, sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await,
+        None => std::future::pending().await,
     }
 }
 

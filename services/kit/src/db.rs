@@ -10,7 +10,7 @@ use shared_events::Envelope;
 use sqlx::{
     PgPool, Postgres, Transaction,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ pub(crate) type Feed = mpsc::Receiver<Announced>;
 #[derive(Clone)]
 pub struct Db {
     pub pool: PgPool,
+    /// How the pool connects, for connections of its own (the parking lot's listener).
+    connect_options: PgConnectOptions,
     /// The schema this service owns; also the prefix of its outbox and inbox tables.
     pub schema: &'static str,
     feed: mpsc::Sender<Announced>,
@@ -51,22 +53,22 @@ impl Db {
     /// while the database is still starting.
     pub fn connect_lazy(config: &Config, schema: &'static str) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = config.database_url.parse()?;
+        // Unqualified names (the kit's `outbox`, `inbox` and `parked`) resolve in the service's
+        // own schema; the services' own SQL names its schema explicitly.
+        let connect_options = options
+            .application_name(schema)
+            .options([("search_path", schema)]);
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(5))
             // No ping before every transaction (a round trip each): a dead connection fails its
             // statement instead, which every caller already treats as "database away, retry".
             .test_before_acquire(false)
-            // Unqualified names (the kit's `outbox` and `inbox`) resolve in the service's own
-            // schema; the services' own SQL names its schema explicitly.
-            .connect_lazy_with(
-                options
-                    .application_name(schema)
-                    .options([("search_path", schema)]),
-            );
+            .connect_lazy_with(connect_options.clone());
         let (feed, feed_receiver) = mpsc::channel(FEED_CAPACITY);
         Ok(Self {
             pool,
+            connect_options,
             schema,
             feed,
             feed_receiver: Arc::new(Mutex::new(Some(feed_receiver))),
@@ -143,6 +145,17 @@ impl Db {
         }
         kit.run(&self.pool).await?;
         service.run(&self.pool).await
+    }
+
+    /// A listener on its own connection (not one of the pool's) for the channels `channels`.
+    pub(crate) async fn listen(&self, channels: &[&str]) -> Result<PgListener, sqlx::Error> {
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(self.connect_options.clone());
+        let mut listener = PgListener::connect_with(&own).await?;
+        listener.listen_all(channels.iter().copied()).await?;
+        Ok(listener)
     }
 
     /// Unpublished outbox rows and the age in seconds of the oldest (0 when none): how far
