@@ -622,6 +622,7 @@ impl Target {
             sandbox
                 .cleanup(&[&service_kit::config::default_retry_delays()], &[])
                 .await;
+            let _ = std::fs::remove_dir_all(fleet.log_dir());
         }
     }
 

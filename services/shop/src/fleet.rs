@@ -112,6 +112,11 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// Where the services' logs are written.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
     /// Every orders replica's URL: a client spreads its orders over them.
     pub fn orders_urls(&self) -> Vec<String> {
         self.services
