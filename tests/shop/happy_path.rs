@@ -6,7 +6,7 @@ use serde_json::json;
 use shared_events::{
     Event, OrderConfirmed, OrderPlaced, PaymentCompleted, ShipmentBooked, StockReserved,
 };
-use shop_tests::{Seen, Shop, eventually, metric, order_body};
+use shop_tests::{Seen, Shop, eventually, metric, metrics_text, order_body};
 
 fn header(seen: &Seen, name: &str) -> Option<String> {
     service_kit::publisher::header_text(&seen.properties, name)
@@ -252,15 +252,7 @@ async fn every_service_reports_health_readiness_and_metrics() {
     );
     let samples = std::env::var_os("SHOP_METRICS_SAMPLES").map(std::path::PathBuf::from);
     for service in &shop.services {
-        let text = shop
-            .http
-            .get(format!("{}/metrics", service.url))
-            .send()
-            .await
-            .expect("metrics reachable")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = metrics_text(&shop.http, &service.url).await;
         for line in [
             "# TYPE shop_outbox_unsent_rows gauge",
             "# TYPE shop_outbox_oldest_unsent_age_seconds gauge",

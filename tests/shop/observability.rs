@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use shop::SERVICES;
-use shop_tests::{Shop, order_body};
+use shop_tests::{Shop, metrics_text, order_body};
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -61,15 +61,7 @@ async fn the_dashboard_queries_only_series_the_services_export() {
 
     let mut available = BTreeSet::new();
     for service in &shop.services {
-        let text = shop
-            .http
-            .get(format!("{}/metrics", service.url))
-            .send()
-            .await
-            .expect("metrics reachable")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = metrics_text(&shop.http, &service.url).await;
         available.extend(exported(&text));
     }
     let queried = dashboard_series();

@@ -278,16 +278,7 @@ impl<S: Service> Consumer<S> {
                     .await;
             }
         };
-        let span = tracing::info_span!(
-            "handle",
-            service = self.service,
-            event_type = %envelope.event_type,
-            message_id = %envelope.message_id,
-            order_id = %envelope.correlation_id,
-            correlation_id = %envelope.correlation_id,
-            causation_id = ?envelope.causation_id,
-            attempt,
-        );
+        let span = self.span(&envelope, attempt, false);
         async {
             let started = Instant::now();
             let applied = self.apply(&envelope, false).await;
@@ -362,6 +353,22 @@ impl<S: Service> Consumer<S> {
         }
         .instrument(span)
         .await;
+    }
+
+    /// What every log line about handling `envelope` carries; `unparked` marks a try of a
+    /// parked message rather than a delivery.
+    fn span(&self, envelope: &Envelope, attempt: u32, unparked: bool) -> tracing::Span {
+        tracing::info_span!(
+            "handle",
+            service = self.service,
+            event_type = %envelope.event_type,
+            message_id = %envelope.message_id,
+            order_id = %envelope.correlation_id,
+            correlation_id = %envelope.correlation_id,
+            causation_id = ?envelope.causation_id,
+            attempt,
+            unparked,
+        )
     }
 
     /// Inbox entry, effect and outgoing events in one transaction; `unparking` takes the
@@ -617,16 +624,7 @@ impl<S: Service> Consumer<S> {
                 return Retried::Gone;
             }
         };
-        let span = tracing::info_span!(
-            "unpark",
-            service = self.service,
-            event_type = %envelope.event_type,
-            message_id = %envelope.message_id,
-            order_id = %envelope.correlation_id,
-            correlation_id = %envelope.correlation_id,
-            causation_id = ?envelope.causation_id,
-            attempt,
-        );
+        let span = self.span(&envelope, attempt, true);
         async {
             let waited = parked.waited();
             let properties = envelope_properties(&envelope);
