@@ -32,6 +32,10 @@ pub struct Envelope {
     pub correlation_id: Uuid,
     /// The `message_id` of the event that caused this one; `None` for a saga's first event.
     pub causation_id: Option<Uuid>,
+    /// The W3C trace context of the span that sent this message (the CloudEvents
+    /// distributed-tracing extension); `None` when it was sent outside any trace.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub payload: serde_json::Value,
 }
 
@@ -58,6 +62,8 @@ struct CloudEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    tracestate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     data: Option<serde_json::Value>,
 }
 
@@ -73,7 +79,8 @@ impl From<Envelope> for CloudEvent {
             datacontenttype: Some(DATA_CONTENT_TYPE.to_owned()),
             correlationid: Some(envelope.correlation_id),
             causationid: envelope.causation_id,
-            traceparent: Some(envelope.traceparent()),
+            traceparent: envelope.traceparent,
+            tracestate: envelope.tracestate,
             data: Some(envelope.payload),
         }
     }
@@ -123,6 +130,8 @@ impl TryFrom<CloudEvent> for Envelope {
             producer: producer.to_owned(),
             correlation_id,
             causation_id: event.causationid,
+            traceparent: event.traceparent,
+            tracestate: event.tracestate,
             payload: event.data.ok_or("the data attribute is missing")?,
         })
     }
@@ -180,6 +189,9 @@ impl Envelope {
             producer: E::PRODUCER.to_owned(),
             correlation_id: event.order_id(),
             causation_id,
+            // Set by the sender from the span it is in (the service kit's telemetry).
+            traceparent: None,
+            tracestate: None,
             // Catalog payloads are plain structs with string keys: serializing them cannot fail.
             payload: serde_json::to_value(event).unwrap_or(serde_json::Value::Null),
         }
@@ -197,14 +209,6 @@ impl Envelope {
     /// The CloudEvents `type`: `shop.<Event>.v<version>`.
     pub fn cloudevents_type(&self) -> String {
         cloudevents_type(&self.event_type, self.version)
-    }
-
-    /// A W3C `traceparent` putting every event of one saga in one trace: the trace id is the
-    /// correlation (order) id, the parent span id is taken from the message id.
-    pub fn traceparent(&self) -> String {
-        let trace_id = self.correlation_id.simple().to_string();
-        let message_id = self.message_id.simple().to_string();
-        format!("00-{trace_id}-{}-01", &message_id[16..])
     }
 
     /// The typed payload, if this envelope carries a readable `E`.
@@ -273,7 +277,9 @@ mod tests {
     fn on_the_wire_it_is_a_structured_cloudevent() {
         let order_id = Uuid::now_v7();
         let cause = Uuid::now_v7();
-        let envelope = Envelope::new(&OrderConfirmed { order_id }, Some(cause));
+        let mut envelope = Envelope::new(&OrderConfirmed { order_id }, Some(cause));
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        envelope.traceparent = Some(traceparent.to_owned());
         let wire: serde_json::Value = serde_json::from_slice(&envelope.to_json()).expect("JSON");
         assert_eq!(wire["specversion"], "1.0");
         assert_eq!(wire["id"], envelope.message_id.to_string());
@@ -283,7 +289,8 @@ mod tests {
         assert_eq!(wire["datacontenttype"], "application/json");
         assert_eq!(wire["correlationid"], order_id.to_string());
         assert_eq!(wire["causationid"], cause.to_string());
-        assert_eq!(wire["traceparent"], envelope.traceparent());
+        assert_eq!(wire["traceparent"], traceparent);
+        assert!(wire.get("tracestate").is_none(), "absent, not null");
         assert_eq!(wire["data"]["order_id"], order_id.to_string());
         assert_eq!(
             Envelope::from_json(&envelope.to_json()).ok(),

@@ -136,7 +136,15 @@ fn the_compose_file_sets_only_what_the_services_read_on_the_ports_they_serve() {
             "service_completed_successfully"
         );
         assert!(spec["restart"].is_string(), "{service} restarts");
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4318",
+            "{service} sends its spans to the trace viewer (OTLP/HTTP)"
+        );
     }
+    assert!(
+        text(&compose["services"]["jaeger"]["image"]).starts_with("jaegertracing/"),
+        "a trace viewer runs"
+    );
     for key in environment(&compose, "provision").keys() {
         assert!(
             Settings::variables().contains(key),

@@ -89,6 +89,8 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
             .expect("seen")
     };
     let mut cause = None;
+    let mut trace_ids = std::collections::BTreeSet::new();
+    let mut span_ids = std::collections::BTreeSet::new();
     for event_type in chain {
         let event = find(event_type);
         let envelope = &event.envelope;
@@ -134,12 +136,19 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
             Some("application/cloudevents+json".to_owned())
         );
         assert_eq!(header(event, "causation_id"), cause.map(|c| c.to_string()));
+        // One trace per order; each message carries the context of the span that sent it.
+        let traceparent = envelope.traceparent.clone().expect("a trace context");
+        assert_eq!(header(event, "traceparent"), Some(traceparent.clone()));
+        let fields: Vec<&str> = traceparent.split('-').collect();
         assert!(
-            header(event, "traceparent")
-                .is_some_and(|t| t.contains(&order_id.simple().to_string()))
+            matches!(fields[..], ["00", trace, span, "01"] if trace.len() == 32 && span.len() == 16),
+            "{traceparent}"
         );
+        trace_ids.insert(fields[1].to_owned());
+        assert!(span_ids.insert(fields[2].to_owned()), "a span of its own");
         cause = Some(envelope.message_id);
     }
+    assert_eq!(trace_ids.len(), 1, "one trace for the order: {trace_ids:?}");
 
     let notices = shop.get_json(&notifications_url).await;
     assert_eq!(notices.as_array().map(Vec::len), Some(1));

@@ -44,13 +44,22 @@ pub fn admin_database_url() -> String {
         .unwrap_or_else(|_| service_kit::config::DEFAULT_DATABASE_URL.into())
 }
 
+/// Logs (warnings, unless `RUST_LOG` says otherwise) captured per test, and the services'
+/// spans traced as in production, so every message carries a real trace context.
 pub fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    static TELEMETRY: std::sync::OnceLock<service_kit::Telemetry> = std::sync::OnceLock::new();
+    let logs = tracing_subscriber::fmt::layer().with_test_writer();
+    let (traces, telemetry) = service_kit::telemetry::traces("shop-tests");
+    if tracing_subscriber::registry()
+        .with(service_kit::telemetry::filter("warn"))
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok()
+    {
+        let _ = TELEMETRY.set(telemetry);
+    }
 }
 
 /// The RabbitMQ management API, which the least-privilege test provisions through (as

@@ -79,6 +79,13 @@ pub const VARIABLES: &[&str] = &[
     "HTTP_MAX_HEADER_BYTES",
     "HTTP_MAX_BODY_BYTES",
     "MAX_PENDING_ORDERS",
+    // Read by the OpenTelemetry SDK (see `telemetry`); the usual ones, not every `OTEL_*`.
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
 ];
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -22,7 +22,8 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, LongString},
 };
-use shared_events::Envelope;
+use opentelemetry_semantic_conventions::attribute as semconv;
+use shared_events::{CATALOG, Envelope};
 use sqlx::postgres::{PgListener, PgNotification};
 use tokio::{task::JoinSet, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,7 @@ use crate::{
     metrics::Metrics,
     parked::{ParkedMessage, ParkingLot},
     publisher::{Outgoing, PublishError, Publisher, envelope_properties, header_text, header_u32},
-    telemetry::ErrorChain,
+    telemetry::{self, ErrorChain},
     topology::Topology,
 };
 
@@ -355,11 +356,31 @@ impl<S: Service> Consumer<S> {
         .await;
     }
 
-    /// What every log line about handling `envelope` carries; `unparked` marks a try of a
-    /// parked message rather than a delivery.
+    /// The CONSUMER span of handling `envelope`, a child of the span that published it (so a
+    /// retry, a redrive or a parked message's later try stays in its trace), and what every
+    /// log line about it carries; `unparked` marks a try of a parked message, not a delivery.
     fn span(&self, envelope: &Envelope, attempt: u32, unparked: bool) -> tracing::Span {
-        tracing::info_span!(
+        let routing_key = CATALOG
+            .iter()
+            .find(|info| info.event_type == envelope.event_type)
+            .map_or(envelope.event_type.as_str(), |info| info.routing_key);
+        let destination = format!(
+            "{}:{routing_key}:{}",
+            self.topology.exchange, self.topology.queue
+        );
+        let span = tracing::info_span!(
+            target: telemetry::TRACE_TARGET,
             "handle",
+            otel.name = format!("process {destination}").as_str(),
+            otel.kind = "consumer",
+            { semconv::MESSAGING_SYSTEM } = "rabbitmq",
+            { semconv::MESSAGING_OPERATION_TYPE } = "process",
+            { semconv::MESSAGING_OPERATION_NAME } = "process",
+            { semconv::MESSAGING_DESTINATION_NAME } = destination.as_str(),
+            { semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY } = routing_key,
+            { semconv::MESSAGING_CONSUMER_GROUP_NAME } = self.topology.queue.as_str(),
+            { semconv::MESSAGING_MESSAGE_ID } = %envelope.message_id,
+            { semconv::MESSAGING_MESSAGE_CONVERSATION_ID } = %envelope.correlation_id,
             service = self.service,
             event_type = %envelope.event_type,
             message_id = %envelope.message_id,
@@ -368,7 +389,9 @@ impl<S: Service> Consumer<S> {
             causation_id = ?envelope.causation_id,
             attempt,
             unparked,
-        )
+        );
+        telemetry::continue_trace(&span, envelope);
+        span
     }
 
     /// Inbox entry, effect and outgoing events in one transaction; `unparking` takes the

@@ -11,7 +11,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Request, State},
+    extract::{MatchedPath, Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -22,14 +22,18 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
+use opentelemetry_semantic_conventions::attribute as semconv;
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     config::HEADER_BYTES_CEILING,
     db::{self, Db},
     metrics::Metrics,
+    telemetry,
 };
 
 /// In-flight requests get this long to finish once shutdown starts.
@@ -126,7 +130,8 @@ pub(crate) async fn serve(
         }))
         .layer(middleware::from_fn(move |request, next| {
             limit_headers(limits.max_header_bytes, request, next)
-        }));
+        }))
+        .layer(middleware::from_fn(trace_request));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -174,6 +179,48 @@ pub(crate) async fn serve(
     {
         tracing::warn!("HTTP requests still open after the grace period; closing them");
     }
+}
+
+/// Paths an orchestrator or Prometheus polls every few seconds: no trace for them.
+const UNTRACED_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// A SERVER span per request, continuing the caller's trace when it sends a `traceparent`:
+/// the events a request announces (an order placed) start their trace here.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    if route
+        .as_deref()
+        .is_some_and(|route| UNTRACED_ROUTES.contains(&route))
+    {
+        return next.run(request).await;
+    }
+    let method = request.method().as_str().to_owned();
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.clone(),
+    };
+    let span = tracing::info_span!(
+        target: telemetry::TRACE_TARGET,
+        "request",
+        otel.name = name.as_str(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        { semconv::HTTP_REQUEST_METHOD } = method.as_str(),
+        { semconv::HTTP_ROUTE } = route.as_deref(),
+        { semconv::URL_PATH } = request.uri().path(),
+        { semconv::HTTP_RESPONSE_STATUS_CODE } = tracing::field::Empty,
+    );
+    let _ = span.set_parent(telemetry::context_of_request(request.headers()));
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record(semconv::HTTP_RESPONSE_STATUS_CODE, status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 /// `431` with a JSON error for request headers past `limit` bytes in total.

@@ -29,7 +29,7 @@ mod retention;
 mod service;
 mod session;
 mod shutdown;
-mod telemetry;
+pub mod telemetry;
 pub mod topology;
 
 pub use config::Config;
@@ -41,15 +41,18 @@ pub use metrics::Metrics;
 pub use outbox::Outbox;
 pub use service::{ApiContext, BoundService, Error, ServiceSpec, bind};
 pub use shutdown::on_signal as shutdown_on_signal;
-pub use telemetry::{ErrorChain, init as init_logs};
+pub use telemetry::{ErrorChain, Telemetry, init_logs};
 pub use tokio_util::sync::CancellationToken;
 
-/// What every service binary does first: logs, configuration from the environment (with the
-/// service's own default port), and a shutdown token fired by SIGTERM or Ctrl-C.
+/// What every service binary does first: logs and traces as service `name`, configuration
+/// from the environment (with the service's own default port), and a shutdown token fired by
+/// SIGTERM or Ctrl-C. Keep the [`Telemetry`] until the service has stopped: dropping it sends
+/// the last spans.
 pub fn process_setup(
+    name: &str,
     default_http_addr: std::net::SocketAddr,
-) -> Result<(Config, CancellationToken), config::ConfigError> {
-    telemetry::init();
+) -> Result<(Config, CancellationToken, Telemetry), config::ConfigError> {
+    let telemetry = telemetry::init(name, "info");
     let config = Config::from_env(default_http_addr)?;
-    Ok((config, shutdown::on_signal()))
+    Ok((config, shutdown::on_signal(), telemetry))
 }

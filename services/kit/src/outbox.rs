@@ -7,6 +7,7 @@
 use std::{marker::PhantomData, time::Duration};
 
 use futures_util::{StreamExt, stream::FuturesOrdered};
+use opentelemetry_semantic_conventions::attribute as semconv;
 use shared_events::{Envelope, Event, Participant};
 use sqlx::PgConnection;
 use tokio::{
@@ -14,13 +15,15 @@ use tokio::{
     time::MissedTickBehavior,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::{
     db::{Announced, Db, Feed},
     metrics::Metrics,
     publisher::{Outgoing, PublishError, Publisher, envelope_properties},
-    telemetry::ErrorChain,
+    telemetry::{self, ErrorChain},
 };
 
 /// Rows a sweep publishes per transaction: bounded so a backlog drains in steps that each commit.
@@ -54,7 +57,10 @@ async fn append<E: Event>(
     event: &E,
     causation_id: Option<Uuid>,
 ) -> Result<Announced, sqlx::Error> {
-    let envelope = Envelope::new(event, causation_id);
+    let mut envelope = Envelope::new(event, causation_id);
+    // The row keeps the writing transaction's trace context: a publish seconds later, or after
+    // a crash, still joins the trace it belongs to.
+    telemetry::stamp(&mut envelope, &tracing::Span::current());
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO outbox
              (message_id, event_type, routing_key, correlation_id, causation_id, envelope)
@@ -149,14 +155,8 @@ impl Relay {
                 }
                 () = stop.cancelled(), if in_flight.is_empty() => return Ok(()),
                 Some(event) = feed.recv(), if !stop.is_cancelled() => {
-                    let Announced { id, routing_key, envelope } = event;
-                    tracing::debug!(
-                        message_id = %envelope.message_id,
-                        event_type = %envelope.event_type,
-                        order_id = %envelope.correlation_id,
-                        causation_id = ?envelope.causation_id,
-                        "publishing"
-                    );
+                    let Announced { id, routing_key, mut envelope } = event;
+                    let span = publish_span(exchange, routing_key, &mut envelope);
                     let body = envelope.to_json();
                     let message = Outgoing {
                         exchange,
@@ -165,8 +165,15 @@ impl Relay {
                         properties: envelope_properties(&envelope),
                     };
                     match publisher.send(message).await {
-                        Ok(confirm) => in_flight.push_back(async move { (id, confirm.await) }),
-                        Err(e) => self.settle(id, Err(e), &confirmed).await?,
+                        Ok(confirm) => in_flight.push_back(async move {
+                            let result = confirm.await;
+                            publish_failed(&span, result.as_ref().err());
+                            (id, result)
+                        }),
+                        Err(e) => {
+                            publish_failed(&span, Some(&e));
+                            self.settle(id, Err(e), &confirmed).await?;
+                        }
                     }
                 }
                 _ = sweep.tick(), if in_flight.is_empty() && !stop.is_cancelled() => {
@@ -260,7 +267,7 @@ impl Relay {
         grace: Duration,
     ) -> Result<BatchOutcome, sqlx::Error> {
         let mut tx = self.db.begin().await?;
-        let rows: Vec<(i64, String, sqlx::types::Json<Envelope>)> = sqlx::query_as(
+        let mut rows: Vec<(i64, String, sqlx::types::Json<Envelope>)> = sqlx::query_as(
             "SELECT id, routing_key, envelope FROM outbox
              WHERE sent_at IS NULL AND created_at <= now() - make_interval(secs => $2)
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -273,6 +280,10 @@ impl Relay {
             return Ok(BatchOutcome::Drained);
         }
 
+        let spans: Vec<Span> = rows
+            .iter_mut()
+            .map(|(_, routing_key, envelope)| publish_span(exchange, routing_key, envelope))
+            .collect();
         let bodies: Vec<Vec<u8>> = rows
             .iter()
             .map(|(_, _, envelope)| envelope.to_json())
@@ -291,7 +302,8 @@ impl Relay {
 
         let mut sent = Vec::new();
         let mut first_failure = None;
-        for ((id, _, _), result) in rows.iter().zip(results) {
+        for (((id, _, _), result), span) in rows.iter().zip(results).zip(&spans) {
+            publish_failed(span, result.as_ref().err());
             match result {
                 Ok(()) => sent.push(*id),
                 Err(e) => {
@@ -324,6 +336,40 @@ impl Relay {
             None if rows.len() as i64 == BATCH_SIZE => BatchOutcome::More,
             None => BatchOutcome::Drained,
         })
+    }
+}
+
+/// The PRODUCER span of one publish, a child of the trace context its outbox row kept; the
+/// message then carries this span's context, so its consumers' spans are children of it.
+fn publish_span(exchange: &str, routing_key: &str, envelope: &mut Envelope) -> Span {
+    let destination = format!("{exchange}:{routing_key}");
+    let span = tracing::info_span!(
+        target: telemetry::TRACE_TARGET,
+        "publish",
+        otel.name = format!("publish {destination}").as_str(),
+        otel.kind = "producer",
+        { semconv::MESSAGING_SYSTEM } = "rabbitmq",
+        { semconv::MESSAGING_OPERATION_TYPE } = "send",
+        { semconv::MESSAGING_OPERATION_NAME } = "publish",
+        { semconv::MESSAGING_DESTINATION_NAME } = destination.as_str(),
+        { semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY } = routing_key,
+        { semconv::MESSAGING_MESSAGE_ID } = %envelope.message_id,
+        { semconv::MESSAGING_MESSAGE_CONVERSATION_ID } = %envelope.correlation_id,
+        event_type = %envelope.event_type,
+        message_id = %envelope.message_id,
+        order_id = %envelope.correlation_id,
+        causation_id = ?envelope.causation_id,
+    );
+    telemetry::continue_trace(&span, envelope);
+    telemetry::stamp(envelope, &span);
+    tracing::debug!(parent: &span, "publishing");
+    span
+}
+
+/// Marks a publish span failed, with the reason.
+fn publish_failed(span: &Span, error: Option<&PublishError>) {
+    if let Some(error) = error {
+        span.set_status(opentelemetry::trace::Status::error(error.to_string()));
     }
 }
 

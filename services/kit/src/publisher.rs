@@ -122,7 +122,7 @@ async fn await_confirm(confirm: PublisherConfirm) -> Result<(), PublishError> {
 
 /// AMQP properties mirroring the CloudEvent (docs/architecture.md, "The envelope"): persistent,
 /// its content type, id, type, order id, time and producer, with `causation_id` and the W3C
-/// `traceparent` in the headers.
+/// `traceparent` and `tracestate` in the headers.
 pub fn envelope_properties(envelope: &Envelope) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(causation_id) = envelope.causation_id {
@@ -131,10 +131,18 @@ pub fn envelope_properties(envelope: &Envelope) -> BasicProperties {
             AMQPValue::LongString(LongString::from(causation_id.to_string())),
         );
     }
-    headers.insert(
-        "traceparent".into(),
-        AMQPValue::LongString(LongString::from(envelope.traceparent())),
-    );
+    let trace_context = [
+        ("traceparent", &envelope.traceparent),
+        ("tracestate", &envelope.tracestate),
+    ];
+    for (name, value) in trace_context {
+        if let Some(value) = value {
+            headers.insert(
+                name.into(),
+                AMQPValue::LongString(LongString::from(value.as_str())),
+            );
+        }
+    }
     let timestamp = u64::try_from(envelope.occurred_at.timestamp())
         .unwrap_or_else(|_| u64::try_from(Utc::now().timestamp()).unwrap_or(0));
     BasicProperties::default()
@@ -182,12 +190,14 @@ mod tests {
     #[test]
     fn properties_mirror_the_envelope() {
         let cause = Uuid::now_v7();
-        let envelope = Envelope::new(
+        let mut envelope = Envelope::new(
             &OrderConfirmed {
                 order_id: Uuid::now_v7(),
             },
             Some(cause),
         );
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        envelope.traceparent = Some(traceparent.to_owned());
         let properties = envelope_properties(&envelope);
         assert_eq!(
             properties.message_id().as_ref().map(|s| s.to_string()),
@@ -202,8 +212,10 @@ mod tests {
             header_text(&properties, "causation_id"),
             Some(cause.to_string())
         );
-        let traceparent = header_text(&properties, "traceparent").expect("traceparent");
-        assert_eq!(traceparent.len(), 55);
-        assert!(traceparent.contains(&envelope.correlation_id.simple().to_string()));
+        assert_eq!(
+            header_text(&properties, "traceparent").as_deref(),
+            Some(traceparent)
+        );
+        assert_eq!(header_text(&properties, "tracestate"), None);
     }
 }

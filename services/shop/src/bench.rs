@@ -42,7 +42,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::fleet::Fleet;
+use shop::fleet::Fleet;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
@@ -563,7 +563,7 @@ impl Target {
         if replicas > 1 {
             env.push((
                 "DB_POOL_SIZE",
-                crate::fleet::pool_size_per_replica(replicas).to_string(),
+                shop::fleet::pool_size_per_replica(replicas).to_string(),
             ));
         }
         if options.soak {
@@ -578,7 +578,8 @@ impl Target {
                 ("PRUNE_INTERVAL_SECS", "10".to_owned()),
             ]);
         }
-        let mut fleet = Fleet::new(&log_dir, env)?;
+        let exe = std::env::current_exe().context("cannot find the shop executable")?;
+        let mut fleet = Fleet::new(&exe, &log_dir, env);
         fleet.start(http, replicas).await?;
         let database = PgPoolOptions::new()
             .max_connections(CONCURRENCY as u32 + 2)

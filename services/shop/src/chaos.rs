@@ -31,7 +31,7 @@ use sqlx::PgPool;
 use tokio::{process::Command, sync::Semaphore};
 use uuid::Uuid;
 
-use crate::fleet::{self, Fleet};
+use shop::fleet::{self, Fleet};
 
 /// Retry delays of the services under test: short, so deferrals resolve within the run.
 const RETRY_DELAYS_MS: [u64; 3] = [200, 1_000, 3_000];
@@ -387,7 +387,9 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
     let sandbox = Sandbox::create(&base.database_url, &base.amqp_url, "shop_chaos").await?;
     let log_dir = std::env::temp_dir().join(&sandbox.namespace);
     std::fs::create_dir_all(&log_dir)?;
+    let exe = std::env::current_exe().context("cannot find the shop executable")?;
     let fleet = Fleet::new(
+        &exe,
         &log_dir,
         vec![
             ("DATABASE_URL", sandbox.database_url.clone()),
@@ -404,7 +406,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
             ),
             ("MAX_ATTEMPTS", "30".to_owned()),
         ],
-    )?;
+    );
     let mut run = ChaosRun {
         sandbox,
         log_dir,

@@ -1,5 +1,5 @@
-//! The five services as processes of this executable (`shop service <name>`, the same code as
-//! their own binaries), each on a free port with its output in a log file, one or several
+//! The five services as processes of the `shop` executable (`shop service <name>`, the same
+//! code as their own binaries), each on a free port with its output in a log file, one or several
 //! replicas of each: what `shop chaos` and `shop bench` run the shop as.
 
 use std::{
@@ -8,8 +8,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
-use shop::{SERVICES, harness, registry};
+use crate::{
+    SERVICES,
+    harness::{self, HarnessError},
+    registry,
+};
 use tokio::process::{Child, Command};
 
 /// One service process: replica `replica` of service `name`.
@@ -44,22 +47,30 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(log_dir: &Path, env: Vec<(&'static str, String)>) -> anyhow::Result<Self> {
-        Ok(Self {
-            exe: std::env::current_exe().context("cannot find the shop executable")?,
+    /// Services run as `exe service <name>`, `exe` being the `shop` executable.
+    pub fn new(exe: &Path, log_dir: &Path, env: Vec<(&'static str, String)>) -> Self {
+        Self {
+            exe: exe.to_owned(),
             log_dir: log_dir.to_owned(),
             env,
             services: Vec::new(),
-        })
+        }
     }
 
     /// Starts `replicas` processes of every service of the registry, all at once (replicas
     /// of one service race through their start-up, migrations included), and waits until all
     /// are ready.
-    pub async fn start(&mut self, http: &reqwest::Client, replicas: usize) -> anyhow::Result<()> {
+    pub async fn start(
+        &mut self,
+        http: &reqwest::Client,
+        replicas: usize,
+    ) -> Result<(), HarnessError> {
         for entry in &SERVICES {
             for replica in 0..replicas {
-                let port = harness::free_port()?;
+                let port = harness::free_port().map_err(|source| HarnessError::Start {
+                    what: "a service (no free port)".to_owned(),
+                    source,
+                })?;
                 let child = self.spawn(entry.name, replica, port)?;
                 self.services.push(ServiceProcess {
                     name: entry.name,
@@ -72,7 +83,7 @@ impl Fleet {
         self.wait_ready(http).await
     }
 
-    pub async fn wait_ready(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+    pub async fn wait_ready(&self, http: &reqwest::Client) -> Result<(), HarnessError> {
         for service in &self.services {
             harness::wait_ready(http, &service.url(), Duration::from_secs(60)).await?;
         }
@@ -80,15 +91,23 @@ impl Fleet {
     }
 
     /// Starts replica `replica` of `name` on `port`, its output appended to its log.
-    pub fn spawn(&self, name: &'static str, replica: usize, port: u16) -> anyhow::Result<Child> {
-        let log_path = self
-            .log_dir
-            .join(format!("{}.log", replica_label(name, replica)));
+    pub fn spawn(
+        &self,
+        name: &'static str,
+        replica: usize,
+        port: u16,
+    ) -> Result<Child, HarnessError> {
+        let label = replica_label(name, replica);
+        let failed = |source| HarnessError::Start {
+            what: label.clone(),
+            source,
+        };
+        let log_path = self.log_dir.join(format!("{label}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
+            .map_err(failed)?;
         let child = Command::new(&self.exe)
             .args(["service", name])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -97,11 +116,11 @@ impl Fleet {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdout(Stdio::from(log.try_clone()?))
+            .stdout(Stdio::from(log.try_clone().map_err(failed)?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
+            .map_err(failed)?;
         Ok(child)
     }
 

@@ -50,6 +50,11 @@ pub enum HarnessError {
     },
     #[error("{what} not ready within {patience:?}")]
     NotReady { what: String, patience: Duration },
+    #[error("cannot start {what}")]
+    Start {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// `scheme://host:port` of a URL, without credentials or path: safe to print.

@@ -10,9 +10,8 @@
 
 mod bench;
 mod chaos;
-mod fleet;
 
-use shop::{ServiceEntry, asyncapi, audit, map, registry};
+use shop::{ServiceEntry, asyncapi, audit, fleet, map, registry};
 
 use std::{process::Stdio, time::Duration};
 
@@ -156,7 +155,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn service(entry: &'static ServiceEntry) -> anyhow::Result<()> {
-    let (config, shutdown) = service_kit::process_setup(entry.default_addr)?;
+    let (config, shutdown, _telemetry) =
+        service_kit::process_setup(entry.name, entry.default_addr)?;
     (entry.bind)(config).await?.run(shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,302 @@
+//! One order, one trace across the five services, as an OpenTelemetry backend receives it: the
+//! services run as processes (each its own `service.name`) exporting OTLP over HTTP to a
+//! receiver inside this test, which decodes the protobuf with the OpenTelemetry protocol's
+//! own types.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, body::Bytes, extract::State, http::header, routing::post};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{KeyValue, any_value::Value},
+    trace::v1::span::SpanKind,
+};
+use prost::Message;
+use serde_json::Value as Json;
+use service_kit::{
+    config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, default_retry_delays},
+    topology,
+};
+use shop::{SERVICES, fleet::Fleet, harness, harness::Sandbox, provision};
+use tokio::net::TcpListener;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A span as received, with the `service.name` of the process that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: BTreeMap<String, String>,
+}
+
+impl Received {
+    fn attribute(&self, key: &str) -> &str {
+        self.attributes.get(key).map_or("", String::as_str)
+    }
+}
+
+type Spans = Arc<Mutex<Vec<Received>>>;
+
+/// An OTLP/HTTP trace receiver on a free port: every span of every export, decoded.
+async fn start_receiver() -> (String, Spans) {
+    let spans = Spans::default();
+    let app = Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(spans.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), spans)
+}
+
+async fn receive(
+    State(spans): State<Spans>,
+    body: Bytes,
+) -> ([(header::HeaderName, &'static str); 1], Vec<u8>) {
+    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+    let mut received = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource = resource_spans
+            .resource
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = resource.get("service.name").cloned().unwrap_or_default();
+        for scope_spans in resource_spans.scope_spans {
+            for span in scope_spans.spans {
+                received.push(Received {
+                    service: service.clone(),
+                    name: span.name,
+                    kind: span.kind,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    attributes: attributes(&span.attributes),
+                });
+            }
+        }
+    }
+    spans.lock().expect("spans").extend(received);
+    // An empty ExportTraceServiceResponse: everything accepted.
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        Vec::new(),
+    )
+}
+
+fn attributes(pairs: &[KeyValue]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let value = match pair.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(n)) => n.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                Some(Value::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (pair.key.clone(), value)
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_order_is_one_trace_across_the_five_services() {
+    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
+    let sandbox = Sandbox::create(
+        &setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
+        &setting("TEST_AMQP_URL", DEFAULT_AMQP_URL),
+        "shop_traces",
+    )
+    .await
+    .expect("a sandbox");
+    let (endpoint, spans) = start_receiver().await;
+    let log_dir = std::env::temp_dir().join(&sandbox.namespace);
+    std::fs::create_dir_all(&log_dir).expect("log directory");
+    let mut fleet = Fleet::new(
+        env!("CARGO_BIN_EXE_shop").as_ref(),
+        &log_dir,
+        vec![
+            ("DATABASE_URL", sandbox.database_url.clone()),
+            ("AMQP_URL", sandbox.amqp_url.clone()),
+            ("SHOP_NAMESPACE", sandbox.namespace.clone()),
+            ("DB_POOL_SIZE", "3".to_owned()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ],
+    );
+    let result = check_one_order(&mut fleet, &sandbox, &spans).await;
+    fleet.stop().await;
+    sandbox.cleanup(&[&default_retry_delays()], &[]).await;
+    let _ = std::fs::remove_dir_all(&log_dir);
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+}
+
+async fn check_one_order(
+    fleet: &mut Fleet,
+    sandbox: &Sandbox,
+    spans: &Spans,
+) -> Result<(), String> {
+    provision::declare_topologies(
+        &sandbox.amqp_url,
+        &sandbox.namespace,
+        &default_retry_delays(),
+    )
+    .await
+    .map_err(|e| format!("topology: {e}"))?;
+    let http = reqwest::Client::new();
+    fleet.start(&http, 1).await.map_err(|e| e.to_string())?;
+
+    // The caller's own trace: the order's trace continues it.
+    let caller_trace = uuid::Uuid::new_v4().simple().to_string();
+    let caller_span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let placed: Json = http
+        .post(format!("{}/orders", fleet.orders_url()))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .json(&harness::order_body(
+            "cust-trace",
+            "MUG-001",
+            1,
+            "card",
+            "GB",
+        ))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let order_id = placed["order_id"].as_str().ok_or("no order id")?.to_owned();
+
+    // Every delivery the happy path makes: each event of the chain, once per subscriber.
+    let chain = [
+        "OrderPlaced",
+        "PaymentCompleted",
+        "StockReserved",
+        "ShipmentBooked",
+        "OrderConfirmed",
+    ];
+    let deliveries: usize = chain
+        .iter()
+        .map(|event| {
+            SERVICES
+                .iter()
+                .filter(|s| (s.subscriptions)().iter().any(|e| e.event_type == *event))
+                .count()
+        })
+        .sum();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let trace = loop {
+        let trace: Vec<Received> = spans
+            .lock()
+            .expect("spans")
+            .iter()
+            .filter(|span| span.trace_id == caller_trace)
+            .cloned()
+            .collect();
+        let consumers = trace.iter().filter(|s| s.kind == kind(SpanKind::Consumer));
+        if consumers.count() >= deliveries {
+            break trace;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "order {order_id}: {deliveries} consumer spans expected, got {trace:#?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
+    let expected: BTreeSet<&str> = SERVICES.iter().map(|s| s.name).collect();
+    assert_eq!(services, expected, "every service took part in the trace");
+
+    let by_id: BTreeMap<&str, &Received> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let of_kind = |k: SpanKind| trace.iter().filter(move |s| s.kind == kind(k));
+
+    let servers: Vec<&Received> = of_kind(SpanKind::Server).collect();
+    assert_eq!(servers.len(), 1, "{servers:#?}");
+    let post = servers[0];
+    assert_eq!(post.service, "orders");
+    assert_eq!(post.name, "POST /orders");
+    assert_eq!(
+        post.parent_span_id, caller_span,
+        "the caller's span is its parent"
+    );
+    assert_eq!(post.attribute("http.request.method"), "POST");
+    assert_eq!(post.attribute("http.route"), "/orders");
+    assert_eq!(post.attribute("http.response.status_code"), "202");
+
+    let producers: BTreeMap<&str, &Received> = of_kind(SpanKind::Producer)
+        .map(|s| (s.attribute("messaging.message.id"), s))
+        .collect();
+    assert_eq!(
+        producers.len(),
+        chain.len(),
+        "one publish per event: {producers:#?}"
+    );
+    for producer in producers.values() {
+        assert_eq!(producer.attribute("messaging.system"), "rabbitmq");
+        assert_eq!(producer.attribute("messaging.operation.type"), "send");
+        assert_eq!(
+            producer.attribute("messaging.message.conversation_id"),
+            order_id
+        );
+        let key = producer.attribute("messaging.rabbitmq.destination.routing_key");
+        assert!(!key.is_empty(), "{producer:#?}");
+        assert_eq!(
+            producer.attribute("messaging.destination.name"),
+            format!("{}:{key}", topology::exchange_name(&sandbox.namespace)),
+        );
+        assert_eq!(
+            producer.name,
+            format!(
+                "publish {}",
+                producer.attribute("messaging.destination.name")
+            )
+        );
+        // Written by the POST (OrderPlaced) or by the handler of the event before it.
+        let parent = by_id
+            .get(producer.parent_span_id.as_str())
+            .ok_or_else(|| format!("the parent of {producer:#?} is not in the trace"))?;
+        assert_eq!(parent.service, producer.service, "{producer:#?}");
+        assert!(
+            parent.kind == kind(SpanKind::Server) || parent.kind == kind(SpanKind::Consumer),
+            "{parent:#?}"
+        );
+    }
+
+    for consumer in of_kind(SpanKind::Consumer) {
+        assert_eq!(consumer.attribute("messaging.system"), "rabbitmq");
+        assert_eq!(consumer.attribute("messaging.operation.type"), "process");
+        assert_eq!(
+            consumer.attribute("messaging.message.conversation_id"),
+            order_id
+        );
+        assert!(consumer.name.starts_with("process "), "{consumer:#?}");
+        // A child of the very publish that sent the message it handled.
+        let producer = producers
+            .get(consumer.attribute("messaging.message.id"))
+            .ok_or_else(|| format!("no publish of the message {consumer:#?} handled"))?;
+        assert_eq!(consumer.parent_span_id, producer.span_id, "{consumer:#?}");
+        assert_ne!(consumer.service, "", "{consumer:#?}");
+    }
+    Ok(())
+}
+
+fn kind(k: SpanKind) -> i32 {
+    k as i32
+}
