@@ -1,7 +1,8 @@
 //! One order, one trace across the five services, as an OpenTelemetry backend receives it: the
 //! services run as processes (each its own `service.name`) exporting OTLP over HTTP to a
 //! receiver inside this test, which decodes the protobuf with the OpenTelemetry protocol's
-//! own types.
+//! own types. With `SHOP_OTLP_SAMPLES=<dir>` it also keeps every export it received there, for
+//! CI to read with the OpenTelemetry project's Python protocol package.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -62,6 +63,10 @@ async fn receive(
     State(spans): State<Spans>,
     body: Bytes,
 ) -> ([(header::HeaderName, &'static str); 1], Vec<u8>) {
+    if let Ok(dir) = std::env::var("SHOP_OTLP_SAMPLES") {
+        let path = std::path::Path::new(&dir).join(format!("{}.pb", uuid::Uuid::now_v7()));
+        std::fs::write(&path, &body).expect("write an OTLP sample");
+    }
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
     let mut received = Vec::new();
     for resource_spans in request.resource_spans {
