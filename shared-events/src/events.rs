@@ -52,6 +52,10 @@ catalog! {
     StockReleased => Inventory, "inventory.stock_released";
     OrderConfirmed => Orders, "orders.order_confirmed";
     OrderCancelled => Orders, "orders.order_cancelled";
+    PaymentVoided => Payment, "payment.payment_voided";
+    ReservationVoided => Inventory, "inventory.reservation_voided";
+    ShipmentCancelled => Shipping, "shipping.shipment_cancelled";
+    ShipmentVoided => Shipping, "shipping.shipment_voided";
 }
 
 /// One line of a placed order, priced from the catalog at the time it was placed.
@@ -146,10 +150,43 @@ pub struct OrderConfirmed {
     pub order_id: Uuid,
 }
 
+/// The order will not be fulfilled. `reason` starts with the failure that cancelled it
+/// ("payment failed: …"), or is `customer_request` or `deadline_exceeded`. Every participant
+/// answers it with what it undid (PaymentRefunded / PaymentVoided, StockReleased /
+/// ReservationVoided, ShipmentCancelled / ShipmentVoided).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCancelled {
     pub order_id: Uuid,
     pub reason: String,
+}
+
+/// Payment's answer to a cancellation when it holds no money for the order: nothing was
+/// charged (declined, or never seen), and nothing ever will be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentVoided {
+    pub order_id: Uuid,
+}
+
+/// Inventory's answer to a cancellation when it holds no stock for the order: nothing was
+/// reserved (refused, or never attempted), and nothing ever will be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReservationVoided {
+    pub order_id: Uuid,
+}
+
+/// Shipping's answer to a cancellation of an order whose shipment was booked: the booking is
+/// cancelled with the carrier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ShipmentCancelled {
+    pub order_id: Uuid,
+    pub shipment_id: Uuid,
+}
+
+/// Shipping's answer to a cancellation when no shipment was booked for the order: none was
+/// (failed, or never attempted), and none ever will be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ShipmentVoided {
+    pub order_id: Uuid,
 }
 
 #[cfg(test)]
@@ -182,10 +219,10 @@ mod tests {
     }
 
     #[test]
-    fn catalog_has_eleven_distinct_events() {
+    fn catalog_has_fifteen_distinct_events() {
         let mut types: Vec<_> = CATALOG.iter().map(|e| e.event_type).collect();
         types.sort_unstable();
         types.dedup();
-        assert_eq!(types.len(), 11);
+        assert_eq!(types.len(), 15);
     }
 }

@@ -42,9 +42,13 @@ fn every_catalog_event_round_trips_through_its_fixture() {
     round_trip::<StockReleased>();
     round_trip::<OrderConfirmed>();
     round_trip::<OrderCancelled>();
+    round_trip::<PaymentVoided>();
+    round_trip::<ReservationVoided>();
+    round_trip::<ShipmentCancelled>();
+    round_trip::<ShipmentVoided>();
     assert_eq!(
         CATALOG.len(),
-        11,
+        15,
         "a new event needs a fixture and a line above"
     );
 }

@@ -116,6 +116,7 @@ async fn start_probe(env: &Env, failures: u32) -> RunningService {
             attempts: AtomicU32::new(0),
         },
         http: None,
+        background: None,
     };
     let bound = service_kit::bind(env.config(), spec)
         .await

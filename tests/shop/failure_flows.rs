@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use shared_events::{
     Envelope, Event, OrderCancelled, OrderLine, OrderPlaced, PaymentCompleted, PaymentFailed,
-    PaymentRefunded, ShipmentBooked, ShipmentFailed, ShippingAddress, StockLine, StockReleased,
-    StockReservationFailed, StockReserved,
+    PaymentRefunded, PaymentVoided, ReservationVoided, ShipmentBooked, ShipmentFailed,
+    ShipmentVoided, ShippingAddress, StockLine, StockReleased, StockReservationFailed,
+    StockReserved,
 };
 use shop_tests::{Seen, Shop, TestPublisher, eventually, metric, order_body};
 use uuid::Uuid;
@@ -37,12 +38,27 @@ async fn exact_events(shop: &Shop, order_id: Uuid, expected: &[&str]) -> BTreeMa
 }
 
 fn caused(events: &BTreeMap<String, Seen>, effect: &str, cause: &str) {
-    assert_eq!(
-        events[effect].envelope.causation_id,
-        Some(events[cause].envelope.message_id),
-        "{effect} is caused by {cause}"
+    caused_by_either(events, effect, [cause, cause]);
+}
+
+/// A compensation two facts call for (the failure itself, and the cancellation it led to) is
+/// made once, by whichever its service handled first.
+fn caused_by_either(events: &BTreeMap<String, Seen>, effect: &str, causes: [&str; 2]) {
+    let cause = events[effect].envelope.causation_id;
+    assert!(
+        causes
+            .iter()
+            .any(|c| cause == Some(events[*c].envelope.message_id)),
+        "{effect} is caused by one of {causes:?}"
     );
 }
+
+/// Every participant's answer to a cancellation of an order it never acted on.
+const VOIDED: [&str; 3] = [
+    PaymentVoided::TYPE,
+    ReservationVoided::TYPE,
+    ShipmentVoided::TYPE,
+];
 
 async fn stock_of(shop: &Shop, sku: &str) -> (i64, i64) {
     let stock = shop
@@ -99,11 +115,18 @@ async fn a_declined_card_cancels_the_order_with_nothing_to_undo() {
     let events = exact_events(
         &shop,
         order_id,
-        &[OrderPlaced::TYPE, PaymentFailed::TYPE, OrderCancelled::TYPE],
+        &[
+            &[OrderPlaced::TYPE, PaymentFailed::TYPE, OrderCancelled::TYPE][..],
+            &VOIDED,
+        ]
+        .concat(),
     )
     .await;
     caused(&events, PaymentFailed::TYPE, OrderPlaced::TYPE);
     caused(&events, OrderCancelled::TYPE, PaymentFailed::TYPE);
+    for answer in VOIDED {
+        caused(&events, answer, OrderCancelled::TYPE);
+    }
 
     assert_eq!(
         wait_for_notices(&shop, order_id, 1).await,
@@ -115,15 +138,16 @@ async fn a_declined_card_cancels_the_order_with_nothing_to_undo() {
         1
     );
     assert_eq!(
-        shop.count("SELECT count(*) FROM inventory.reservations")
+        shop.count("SELECT count(*) FROM inventory.reservations WHERE status <> 'voided'")
             .await,
         0,
-        "no reservation"
+        "no reservation, and none will be made"
     );
     assert_eq!(
-        shop.count("SELECT count(*) FROM shipping.shipments").await,
+        shop.count("SELECT count(*) FROM shipping.shipments WHERE status <> 'voided'")
+            .await,
         0,
-        "no shipment"
+        "no shipment, and none will be booked"
     );
     assert_eq!(stock_of(&shop, "TEE-001").await, (50, 0));
     shop.assert_audit_clean().await;
@@ -156,6 +180,8 @@ async fn not_enough_stock_refunds_the_payment_and_cancels_the_order() {
             StockReservationFailed::TYPE,
             PaymentRefunded::TYPE,
             OrderCancelled::TYPE,
+            ReservationVoided::TYPE,
+            ShipmentVoided::TYPE,
         ],
     )
     .await;
@@ -164,8 +190,14 @@ async fn not_enough_stock_refunds_the_payment_and_cancels_the_order() {
         StockReservationFailed::TYPE,
         PaymentCompleted::TYPE,
     );
-    caused(&events, PaymentRefunded::TYPE, StockReservationFailed::TYPE);
+    caused_by_either(
+        &events,
+        PaymentRefunded::TYPE,
+        [StockReservationFailed::TYPE, OrderCancelled::TYPE],
+    );
     caused(&events, OrderCancelled::TYPE, StockReservationFailed::TYPE);
+    caused(&events, ReservationVoided::TYPE, OrderCancelled::TYPE);
+    caused(&events, ShipmentVoided::TYPE, OrderCancelled::TYPE);
     let refund: PaymentRefunded = events[PaymentRefunded::TYPE]
         .envelope
         .decode()
@@ -183,8 +215,10 @@ async fn not_enough_stock_refunds_the_payment_and_cancels_the_order() {
     );
     assert_eq!(stock_of(&shop, "HOODIE-001").await, (10, 0));
     assert_eq!(
-        shop.count("SELECT count(*) FROM shipping.shipments").await,
-        0
+        shop.count("SELECT count(*) FROM shipping.shipments WHERE status <> 'voided'")
+            .await,
+        0,
+        "nothing booked, and nothing will be"
     );
     shop.assert_audit_clean().await;
     shop.stop().await;
@@ -212,13 +246,20 @@ async fn an_unserved_destination_refunds_releases_and_cancels() {
             PaymentRefunded::TYPE,
             StockReleased::TYPE,
             OrderCancelled::TYPE,
+            ShipmentVoided::TYPE,
         ],
     )
     .await;
     caused(&events, ShipmentFailed::TYPE, StockReserved::TYPE);
-    caused(&events, PaymentRefunded::TYPE, ShipmentFailed::TYPE);
-    caused(&events, StockReleased::TYPE, ShipmentFailed::TYPE);
+    for compensation in [PaymentRefunded::TYPE, StockReleased::TYPE] {
+        caused_by_either(
+            &events,
+            compensation,
+            [ShipmentFailed::TYPE, OrderCancelled::TYPE],
+        );
+    }
     caused(&events, OrderCancelled::TYPE, ShipmentFailed::TYPE);
+    caused(&events, ShipmentVoided::TYPE, OrderCancelled::TYPE);
     let released: StockReleased = events[StockReleased::TYPE]
         .envelope
         .decode()

@@ -608,6 +608,30 @@ impl TestPublisher {
         assert!(confirm.take_message().is_none(), "message was routed");
     }
 
+    /// Puts a message taken from `service`'s queue back at the end of that queue alone (not
+    /// through the exchange: the other subscribers had their copy).
+    pub async fn redeliver(&self, namespace: &str, service: &str, message: &DeadLetter) {
+        let queue = topology::queue_name(namespace, service);
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &message.body,
+                message.properties.clone(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker took the message");
+        assert!(confirm.take_message().is_none(), "{queue} exists");
+    }
+
     pub async fn close(self) {
         let _ = self.connection.close(200, "publisher done".into()).await;
     }
@@ -638,7 +662,7 @@ pub async fn metric(http: &reqwest::Client, service_url: &str, series: &str) -> 
         .unwrap_or(0)
 }
 
-/// A message taken from a dead-letter queue.
+/// A message taken from a queue (a dead-letter queue, or a stopped service's own).
 #[derive(Debug)]
 pub struct DeadLetter {
     pub body: Vec<u8>,
@@ -653,22 +677,31 @@ impl DeadLetter {
 
 /// Waits until `<ns>.<service>.dlq` holds `count` messages and takes them.
 pub async fn take_dead_letters(namespace: &str, service: &str, count: usize) -> Vec<DeadLetter> {
+    take(&topology::dead_letter_queue_name(namespace, service), count).await
+}
+
+/// Waits until a stopped service's queue holds `count` messages and takes them out, to hold
+/// them back and deliver them later ([`TestPublisher::redeliver`]), after what came behind.
+pub async fn take_queued(namespace: &str, service: &str, count: usize) -> Vec<DeadLetter> {
+    take(&topology::queue_name(namespace, service), count).await
+}
+
+async fn take(queue: &str, count: usize) -> Vec<DeadLetter> {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ reachable");
     let channel = connection.create_channel().await.expect("channel");
-    let queue = topology::dead_letter_queue_name(namespace, service);
     let mut taken = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while taken.len() < count {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {count} dead letters in {queue}, got {}",
+            "timed out waiting for {count} messages in {queue}, got {}",
             taken.len()
         );
         let got = channel
             .basic_get(
-                queue.as_str().into(),
+                queue.into(),
                 lapin::options::BasicGetOptions { no_ack: true },
             )
             .await

@@ -62,6 +62,8 @@ pub enum ReservationStatus {
     Reserved,
     Failed,
     Released,
+    /// The order was cancelled before anything was reserved; nothing ever will be.
+    Voided,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +80,30 @@ pub enum Release {
 pub fn decide_release(status: Option<ReservationStatus>) -> Release {
     match status {
         Some(ReservationStatus::Reserved) => Release::Due,
-        Some(ReservationStatus::Failed) => Release::NothingHeld,
+        Some(ReservationStatus::Failed | ReservationStatus::Voided) => Release::NothingHeld,
         Some(ReservationStatus::Released) => Release::AlreadyReleased,
         None => Release::ReservationNotSeenYet,
+    }
+}
+
+/// Inventory's answer to the order's cancellation, whatever it has seen of the order so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// Stock is held: give it back (StockReleased).
+    Release,
+    /// Nothing is held (refused, or not reserved yet): say so (ReservationVoided) and, if
+    /// nothing was decided yet, record that nothing ever will be reserved.
+    Void { record: bool },
+    /// Already released or voided: that answer was given.
+    AlreadyAnswered,
+}
+
+pub fn decide_undo(status: Option<ReservationStatus>) -> Undo {
+    match status {
+        Some(ReservationStatus::Reserved) => Undo::Release,
+        Some(ReservationStatus::Failed) => Undo::Void { record: false },
+        None => Undo::Void { record: true },
+        Some(ReservationStatus::Released | ReservationStatus::Voided) => Undo::AlreadyAnswered,
     }
 }
 
@@ -161,5 +184,25 @@ mod tests {
             Release::AlreadyReleased
         );
         assert_eq!(decide_release(None), Release::ReservationNotSeenYet);
+    }
+
+    #[test]
+    fn a_cancellation_releases_held_stock_and_voids_everything_else_once() {
+        assert_eq!(
+            decide_undo(Some(ReservationStatus::Reserved)),
+            Undo::Release
+        );
+        assert_eq!(
+            decide_undo(Some(ReservationStatus::Failed)),
+            Undo::Void { record: false }
+        );
+        assert_eq!(decide_undo(None), Undo::Void { record: true });
+        for answered in [ReservationStatus::Released, ReservationStatus::Voided] {
+            assert_eq!(decide_undo(Some(answered)), Undo::AlreadyAnswered);
+        }
+        assert_eq!(
+            decide_release(Some(ReservationStatus::Voided)),
+            Release::NothingHeld
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! # Inventory
 //!
 //! - **Subscribes to** OrderPlaced (remember what the order contains), PaymentCompleted
-//!   (reserve it, all or nothing), ShipmentFailed (release what was reserved).
+//!   (reserve it, all or nothing), ShipmentFailed (release what was reserved), OrderCancelled
+//!   (release what is held, or make sure nothing ever is, and say which).
 //! - **Owns** `inventory.stock`, `inventory.order_items`, `inventory.reservations`; serves
 //!   `GET /stock` so stock can be watched from outside.
-//! - **Announces** StockReserved, StockReservationFailed, StockReleased.
+//! - **Announces** StockReserved, StockReservationFailed, StockReleased, ReservationVoided.
 
 pub mod domain;
 
@@ -14,12 +15,12 @@ use std::{
 };
 
 use axum::{Json, Router, extract::State, routing::get};
-use domain::{Release, ReservationStatus};
+use domain::{Release, ReservationStatus, Undo};
 use serde::Serialize;
 use service_kit::{ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec};
 use shared_events::{
-    OrderPlaced, PaymentCompleted, ShipmentFailed, StockLine, StockReleased,
-    StockReservationFailed, StockReserved, participants,
+    OrderCancelled, OrderPlaced, PaymentCompleted, ReservationVoided, ShipmentFailed, StockLine,
+    StockReleased, StockReservationFailed, StockReserved, participants,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -36,6 +37,7 @@ pub fn routes() -> Routes<Inventory> {
         .on::<ShipmentFailed>(|inventory, ctx, event| {
             Box::pin(inventory.release(ctx, event.order_id))
         })
+        .on::<OrderCancelled>(|inventory, ctx, event| Box::pin(inventory.undo(ctx, event.order_id)))
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
@@ -45,6 +47,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Inventory,
         http: Some(|api| Router::new().route("/stock", get(stock)).with_state(api.db)),
+        background: None,
     };
     service_kit::bind(config, spec).await
 }
@@ -75,6 +78,14 @@ impl Inventory {
     }
 
     async fn reserve(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        if let Some(status) = reservation_status(ctx.db(), order_id, false).await? {
+            // Decided already, or cancelled before it got here: never reserved twice or late.
+            tracing::info!(
+                ?status,
+                "reservation already decided for this order; nothing to do"
+            );
+            return Ok(());
+        }
         let wanted = order_items(ctx.db(), order_id).await?;
         if wanted.is_empty() {
             // Paid before we heard what was ordered: the queues are per service, so this can
@@ -82,13 +93,6 @@ impl Inventory {
             return Err(HandlerError::Deferred(
                 "OrderPlaced not seen yet".to_owned(),
             ));
-        }
-        if reservation_status(ctx.db(), order_id, false)
-            .await?
-            .is_some()
-        {
-            tracing::warn!("reservation already decided for this order; nothing to do");
-            return Ok(());
         }
         let skus: Vec<&str> = wanted.iter().map(|l| l.sku.as_str()).collect();
         // Rows locked in SKU order, so concurrent reservations never deadlock.
@@ -128,25 +132,7 @@ impl Inventory {
     async fn release(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
         let status = reservation_status(ctx.db(), order_id, true).await?;
         match domain::decide_release(status) {
-            Release::Due => {
-                let held = order_items(ctx.db(), order_id).await?;
-                move_stock(ctx.db(), &held, Direction::Release).await?;
-                sqlx::query(
-                    "UPDATE inventory.reservations SET status = $2, updated_at = now()
-                     WHERE order_id = $1",
-                )
-                .bind(order_id)
-                .bind(ReservationStatus::Released)
-                .execute(ctx.db())
-                .await?;
-                tracing::info!(lines = held.len(), "stock released");
-                ctx.announce(&StockReleased {
-                    order_id,
-                    items: held,
-                })
-                .await?;
-                Ok(())
-            }
+            Release::Due => give_back(ctx, order_id).await,
             Release::ReservationNotSeenYet => Err(HandlerError::Deferred(
                 "no reservation recorded for this order yet".to_owned(),
             )),
@@ -156,6 +142,47 @@ impl Inventory {
             }
         }
     }
+
+    /// The order was cancelled: whatever inventory holds for it goes back, and it says so.
+    async fn undo(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        let status = reservation_status(ctx.db(), order_id, true).await?;
+        match domain::decide_undo(status) {
+            Undo::Release => give_back(ctx, order_id).await,
+            Undo::Void { record } => {
+                if record {
+                    record_reservation(ctx.db(), order_id, ReservationStatus::Voided, None).await?;
+                }
+                tracing::info!(record, "cancelled with nothing reserved; voided");
+                ctx.announce(&ReservationVoided { order_id }).await?;
+                Ok(())
+            }
+            Undo::AlreadyAnswered => {
+                tracing::info!(?status, "cancellation already answered");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Releases the stock held for the order (its row is locked by the caller).
+async fn give_back(ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+    let held = order_items(ctx.db(), order_id).await?;
+    move_stock(ctx.db(), &held, Direction::Release).await?;
+    sqlx::query(
+        "UPDATE inventory.reservations SET status = $2, updated_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(ReservationStatus::Released)
+    .execute(ctx.db())
+    .await?;
+    tracing::info!(lines = held.len(), "stock released");
+    ctx.announce(&StockReleased {
+        order_id,
+        items: held,
+    })
+    .await?;
+    Ok(())
 }
 
 fn quantity(line: &StockLine) -> Result<i32, HandlerError> {

@@ -48,6 +48,9 @@ pub struct Config {
     /// `MAX_PENDING_ORDERS` (read by orders): orders accepted but not yet settled past which
     /// `POST /orders` answers `503` with `Retry-After` instead of accepting more.
     pub max_pending_orders: u64,
+    /// `ORDER_DEADLINE_MS` (read by orders): an order still open this long after it was
+    /// placed is cancelled (reason `deadline_exceeded`).
+    pub order_deadline: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,7 @@ pub const VARIABLES: &[&str] = &[
     "HTTP_MAX_HEADER_BYTES",
     "HTTP_MAX_BODY_BYTES",
     "MAX_PENDING_ORDERS",
+    "ORDER_DEADLINE_MS",
     // Read by the OpenTelemetry SDK (see `telemetry`); the usual ones, not every `OTEL_*`.
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -100,6 +104,12 @@ pub const HEADER_BYTES_CEILING: usize = 256 * 1024;
 /// this shop settling on a 2-core machine (~90 orders/s), so an ordinary broker restart (a few
 /// seconds without progress) sheds nothing.
 pub const DEFAULT_MAX_PENDING_ORDERS: u64 = 1_000;
+
+/// `ORDER_DEADLINE_MS` when unset: ten minutes, far beyond any saga of a healthy shop (tens of
+/// milliseconds) and beyond a broker or database restart, so only a stuck order expires.
+pub const DEFAULT_ORDER_DEADLINE: Duration = Duration::from_secs(600);
+/// The shortest deadline accepted (tests and demonstrations use short ones).
+pub const MIN_ORDER_DEADLINE: Duration = Duration::from_secs(1);
 
 /// `RETRY_DELAYS_MS` when unset.
 pub fn default_retry_delays() -> Vec<Duration> {
@@ -131,6 +141,7 @@ impl Config {
             http_max_header_bytes: 32 * 1024,
             http_max_body_bytes: 64 * 1024,
             max_pending_orders: DEFAULT_MAX_PENDING_ORDERS,
+            order_deadline: DEFAULT_ORDER_DEADLINE,
         }
     }
 
@@ -175,6 +186,12 @@ impl Config {
                 reason: format!(
                     "headers 1024 to {HEADER_BYTES_CEILING} bytes, bodies at least 1024 bytes"
                 ),
+            });
+        }
+        if self.order_deadline < MIN_ORDER_DEADLINE {
+            return Err(ConfigError::Invalid {
+                name: "ORDER_DEADLINE_MS",
+                reason: format!("must be at least {} ms", MIN_ORDER_DEADLINE.as_millis()),
             });
         }
         if self.prune_interval.is_zero() {
@@ -249,6 +266,9 @@ impl Config {
         }
         if let Some(limit) = var("MAX_PENDING_ORDERS") {
             config.max_pending_orders = parse("MAX_PENDING_ORDERS", &limit)?;
+        }
+        if let Some(ms) = var("ORDER_DEADLINE_MS") {
+            config.order_deadline = Duration::from_millis(parse("ORDER_DEADLINE_MS", &ms)?);
         }
         for (name, setting) in [
             ("HTTP_MAX_CONNECTIONS", &mut config.http_max_connections),
@@ -352,8 +372,10 @@ mod tests {
             ("HTTP_ADDR", "0.0.0.0:9000"),
             ("RETRY_DELAYS_MS", "10, 20"),
             ("MAX_ATTEMPTS", "3"),
+            ("ORDER_DEADLINE_MS", "1000"),
         ])
         .expect("valid");
+        assert_eq!(config.order_deadline, Duration::from_secs(1));
         assert_eq!(config.namespace, "test-1");
         assert_eq!(config.http_addr.port(), 9000);
         assert_eq!(
@@ -405,6 +427,7 @@ mod tests {
             ("RETRY_DELAYS_MS", "1,x"),
             ("HTTP_MAX_HEADER_BYTES", "1000000"),
             ("HTTP_MAX_CONNECTIONS", "0"),
+            ("ORDER_DEADLINE_MS", "999"),
         ] {
             let err = from(&[(name, value)]).expect_err(name);
             assert!(

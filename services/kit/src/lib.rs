@@ -39,7 +39,7 @@ pub use handler::{Ctx, Handler, HandlerError, HandlerFuture, Routes, Service};
 pub use http::ApiError;
 pub use metrics::Metrics;
 pub use outbox::Outbox;
-pub use service::{ApiContext, BoundService, Error, ServiceSpec, bind};
+pub use service::{ApiContext, BackgroundFuture, BoundService, Error, ServiceSpec, bind};
 pub use shutdown::on_signal as shutdown_on_signal;
 pub use telemetry::{ErrorChain, Telemetry, init_logs};
 pub use tokio_util::sync::CancellationToken;

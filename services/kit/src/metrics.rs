@@ -76,6 +76,18 @@ const CATALOG: &[(&str, Kind, Option<Unit>, &str)] = &[
         "New orders refused (503) because MAX_PENDING_ORDERS were not yet settled",
     ),
     (
+        "shop_orders_expired_total",
+        Kind::Counter,
+        None,
+        "Orders cancelled because they were still open at their deadline (ORDER_DEADLINE_MS)",
+    ),
+    (
+        "shop_orders_cancel_requests_total",
+        Kind::Counter,
+        None,
+        "POST /orders/{id}/cancel answered, by outcome: accepted, already_cancelled, refused",
+    ),
+    (
         "shop_rows_pruned_total",
         Kind::Counter,
         None,

@@ -42,7 +42,13 @@ pub struct ServiceSpec<S: Service> {
     pub state: S,
     /// Extra endpoints (an API) built on the service's database handle and settings.
     pub http: Option<fn(ApiContext) -> Router>,
+    /// Work of the service's own that runs beside consuming (orders' deadline sweep), started
+    /// once migrations are applied and awaited on shutdown.
+    pub background: Option<fn(ApiContext, CancellationToken) -> BackgroundFuture>,
 }
+
+/// What a service's background work runs as.
+pub type BackgroundFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What a service's own API is built on.
 #[derive(Clone)]
@@ -133,12 +139,13 @@ async fn run<S: Service>(
         broker_connected: broker_connected.clone(),
         metrics: metrics.clone(),
     });
+    let api_context = ApiContext {
+        db: db.clone(),
+        config: config.clone(),
+        metrics: metrics.clone(),
+    };
     if let Some(api) = spec.http {
-        router = router.merge(api(ApiContext {
-            db: db.clone(),
-            config: config.clone(),
-            metrics: metrics.clone(),
-        }));
+        router = router.merge(api(api_context.clone()));
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(service, %addr, "serving HTTP");
@@ -163,6 +170,9 @@ async fn run<S: Service>(
         }
         tracing::info!(service, schema = service, "migrations applied");
         tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
+        let background = spec
+            .background
+            .map(|work| tokio::spawn(work(api_context, shutdown.clone())));
         let pruner = tokio::spawn(retention::run(
             db.clone(),
             Retention {
@@ -208,6 +218,9 @@ async fn run<S: Service>(
         supervisor.run(shutdown.clone()).await;
         shutdown.cancel();
         let _ = pruner.await;
+        if let Some(background) = background {
+            let _ = background.await;
+        }
         Ok(())
     }
     .await;

@@ -16,9 +16,16 @@ pub fn order_confirmed(order_id: Uuid) -> Notice {
 }
 
 pub fn order_cancelled(order_id: Uuid, reason: &str) -> Notice {
+    let message = match reason {
+        "customer_request" => format!("Order {order_id} is cancelled, as you asked."),
+        "deadline_exceeded" => {
+            format!("Sorry: order {order_id} could not be completed in time and is cancelled.")
+        }
+        failure => format!("Sorry: order {order_id} was cancelled ({failure})."),
+    };
     Notice {
         kind: "order_cancelled",
-        message: format!("Sorry: order {order_id} was cancelled ({reason})."),
+        message,
     }
 }
 
@@ -57,5 +64,15 @@ mod tests {
                 .contains("card declined")
         );
         assert!(payment_refunded(id, 4499).message.contains("44.99"));
+        assert!(
+            order_cancelled(id, "customer_request")
+                .message
+                .contains("as you asked")
+        );
+        assert!(
+            order_cancelled(id, "deadline_exceeded")
+                .message
+                .contains("in time")
+        );
     }
 }

@@ -57,6 +57,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
                 .route("/notifications", get(list))
                 .with_state(api.db)
         }),
+        background: None,
     };
     service_kit::bind(config, spec).await
 }

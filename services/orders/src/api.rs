@@ -10,31 +10,52 @@ use axum::{
     extract::{DefaultBodyLimit, FromRef, Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use service_kit::{ApiContext, ApiError, Db, Metrics};
-use shared_events::{OrderLine, OrderPlaced, ShippingAddress, participants};
+use shared_events::{OrderCancelled, OrderLine, OrderPlaced, ShippingAddress, participants};
 use uuid::Uuid;
 
 /// Orders' outbox: the API announces OrderPlaced in the transaction that stores the order.
 type Outbox = service_kit::Outbox<participants::Orders>;
 
 use crate::{
-    Progress,
-    domain::{self, Invalid, PlaceOrder, RequestedItem, Status},
+    PROGRESS_COLUMNS, Progress, SAGA_DURATION,
+    domain::{
+        self, Announcement, CancelRefused, Cause, Invalid, PlaceOrder, RequestedItem, Status,
+    },
+    lock_order, save_order,
 };
 
 /// Orders are small; anything bigger is a mistake or an attack.
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
-/// The API's state: the database, and the admission bound.
+/// The API's state: the database, the admission bound, the deadline and the counters.
 #[derive(Clone)]
 struct Api {
     db: Db,
     admission: Admission,
     body_limit: BodyLimit,
+    deadline: Deadline,
+    metrics: Metrics,
+}
+
+/// `ORDER_DEADLINE_MS`: how long an order may stay open after it is placed.
+#[derive(Clone, Copy)]
+struct Deadline(std::time::Duration);
+
+impl FromRef<Api> for Deadline {
+    fn from_ref(api: &Api) -> Self {
+        api.deadline
+    }
+}
+
+impl FromRef<Api> for Metrics {
+    fn from_ref(api: &Api) -> Self {
+        api.metrics.clone()
+    }
 }
 
 /// `HTTP_MAX_BODY_BYTES`, for the `413` message.
@@ -71,11 +92,7 @@ impl FromRef<Api> for Admission {
 
 /// Orders accepted but not settled: the auditor's invariant 1 turned around. Its partial
 /// index (`orders_unsettled`) keeps the count to the backlog, however many orders there are.
-const UNSETTLED: &str = "SELECT count(*) FROM orders.orders
-     WHERE status IN ('pending', 'paid', 'stock_reserved')
-        OR (status = 'cancelled'
-            AND ((cancelled_by IN ('StockReservationFailed', 'ShipmentFailed') AND NOT refund_seen)
-                 OR (cancelled_by = 'ShipmentFailed' AND NOT release_seen)))";
+const UNSETTLED: &str = "SELECT count(*) FROM orders.orders WHERE NOT settled";
 
 const ORDERS_SHED: &str = "shop_orders_shed_total";
 
@@ -89,6 +106,8 @@ pub fn routes(api: ApiContext) -> Router {
     let state = Api {
         db: api.db,
         body_limit: BodyLimit(body_limit),
+        deadline: Deadline(api.config.order_deadline),
+        metrics: api.metrics.clone(),
         admission: Admission {
             max_pending: api.config.max_pending_orders,
             metrics: api.metrics,
@@ -97,6 +116,7 @@ pub fn routes(api: ApiContext) -> Router {
     Router::new()
         .route("/orders", get(list_orders).post(place_order))
         .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
         .route("/orders/{id}/timeline", get(timeline))
         .route("/products", get(list_products))
         // The limit is enforced by `Bytes` below, which reports it as our JSON error.
@@ -142,6 +162,7 @@ async fn place_order(
     State(db): State<Db>,
     State(admission): State<Admission>,
     State(BodyLimit(body_limit)): State<BodyLimit>,
+    State(Deadline(deadline)): State<Deadline>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -188,8 +209,8 @@ async fn place_order(
     let order_id = Uuid::now_v7();
     let inserted = sqlx::query(
         "INSERT INTO orders.orders (id, customer_id, status, total_cents, payment_method,
-                                    shipping_address, idempotency_key, request)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                    shipping_address, idempotency_key, request, deadline_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
          ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(order_id)
@@ -200,6 +221,7 @@ async fn place_order(
     .bind(sqlx::types::Json(&request.shipping_address))
     .bind(&idempotency_key)
     .bind(&fingerprint)
+    .bind(deadline.as_secs_f64())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -249,37 +271,9 @@ fn parse_request(
     body: Result<Bytes, BytesRejection>,
     body_limit: usize,
 ) -> Result<PlaceOrder, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the order as Content-Type: application/json",
-        ));
-    }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body must be at most {body_limit} bytes"),
-        ),
-        status => ApiError::new(status, "unreadable_body", rejection.body_text()),
-    })?;
-    let parsed: PlaceOrderBody = serde_json::from_slice(&body).map_err(|e| {
-        if e.is_data() {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                e.to_string(),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
-        }
-    })?;
+    require_json(headers, "send the order as Content-Type: application/json")?;
+    let body = read_body(body, body_limit)?;
+    let parsed: PlaceOrderBody = parse_json(&body)?;
     Ok(PlaceOrder {
         customer_id: parsed.customer_id,
         items: parsed
@@ -292,6 +286,48 @@ fn parse_request(
             .collect(),
         payment_method: parsed.payment_method,
         shipping_address: parsed.shipping_address,
+    })
+}
+
+fn require_json(headers: &HeaderMap, hint: &str) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            hint,
+        ))
+    }
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>, body_limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body must be at most {body_limit} bytes"),
+        ),
+        status => ApiError::new(status, "unreadable_body", rejection.body_text()),
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                e.to_string(),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+        }
     })
 }
 
@@ -360,6 +396,8 @@ struct OrderRow {
     total_cents: i64,
     payment_method: String,
     shipping_address: sqlx::types::Json<ShippingAddress>,
+    cancellation_note: Option<String>,
+    deadline_at: DateTime<Utc>,
     #[sqlx(flatten)]
     progress: Progress,
     created_at: DateTime<Utc>,
@@ -380,6 +418,11 @@ struct OrderView {
     settled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancellation_reason: Option<String>,
+    /// The customer's own words, when they cancelled and gave a reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation_note: Option<String>,
+    /// When the order is cancelled if it is still open.
+    deadline_at: DateTime<Utc>,
     items: Vec<OrderLine>,
     total_cents: i64,
     payment_method: String,
@@ -388,9 +431,13 @@ struct OrderView {
     updated_at: DateTime<Utc>,
 }
 
-const ORDER_COLUMNS: &str =
-    "id, customer_id, status, total_cents, payment_method, shipping_address,
-     cancelled_by, cancellation_reason, refund_seen, release_seen, created_at, updated_at";
+/// An order's columns for [`OrderRow`] (its progress: [`PROGRESS_COLUMNS`]).
+fn order_columns() -> String {
+    format!(
+        "id, customer_id, total_cents, payment_method, shipping_address, cancellation_note,
+         deadline_at, created_at, updated_at, {PROGRESS_COLUMNS}"
+    )
+}
 
 fn parse_order_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| {
@@ -416,13 +463,21 @@ async fn get_order(
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     let order_id = parse_order_id(&id)?;
+    let view = order_view(&db, order_id).await?;
+    Ok(Json(view.ok_or_else(|| order_not_found(order_id))?))
+}
+
+async fn order_view(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
     let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders.orders WHERE id = $1"
+        "SELECT {} FROM orders.orders WHERE id = $1",
+        order_columns()
     )))
     .bind(order_id)
     .fetch_optional(&db.pool)
     .await?;
-    let row = row.ok_or_else(|| order_not_found(order_id))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
     let items: Vec<(String, i32, i64)> = sqlx::query_as(
         "SELECT sku, quantity, unit_price_cents FROM orders.order_items
          WHERE order_id = $1 ORDER BY line",
@@ -430,11 +485,13 @@ async fn get_order(
     .bind(order_id)
     .fetch_all(&db.pool)
     .await?;
-    Ok(Json(OrderView {
+    Ok(Some(OrderView {
         order_id,
         settled: row.settled(),
         status: row.progress.status,
         cancellation_reason: row.progress.cancellation_reason,
+        cancellation_note: row.cancellation_note,
+        deadline_at: row.deadline_at,
         items: items
             .into_iter()
             .map(|(sku, quantity, unit_price_cents)| OrderLine {
@@ -450,6 +507,95 @@ async fn get_order(
         created_at: row.created_at,
         updated_at: row.updated_at,
     }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+const CANCEL_REQUESTS: &str = "shop_orders_cancel_requests_total";
+
+/// `POST /orders/{id}/cancel`: the customer cancels. Whichever of this and the order's
+/// confirmation commits first stands (both lock the order): `202` when the cancellation is
+/// accepted (OrderCancelled announced; `settled` turns true once every participant answered),
+/// `200` when it was already cancelled (nothing new announced), `409 order_confirmed` when the
+/// confirmation won.
+async fn cancel_order(
+    State(db): State<Db>,
+    State(metrics): State<Metrics>,
+    State(BodyLimit(body_limit)): State<BodyLimit>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let order_id = parse_order_id(&id)?;
+    let body = read_body(body, body_limit)?;
+    let request: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelBody::default()
+    } else {
+        require_json(
+            &headers,
+            "send the reason as Content-Type: application/json",
+        )?;
+        parse_json(&body)?
+    };
+    let note = request
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if let Some(note) = &note
+        && let Err(invalid) = domain::validate_cancellation_note(note)
+    {
+        return Err(unprocessable(invalid));
+    }
+
+    let mut tx = db.begin().await?;
+    let Some(mut order) = lock_order(&mut tx, order_id).await? else {
+        return Err(order_not_found(order_id));
+    };
+    let outcome = match order.cancel(Cause::CustomerRequest) {
+        Err(CancelRefused::Confirmed) => {
+            metrics.inc(CANCEL_REQUESTS, &[("outcome", "refused")]);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "order_confirmed",
+                format!("order {order_id} was confirmed before the cancellation; it stands"),
+            ));
+        }
+        Ok(None) => {
+            drop(tx);
+            metrics.inc(CANCEL_REQUESTS, &[("outcome", "already_cancelled")]);
+            StatusCode::OK
+        }
+        Ok(Some(Announcement::Cancelled { reason })) => {
+            let age_seconds = save_order(&mut tx, order_id, &order).await?;
+            sqlx::query("UPDATE orders.orders SET cancellation_note = $2 WHERE id = $1")
+                .bind(order_id)
+                .bind(&note)
+                .execute(&mut *tx)
+                .await?;
+            let cancelled = OrderCancelled { order_id, reason };
+            let announced = Outbox::append(&mut tx, &cancelled, None).await?;
+            db.commit(tx, vec![announced]).await?;
+            metrics.inc(CANCEL_REQUESTS, &[("outcome", "accepted")]);
+            metrics.observe(SAGA_DURATION, &[("outcome", "cancelled")], age_seconds);
+            tracing::info!(%order_id, "order cancelled at the customer's request");
+            StatusCode::ACCEPTED
+        }
+        Ok(Some(Announcement::Confirmed)) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "a cancellation cannot confirm an order",
+            ));
+        }
+    };
+    let view = order_view(&db, order_id)
+        .await?
+        .ok_or_else(|| order_not_found(order_id))?;
+    Ok((outcome, Json(view)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -476,7 +622,8 @@ async fn list_orders(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders.orders ORDER BY created_at DESC, id DESC LIMIT $1"
+        "SELECT {} FROM orders.orders ORDER BY created_at DESC, id DESC LIMIT $1",
+        order_columns()
     )))
     .bind(limit)
     .fetch_all(&db.pool)

@@ -25,33 +25,29 @@ impl Status {
     }
 }
 
-/// The failure that cancelled an order; it decides which compensations must follow. Stored
-/// as the enum type `orders.cancelled_by`, named after the failure event.
+/// What cancelled an order: a failure event, the customer, or the deadline. Stored as the
+/// enum type `orders.cancelled_by`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 // Named without its schema: the service's connections resolve names in their own schema.
 #[sqlx(type_name = "cancelled_by")]
-pub enum Failure {
+pub enum Cause {
     PaymentFailed,
     StockReservationFailed,
     ShipmentFailed,
+    CustomerRequest,
+    DeadlineExceeded,
 }
 
-impl Failure {
-    /// Was money taken before this failure? Then payment must refund it.
-    pub fn needs_refund(self) -> bool {
-        matches!(self, Self::StockReservationFailed | Self::ShipmentFailed)
-    }
-
-    /// Was stock set aside before this failure? Then inventory must release it.
-    pub fn needs_release(self) -> bool {
-        matches!(self, Self::ShipmentFailed)
-    }
-
-    fn stage(self) -> &'static str {
+impl Cause {
+    /// The `reason` OrderCancelled carries: the failed stage and why, or the customer's
+    /// request or the deadline as a code.
+    fn reason(self, detail: &str) -> String {
         match self {
-            Self::PaymentFailed => "payment failed",
-            Self::StockReservationFailed => "stock reservation failed",
-            Self::ShipmentFailed => "shipment failed",
+            Self::PaymentFailed => format!("payment failed: {detail}"),
+            Self::StockReservationFailed => format!("stock reservation failed: {detail}"),
+            Self::ShipmentFailed => format!("shipment failed: {detail}"),
+            Self::CustomerRequest => "customer_request".to_owned(),
+            Self::DeadlineExceeded => "deadline_exceeded".to_owned(),
         }
     }
 }
@@ -62,9 +58,18 @@ pub enum Fact {
     Paid,
     StockReserved,
     ShipmentBooked,
-    Failed { failure: Failure, reason: String },
+    Failed {
+        failure: Cause,
+        reason: String,
+    },
+    /// Payment's answers to a cancellation: money given back, or none taken.
     Refunded,
+    PaymentVoided,
+    /// Inventory's: stock given back, or none held.
     StockReleased,
+    ReservationVoided,
+    /// Shipping's: the booking cancelled, or none made.
+    ShipmentUndone,
 }
 
 /// What orders announces as a consequence.
@@ -74,13 +79,23 @@ pub enum Announcement {
     Cancelled { reason: String },
 }
 
+/// Why an order cannot be cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRefused {
+    /// The confirmation committed first: the order stands.
+    Confirmed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
     pub status: Status,
-    pub cancelled_by: Option<Failure>,
+    pub cancelled_by: Option<Cause>,
     pub cancellation_reason: Option<String>,
     pub refund_seen: bool,
+    pub payment_voided: bool,
     pub release_seen: bool,
+    pub reservation_voided: bool,
+    pub shipment_undone: bool,
 }
 
 impl Order {
@@ -90,12 +105,16 @@ impl Order {
             cancelled_by: None,
             cancellation_reason: None,
             refund_seen: false,
+            payment_voided: false,
             release_seen: false,
+            reservation_voided: false,
+            shipment_undone: false,
         }
     }
 
     /// Moves the order forward. Facts may arrive out of order (each service's queue is its
-    /// own), so progress only ever moves forward and a final status never changes.
+    /// own), so progress only ever moves forward and a final status never changes: whichever
+    /// of the confirmation and a cancellation commits first stands.
     pub fn apply(&mut self, fact: Fact) -> Option<Announcement> {
         match fact {
             Fact::Paid => self.advance_to(Status::Paid),
@@ -105,18 +124,36 @@ impl Order {
                 return Some(Announcement::Confirmed);
             }
             Fact::Failed { failure, reason } if !self.status.is_final() => {
-                let reason = format!("{}: {reason}", failure.stage());
-                self.status = Status::Cancelled;
-                self.cancelled_by = Some(failure);
-                self.cancellation_reason = Some(reason.clone());
-                return Some(Announcement::Cancelled { reason });
+                return Some(self.cancel_for(failure, &reason));
             }
             // Arrived after the order was final: the first outcome stands.
             Fact::ShipmentBooked | Fact::Failed { .. } => {}
             Fact::Refunded => self.refund_seen = true,
+            Fact::PaymentVoided => self.payment_voided = true,
             Fact::StockReleased => self.release_seen = true,
+            Fact::ReservationVoided => self.reservation_voided = true,
+            Fact::ShipmentUndone => self.shipment_undone = true,
         }
         None
+    }
+
+    /// A cancellation asked for from outside the saga (the customer, the deadline): it
+    /// cancels an open order, is a no-op on a cancelled one (`Ok(None)`: nothing new to
+    /// announce), and is refused on a confirmed one.
+    pub fn cancel(&mut self, cause: Cause) -> Result<Option<Announcement>, CancelRefused> {
+        match self.status {
+            Status::Confirmed => Err(CancelRefused::Confirmed),
+            Status::Cancelled => Ok(None),
+            _ => Ok(Some(self.cancel_for(cause, ""))),
+        }
+    }
+
+    fn cancel_for(&mut self, cause: Cause, detail: &str) -> Announcement {
+        let reason = cause.reason(detail);
+        self.status = Status::Cancelled;
+        self.cancelled_by = Some(cause);
+        self.cancellation_reason = Some(reason.clone());
+        Announcement::Cancelled { reason }
     }
 
     fn advance_to(&mut self, status: Status) {
@@ -125,14 +162,16 @@ impl Order {
         }
     }
 
-    /// No further event is expected: confirmed, or cancelled with every compensation the
-    /// failure calls for already seen.
+    /// No further event is expected: confirmed, or cancelled and every participant has said
+    /// what it undid. Orders cannot see whether payment had charged or inventory had reserved
+    /// when the cancellation reached them, so it waits for their answers rather than guess.
     pub fn settled(&self) -> bool {
-        match (self.status, self.cancelled_by) {
-            (Status::Confirmed, _) => true,
-            (Status::Cancelled, Some(failure)) => {
-                (!failure.needs_refund() || self.refund_seen)
-                    && (!failure.needs_release() || self.release_seen)
+        match self.status {
+            Status::Confirmed => true,
+            Status::Cancelled => {
+                (self.refund_seen || self.payment_voided)
+                    && (self.release_seen || self.reservation_voided)
+                    && self.shipment_undone
             }
             _ => false,
         }
@@ -283,6 +322,24 @@ pub fn validate(mut request: PlaceOrder) -> Result<PlaceOrder, Invalid> {
     Ok(request)
 }
 
+/// The customer's reason for cancelling, as given (trimmed, not empty): at most [`MAX_TEXT`]
+/// characters that Postgres can store.
+pub fn validate_cancellation_note(note: &str) -> Result<(), Invalid> {
+    if note.contains('\0') {
+        return Err(invalid(
+            "invalid_body",
+            "reason contains a NUL character (\\u0000), which cannot be stored",
+        ));
+    }
+    if note.chars().count() > MAX_TEXT {
+        return Err(invalid(
+            "invalid_reason",
+            format!("reason must be at most {MAX_TEXT} characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Prices a validated request from the catalog (`sku -> price_cents`).
 pub fn price(
     request: &PlaceOrder,
@@ -330,10 +387,23 @@ pub fn is_iso_country(code: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn failed(failure: Failure) -> Fact {
+    fn failed(failure: Cause) -> Fact {
         Fact::Failed {
             failure,
             reason: "because".to_owned(),
+        }
+    }
+
+    /// Every participant's answer to a cancellation, as it would arrive for an order that
+    /// was neither charged nor reserved nor booked.
+    fn all_voided(order: &mut Order) {
+        for fact in [
+            Fact::PaymentVoided,
+            Fact::ReservationVoided,
+            Fact::ShipmentUndone,
+        ] {
+            assert!(!order.settled(), "settled before every answer: {order:?}");
+            order.apply(fact);
         }
     }
 
@@ -366,30 +436,33 @@ mod tests {
     }
 
     #[test]
-    fn declined_payment_cancels_and_settles_at_once() {
+    fn declined_payment_cancels_and_settles_once_everyone_answered() {
         let mut order = Order::placed();
-        let announcement = order.apply(failed(Failure::PaymentFailed));
+        let announcement = order.apply(failed(Cause::PaymentFailed));
         assert_eq!(
             announcement,
             Some(Announcement::Cancelled {
                 reason: "payment failed: because".to_owned()
             })
         );
+        all_voided(&mut order);
         assert!(order.settled());
         assert_eq!(
-            order.apply(failed(Failure::PaymentFailed)),
+            order.apply(failed(Cause::PaymentFailed)),
             None,
             "cancelled only once"
         );
     }
 
     #[test]
-    fn stock_failure_settles_only_after_the_refund() {
+    fn stock_failure_settles_only_after_the_refund_and_the_other_answers() {
         let mut order = Order::placed();
         order.apply(Fact::Paid);
-        order.apply(failed(Failure::StockReservationFailed));
+        order.apply(failed(Cause::StockReservationFailed));
         assert_eq!(order.status, Status::Cancelled);
-        assert!(!order.settled());
+        order.apply(Fact::ReservationVoided);
+        order.apply(Fact::ShipmentUndone);
+        assert!(!order.settled(), "the charge is not known to be undone");
         order.apply(Fact::Refunded);
         assert!(order.settled());
     }
@@ -398,7 +471,8 @@ mod tests {
     fn shipment_failure_needs_refund_and_release_in_any_order() {
         let mut order = Order::placed();
         order.apply(Fact::StockReleased);
-        order.apply(failed(Failure::ShipmentFailed));
+        order.apply(Fact::ShipmentUndone);
+        order.apply(failed(Cause::ShipmentFailed));
         assert!(!order.settled());
         order.apply(Fact::Refunded);
         assert!(order.settled());
@@ -408,8 +482,63 @@ mod tests {
     fn a_confirmed_order_is_never_cancelled() {
         let mut order = Order::placed();
         order.apply(Fact::ShipmentBooked);
-        assert_eq!(order.apply(failed(Failure::ShipmentFailed)), None);
+        assert_eq!(order.apply(failed(Cause::ShipmentFailed)), None);
+        assert_eq!(
+            order.cancel(Cause::CustomerRequest),
+            Err(CancelRefused::Confirmed)
+        );
         assert_eq!(order.status, Status::Confirmed);
+    }
+
+    #[test]
+    fn a_customer_cancels_an_open_order_once_at_any_step() {
+        for progress in [
+            vec![],
+            vec![Fact::Paid],
+            vec![Fact::Paid, Fact::StockReserved],
+        ] {
+            let mut order = Order::placed();
+            for fact in progress {
+                order.apply(fact);
+            }
+            assert_eq!(
+                order.cancel(Cause::CustomerRequest),
+                Ok(Some(Announcement::Cancelled {
+                    reason: "customer_request".to_owned()
+                }))
+            );
+            assert_eq!(order.cancelled_by, Some(Cause::CustomerRequest));
+            assert_eq!(order.cancel(Cause::CustomerRequest), Ok(None), "idempotent");
+            assert_eq!(order.cancel(Cause::DeadlineExceeded), Ok(None));
+        }
+    }
+
+    #[test]
+    fn a_booking_after_the_cancellation_leaves_the_order_cancelled() {
+        let mut order = Order::placed();
+        order.apply(Fact::Paid);
+        order.apply(Fact::StockReserved);
+        order.cancel(Cause::CustomerRequest).expect("open");
+        assert_eq!(order.apply(Fact::ShipmentBooked), None);
+        assert_eq!(order.status, Status::Cancelled);
+        order.apply(Fact::Refunded);
+        order.apply(Fact::StockReleased);
+        assert!(!order.settled(), "the booking is not known to be cancelled");
+        order.apply(Fact::ShipmentUndone);
+        assert!(order.settled());
+    }
+
+    #[test]
+    fn an_expired_order_says_so() {
+        let mut order = Order::placed();
+        assert_eq!(
+            order.cancel(Cause::DeadlineExceeded),
+            Ok(Some(Announcement::Cancelled {
+                reason: "deadline_exceeded".to_owned()
+            }))
+        );
+        all_voided(&mut order);
+        assert!(order.settled());
     }
 
     fn request() -> PlaceOrder {
@@ -542,6 +671,20 @@ mod tests {
         assert_eq!(
             price(&unknown, &catalog).map_err(|e| e.code),
             Err("unknown_sku")
+        );
+    }
+
+    #[test]
+    fn a_cancellation_reason_is_short_and_storable() {
+        assert_eq!(validate_cancellation_note("changed my mind"), Ok(()));
+        assert_eq!(validate_cancellation_note(&"é".repeat(MAX_TEXT)), Ok(()));
+        assert_eq!(
+            validate_cancellation_note(&"x".repeat(MAX_TEXT + 1)).map_err(|e| e.code),
+            Err("invalid_reason")
+        );
+        assert_eq!(
+            validate_cancellation_note("a\0b").map_err(|e| e.code),
+            Err("invalid_body")
         );
     }
 

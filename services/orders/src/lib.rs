@@ -1,25 +1,31 @@
 //! # Orders
 //!
-//! - **Serves** the shop's HTTP API: place an order, read orders, list the catalog.
+//! - **Serves** the shop's HTTP API: place an order, cancel it, read orders, list the catalog.
 //! - **Subscribes to** every outcome of the saga: PaymentCompleted, StockReserved,
 //!   ShipmentBooked (progress), PaymentFailed, StockReservationFailed, ShipmentFailed
-//!   (cancel), PaymentRefunded and StockReleased (compensations seen: settled).
-//! - **Owns** `orders.products` (the catalog and its prices), `orders.orders`,
-//!   `orders.order_items`.
+//!   (cancel), and each participant's answer to a cancellation: PaymentRefunded or
+//!   PaymentVoided, StockReleased or ReservationVoided, ShipmentCancelled or ShipmentVoided
+//!   (all three seen: settled).
+//! - **Expires** orders still open at their deadline (`ORDER_DEADLINE_MS`), as if the customer
+//!   had cancelled them.
+//! - **Owns** `orders.products` (the catalog and its prices), `orders.orders` (with each
+//!   order's deadline), `orders.order_items`.
 //! - **Announces** OrderPlaced, OrderConfirmed, OrderCancelled.
 
 pub mod api;
 pub mod domain;
+pub mod expiry;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use domain::{Announcement, Fact, Failure, Order, Status};
+use domain::{Announcement, Cause, Fact, Order, Status};
 use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
 use shared_events::{
     OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentFailed, PaymentRefunded,
-    ShipmentBooked, ShipmentFailed, StockReleased, StockReservationFailed, StockReserved,
-    participants,
+    PaymentVoided, ReservationVoided, ShipmentBooked, ShipmentCancelled, ShipmentFailed,
+    ShipmentVoided, StockReleased, StockReservationFailed, StockReserved, participants,
 };
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -31,20 +37,28 @@ pub fn routes() -> Routes<Orders> {
         .on::<StockReserved>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::StockReserved)))
         .on::<ShipmentBooked>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::ShipmentBooked)))
         .on::<PaymentFailed>(|o, ctx, e| {
-            Box::pin(o.record(ctx, e.order_id, failed(Failure::PaymentFailed, e.reason)))
+            Box::pin(o.record(ctx, e.order_id, failed(Cause::PaymentFailed, e.reason)))
         })
         .on::<StockReservationFailed>(|o, ctx, e| {
             Box::pin(o.record(
                 ctx,
                 e.order_id,
-                failed(Failure::StockReservationFailed, e.reason),
+                failed(Cause::StockReservationFailed, e.reason),
             ))
         })
         .on::<ShipmentFailed>(|o, ctx, e| {
-            Box::pin(o.record(ctx, e.order_id, failed(Failure::ShipmentFailed, e.reason)))
+            Box::pin(o.record(ctx, e.order_id, failed(Cause::ShipmentFailed, e.reason)))
         })
         .on::<PaymentRefunded>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::Refunded)))
         .on::<StockReleased>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::StockReleased)))
+        .on::<PaymentVoided>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::PaymentVoided)))
+        .on::<ReservationVoided>(|o, ctx, e| {
+            Box::pin(o.record(ctx, e.order_id, Fact::ReservationVoided))
+        })
+        .on::<ShipmentCancelled>(|o, ctx, e| {
+            Box::pin(o.record(ctx, e.order_id, Fact::ShipmentUndone))
+        })
+        .on::<ShipmentVoided>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::ShipmentUndone)))
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
@@ -54,6 +68,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Orders,
         http: Some(api::routes),
+        background: Some(expiry::run),
     };
     service_kit::bind(config, spec).await
 }
@@ -62,11 +77,18 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
 #[derive(sqlx::FromRow)]
 pub(crate) struct Progress {
     status: Status,
-    cancelled_by: Option<Failure>,
+    cancelled_by: Option<Cause>,
     cancellation_reason: Option<String>,
     refund_seen: bool,
+    payment_voided: bool,
     release_seen: bool,
+    reservation_voided: bool,
+    shipment_undone: bool,
 }
+
+/// [`Progress`]'s columns, for a `SELECT`.
+pub(crate) const PROGRESS_COLUMNS: &str = "status, cancelled_by, cancellation_reason, \
+     refund_seen, payment_voided, release_seen, reservation_voided, shipment_undone";
 
 impl Progress {
     pub(crate) fn order(&self) -> Order {
@@ -75,12 +97,58 @@ impl Progress {
             cancelled_by: self.cancelled_by,
             cancellation_reason: self.cancellation_reason.clone(),
             refund_seen: self.refund_seen,
+            payment_voided: self.payment_voided,
             release_seen: self.release_seen,
+            reservation_voided: self.reservation_voided,
+            shipment_undone: self.shipment_undone,
         }
     }
 }
 
-fn failed(failure: Failure, reason: String) -> Fact {
+/// The order, locked until the transaction ends: facts, cancellations and the deadline for
+/// one order take turns, so the first of a confirmation and a cancellation to commit stands.
+pub(crate) async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<Order>, sqlx::Error> {
+    let progress: Option<Progress> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROGRESS_COLUMNS} FROM orders.orders WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(progress.map(|p| p.order()))
+}
+
+/// Stores the order's progress (and whether it is settled); returns its age in seconds.
+pub(crate) async fn save_order(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    order: &Order,
+) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE orders.orders
+         SET status = $2, cancelled_by = $3, cancellation_reason = $4, refund_seen = $5,
+             payment_voided = $6, release_seen = $7, reservation_voided = $8,
+             shipment_undone = $9, settled = $10, updated_at = now()
+         WHERE id = $1
+         RETURNING extract(epoch FROM now() - created_at)::float8",
+    )
+    .bind(order_id)
+    .bind(order.status)
+    .bind(order.cancelled_by)
+    .bind(&order.cancellation_reason)
+    .bind(order.refund_seen)
+    .bind(order.payment_voided)
+    .bind(order.release_seen)
+    .bind(order.reservation_voided)
+    .bind(order.shipment_undone)
+    .bind(order.settled())
+    .fetch_one(conn)
+    .await
+}
+
+fn failed(failure: Cause, reason: String) -> Fact {
     Fact::Failed { failure, reason }
 }
 
@@ -91,7 +159,7 @@ impl Service for Orders {
 }
 
 /// Placed → confirmed or cancelled, in seconds (a histogram on `/metrics`).
-const SAGA_DURATION: &str = "shop_saga_duration_seconds";
+pub(crate) const SAGA_DURATION: &str = "shop_saga_duration_seconds";
 
 /// A handler's context: the transaction, and orders's own events to announce.
 type Ctx = service_kit::Ctx<participants::Orders>;
@@ -100,19 +168,11 @@ impl Orders {
     /// Applies a fact to the order (locked, so concurrent facts for one order take turns) and
     /// announces the confirmation or cancellation it leads to.
     async fn record(&self, ctx: &mut Ctx, order_id: Uuid, fact: Fact) -> Result<(), HandlerError> {
-        let progress: Option<Progress> = sqlx::query_as(
-            "SELECT status, cancelled_by, cancellation_reason, refund_seen, release_seen
-             FROM orders.orders WHERE id = $1 FOR UPDATE",
-        )
-        .bind(order_id)
-        .fetch_optional(ctx.db())
-        .await?;
-        let Some(progress) = progress else {
+        let Some(mut order) = lock_order(ctx.db(), order_id).await? else {
             return Err(HandlerError::Deferred(format!(
                 "order {order_id} is unknown here"
             )));
         };
-        let mut order = progress.order();
         let before = order.clone();
         let announcement = order.apply(fact.clone());
         if order == before {
@@ -123,21 +183,7 @@ impl Orders {
             );
             return Ok(());
         }
-        let age_seconds: f64 = sqlx::query_scalar(
-            "UPDATE orders.orders
-             SET status = $2, cancelled_by = $3, cancellation_reason = $4,
-                 refund_seen = $5, release_seen = $6, updated_at = now()
-             WHERE id = $1
-             RETURNING extract(epoch FROM now() - created_at)::float8",
-        )
-        .bind(order_id)
-        .bind(order.status)
-        .bind(order.cancelled_by)
-        .bind(&order.cancellation_reason)
-        .bind(order.refund_seen)
-        .bind(order.release_seen)
-        .fetch_one(ctx.db())
-        .await?;
+        let age_seconds = save_order(ctx.db(), order_id, &order).await?;
         tracing::info!(
             status = ?order.status,
             settled = order.settled(),

@@ -31,6 +31,8 @@ pub enum PaymentStatus {
     Charged,
     Declined,
     Refunded,
+    /// The order was cancelled before it was charged; it never will be.
+    Voided,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +51,30 @@ pub enum Refund {
 pub fn decide_refund(status: Option<PaymentStatus>) -> Refund {
     match status {
         Some(PaymentStatus::Charged) => Refund::Due,
-        Some(PaymentStatus::Declined) => Refund::NothingCharged,
+        Some(PaymentStatus::Declined | PaymentStatus::Voided) => Refund::NothingCharged,
         Some(PaymentStatus::Refunded) => Refund::AlreadyRefunded,
         None => Refund::ChargeNotSeenYet,
+    }
+}
+
+/// Payment's answer to the order's cancellation, whatever it has seen of the order so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// Money was taken: give it back (PaymentRefunded).
+    Refund,
+    /// Nothing was taken (declined, or the order not seen yet): say so (PaymentVoided) and,
+    /// if there is no payment yet, record that there never will be one.
+    Void { record: bool },
+    /// Already refunded or voided: that answer was given.
+    AlreadyAnswered,
+}
+
+pub fn decide_undo(status: Option<PaymentStatus>) -> Undo {
+    match status {
+        Some(PaymentStatus::Charged) => Undo::Refund,
+        Some(PaymentStatus::Declined) => Undo::Void { record: false },
+        None => Undo::Void { record: true },
+        Some(PaymentStatus::Refunded | PaymentStatus::Voided) => Undo::AlreadyAnswered,
     }
 }
 
@@ -81,5 +104,27 @@ mod tests {
             Refund::AlreadyRefunded
         );
         assert_eq!(decide_refund(None), Refund::ChargeNotSeenYet);
+        assert_eq!(
+            decide_refund(Some(PaymentStatus::Voided)),
+            Refund::NothingCharged
+        );
+    }
+
+    #[test]
+    fn a_cancellation_refunds_a_charge_and_voids_everything_else_once() {
+        assert_eq!(decide_undo(Some(PaymentStatus::Charged)), Undo::Refund);
+        assert_eq!(
+            decide_undo(Some(PaymentStatus::Declined)),
+            Undo::Void { record: false }
+        );
+        assert_eq!(decide_undo(None), Undo::Void { record: true });
+        assert_eq!(
+            decide_undo(Some(PaymentStatus::Refunded)),
+            Undo::AlreadyAnswered
+        );
+        assert_eq!(
+            decide_undo(Some(PaymentStatus::Voided)),
+            Undo::AlreadyAnswered
+        );
     }
 }

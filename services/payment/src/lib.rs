@@ -1,19 +1,20 @@
 //! # Payment
 //!
 //! - **Subscribes to** OrderPlaced (charge the order), StockReservationFailed and
-//!   ShipmentFailed (refund it: a later step failed, so the money goes back).
-//! - **Owns** `payment.payments`: one row per order, charged, declined or refunded.
-//! - **Announces** PaymentCompleted, PaymentFailed, PaymentRefunded.
+//!   ShipmentFailed (refund it: a later step failed, so the money goes back), OrderCancelled
+//!   (refund a charge, or make sure none is ever made, and say which).
+//! - **Owns** `payment.payments`: one row per order, charged, declined, refunded or voided.
+//! - **Announces** PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided.
 
 pub mod domain;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use domain::{Charge, PaymentStatus, Refund};
+use domain::{Charge, PaymentStatus, Refund, Undo};
 use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
 use shared_events::{
-    OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded, ShipmentFailed,
-    StockReservationFailed, participants,
+    OrderCancelled, OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided,
+    ShipmentFailed, StockReservationFailed, participants,
 };
 use uuid::Uuid;
 
@@ -28,6 +29,7 @@ pub fn routes() -> Routes<Payment> {
             Box::pin(payment.refund(ctx, event.order_id))
         })
         .on::<ShipmentFailed>(|payment, ctx, event| Box::pin(payment.refund(ctx, event.order_id)))
+        .on::<OrderCancelled>(|payment, ctx, event| Box::pin(payment.undo(ctx, event.order_id)))
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
@@ -37,6 +39,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Payment,
         http: None,
+        background: None,
     };
     service_kit::bind(config, spec).await
 }
@@ -58,8 +61,12 @@ impl Payment {
                 .fetch_optional(ctx.db())
                 .await?;
         if let Some(status) = existing {
-            // A second OrderPlaced for the same order (another message id) never charges twice.
-            tracing::warn!(?status, "order already has a payment; nothing to do");
+            // Cancelled before it got here, or a second OrderPlaced for the same order
+            // (another message id): never charged, never charged twice.
+            tracing::info!(
+                ?status,
+                "order already has a payment decision; not charging"
+            );
             return Ok(());
         }
         let payment_id = Uuid::now_v7();
@@ -110,32 +117,11 @@ impl Payment {
     }
 
     async fn refund(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
-        let payment: Option<(Uuid, PaymentStatus, i64)> = sqlx::query_as(
-            "SELECT payment_id, status, amount_cents FROM payment.payments
-             WHERE order_id = $1 FOR UPDATE",
-        )
-        .bind(order_id)
-        .fetch_optional(ctx.db())
-        .await?;
+        let payment = payment_of(ctx, order_id).await?;
         let status = payment.map(|(_, status, _)| status);
         match (domain::decide_refund(status), payment) {
             (Refund::Due, Some((payment_id, _, amount_cents))) => {
-                sqlx::query(
-                    "UPDATE payment.payments SET status = $2, refunded_at = now()
-                     WHERE order_id = $1",
-                )
-                .bind(order_id)
-                .bind(PaymentStatus::Refunded)
-                .execute(ctx.db())
-                .await?;
-                tracing::info!(amount_cents, "refunded");
-                ctx.announce(&PaymentRefunded {
-                    order_id,
-                    payment_id,
-                    amount_cents,
-                })
-                .await?;
-                Ok(())
+                give_back(ctx, order_id, payment_id, amount_cents).await
             }
             (Refund::ChargeNotSeenYet, _) | (Refund::Due, None) => Err(HandlerError::Deferred(
                 "no payment recorded for this order yet".to_owned(),
@@ -146,4 +132,74 @@ impl Payment {
             }
         }
     }
+
+    /// The order was cancelled: whatever payment did, undo it, and say what that was.
+    async fn undo(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        let payment = payment_of(ctx, order_id).await?;
+        let status = payment.map(|(_, status, _)| status);
+        match (domain::decide_undo(status), payment) {
+            (Undo::Refund, Some((payment_id, _, amount_cents))) => {
+                give_back(ctx, order_id, payment_id, amount_cents).await
+            }
+            (Undo::Void { record }, _) => {
+                if record {
+                    sqlx::query(
+                        "INSERT INTO payment.payments
+                             (order_id, payment_id, status, amount_cents, payment_method)
+                         VALUES ($1, $2, $3, 0, '')",
+                    )
+                    .bind(order_id)
+                    .bind(Uuid::now_v7())
+                    .bind(PaymentStatus::Voided)
+                    .execute(ctx.db())
+                    .await?;
+                }
+                tracing::info!(record, "cancelled before any charge; voided");
+                ctx.announce(&PaymentVoided { order_id }).await?;
+                Ok(())
+            }
+            (decision, _) => {
+                tracing::info!(?decision, "cancellation already answered");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The order's payment, locked: a refund and a cancellation of one order take turns.
+async fn payment_of(
+    ctx: &mut Ctx,
+    order_id: Uuid,
+) -> Result<Option<(Uuid, PaymentStatus, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT payment_id, status, amount_cents FROM payment.payments
+         WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(ctx.db())
+    .await
+}
+
+async fn give_back(
+    ctx: &mut Ctx,
+    order_id: Uuid,
+    payment_id: Uuid,
+    amount_cents: i64,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "UPDATE payment.payments SET status = $2, refunded_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(PaymentStatus::Refunded)
+    .execute(ctx.db())
+    .await?;
+    tracing::info!(amount_cents, "refunded");
+    ctx.announce(&PaymentRefunded {
+        order_id,
+        payment_id,
+        amount_cents,
+    })
+    .await?;
+    Ok(())
 }

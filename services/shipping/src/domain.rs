@@ -9,6 +9,31 @@ use uuid::Uuid;
 pub enum ShipmentStatus {
     Booked,
     Failed,
+    /// Booked, then cancelled with the carrier because the order was cancelled.
+    Cancelled,
+    /// The order was cancelled before anything was booked; nothing ever will be.
+    Voided,
+}
+
+/// Shipping's answer to the order's cancellation, whatever it has seen of the order so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// A shipment is booked: cancel it (ShipmentCancelled).
+    Cancel,
+    /// None is booked (failed, or not attempted yet): say so (ShipmentVoided) and, if nothing
+    /// was decided yet, record that nothing ever will be booked.
+    Void { record: bool },
+    /// Already cancelled or voided: that answer was given.
+    AlreadyAnswered,
+}
+
+pub fn decide_undo(status: Option<ShipmentStatus>) -> Undo {
+    match status {
+        Some(ShipmentStatus::Booked) => Undo::Cancel,
+        Some(ShipmentStatus::Failed) => Undo::Void { record: false },
+        None => Undo::Void { record: true },
+        Some(ShipmentStatus::Cancelled | ShipmentStatus::Voided) => Undo::AlreadyAnswered,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,5 +99,18 @@ mod tests {
                 reason: "no carrier serves AQ".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn a_cancellation_cancels_a_booking_and_voids_everything_else_once() {
+        assert_eq!(decide_undo(Some(ShipmentStatus::Booked)), Undo::Cancel);
+        assert_eq!(
+            decide_undo(Some(ShipmentStatus::Failed)),
+            Undo::Void { record: false }
+        );
+        assert_eq!(decide_undo(None), Undo::Void { record: true });
+        for answered in [ShipmentStatus::Cancelled, ShipmentStatus::Voided] {
+            assert_eq!(decide_undo(Some(answered)), Undo::AlreadyAnswered);
+        }
     }
 }

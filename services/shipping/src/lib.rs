@@ -1,17 +1,21 @@
 //! # Shipping
 //!
 //! - **Subscribes to** OrderPlaced (remember where the order goes), StockReserved (book a
-//!   courier: the goods are set aside and paid for).
+//!   courier: the goods are set aside and paid for), OrderCancelled (cancel the booking, or
+//!   make sure none is ever made, and say which).
 //! - **Owns** `shipping.destinations`, `shipping.carrier_coverage`, `shipping.shipments`.
-//! - **Announces** ShipmentBooked, ShipmentFailed.
+//! - **Announces** ShipmentBooked, ShipmentFailed, ShipmentCancelled, ShipmentVoided.
 
 pub mod domain;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use domain::{Booking, ShipmentStatus};
+use domain::{Booking, ShipmentStatus, Undo};
 use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
-use shared_events::{OrderPlaced, ShipmentBooked, ShipmentFailed, StockReserved, participants};
+use shared_events::{
+    OrderCancelled, OrderPlaced, ShipmentBooked, ShipmentCancelled, ShipmentFailed, ShipmentVoided,
+    StockReserved, participants,
+};
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8083);
@@ -23,6 +27,7 @@ pub fn routes() -> Routes<Shipping> {
             Box::pin(shipping.remember_destination(ctx, event))
         })
         .on::<StockReserved>(|shipping, ctx, event| Box::pin(shipping.book(ctx, event.order_id)))
+        .on::<OrderCancelled>(|shipping, ctx, event| Box::pin(shipping.undo(ctx, event.order_id)))
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
@@ -32,6 +37,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Shipping,
         http: None,
+        background: None,
     };
     service_kit::bind(config, spec).await
 }
@@ -68,6 +74,19 @@ impl Shipping {
     }
 
     async fn book(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        let already: Option<ShipmentStatus> =
+            sqlx::query_scalar("SELECT status FROM shipping.shipments WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(ctx.db())
+                .await?;
+        if let Some(status) = already {
+            // Decided already, or cancelled before it got here: never booked twice or late.
+            tracing::info!(
+                ?status,
+                "shipment already decided for this order; nothing to do"
+            );
+            return Ok(());
+        }
         let destination: Option<(String, Option<String>)> = sqlx::query_as(
             "SELECT d.country, c.carrier FROM shipping.destinations d
              LEFT JOIN shipping.carrier_coverage c ON c.country = d.country
@@ -82,18 +101,6 @@ impl Shipping {
                 "OrderPlaced not seen yet".to_owned(),
             ));
         };
-        let already: Option<ShipmentStatus> =
-            sqlx::query_scalar("SELECT status FROM shipping.shipments WHERE order_id = $1")
-                .bind(order_id)
-                .fetch_optional(ctx.db())
-                .await?;
-        if let Some(status) = already {
-            tracing::warn!(
-                ?status,
-                "shipment already decided for this order; nothing to do"
-            );
-            return Ok(());
-        }
 
         let shipment_id = Uuid::now_v7();
         match domain::decide_booking(&country, carrier.as_deref(), shipment_id) {
@@ -135,6 +142,49 @@ impl Shipping {
                 tracing::info!(%reason, "shipment failed");
                 ctx.announce(&ShipmentFailed { order_id, reason }).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// The order was cancelled: a booked shipment is cancelled with the carrier; otherwise
+    /// none will ever be booked. Either way shipping says which.
+    async fn undo(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
+        let shipment: Option<(ShipmentStatus, Option<Uuid>)> = sqlx::query_as(
+            "SELECT status, shipment_id FROM shipping.shipments WHERE order_id = $1 FOR UPDATE",
+        )
+        .bind(order_id)
+        .fetch_optional(ctx.db())
+        .await?;
+        let status = shipment.map(|(status, _)| status);
+        match (domain::decide_undo(status), shipment) {
+            (Undo::Cancel, Some((_, Some(shipment_id)))) => {
+                sqlx::query("UPDATE shipping.shipments SET status = $2 WHERE order_id = $1")
+                    .bind(order_id)
+                    .bind(ShipmentStatus::Cancelled)
+                    .execute(ctx.db())
+                    .await?;
+                tracing::info!(%shipment_id, "shipment cancelled");
+                ctx.announce(&ShipmentCancelled {
+                    order_id,
+                    shipment_id,
+                })
+                .await?;
+            }
+            (Undo::Void { record }, _) => {
+                if record {
+                    sqlx::query(
+                        "INSERT INTO shipping.shipments (order_id, status, reason)
+                         VALUES ($1, $2, 'order cancelled before booking')",
+                    )
+                    .bind(order_id)
+                    .bind(ShipmentStatus::Voided)
+                    .execute(ctx.db())
+                    .await?;
+                }
+                tracing::info!(record, "cancelled with nothing booked; voided");
+                ctx.announce(&ShipmentVoided { order_id }).await?;
+            }
+            (decision, _) => tracing::info!(?decision, "cancellation already answered"),
         }
         Ok(())
     }

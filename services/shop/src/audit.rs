@@ -85,9 +85,15 @@ const RULES: &[Rule] = &[
     Rule {
         invariant: 1,
         sql: "SELECT id::text, 'order is ' || status || ', not settled' FROM orders.orders
-              WHERE NOT (status = 'confirmed' OR (status = 'cancelled'
-                  AND (cancelled_by NOT IN ('StockReservationFailed', 'ShipmentFailed') OR refund_seen)
-                  AND (cancelled_by <> 'ShipmentFailed' OR release_seen)))",
+              WHERE NOT (status = 'confirmed' OR (status = 'cancelled' AND settled))",
+    },
+    Rule {
+        invariant: 1,
+        sql: "SELECT id::text, format('order is still %s %s s past its deadline',
+                  status, round(extract(epoch FROM now() - deadline_at)))
+              FROM orders.orders
+              WHERE status IN ('pending', 'paid', 'stock_reserved')
+                AND deadline_at < now() - interval '2 seconds'",
     },
     Rule {
         invariant: 2,
