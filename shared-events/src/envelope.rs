@@ -164,11 +164,20 @@ pub enum DecodeError {
         expected: &'static str,
         actual: String,
     },
-    #[error("unsupported version {actual} of {event_type} (this build reads {supported})")]
+    #[error(
+        "unsupported version {actual} of {event_type} (this build reads versions {oldest} to {newest})"
+    )]
     UnsupportedVersion {
         event_type: &'static str,
         actual: u32,
-        supported: u32,
+        oldest: u32,
+        newest: u32,
+    },
+    #[error("cannot upgrade {event_type} from version {from}: {reason}")]
+    Upgrade {
+        event_type: &'static str,
+        from: u32,
+        reason: String,
     },
     #[error("invalid {event_type} payload: {error}")]
     InvalidPayload {
@@ -219,14 +228,28 @@ impl Envelope {
                 actual: self.event_type.clone(),
             });
         }
-        if self.version != E::VERSION {
+        if !(E::OLDEST_READ..=E::VERSION).contains(&self.version) {
             return Err(DecodeError::UnsupportedVersion {
                 event_type: E::TYPE,
                 actual: self.version,
-                supported: E::VERSION,
+                oldest: E::OLDEST_READ,
+                newest: E::VERSION,
             });
         }
-        serde_json::from_value(self.payload.clone()).map_err(|error| DecodeError::InvalidPayload {
+        let payload = if self.version < E::VERSION {
+            // The one place an old version is known: it becomes the current shape here, so
+            // no handler ever sees two shapes of one event.
+            E::upgrade(self.version, self.payload.clone()).map_err(|reason| {
+                DecodeError::Upgrade {
+                    event_type: E::TYPE,
+                    from: self.version,
+                    reason,
+                }
+            })?
+        } else {
+            self.payload.clone()
+        };
+        serde_json::from_value(payload).map_err(|error| DecodeError::InvalidPayload {
             event_type: E::TYPE,
             error,
         })

@@ -2,17 +2,27 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Event, EventInfo, Participant, participants};
+use crate::{Event, EventInfo, participants};
 
 /// Declares the catalog once: every event's type name, producer and routing key, and the
 /// `CATALOG` listing them, so the three can never disagree.
 macro_rules! catalog {
-    ($($event:ident => $producer:ident, $routing_key:literal;)+) => {
+    ($($event:ident => $producer:ident, $routing_key:literal
+       $(, version $version:literal reading from $oldest:literal through $upgrade:path)?;)+) => {
         $(
             impl Event for $event {
                 const TYPE: &'static str = stringify!($event);
                 type Producer = participants::$producer;
                 const ROUTING_KEY: &'static str = $routing_key;
+                $(
+                    const VERSION: u32 = $version;
+                    const OLDEST_READ: u32 = $oldest;
+
+                    fn upgrade(from: u32, payload: serde_json::Value)
+                        -> Result<serde_json::Value, String> {
+                        $upgrade(from, payload)
+                    }
+                )?
 
                 fn order_id(&self) -> Uuid {
                     self.order_id
@@ -31,17 +41,14 @@ macro_rules! catalog {
 
         /// Every event of the shop, in saga order.
         pub const CATALOG: &[EventInfo] = &[
-            $(EventInfo {
-                event_type: stringify!($event),
-                producer: <participants::$producer as Participant>::NAME,
-                routing_key: $routing_key,
-            },)+
+            $(<$event as Event>::INFO,)+
         ];
     };
 }
 
 catalog! {
-    OrderPlaced => Orders, "orders.order_placed";
+    OrderPlaced => Orders, "orders.order_placed",
+        version 2 reading from 1 through v1::OrderPlaced::upgrade;
     PaymentCompleted => Payment, "payment.payment_completed";
     PaymentFailed => Payment, "payment.payment_failed";
     StockReserved => Inventory, "inventory.stock_reserved";
@@ -56,6 +63,18 @@ catalog! {
     ReservationVoided => Inventory, "inventory.reservation_voided";
     ShipmentCancelled => Shipping, "shipping.shipment_cancelled";
     ShipmentVoided => Shipping, "shipping.shipment_voided";
+}
+
+/// The JSON Schema of `version` of an event's payload: the current one, or an older one
+/// consumers still read; `None` for any other.
+pub fn payload_schema_of_version(event_type: &str, version: u32) -> Option<serde_json::Value> {
+    match (event_type, version) {
+        ("OrderPlaced", 1) => Some(crate::schema_of::<v1::OrderPlaced>()),
+        _ => CATALOG
+            .iter()
+            .find(|info| info.event_type == event_type && info.version == version)
+            .and_then(|_| payload_schema(event_type)),
+    }
 }
 
 /// One line of a placed order, priced from the catalog at the time it was placed.
@@ -83,6 +102,9 @@ pub struct ShippingAddress {
     pub country: String,
 }
 
+/// Version 2: the order says which currency its prices and total are in (ISO 4217), so payment
+/// charges in it rather than assume one. Additive: version 1's fields keep their names and
+/// meaning, so a reader that ignores `currency` still works.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     pub order_id: Uuid,
@@ -91,6 +113,46 @@ pub struct OrderPlaced {
     pub total_cents: i64,
     pub payment_method: String,
     pub shipping_address: ShippingAddress,
+    pub currency: String,
+}
+
+/// Events as older versions of the shop announced them: read, upgraded, never written.
+pub mod v1 {
+    use super::*;
+
+    /// The currency every order was in before OrderPlaced carried one.
+    pub const CURRENCY: &str = "EUR";
+
+    /// OrderPlaced version 1: no currency (the shop sold in euros only).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    pub struct OrderPlaced {
+        pub order_id: Uuid,
+        pub customer_id: String,
+        pub items: Vec<OrderLine>,
+        pub total_cents: i64,
+        pub payment_method: String,
+        pub shipping_address: ShippingAddress,
+    }
+
+    impl OrderPlaced {
+        /// Version 1's payload in version 2's shape.
+        pub fn upgrade(from: u32, payload: serde_json::Value) -> Result<serde_json::Value, String> {
+            if from != 1 {
+                return Err(format!("no upgrade of OrderPlaced from version {from}"));
+            }
+            let old: Self = serde_json::from_value(payload).map_err(|e| e.to_string())?;
+            let current = super::OrderPlaced {
+                order_id: old.order_id,
+                customer_id: old.customer_id,
+                items: old.items,
+                total_cents: old.total_cents,
+                payment_method: old.payment_method,
+                shipping_address: old.shipping_address,
+                currency: CURRENCY.to_owned(),
+            };
+            serde_json::to_value(current).map_err(|e| e.to_string())
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,7 +1,9 @@
-//! The event contract of the shop: the envelope every message travels in, the eleven
-//! past-tense events of the catalog, their producers and routing keys. No I/O lives here.
+//! The event contract of the shop: the envelope every message travels in, the past-tense
+//! events of the catalog, their producers, routing keys and versions. No I/O lives here.
 //!
 //! Producers and consumers share only this crate: a payload field may be added, never renamed.
+//! A new version of an event is additive, and the one place that knows an old version is the
+//! event's `upgrade` (docs/architecture.md, "Versions").
 
 mod envelope;
 mod events;
@@ -49,8 +51,11 @@ pub mod participants {
 pub trait Event: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
     /// The `type` of the envelope, e.g. `OrderPlaced`.
     const TYPE: &'static str;
-    /// The payload version this build reads and writes.
+    /// The payload version this build writes, and reads.
     const VERSION: u32 = 1;
+    /// The oldest version this build still reads: anything from it up to [`Event::VERSION`]
+    /// is upgraded to the current shape by [`Event::upgrade`] before any handler sees it.
+    const OLDEST_READ: u32 = Self::VERSION;
     /// The only service allowed to announce this event.
     type Producer: Participant;
     /// The producer's name, as it travels in the envelope.
@@ -62,10 +67,19 @@ pub trait Event: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 
         event_type: Self::TYPE,
         producer: Self::PRODUCER,
         routing_key: Self::ROUTING_KEY,
+        version: Self::VERSION,
+        oldest_read: Self::OLDEST_READ,
     };
 
     /// Every event of the catalog belongs to one order's saga.
     fn order_id(&self) -> uuid::Uuid;
+
+    /// Brings the payload of version `from` (at least [`Event::OLDEST_READ`], below
+    /// [`Event::VERSION`]) to the current version's shape.
+    fn upgrade(from: u32, payload: serde_json::Value) -> Result<serde_json::Value, String> {
+        let _ = from;
+        Ok(payload)
+    }
 }
 
 /// A type's JSON Schema as draft 07 with every subschema inlined, so it can be embedded in
@@ -88,4 +102,7 @@ pub struct EventInfo {
     pub event_type: &'static str,
     pub producer: &'static str,
     pub routing_key: &'static str,
+    /// The version producers write; consumers read every version from `oldest_read` to it.
+    pub version: u32,
+    pub oldest_read: u32,
 }

@@ -4,11 +4,9 @@
 use serde::Serialize;
 use shared_events::*;
 
-fn fixture(event_type: &str) -> serde_json::Value {
-    let path = format!(
-        "{}/tests/fixtures/{event_type}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+/// `<Event>.json` holds the current version; `<Event>.v<n>.json` each older one still read.
+fn fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -50,6 +48,47 @@ fn every_catalog_event_round_trips_through_its_fixture() {
         CATALOG.len(),
         15,
         "a new event needs a fixture and a line above"
+    );
+}
+
+#[test]
+fn every_older_version_a_consumer_reads_has_a_fixture_and_upgrades() {
+    for info in CATALOG {
+        for version in info.oldest_read..info.version {
+            let json = fixture(&format!("{}.v{version}", info.event_type));
+            let envelope: Envelope = serde_json::from_value(json).expect("envelope parses");
+            assert_eq!(envelope.version, version, "{}", info.event_type);
+            assert_eq!(envelope.event_type, info.event_type);
+            assert!(
+                payload_schema_of_version(info.event_type, version).is_some(),
+                "{} v{version} has a schema",
+                info.event_type
+            );
+        }
+    }
+}
+
+#[test]
+fn an_order_placed_v1_reads_as_v2_in_euros() {
+    let old: Envelope = serde_json::from_value(fixture("OrderPlaced.v1")).expect("parses");
+    let current: Envelope = serde_json::from_value(fixture("OrderPlaced")).expect("parses");
+    let upgraded: OrderPlaced = old.decode().expect("v1 is still read");
+    assert_eq!(upgraded.currency, v1::CURRENCY);
+    assert_eq!(
+        Some(upgraded),
+        current.decode::<OrderPlaced>().ok(),
+        "v1 upgraded is v2 with the currency it implied"
+    );
+}
+
+#[test]
+fn a_version_from_the_future_is_refused_with_the_versions_this_build_reads() {
+    let mut future: Envelope = serde_json::from_value(fixture("OrderPlaced")).expect("parses");
+    future.version = 3;
+    let refused = future.decode::<OrderPlaced>().expect_err("v3 is unknown");
+    assert_eq!(
+        refused.to_string(),
+        "unsupported version 3 of OrderPlaced (this build reads versions 1 to 2)"
     );
 }
 

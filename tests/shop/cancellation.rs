@@ -1,5 +1,5 @@
 //! A customer cancels mid-saga, and an order still open at its deadline is cancelled
-//! (docs/architecture.md, "Cancellation"). Every interleaving is forced, not hoped for: a
+//! (docs/architecture.md, "Flows and compensations"). Every interleaving is forced, not hoped for: a
 //! service is stopped so its queue holds what it has not handled, a message is taken out of
 //! that queue and delivered again only after the cancellation, and a service that must handle
 //! its queue in order runs with a prefetch of one.

@@ -38,6 +38,7 @@ fn order_placed(order_id: Uuid, sku: &str, quantity: u32) -> OrderPlaced {
             postal_code: "22202".to_owned(),
             country: "US".to_owned(),
         },
+        currency: "EUR".to_owned(),
     }
 }
 
@@ -555,7 +556,7 @@ async fn malformed_and_unsupported_messages_are_dead_lettered_and_the_consumer_g
         )
         .await;
     let mut future_version = Envelope::new(&order_placed(Uuid::now_v7(), "MUG-001", 1), None);
-    future_version.version = 2;
+    future_version.version = OrderPlaced::VERSION + 1;
     publisher
         .publish(OrderPlaced::ROUTING_KEY, &future_version)
         .await;
@@ -606,7 +607,7 @@ async fn malformed_and_unsupported_messages_are_dead_lettered_and_the_consumer_g
         "{reasons:?}"
     );
     assert!(
-        reasons.iter().any(|r| r.contains("unsupported version 2")),
+        reasons.iter().any(|r| r.contains("unsupported version 3")),
         "{reasons:?}"
     );
     assert!(

@@ -413,6 +413,7 @@ async fn stock_reserved_before_the_address_is_known_is_deferred_until_it_is() {
             postal_code: "0150".to_owned(),
             country: "NO".to_owned(),
         },
+        currency: "EUR".to_owned(),
     };
     publisher
         .publish(OrderPlaced::ROUTING_KEY, &Envelope::new(&placed, None))

@@ -124,7 +124,7 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
         );
         assert_eq!(
             properties.kind().as_ref().map(ToString::to_string),
-            Some(format!("shop.{event_type}.v1"))
+            Some(format!("shop.{event_type}.v{}", info.version))
         );
         assert_eq!(
             properties.app_id().as_ref().map(ToString::to_string),

@@ -10,3 +10,4 @@ mod happy_path;
 mod http_api;
 mod http_edge;
 mod observability;
+mod versions;

@@ -611,12 +611,17 @@ impl TestPublisher {
     /// Puts a message taken from `service`'s queue back at the end of that queue alone (not
     /// through the exchange: the other subscribers had their copy).
     pub async fn redeliver(&self, namespace: &str, service: &str, message: &DeadLetter) {
-        let queue = topology::queue_name(namespace, service);
+        self.put(&topology::queue_name(namespace, service), message)
+            .await;
+    }
+
+    /// Puts a message straight into one queue (a work, delay or dead-letter queue).
+    pub async fn put(&self, queue: &str, message: &DeadLetter) {
         let confirm = self
             .channel
             .basic_publish(
                 "".into(),
-                queue.as_str().into(),
+                queue.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -667,6 +672,20 @@ pub async fn metric(http: &reqwest::Client, service_url: &str, series: &str) -> 
 pub struct DeadLetter {
     pub body: Vec<u8>,
     pub properties: BasicProperties,
+}
+
+impl DeadLetter {
+    /// The same message carrying `envelope` instead (its AMQP properties to match).
+    pub fn carrying(envelope: &Envelope) -> Self {
+        Self {
+            body: envelope.to_json(),
+            properties: envelope_properties(envelope),
+        }
+    }
+
+    pub fn envelope(&self) -> Envelope {
+        Envelope::from_json(&self.body).expect("a shop CloudEvent")
+    }
 }
 
 impl DeadLetter {

@@ -4,7 +4,7 @@
 
 use std::{future::Future, marker::PhantomData, pin::Pin};
 
-use shared_events::{Envelope, Event, EventInfo, Participant};
+use shared_events::{DecodeError, Envelope, Event, EventInfo, Participant};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -48,6 +48,8 @@ type ErasedHandler<S> = Box<
 
 struct Route<S: Service> {
     event: EventInfo,
+    /// Whether the handler can read this envelope (any version it claims, upgraded).
+    read: fn(&Envelope) -> Result<(), DecodeError>,
     handle: ErasedHandler<S>,
 }
 
@@ -77,6 +79,7 @@ impl<S: Service> Routes<S> {
         );
         self.routes.push(Route {
             event: E::INFO,
+            read: |envelope| envelope.decode::<E>().map(|_| ()),
             handle: Box::new(move |state, ctx, envelope| match envelope.decode::<E>() {
                 Ok(event) => handler(state, ctx, event),
                 Err(e) => Box::pin(std::future::ready(Err(HandlerError::Rejected(
@@ -90,6 +93,15 @@ impl<S: Service> Routes<S> {
     /// The events subscribed to, in the order they were added.
     pub fn subscriptions(&self) -> Vec<EventInfo> {
         self.routes.iter().map(|r| r.event).collect()
+    }
+
+    /// Whether this service reads `envelope` (its type subscribed, its version one the
+    /// handler reads) without handling it: the contract tests' question.
+    pub fn reads(&self, envelope: &Envelope) -> Result<(), String> {
+        let route = self
+            .find(&envelope.event_type)
+            .ok_or_else(|| format!("{} is not subscribed", envelope.event_type))?;
+        (route.read)(envelope).map_err(|e| e.to_string())
     }
 
     pub(crate) fn routing_keys(&self) -> Vec<&'static str> {

@@ -259,6 +259,7 @@ async fn place_order(
         total_cents,
         payment_method: request.payment_method.clone(),
         shipping_address: request.shipping_address.clone(),
+        currency: domain::CURRENCY.to_owned(),
     };
     let announced = Outbox::append(&mut tx, &placed, None).await?;
     db.commit(tx, vec![announced]).await?;

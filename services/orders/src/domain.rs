@@ -180,6 +180,8 @@ impl Order {
 
 // ---- Placing an order ----------------------------------------------------------------------
 
+/// The currency of the catalog's prices, and so of every order (ISO 4217).
+pub const CURRENCY: &str = "EUR";
 pub const MAX_ITEMS: usize = 50;
 pub const MAX_QUANTITY: i64 = 1_000;
 pub const MAX_TEXT: usize = 200;

@@ -9,8 +9,15 @@ pub enum Charge {
     Declined { reason: String },
 }
 
-pub fn decide_charge(payment_method: &str, amount_cents: i64) -> Charge {
-    if payment_method == DECLINED_METHOD {
+/// The currencies payment can charge in (ISO 4217).
+pub const CURRENCIES: &[&str] = &["EUR"];
+
+pub fn decide_charge(payment_method: &str, amount_cents: i64, currency: &str) -> Charge {
+    if !CURRENCIES.contains(&currency) {
+        Charge::Declined {
+            reason: format!("currency {currency:?} not accepted (only {CURRENCIES:?})"),
+        }
+    } else if payment_method == DECLINED_METHOD {
         Charge::Declined {
             reason: "card declined".to_owned(),
         }
@@ -84,12 +91,19 @@ mod tests {
 
     #[test]
     fn the_declined_test_card_is_declined_and_others_are_charged() {
-        assert_eq!(decide_charge("card", 4499), Charge::Approved);
+        assert_eq!(decide_charge("card", 4499, "EUR"), Charge::Approved);
         assert!(matches!(
-            decide_charge(DECLINED_METHOD, 4499),
+            decide_charge(DECLINED_METHOD, 4499, "EUR"),
             Charge::Declined { .. }
         ));
-        assert!(matches!(decide_charge("card", 0), Charge::Declined { .. }));
+        assert!(matches!(
+            decide_charge("card", 0, "EUR"),
+            Charge::Declined { .. }
+        ));
+        assert!(matches!(
+            decide_charge("card", 4499, "XTS"),
+            Charge::Declined { reason } if reason.contains("XTS")
+        ));
     }
 
     #[test]

@@ -70,21 +70,23 @@ impl Payment {
             return Ok(());
         }
         let payment_id = Uuid::now_v7();
-        match domain::decide_charge(&order.payment_method, order.total_cents) {
+        match domain::decide_charge(&order.payment_method, order.total_cents, &order.currency) {
             Charge::Approved => {
                 sqlx::query(
                     "INSERT INTO payment.payments
-                         (order_id, payment_id, status, amount_cents, payment_method, charged_at)
-                     VALUES ($1, $2, $3, $4, $5, now())",
+                         (order_id, payment_id, status, amount_cents, payment_method, currency,
+                          charged_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, now())",
                 )
                 .bind(order.order_id)
                 .bind(payment_id)
                 .bind(PaymentStatus::Charged)
                 .bind(order.total_cents)
                 .bind(&order.payment_method)
+                .bind(&order.currency)
                 .execute(ctx.db())
                 .await?;
-                tracing::info!(amount_cents = order.total_cents, "charged");
+                tracing::info!(amount_cents = order.total_cents, currency = %order.currency, "charged");
                 ctx.announce(&PaymentCompleted {
                     order_id: order.order_id,
                     payment_id,

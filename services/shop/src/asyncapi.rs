@@ -6,14 +6,23 @@ use serde_json::{Map, Value, json};
 use service_kit::config::DEFAULT_NAMESPACE;
 use shared_events::{
     CATALOG, CLOUDEVENTS_CONTENT_TYPE, CLOUDEVENTS_SPEC_VERSION, EventInfo, cloudevents_type,
-    payload_schema,
+    payload_schema_of_version,
 };
 
 use crate::registry::SERVICES;
 
 /// The version of the AMQP bindings the AsyncAPI 3.0 parsers accept today.
 const AMQP_BINDING_VERSION: &str = "0.3.0";
-const VERSION: u32 = 1;
+
+/// The message key of `version` of an event: its name for the version sent today,
+/// `<name>V<n>` for an older one consumers still read.
+fn message_key(event: &EventInfo, version: u32) -> String {
+    if version == event.version {
+        event.event_type.to_owned()
+    } else {
+        format!("{}V{version}", event.event_type)
+    }
+}
 
 /// The document, as YAML.
 pub fn render() -> String {
@@ -27,12 +36,22 @@ pub fn document() -> Value {
     let mut messages = Map::new();
     for event in CATALOG {
         let name = event.event_type;
+        let versions: Vec<String> = (event.oldest_read..=event.version)
+            .map(|version| message_key(event, version))
+            .collect();
+        let channel_messages: Map<String, Value> = versions
+            .iter()
+            .map(|key| {
+                let reference = json!({ "$ref": format!("#/components/messages/{key}") });
+                (key.clone(), reference)
+            })
+            .collect();
         channels.insert(
             name.to_owned(),
             json!({
                 "address": event.routing_key,
                 "title": format!("{name} on {exchange}"),
-                "messages": { name: { "$ref": format!("#/components/messages/{name}") } },
+                "messages": channel_messages,
                 "bindings": { "amqp": {
                     "is": "routingKey",
                     "exchange": {
@@ -46,7 +65,13 @@ pub fn document() -> Value {
                 } },
             }),
         );
+        // Sent: the current version only. Received: every version still read (a rolling
+        // upgrade leaves older messages in queues, delay queues and dead-letter queues).
         let message_ref = json!([{ "$ref": format!("#/channels/{name}/messages/{name}") }]);
+        let received_refs: Vec<Value> = versions
+            .iter()
+            .map(|key| json!({ "$ref": format!("#/channels/{name}/messages/{key}") }))
+            .collect();
         operations.insert(
             format!("{}.sends.{name}", event.producer),
             json!({
@@ -72,7 +97,7 @@ pub fn document() -> Value {
                     "title": format!("{consumer} reacts to {name}"),
                     "summary": format!("Consumed from the quorum queue {DEFAULT_NAMESPACE}.{consumer}, bound to this routing key; handled once per message id (inbox), acked after the commit."),
                     "channel": { "$ref": format!("#/channels/{name}") },
-                    "messages": message_ref,
+                    "messages": received_refs,
                     "tags": [{ "name": consumer }],
                     "bindings": { "amqp": {
                         "ack": true,
@@ -81,7 +106,9 @@ pub fn document() -> Value {
                 }),
             );
         }
-        messages.insert(name.to_owned(), message(event));
+        for version in event.oldest_read..=event.version {
+            messages.insert(message_key(event, version), message(event, version));
+        }
     }
     json!({
         "asyncapi": "3.0.0",
@@ -119,14 +146,19 @@ fn consumers(event: &EventInfo) -> Vec<&'static str> {
         .collect()
 }
 
-/// The message: a CloudEvent whose `data` is the event's payload.
-fn message(event: &EventInfo) -> Value {
+/// `version` of the message: a CloudEvent whose `data` is the event's payload.
+fn message(event: &EventInfo, version: u32) -> Value {
     let name = event.event_type;
-    let ce_type = cloudevents_type(name, VERSION);
+    let ce_type = cloudevents_type(name, version);
     let uuid = json!({ "type": "string", "format": "uuid" });
+    let title = if version == event.version {
+        format!("{name} (version {version})")
+    } else {
+        format!("{name} (version {version}: no longer sent, still read, upgraded on receipt)")
+    };
     json!({
-        "name": name,
-        "title": name,
+        "name": message_key(event, version),
+        "title": title,
         "contentType": CLOUDEVENTS_CONTENT_TYPE,
         "correlationId": { "location": "$message.payload#/correlationid" },
         "payload": {
@@ -146,7 +178,8 @@ fn message(event: &EventInfo) -> Value {
                 "causationid": { "description": "The id of the message that caused this one; absent for a saga's first event.", "type": "string", "format": "uuid" },
                 "traceparent": { "description": "W3C trace context of the span that published this message.", "type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$" },
                 "tracestate": { "description": "W3C trace state, when the trace carries one.", "type": "string" },
-                "data": payload_schema(name).unwrap_or_else(|| json!({ "type": "object" })),
+                "data": payload_schema_of_version(name, version)
+                    .unwrap_or_else(|| json!({ "type": "object" })),
             },
         },
         "bindings": { "amqp": {

@@ -72,6 +72,10 @@ pub struct ChaosOptions {
     /// and are stopped one at a time while the others go on.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
     pub replicas: u16,
+    /// The services' ORDER_DEADLINE_MS: shorter than in production (10 minutes), so an order
+    /// stuck by the faults is expired and undone within the run.
+    #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1_000..))]
+    pub deadline_ms: u64,
     /// Keep the database, queues and logs afterwards for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -100,7 +104,13 @@ enum Expected {
     ConfirmedWhileStockLasts,
     /// Cancelled at one of these stages (the start of the order's cancellation reason).
     Cancelled(&'static [&'static str]),
+    /// The customer asked to cancel and never got an answer: either outcome is right.
+    ConfirmedOrCancelledByCustomer,
 }
+
+/// OrderCancelled's reason when the customer cancelled, and when the deadline did.
+const CUSTOMER_REQUEST: &str = "customer_request";
+const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
 
 /// An accepted order: its id, the outcome its path must reach, how many POSTs it took.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +144,10 @@ struct Verdict {
     /// Of those, confirmed (each sold one unit) and cancelled for want of stock.
     sold: usize,
     refused_for_stock: usize,
+    /// Orders cancelled by their customer, and orders expired at their deadline (any order may
+    /// be: the deadline ends a saga the faults stalled).
+    cancelled_by_customer: usize,
+    expired: usize,
     /// How the stock does not add up, if it does not: first come, first served means exactly
     /// `min(seeded, wanted)` units sold, and the rest still available.
     stock_mismatch: Option<String>,
@@ -156,9 +170,19 @@ fn judge(orders: &[(Expected, Option<Ended>)], stock: StockLevel) -> Verdict {
                     .as_deref()
                     .is_some_and(|r| r.starts_with(stage))
         };
+        if cancelled_at(DEADLINE_EXCEEDED) {
+            verdict.expired += 1;
+            continue;
+        }
+        if cancelled_at(CUSTOMER_REQUEST) {
+            verdict.cancelled_by_customer += 1;
+        }
         let as_expected = match expected {
             Expected::Confirmed => ended.status == "confirmed",
             Expected::Cancelled(stages) => stages.iter().any(|stage| cancelled_at(stage)),
+            Expected::ConfirmedOrCancelledByCustomer => {
+                ended.status == "confirmed" || cancelled_at(CUSTOMER_REQUEST)
+            }
             Expected::ConfirmedWhileStockLasts => {
                 verdict.wanted += 1;
                 if ended.status == "confirmed" {
@@ -194,7 +218,9 @@ fn judge(orders: &[(Expected, Option<Ended>)], stock: StockLevel) -> Verdict {
 
 /// What the faults step did.
 struct Faults {
-    broker_recovery: Option<Duration>,
+    /// From the broker coming back to the probe's end, and that end (confirmed, or expired
+    /// when the deadline is shorter than the recovery).
+    broker_recovery: Option<(Duration, &'static str)>,
     /// The order placed right after the broker restart to time the recovery: it is in the
     /// shop's books beside the load's orders, and judged with them.
     probe: Option<Placed>,
@@ -256,9 +282,9 @@ impl fmt::Display for Report {
             self.replicas
         )?;
         match self.faults.broker_recovery {
-            Some(recovery) => writeln!(
+            Some((recovery, outcome)) => writeln!(
                 f,
-                "broker restart:           back up -> first order confirmed in {:.1}s",
+                "broker restart:           back up -> first order {outcome} in {:.1}s",
                 recovery.as_secs_f64()
             )?,
             None => writeln!(f, "broker restart:           skipped")?,
@@ -303,6 +329,12 @@ impl fmt::Display for Report {
             verdict.refused_for_stock,
             self.stock.available
         )?;
+        writeln!(
+            f,
+            "cancelled by customers:   {} (the rest of those asked too late: confirmed, 409)",
+            verdict.cancelled_by_customer
+        )?;
+        writeln!(f, "expired at the deadline:  {}", verdict.expired)?;
         if let Some(mismatch) = &verdict.stock_mismatch {
             writeln!(f, "STOCK DOES NOT ADD UP:    {mismatch}")?;
         }
@@ -316,32 +348,51 @@ impl fmt::Display for Report {
     }
 }
 
-/// The load's `i`th order: half buy the confirming SKU, a quarter are declined, a quarter go
-/// to a country nobody ships to (a BOOK-001, whose 25 units may all be held by such orders
-/// still in flight, so the stock reservation may fail first: both are right).
-fn order_body(i: usize) -> (Value, Expected) {
-    let (sku, method, country, expected) = match i % 4 {
-        0 | 1 => (
+/// What the load does with its `i`th order after placing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Wait,
+    /// The customer cancels at once: cancelled (`202`), or too late (`409`: confirmed).
+    Cancel,
+}
+
+/// The load's `i`th order: half buy the confirming SKU, an eighth are declined, an eighth are
+/// cancelled by their customer right after placing them, a quarter go to a country nobody
+/// ships to (a BOOK-001, whose 25 units may all be held by such orders still in flight, so the
+/// stock reservation may fail first: both are right).
+fn order_body(i: usize) -> (Value, Expected, Then) {
+    let (sku, method, country, expected, then) = match i % 8 {
+        0 | 1 | 4 | 5 => (
             CONFIRMING_SKU,
             "card",
             "NL",
             Expected::ConfirmedWhileStockLasts,
+            Then::Wait,
         ),
         2 => (
             "MUG-001",
             "card_declined",
             "GB",
             Expected::Cancelled(&["payment failed"]),
+            Then::Wait,
+        ),
+        6 => (
+            "MUG-001",
+            "card",
+            "GB",
+            Expected::ConfirmedOrCancelledByCustomer,
+            Then::Cancel,
         ),
         _ => (
             "BOOK-001",
             "card",
             "AQ",
             Expected::Cancelled(&["shipment failed", "stock reservation failed"]),
+            Then::Wait,
         ),
     };
     let body = harness::order_body(&format!("chaos-{i}"), sku, 1, method, country);
-    (body, expected)
+    (body, expected, then)
 }
 
 /// The broker-restart probe: a SKU the load does not buy, so it is confirmed whatever the
@@ -405,6 +456,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
                 RETRY_DELAYS_MS.map(|d| d.to_string()).join(","),
             ),
             ("MAX_ATTEMPTS", "30".to_owned()),
+            ("ORDER_DEADLINE_MS", options.deadline_ms.to_string()),
         ],
     );
     let mut run = ChaosRun {
@@ -634,7 +686,7 @@ impl ChaosRun {
 
     /// Stops the broker's app, checks every service reports not ready, starts it again and
     /// measures how long until a new order (the probe) is confirmed.
-    async fn restart_broker(&self) -> anyhow::Result<(Duration, Placed)> {
+    async fn restart_broker(&self) -> anyhow::Result<((Duration, &'static str), Placed)> {
         shell("rabbitmqctl", &["stop_app"]).await?;
         self.journal.note("RabbitMQ stopped (rabbitmqctl stop_app)");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -663,19 +715,25 @@ impl ChaosRun {
         let (body, expected) = probe_body();
         let key = format!("{}-probe", self.sandbox.namespace);
         let (order_id, tries) = place(&self.http, &self.fleet.orders_urls(), &key, &body).await?;
+        // Confirmed, or (with a deadline shorter than the recovery) expired: either way all
+        // five services are through with it.
         let deadline = back + Duration::from_secs(120);
-        while order_ended(&self.http, &self.orders_url(), order_id)
-            .await
-            .is_none_or(|ended| ended.status != "confirmed")
-        {
-            if Instant::now() > deadline {
-                bail!("no order confirmed within 120 s of the broker coming back");
+        let outcome = loop {
+            let ended = order_ended(&self.http, &self.orders_url(), order_id).await;
+            match ended {
+                Some(ended) if ended.status == "confirmed" => break "confirmed",
+                Some(ended) if ended.reason.as_deref() == Some(DEADLINE_EXCEEDED) => {
+                    break "expired at its deadline";
+                }
+                _ if Instant::now() > deadline => {
+                    bail!("no order confirmed within 120 s of the broker coming back");
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
         let recovery = back.elapsed();
         self.journal.note(format!(
-            "first order confirmed {:.1}s after the broker came back",
+            "first order {outcome} {:.1}s after the broker came back",
             recovery.as_secs_f64()
         ));
         let probe = Placed {
@@ -683,7 +741,7 @@ impl ChaosRun {
             expected,
             tries,
         };
-        Ok((recovery, probe))
+        Ok(((recovery, outcome), probe))
     }
 
     /// Step 4: every service ready again, then the auditor until the books balance (or the
@@ -781,16 +839,21 @@ async fn place_orders(
         orders_urls.rotate_left(i % replicas);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let (body, expected) = order_body(i);
+            let (body, mut expected, then) = order_body(i);
             match place(&http, &orders_urls, &key, &body).await {
-                Ok((order_id, tries)) => placed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(Placed {
-                        order_id,
-                        expected,
-                        tries,
-                    }),
+                Ok((order_id, tries)) => {
+                    if then == Then::Cancel {
+                        expected = cancel(&http, &orders_urls, order_id).await;
+                    }
+                    placed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(Placed {
+                            order_id,
+                            expected,
+                            tries,
+                        });
+                }
                 Err(e) => journal.note(format!("LOST order {key}: {e}")),
             }
         }));
@@ -798,6 +861,27 @@ async fn place_orders(
     futures_util::future::join_all(tasks).await;
     let placed = placed.lock().unwrap_or_else(PoisonError::into_inner);
     placed.clone()
+}
+
+/// Asks to cancel the order until orders answers (a cancel is idempotent, so retrying is safe);
+/// the outcome its answer commits the order to.
+async fn cancel(http: &reqwest::Client, orders_urls: &[String], order_id: Uuid) -> Expected {
+    for attempt in 0..50 {
+        let Some(orders_url) = orders_urls.get(attempt % orders_urls.len().max(1)) else {
+            break;
+        };
+        let response = http
+            .post(format!("{orders_url}/orders/{order_id}/cancel"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        match response.map(|r| r.status().as_u16()) {
+            Ok(200 | 202) => return Expected::Cancelled(&[CUSTOMER_REQUEST]),
+            Ok(409) => return Expected::Confirmed,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    Expected::ConfirmedOrCancelledByCustomer
 }
 
 /// POSTs until the order is accepted, with the same key every time, trying the orders
@@ -964,6 +1048,36 @@ mod tests {
             "{refused_too_early:?}"
         );
         assert_eq!(refused_too_early.wrong_outcome, 0);
+    }
+
+    #[test]
+    fn a_customer_cancel_commits_to_its_answer_and_the_deadline_may_end_any_order() {
+        let by_customer = || ended("cancelled", Some(CUSTOMER_REQUEST));
+        let expired = || ended("cancelled", Some(DEADLINE_EXCEEDED));
+        let accepted = Expected::Cancelled(&[CUSTOMER_REQUEST]);
+        let orders = vec![
+            (accepted, by_customer()),
+            // A cancel answered 409 means the confirmation had committed.
+            (Expected::Confirmed, confirmed()),
+            (Expected::ConfirmedOrCancelledByCustomer, confirmed()),
+            (Expected::ConfirmedOrCancelledByCustomer, by_customer()),
+            (Expected::Confirmed, expired()),
+            (Expected::ConfirmedWhileStockLasts, expired()),
+            // Wrong: accepted but confirmed; cancelled by a customer who never asked.
+            (accepted, confirmed()),
+            (Expected::Confirmed, by_customer()),
+        ];
+        let verdict = judge(
+            &orders,
+            StockLevel {
+                seeded: 5,
+                available: 5,
+            },
+        );
+        assert_eq!(verdict.expired, 2);
+        assert_eq!(verdict.cancelled_by_customer, 3);
+        assert_eq!(verdict.wrong_outcome, 2);
+        assert_eq!(verdict.stock_mismatch, None);
     }
 
     #[test]

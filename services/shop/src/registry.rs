@@ -5,7 +5,7 @@
 use std::{future::Future, net::SocketAddr, pin::Pin};
 
 use service_kit::{BoundService, Config};
-use shared_events::{EventInfo, Participant, participants};
+use shared_events::{Envelope, EventInfo, Participant, participants};
 
 type BindFuture = Pin<Box<dyn Future<Output = Result<BoundService, service_kit::Error>> + Send>>;
 
@@ -16,6 +16,8 @@ pub struct ServiceEntry {
     pub default_addr: SocketAddr,
     /// What it subscribes to, from its own `routes()`.
     pub subscriptions: fn() -> Vec<EventInfo>,
+    /// Whether it reads an envelope (type subscribed, version read), from its own `routes()`.
+    pub reads: fn(&Envelope) -> Result<(), String>,
     /// Opens its HTTP listener; `run` the result to start it.
     pub bind: fn(Config) -> BindFuture,
 }
@@ -36,6 +38,7 @@ macro_rules! entry {
             name: <participants::$participant as Participant>::NAME,
             default_addr: $service::DEFAULT_HTTP_ADDR,
             subscriptions: || $service::routes().subscriptions(),
+            reads: |envelope| $service::routes().reads(envelope),
             bind: |config| Box::pin($service::bind(config)),
         }
     };
@@ -79,6 +82,43 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), SERVICES.len());
         assert_eq!(orders().name, "orders");
+    }
+
+    /// The wire contract's fixture of `version` of an event (the current one has no suffix).
+    fn fixture(info: &EventInfo, version: u32) -> Envelope {
+        let name = if version == info.version {
+            info.event_type.to_owned()
+        } else {
+            format!("{}.v{version}", info.event_type)
+        };
+        let path = format!(
+            "{}/../../shared-events/tests/fixtures/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn every_consumer_reads_every_version_it_claims_and_refuses_the_next() {
+        for service in &SERVICES {
+            for info in (service.subscriptions)() {
+                for version in info.oldest_read..=info.version {
+                    let envelope = fixture(&info, version);
+                    assert_eq!(
+                        (service.reads)(&envelope),
+                        Ok(()),
+                        "{} reads {} v{version}",
+                        service.name,
+                        info.event_type
+                    );
+                }
+                let mut future = fixture(&info, info.version);
+                future.version = info.version + 1;
+                let refused = (service.reads)(&future).expect_err("a future version");
+                assert!(refused.contains("unsupported version"), "{refused}");
+            }
+        }
     }
 
     #[test]
