@@ -1,4 +1,4 @@
-# One image for the whole shop: the five service binaries and the `shop` operator tool.
+# One image for the whole shop: the six service binaries and the `shop` operator tool.
 #
 #   docker compose up --build       (see docker-compose.yml)
 #   docker build -t choreographed-shop .
@@ -18,7 +18,8 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked \
-        --bin orders --bin payment --bin inventory --bin shipping --bin notifications --bin shop
+        --bin orders --bin payment --bin inventory --bin shipping --bin notifications \
+        --bin console --bin shop
 
 # ---- Run: a small image, no compiler, no shell tools needed, not root ----------------------
 FROM debian:bookworm-slim AS runtime
@@ -29,6 +30,7 @@ COPY --from=builder \
     /src/target/release/inventory \
     /src/target/release/shipping \
     /src/target/release/notifications \
+    /src/target/release/console \
     /src/target/release/shop \
     /usr/local/bin/
 USER 10001:10001

@@ -15,7 +15,7 @@ import sys
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-SERVICES = {"orders", "payment", "inventory", "shipping", "notifications"}
+SERVICES = {"orders", "payment", "inventory", "shipping", "notifications", "console"}
 
 
 def attributes(pairs):

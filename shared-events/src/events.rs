@@ -43,6 +43,12 @@ macro_rules! catalog {
         pub const CATALOG: &[EventInfo] = &[
             $(<$event as Event>::INFO,)+
         ];
+
+        /// Calls `visitor` with every event type of the catalog: how a listener that wants
+        /// them all (the console) subscribes to each, including events added later.
+        pub fn visit_catalog(visitor: &mut impl EventVisitor) {
+            $(visitor.visit::<$event>();)+
+        }
     };
 }
 
@@ -63,6 +69,11 @@ catalog! {
     ReservationVoided => Inventory, "inventory.reservation_voided";
     ShipmentCancelled => Shipping, "shipping.shipment_cancelled";
     ShipmentVoided => Shipping, "shipping.shipment_voided";
+}
+
+/// Something done once per event type of the catalog (see [`visit_catalog`]).
+pub trait EventVisitor {
+    fn visit<E: Event>(&mut self);
 }
 
 /// The JSON Schema of `version` of an event's payload: the current one, or an older one

@@ -44,6 +44,7 @@ pub mod participants {
         Inventory => "inventory",
         Shipping => "shipping",
         Notifications => "notifications",
+        Console => "console",
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod cancellation;
 mod compose_and_least_privilege;
+mod console;
 mod delivery_guarantees;
 mod failure_flows;
 mod happy_path;

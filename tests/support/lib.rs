@@ -330,18 +330,16 @@ impl Shop {
         let env = Env::new().await;
         // The spy first: it declares the exchange and sees every event from the start.
         let spy = Spy::start(&env.namespace).await;
-        let mut services = Vec::new();
-        for name in names {
-            let mut config = env.config();
-            tweak(&mut config);
-            services.push(RunningService::start(name, config).await);
-        }
-        Self {
+        let mut shop = Self {
             env,
-            services,
+            services: Vec::new(),
             spy,
             http: reqwest::Client::new(),
+        };
+        for name in names {
+            shop.start_service_with(name, tweak).await;
         }
+        shop
     }
 
     pub fn url(&self, service: &str) -> String {
@@ -367,6 +365,10 @@ impl Shop {
 
     pub async fn start_service_with(&mut self, name: &str, tweak: fn(&mut Config)) {
         let mut config = self.env.config();
+        // The console's buttons call this shop's Orders API.
+        if let Some(orders) = self.services.iter().find(|s| s.name == "orders") {
+            config.orders_url = orders.url.clone();
+        }
         tweak(&mut config);
         self.services
             .push(RunningService::start(name, config).await);

@@ -51,6 +51,9 @@ pub struct Config {
     /// `ORDER_DEADLINE_MS` (read by orders): an order still open this long after it was
     /// placed is cancelled (reason `deadline_exceeded`).
     pub order_deadline: Duration,
+    /// `ORDERS_URL` (read by the console): the public Orders API its buttons call, as any
+    /// client would.
+    pub orders_url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,7 @@ pub const VARIABLES: &[&str] = &[
     "HTTP_MAX_BODY_BYTES",
     "MAX_PENDING_ORDERS",
     "ORDER_DEADLINE_MS",
+    "ORDERS_URL",
     // Read by the OpenTelemetry SDK (see `telemetry`); the usual ones, not every `OTEL_*`.
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -95,6 +99,7 @@ pub const VARIABLES: &[&str] = &[
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NAMESPACE: &str = "shop";
+pub const DEFAULT_ORDERS_URL: &str = "http://127.0.0.1:8080";
 
 /// The most a connection may buffer for a request's headers: past it the HTTP server stops
 /// reading and answers `431` itself (without the JSON body `HTTP_MAX_HEADER_BYTES` gets).
@@ -142,6 +147,7 @@ impl Config {
             http_max_body_bytes: 64 * 1024,
             max_pending_orders: DEFAULT_MAX_PENDING_ORDERS,
             order_deadline: DEFAULT_ORDER_DEADLINE,
+            orders_url: DEFAULT_ORDERS_URL.to_owned(),
         }
     }
 
@@ -266,6 +272,9 @@ impl Config {
         }
         if let Some(limit) = var("MAX_PENDING_ORDERS") {
             config.max_pending_orders = parse("MAX_PENDING_ORDERS", &limit)?;
+        }
+        if let Some(url) = var("ORDERS_URL") {
+            config.orders_url = url.trim_end_matches('/').to_owned();
         }
         if let Some(ms) = var("ORDER_DEADLINE_MS") {
             config.order_deadline = Duration::from_millis(parse("ORDER_DEADLINE_MS", &ms)?);

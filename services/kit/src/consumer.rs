@@ -422,7 +422,7 @@ impl<S: Service> Consumer<S> {
             tx.commit().await?;
             return Ok(Applied::Duplicate);
         }
-        let mut ctx = Ctx::new(tx, envelope.message_id);
+        let mut ctx = Ctx::new(tx, envelope);
         let Some(handled) = self.routes.dispatch(&self.state, &mut ctx, envelope) else {
             return Err(HandlerError::Rejected(format!(
                 "{} subscribes to no event of type {:?}",

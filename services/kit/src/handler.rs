@@ -4,6 +4,7 @@
 
 use std::{future::Future, marker::PhantomData, pin::Pin};
 
+use chrono::{DateTime, Utc};
 use shared_events::{DecodeError, Envelope, Event, EventInfo, Participant};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
@@ -142,16 +143,20 @@ pub struct Ctx<P> {
     /// Histogram observations to record once the transaction commits.
     pub(crate) observations: Vec<Observation>,
     message_id: Uuid,
+    causation_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
     participant: PhantomData<fn() -> P>,
 }
 
 impl<P: Participant> Ctx<P> {
-    pub(crate) fn new(tx: Transaction<'static, Postgres>, message_id: Uuid) -> Self {
+    pub(crate) fn new(tx: Transaction<'static, Postgres>, envelope: &Envelope) -> Self {
         Self {
             tx,
             announced: Vec::new(),
             observations: Vec::new(),
-            message_id,
+            message_id: envelope.message_id,
+            causation_id: envelope.causation_id,
+            occurred_at: envelope.occurred_at,
             participant: PhantomData,
         }
     }
@@ -175,6 +180,16 @@ impl<P: Participant> Ctx<P> {
     /// The id of the message being handled.
     pub fn message_id(&self) -> Uuid {
         self.message_id
+    }
+
+    /// The message that caused the one being handled (`None` for a saga's first event).
+    pub fn causation_id(&self) -> Option<Uuid> {
+        self.causation_id
+    }
+
+    /// When the fact being handled occurred, as its producer stamped it.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        self.occurred_at
     }
 
     /// Announces `event` as caused by the message being handled. It is published only if

@@ -77,6 +77,12 @@ pub struct BenchOptions {
     pub replicas: u16,
 }
 
+/// The services the benchmark runs: the shop, without the console (an observer that handles
+/// every event again; run it beside the shop to see what it costs).
+fn measured(name: &str) -> bool {
+    name != <shared_events::participants::Console as shared_events::Participant>::NAME
+}
+
 /// Transactions (Postgres) and deliveries (RabbitMQ) in flight at once in the ceilings: what
 /// one service runs at most with the default settings (`DB_POOL_SIZE`).
 const CONCURRENCY: usize = 10;
@@ -339,6 +345,7 @@ fn infrastructure() -> Vec<Measured> {
 fn find_services() -> Vec<Measured> {
     let pids = all_pids();
     registry::names()
+        .filter(|name| measured(name))
         .map(|name| Measured {
             name: name.to_owned(),
             pids: pids
@@ -546,10 +553,11 @@ impl Target {
             });
         }
         let sandbox = Sandbox::create(&base.database_url, &base.amqp_url, "shop_bench").await?;
-        shop::provision::declare_topologies(
+        shop::provision::declare_topologies_of(
             &sandbox.amqp_url,
             &sandbox.namespace,
             &base.retry_delays,
+            measured,
         )
         .await?;
         let log_dir = std::env::temp_dir().join(&sandbox.namespace);
@@ -580,7 +588,7 @@ impl Target {
         }
         let exe = std::env::current_exe().context("cannot find the shop executable")?;
         let mut fleet = Fleet::new(&exe, &log_dir, env);
-        fleet.start(http, replicas).await?;
+        fleet.start_only(http, replicas, measured).await?;
         let database = PgPoolOptions::new()
             .max_connections(CONCURRENCY as u32 + 2)
             .connect(&sandbox.database_url)
@@ -600,6 +608,7 @@ impl Target {
     fn services(&self) -> Vec<Measured> {
         match &self.own {
             Some((_, fleet)) => registry::names()
+                .filter(|name| measured(name))
                 .map(|name| Measured {
                     name: name.to_owned(),
                     pids: fleet
@@ -1066,7 +1075,7 @@ struct TableSizes {
 
 async fn table_sizes(database: &PgPool) -> BTreeMap<String, TableSizes> {
     let mut sizes = BTreeMap::new();
-    for schema in registry::names() {
+    for schema in registry::names().filter(|name| measured(name)) {
         let row: Result<(i64, i64, i64, i64), _> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT (SELECT count(*) FROM {schema}.outbox),
                     pg_total_relation_size('{schema}.outbox'),

@@ -65,7 +65,17 @@ impl Fleet {
         http: &reqwest::Client,
         replicas: usize,
     ) -> Result<(), HarnessError> {
-        for entry in &SERVICES {
+        self.start_only(http, replicas, |_| true).await
+    }
+
+    /// Like [`Fleet::start`], for the services `wanted` picks.
+    pub async fn start_only(
+        &mut self,
+        http: &reqwest::Client,
+        replicas: usize,
+        wanted: fn(&str) -> bool,
+    ) -> Result<(), HarnessError> {
+        for entry in SERVICES.iter().filter(|entry| wanted(entry.name)) {
             for replica in 0..replicas {
                 let port = harness::free_port().map_err(|source| HarnessError::Start {
                     what: "a service (no free port)".to_owned(),
@@ -108,7 +118,12 @@ impl Fleet {
             .append(true)
             .open(&log_path)
             .map_err(failed)?;
-        let child = Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        // The console's buttons call this fleet's Orders API (orders starts first).
+        if let Some(orders) = self.services.first() {
+            command.env("ORDERS_URL", orders.url());
+        }
+        let child = command
             .args(["service", name])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))

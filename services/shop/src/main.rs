@@ -60,7 +60,11 @@ enum Commands {
     /// GET a URL and succeed only on a 2xx answer (the containers' health check).
     Probe { url: String },
     /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
-    Map,
+    Map {
+        /// The same graph as JSON (the console's page draws it).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the AsyncAPI 3.0 document (YAML) of every event, who sends and who receives it,
     /// generated from the catalog, the payload types and the services' subscriptions.
     Asyncapi,
@@ -143,8 +147,15 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Commands::DeadLetters { action } => dead_letters(action).await,
-        Commands::Map => {
-            print!("{}", map::render());
+        Commands::Map { json } => {
+            print!(
+                "{}",
+                if json {
+                    map::render_json()
+                } else {
+                    map::render()
+                }
+            );
             Ok(())
         }
         Commands::Asyncapi => {

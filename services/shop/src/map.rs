@@ -7,19 +7,47 @@ use shared_events::CATALOG;
 
 use crate::registry::{self, SERVICES};
 
+/// Who reacts to `event_type`, from the services' own subscription tables.
+fn consumers(event_type: &str) -> Vec<&'static str> {
+    SERVICES
+        .iter()
+        .filter(|service| {
+            (service.subscriptions)()
+                .iter()
+                .any(|e| e.event_type == event_type)
+        })
+        .map(|service| service.name)
+        .collect()
+}
+
+/// The same graph as data, for the console's live page (`services/console/flow.json`): the
+/// services, and one edge per event and consumer.
+pub fn render_json() -> String {
+    let edges: Vec<serde_json::Value> = CATALOG
+        .iter()
+        .flat_map(|event| {
+            consumers(event.event_type)
+                .into_iter()
+                .map(move |consumer| {
+                    serde_json::json!({
+                        "event": event.event_type,
+                        "from": event.producer,
+                        "to": consumer,
+                    })
+                })
+        })
+        .collect();
+    let document = serde_json::json!({
+        "services": registry::names().collect::<Vec<_>>(),
+        "edges": edges,
+    });
+    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// A Mermaid diagram (GitHub renders it) and a table: who announces what, who reacts.
 pub fn render() -> String {
-    let subscriptions: Vec<_> = SERVICES
-        .iter()
-        .map(|service| (service.name, (service.subscriptions)()))
-        .collect();
-    let consumers = |event_type: &str| -> Vec<&'static str> {
-        subscriptions
-            .iter()
-            .filter(|(_, events)| events.iter().any(|e| e.event_type == event_type))
-            .map(|(name, _)| *name)
-            .collect()
-    };
     let mut out = String::from("```mermaid\nflowchart LR\n");
     for event in CATALOG {
         for consumer in consumers(event.event_type) {
@@ -69,6 +97,18 @@ mod tests {
                 event.event_type
             );
         }
+    }
+
+    #[test]
+    fn the_console_shows_the_current_map() {
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../console/flow.json"))
+                .expect("services/console/flow.json");
+        assert_eq!(
+            committed,
+            render_json(),
+            "the console's flow map is stale: `shop map --json > services/console/flow.json`"
+        );
     }
 
     #[test]

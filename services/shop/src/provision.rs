@@ -346,10 +346,24 @@ pub async fn declare_topologies(
     namespace: &str,
     retry_delays: &[std::time::Duration],
 ) -> Result<(), ProvisionError> {
+    declare_topologies_of(amqp_url, namespace, retry_delays, |_| true).await
+}
+
+/// Like [`declare_topologies`], for the services `wanted` picks (a queue nobody consumes
+/// would only fill up).
+pub async fn declare_topologies_of(
+    amqp_url: &str,
+    namespace: &str,
+    retry_delays: &[std::time::Duration],
+    wanted: fn(&str) -> bool,
+) -> Result<(), ProvisionError> {
     let connection =
         lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    for service in &crate::SERVICES {
+    for service in crate::SERVICES
+        .iter()
+        .filter(|service| wanted(service.name))
+    {
         service_kit::topology::Topology::new(
             namespace,
             service.name,

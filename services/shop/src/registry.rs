@@ -45,12 +45,13 @@ macro_rules! entry {
 }
 
 /// Every service of the shop, orders (the public API) first.
-pub const SERVICES: [ServiceEntry; 5] = [
+pub const SERVICES: [ServiceEntry; 6] = [
     entry!(orders, Orders),
     entry!(payment, Payment),
     entry!(inventory, Inventory),
     entry!(shipping, Shipping),
     entry!(notifications, Notifications),
+    entry!(console, Console),
 ];
 
 pub fn find(name: &str) -> Option<&'static ServiceEntry> {

@@ -1,0 +1,83 @@
+//! # Console
+//!
+//! - **Subscribes to** every event of the catalog (each one it is given by
+//!   [`shared_events::visit_catalog`], so an event added later is picked up by itself).
+//! - **Owns** `console.events`: what it heard, its only source. It never reads another
+//!   service's schema and calls no service, except the public Orders API when a visitor presses
+//!   a button (placing or cancelling an order, as any client would).
+//! - **Announces** nothing.
+//! - **Serves** the live page at `/`: the flow map lighting up, recent orders filling in, one
+//!   order's timeline, buttons for every kind of order, events per second
+//!   (`services/console/src/page.html`, embedded; no internet needed).
+
+mod api;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
+use shared_events::{Event, EventVisitor, participants, visit_catalog};
+
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8085);
+
+/// What the console reacts to: everything, the same way. This table also declares the
+/// queue's bindings.
+pub fn routes() -> Routes<Console> {
+    struct EveryEvent(Routes<Console>);
+
+    impl EventVisitor for EveryEvent {
+        fn visit<E: Event>(&mut self) {
+            let routes = std::mem::take(&mut self.0);
+            self.0 = routes.on::<E>(|console, ctx, event| Box::pin(console.record(ctx, event)));
+        }
+    }
+
+    let mut every = EveryEvent(Routes::new());
+    visit_catalog(&mut every);
+    every.0
+}
+
+/// Binds the service's HTTP listener; `run` the result to start it.
+pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
+    let spec = ServiceSpec {
+        migrator: sqlx::migrate!("../../migrations/console"),
+        routes: routes(),
+        state: Console,
+        http: Some(api::routes),
+        background: Some(api::prune),
+    };
+    service_kit::bind(config, spec).await
+}
+
+pub struct Console;
+
+impl Service for Console {
+    type Participant = participants::Console;
+}
+
+/// A handler's context: the transaction (the console announces nothing).
+type Ctx = service_kit::Ctx<participants::Console>;
+
+impl Console {
+    /// Keeps the event as heard, for the page.
+    async fn record<E: Event>(&self, ctx: &mut Ctx, event: E) -> Result<(), HandlerError> {
+        let payload = serde_json::to_value(&event)
+            .map_err(|e| HandlerError::Rejected(format!("payload not serializable: {e}")))?;
+        let (message_id, causation_id, occurred_at) =
+            (ctx.message_id(), ctx.causation_id(), ctx.occurred_at());
+        sqlx::query(
+            "INSERT INTO console.events
+                 (message_id, order_id, event_type, producer, causation_id, occurred_at, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(message_id)
+        .bind(event.order_id())
+        .bind(E::TYPE)
+        .bind(E::PRODUCER)
+        .bind(causation_id)
+        .bind(occurred_at)
+        .bind(payload)
+        .execute(ctx.db())
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! The console joins by subscribing: it hears every event, serves its page and a live stream
+//! from what it heard, and its buttons go through the public Orders API. (The page itself is
+//! driven in a real browser by `services/shop/tests/console_browser.rs`.)
+
+use std::time::Duration;
+
+use serde_json::Value;
+use shared_events::CATALOG;
+use shop_tests::{Shop, eventually};
+use uuid::Uuid;
+
+async fn post(shop: &Shop, path: &str) -> (u16, Value) {
+    let response = shop
+        .http
+        .post(format!("{}{path}", shop.url("console")))
+        .send()
+        .await
+        .expect("console reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
+}
+
+async fn timeline_types(shop: &Shop, order_id: Uuid) -> Vec<String> {
+    let response = shop
+        .http
+        .get(format!(
+            "{}/api/orders/{order_id}/timeline",
+            shop.url("console")
+        ))
+        .send()
+        .await
+        .expect("console reachable");
+    if !response.status().is_success() {
+        return Vec::new();
+    }
+    let events: Vec<Value> = response.json().await.expect("JSON");
+    events
+        .iter()
+        .filter_map(|e| e["event_type"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_hears_every_event_streams_it_and_places_orders_through_the_api() {
+    let mut shop = Shop::start().await;
+    let page = shop
+        .http
+        .get(shop.url("console"))
+        .send()
+        .await
+        .expect("console reachable")
+        .text()
+        .await
+        .expect("the page");
+    assert!(page.contains("<title>The choreographed shop"), "{page}");
+    assert!(
+        !page.contains("https://"),
+        "the page loads nothing from the internet"
+    );
+    let flow: Value = shop
+        .get_json(&format!("{}/api/flow", shop.url("console")))
+        .await;
+    let edges = flow["edges"].as_array().expect("edges");
+    for event in CATALOG {
+        assert!(
+            edges
+                .iter()
+                .any(|e| e["event"] == event.event_type && e["to"] == "console"),
+            "the console hears {}",
+            event.event_type
+        );
+    }
+
+    // The live stream, opened before the order.
+    let stream = shop
+        .http
+        .get(format!("{}/api/stream", shop.url("console")))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(
+        stream
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut stream = stream;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, placed) = post(&shop, "/api/place/happy").await;
+    assert_eq!(status, 202, "{placed}");
+    let order_id: Uuid = placed["order_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("an order id");
+    let mut streamed = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !streamed.contains("OrderConfirmed") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("the stream carries the saga within 30 s")
+            .expect("a chunk")
+            .expect("the stream stays open");
+        streamed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(streamed.contains("event: heard"), "{streamed}");
+    assert!(streamed.contains(&order_id.to_string()), "{streamed}");
+    eventually("the console's timeline has the whole saga", || async {
+        let types = timeline_types(&shop, order_id).await;
+        types.first().map(String::as_str) == Some("OrderPlaced")
+            && types.iter().any(|t| t == "OrderConfirmed")
+    })
+    .await;
+
+    // Cancel through the console, while payment is away.
+    shop.stop_service("payment").await;
+    let (status, placed) = post(&shop, "/api/place/happy").await;
+    assert_eq!(status, 202);
+    let open = placed["order_id"].as_str().expect("id").to_owned();
+    let (status, cancelled) = post(&shop, &format!("/api/orders/{open}/cancel")).await;
+    assert_eq!(status, 202, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    let (status, unknown) = post(&shop, "/api/place/free_lunch").await;
+    assert_eq!(
+        (status, unknown["error"].as_str()),
+        (404, Some("unknown_kind"))
+    );
+    shop.start_service("payment").await;
+    shop.settled_order(open.parse().expect("uuid")).await;
+    shop.assert_audit_clean().await;
+    shop.stop().await;
+}
