@@ -132,17 +132,27 @@ async fn timeline(
     Ok(Json(events))
 }
 
-/// `GET /api/stream`: server-sent events, one `heard` per event as it arrives here (from the
-/// `Last-Event-ID` a reconnecting page sends, else from now), and a `rate` (events per
-/// second over the last five seconds) every second.
+#[derive(Deserialize)]
+struct StreamQuery {
+    /// The last `seq` the page already has (from `/api/orders`): nothing between is missed.
+    after: Option<i64>,
+}
+
+/// `GET /api/stream?after=SEQ`: server-sent events, one `heard` per event as it arrives here
+/// (after the `Last-Event-ID` a reconnecting page sends, else after `after`, else from now),
+/// and a `rate` (events per second over the last five seconds) every second.
 async fn stream(
     State(console): State<Console>,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let resume_from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok());
+        .and_then(|v| v.parse::<i64>().ok())
+        .or(query.after);
     let state = Streaming {
         db: console.db,
         after: resume_from,
@@ -153,7 +163,7 @@ async fn stream(
         let event = state.next().await;
         Some((Ok(event), state))
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 struct Streaming {
