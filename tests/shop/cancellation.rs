@@ -255,7 +255,8 @@ async fn a_confirmed_order_cannot_be_cancelled_and_a_cancel_is_idempotent() {
         order.get("cancellation_note").is_none(),
         "the first request's (none) stands"
     );
-    shop.start_service("payment").await;
+    // In queue order: the late OrderPlaced charges, the cancellation then refunds.
+    shop.start_service_with("payment", in_order).await;
     shop.settled_order(open).await;
     assert_eq!(
         count_of(&shop, open, OrderCancelled::TYPE),
@@ -263,7 +264,11 @@ async fn a_confirmed_order_cannot_be_cancelled_and_a_cancel_is_idempotent() {
         "announced once"
     );
     assert_eq!(count_of(&shop, confirmed, OrderCancelled::TYPE), 0);
-    assert_eq!(notices(&shop, open).await, vec!["order_cancelled"]);
+    assert_eq!(
+        notices(&shop, open).await,
+        vec!["order_cancelled", "payment_refunded"],
+        "told of the cancellation once"
+    );
     shop.assert_audit_clean().await;
     shop.stop().await;
 }

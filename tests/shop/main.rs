@@ -10,5 +10,6 @@ mod failure_flows;
 mod happy_path;
 mod http_api;
 mod http_edge;
+mod kubernetes;
 mod observability;
 mod versions;

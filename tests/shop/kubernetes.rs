@@ -1,0 +1,112 @@
+//! The Kubernetes manifests (`deploy/kubernetes`) kept in step with the shop: a Deployment,
+//! Service and PodDisruptionBudget per service of the registry, on its own port, probed on
+//! `/readyz` and `/healthz`, given only variables the service reads, its own credentials, and
+//! listed in the kustomization. (CI validates them against the Kubernetes schemas and the
+//! operators' CRDs: `.ci/validate_kubernetes.py`.)
+
+use serde::Deserialize;
+use serde_norway::Value;
+use shop::SERVICES;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+
+/// Every document of a manifest file.
+fn documents(file: &str) -> Vec<Value> {
+    let path = format!("{DIR}/{file}");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+fn of_kind<'a>(documents: &'a [Value], kind: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("a {kind}"))
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+#[test]
+fn every_service_has_a_deployment_a_service_and_a_disruption_budget() {
+    let kustomization =
+        std::fs::read_to_string(format!("{DIR}/kustomization.yaml")).expect("kustomization.yaml");
+    let credentials = documents("credentials.yaml");
+    let secrets = &of_kind(&credentials, "Secret")["stringData"];
+    for entry in &SERVICES {
+        let (name, port) = (entry.name, entry.default_addr.port());
+        let file = format!("{name}.yaml");
+        assert!(
+            kustomization.contains(&format!("- {file}")),
+            "{file} listed"
+        );
+        let docs = documents(&file);
+        let deployment = of_kind(&docs, "Deployment");
+        assert_eq!(text(&deployment["metadata"]["name"]), name);
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            text(&container["command"][0]),
+            name,
+            "{name} runs its binary"
+        );
+        assert_eq!(
+            text(&container["ports"][0]["containerPort"]),
+            port.to_string()
+        );
+        assert_eq!(
+            text(&container["readinessProbe"]["httpGet"]["path"]),
+            "/readyz"
+        );
+        assert_eq!(
+            text(&container["livenessProbe"]["httpGet"]["path"]),
+            "/healthz"
+        );
+        assert!(
+            container["resources"]["requests"]["cpu"].is_string(),
+            "{name} requests CPU"
+        );
+        let env: Vec<(String, &Value)> = container["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .map(|e| (text(&e["name"]), e))
+            .collect();
+        for (variable, entry) in &env {
+            // Secrets come in under helper names and are put into the URLs by $(NAME).
+            let helper = entry.get("valueFrom").is_some();
+            assert!(
+                helper || service_kit::config::VARIABLES.contains(&variable.as_str()),
+                "{name}: {variable} is not read by the service"
+            );
+        }
+        let value = |variable: &str| {
+            env.iter()
+                .find(|(v, _)| v == variable)
+                .map(|(_, e)| text(&e["value"]))
+                .unwrap_or_else(|| panic!("{name}: {variable}"))
+        };
+        assert_eq!(value("HTTP_ADDR"), format!("0.0.0.0:{port}"));
+        assert!(value("DATABASE_URL").starts_with(&format!("postgres://{name}:")));
+        assert!(value("AMQP_URL").starts_with(&format!("amqp://{name}:")));
+        for secret in ["db", "amqp"] {
+            assert!(
+                secrets.get(format!("{name}-{secret}-password")).is_some(),
+                "{name}'s {secret} password in shop-credentials"
+            );
+        }
+        let service = of_kind(&docs, "Service");
+        assert_eq!(text(&service["spec"]["ports"][0]["port"]), port.to_string());
+        let budget = of_kind(&docs, "PodDisruptionBudget");
+        assert_eq!(
+            budget["spec"]["selector"]["matchLabels"],
+            deployment["spec"]["selector"]["matchLabels"]
+        );
+    }
+}
