@@ -450,7 +450,9 @@ async fn the_auditor_names_the_order_behind_each_broken_invariant() {
     tamper("DELETE FROM notifications.notifications").await;
     tamper("UPDATE orders.outbox SET sent_at = NULL").await;
 
-    let report = shop::audit::audit(pool, None).await.expect("audit runs");
+    let report = shop::audit::audit(&shop::audit::Databases::single(pool), None)
+        .await
+        .expect("audit runs");
     let broken: Vec<u8> = report.violations.iter().map(|v| v.invariant).collect();
     for invariant in [2, 3, 4, 5, 6] {
         assert!(
@@ -464,7 +466,9 @@ async fn the_auditor_names_the_order_behind_each_broken_invariant() {
     );
 
     tamper("UPDATE orders.orders SET status = 'paid'").await;
-    let report = shop::audit::audit(pool, None).await.expect("audit runs");
+    let report = shop::audit::audit(&shop::audit::Databases::single(pool), None)
+        .await
+        .expect("audit runs");
     assert!(
         report.violations.iter().any(|v| v.invariant == 1),
         "{report}"

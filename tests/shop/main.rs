@@ -12,4 +12,5 @@ mod http_api;
 mod http_edge;
 mod kubernetes;
 mod observability;
+mod two_databases;
 mod versions;

@@ -80,12 +80,20 @@ fn prometheus_scrapes_every_service_where_compose_runs_it() {
     let config: serde_norway::Value = serde_norway::from_str(&text).expect("YAML");
     let job = &config["scrape_configs"][0];
     assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
-    let targets: BTreeSet<String> = job["static_configs"]
+    // Every replica: a DNS name per service (all its replicas' addresses) and its port.
+    let targets: BTreeSet<String> = job["dns_sd_configs"]
         .as_sequence()
-        .expect("static_configs")
+        .expect("dns_sd_configs")
         .iter()
-        .flat_map(|group| group["targets"].as_sequence().cloned().unwrap_or_default())
-        .filter_map(|target| target.as_str().map(str::to_owned))
+        .flat_map(|group| {
+            let port = group["port"].as_u64().unwrap_or_default();
+            group["names"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |name| Some(format!("{}:{port}", name.as_str()?)))
+        })
         .collect();
     let expected: BTreeSet<String> = SERVICES
         .iter()

@@ -374,6 +374,17 @@ impl Shop {
             .push(RunningService::start(name, config).await);
     }
 
+    /// Starts `name` with its schema in the database at `database_url` (another server's).
+    pub async fn start_service_on(&mut self, name: &str, database_url: &str) {
+        let mut config = self.env.config();
+        config.database_url = database_url.to_owned();
+        if let Some(orders) = self.services.iter().find(|s| s.name == "orders") {
+            config.orders_url = orders.url.clone();
+        }
+        self.services
+            .push(RunningService::start(name, config).await);
+    }
+
     pub async fn stop(self) {
         for service in self.services {
             service.stop().await;
@@ -433,7 +444,8 @@ impl Shop {
             amqp_url: &amqp_url,
             namespace: &self.env.namespace,
         };
-        let report = shop::audit::audit_until_clean(&self.env.pool, Some(&broker), PATIENCE)
+        let databases = shop::audit::Databases::single(&self.env.pool);
+        let report = shop::audit::audit_until_clean(&databases, Some(&broker), PATIENCE)
             .await
             .expect("the auditor runs");
         assert!(report.is_clean(), "audit failed:\n{report}");

@@ -1,8 +1,13 @@
-//! The auditor: checks the shop's invariants (docs/architecture.md, "Invariants") over everything in a shop's database (each
-//! service's schema) and its dead-letter queues, independently of the services' own code.
+//! The auditor: checks the shop's invariants (docs/architecture.md, "Invariants") over every
+//! service's schema and the dead-letter queues, independently of the services' own code. Each
+//! service's schema may live on its own Postgres server: a check within one service runs as
+//! SQL there; a check across services reads each side from its own database and compares.
 //! Each violation names the order (or SKU) it concerns.
 
-use std::fmt;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
 use sqlx::PgPool;
@@ -66,6 +71,8 @@ pub enum AuditError {
     Database(#[from] sqlx::Error),
     #[error("cannot inspect the broker")]
     Broker(#[from] lapin::Error),
+    #[error("no database given for {0}")]
+    NoDatabase(String),
 }
 
 /// Where the dead-letter queues are, if they should be checked too.
@@ -75,20 +82,56 @@ pub struct Broker<'a> {
 }
 
 /// One rule: a query returning `(subject, detail)` for each violation of invariant `n`.
+/// The databases the auditor reads: one per service, which may all be the same (one server,
+/// one schema each) or each its own server.
+#[derive(Clone)]
+pub struct Databases {
+    pools: BTreeMap<&'static str, PgPool>,
+}
+
+impl Databases {
+    /// Every service's schema in one database.
+    pub fn single(pool: &PgPool) -> Self {
+        Self {
+            pools: crate::registry::names()
+                .map(|service| (service, pool.clone()))
+                .collect(),
+        }
+    }
+
+    /// Each service's schema where `pool_of` says (its own server, or a shared one).
+    pub fn per_service(mut pool_of: impl FnMut(&'static str) -> PgPool) -> Self {
+        Self {
+            pools: crate::registry::names()
+                .map(|service| (service, pool_of(service)))
+                .collect(),
+        }
+    }
+
+    fn of(&self, service: &str) -> Result<&PgPool, AuditError> {
+        self.pools
+            .get(service)
+            .ok_or_else(|| AuditError::NoDatabase(service.to_owned()))
+    }
+}
+
+/// A check one service's own database can answer: `(subject, detail)` rows are violations.
 struct Rule {
     invariant: u8,
+    service: &'static str,
     sql: &'static str,
 }
 
-/// `settled` recomputed from the columns, independently of the orders crate.
 const RULES: &[Rule] = &[
     Rule {
         invariant: 1,
+        service: "orders",
         sql: "SELECT id::text, 'order is ' || status || ', not settled' FROM orders.orders
               WHERE NOT (status = 'confirmed' OR (status = 'cancelled' AND settled))",
     },
     Rule {
         invariant: 1,
+        service: "orders",
         sql: "SELECT id::text, format('order is still %s %s s past its deadline',
                   status, round(extract(epoch FROM now() - deadline_at)))
               FROM orders.orders
@@ -97,27 +140,14 @@ const RULES: &[Rule] = &[
     },
     Rule {
         invariant: 2,
-        sql: "SELECT o.id::text, format('order is %s with total %s but charged - refunded = %s',
-                  o.status, o.total_cents, COALESCE(CASE p.status WHEN 'charged' THEN p.amount_cents END, 0))
-              FROM orders.orders o LEFT JOIN payment.payments p ON p.order_id = o.id
-              WHERE o.status IN ('confirmed', 'cancelled')
-                AND COALESCE(CASE p.status WHEN 'charged' THEN p.amount_cents END, 0)
-                    <> CASE o.status WHEN 'confirmed' THEN o.total_cents ELSE 0 END",
-    },
-    Rule {
-        invariant: 2,
-        sql: "SELECT p.order_id::text, 'payment for an order orders does not know'
-              FROM payment.payments p LEFT JOIN orders.orders o ON o.id = p.order_id
-              WHERE o.id IS NULL",
-    },
-    Rule {
-        invariant: 2,
+        service: "payment",
         sql: "SELECT correlation_id::text, format('%s announced %s times', event_type, count(*))
               FROM payment.outbox WHERE event_type IN ('PaymentCompleted', 'PaymentRefunded')
               GROUP BY correlation_id, event_type HAVING count(*) > 1",
     },
     Rule {
         invariant: 3,
+        service: "inventory",
         sql: "SELECT s.sku, format('seeded %s but available %s + reserved %s (held by reservations: %s)',
                   s.seeded, s.available, s.reserved, COALESCE(h.held, 0))
               FROM inventory.stock s
@@ -128,82 +158,224 @@ const RULES: &[Rule] = &[
               WHERE s.available < 0 OR s.reserved < 0
                  OR s.seeded <> s.available + s.reserved OR s.reserved <> COALESCE(h.held, 0)",
     },
-    Rule {
-        invariant: 3,
-        sql: "SELECT COALESCE(r.order_id, o.id)::text,
-                  format('stock reservation is %s but the order is %s',
-                         COALESCE(r.status::text, 'absent'), COALESCE(o.status::text, 'unknown'))
-              FROM (SELECT order_id, status FROM inventory.reservations WHERE status = 'reserved') r
-              FULL JOIN (SELECT id, status FROM orders.orders WHERE status = 'confirmed') o
-                  ON o.id = r.order_id
-              WHERE r.order_id IS NULL OR o.id IS NULL",
-    },
-    Rule {
-        invariant: 4,
-        sql: "SELECT COALESCE(s.order_id, o.id)::text,
-                  format('shipment is %s but the order is %s',
-                         CASE WHEN s.order_id IS NULL THEN 'absent' ELSE 'booked' END,
-                         COALESCE(o.status::text, 'not confirmed'))
-              FROM (SELECT order_id FROM shipping.shipments WHERE status = 'booked') s
-              FULL JOIN (SELECT id, status FROM orders.orders WHERE status = 'confirmed') o
-                  ON o.id = s.order_id
-              WHERE s.order_id IS NULL OR o.id IS NULL",
-    },
-    Rule {
-        invariant: 5,
-        sql: "SELECT o.id::text, format('%s order: %s confirmation, %s cancellation, %s refund notices (%s refunds)',
-                  o.status, count(*) FILTER (WHERE n.kind = 'order_confirmed'),
-                  count(*) FILTER (WHERE n.kind = 'order_cancelled'),
-                  count(*) FILTER (WHERE n.kind = 'payment_refunded'),
-                  CASE WHEN p.status = 'refunded' THEN 1 ELSE 0 END)
-              FROM orders.orders o
-              LEFT JOIN notifications.notifications n ON n.order_id = o.id
-              LEFT JOIN payment.payments p ON p.order_id = o.id
-              WHERE o.status IN ('confirmed', 'cancelled')
-              GROUP BY o.id, o.status, p.status
-              HAVING count(*) FILTER (WHERE n.kind = 'order_confirmed')
-                         <> CASE WHEN o.status = 'confirmed' THEN 1 ELSE 0 END
-                  OR count(*) FILTER (WHERE n.kind = 'order_cancelled')
-                         <> CASE WHEN o.status = 'cancelled' THEN 1 ELSE 0 END
-                  OR count(*) FILTER (WHERE n.kind = 'payment_refunded')
-                         <> CASE WHEN p.status = 'refunded' THEN 1 ELSE 0 END",
-    },
-    Rule {
-        invariant: 6,
-        sql: "SELECT schema, format('%s outbox rows unsent, the oldest from %s', n, oldest)
-              FROM (SELECT 'orders' AS schema, count(*) AS n, min(created_at) AS oldest
-                        FROM orders.outbox WHERE sent_at IS NULL
-                    UNION ALL SELECT 'payment', count(*), min(created_at)
-                        FROM payment.outbox WHERE sent_at IS NULL
-                    UNION ALL SELECT 'inventory', count(*), min(created_at)
-                        FROM inventory.outbox WHERE sent_at IS NULL
-                    UNION ALL SELECT 'shipping', count(*), min(created_at)
-                        FROM shipping.outbox WHERE sent_at IS NULL) unsent
-              WHERE n > 0",
-    },
 ];
 
-pub async fn audit(pool: &PgPool, broker: Option<&Broker<'_>>) -> Result<Report, AuditError> {
-    let (orders, confirmed, cancelled): (i64, i64, i64) = sqlx::query_as(
+/// The services whose outbox must be empty of unsent rows (those that announce anything).
+fn announcing_services() -> impl Iterator<Item = &'static str> {
+    crate::registry::names().filter(|service| {
+        shared_events::CATALOG
+            .iter()
+            .any(|event| event.producer == *service)
+    })
+}
+
+/// What each service's database says about one order, for the checks that span services
+/// (read from each database on its own: they may be different servers).
+#[derive(Default)]
+struct Books {
+    /// orders: id → (status, total).
+    orders: BTreeMap<Uuid, (String, i64)>,
+    /// payment: order id → (status, amount).
+    payments: BTreeMap<Uuid, (String, i64)>,
+    /// inventory: orders holding stock.
+    reserved: BTreeSet<Uuid>,
+    /// shipping: orders with a booked (not cancelled) shipment.
+    booked: BTreeSet<Uuid>,
+    /// notifications: order id → notices by kind.
+    notices: BTreeMap<Uuid, BTreeMap<String, i64>>,
+}
+
+impl Books {
+    async fn read(databases: &Databases) -> Result<Self, AuditError> {
+        let orders: Vec<(Uuid, String, i64)> =
+            sqlx::query_as("SELECT id, status::text, total_cents FROM orders.orders")
+                .fetch_all(databases.of("orders")?)
+                .await?;
+        let payments: Vec<(Uuid, String, i64)> =
+            sqlx::query_as("SELECT order_id, status::text, amount_cents FROM payment.payments")
+                .fetch_all(databases.of("payment")?)
+                .await?;
+        let reserved: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT order_id FROM inventory.reservations WHERE status = 'reserved'",
+        )
+        .fetch_all(databases.of("inventory")?)
+        .await?;
+        let booked: Vec<Uuid> =
+            sqlx::query_scalar("SELECT order_id FROM shipping.shipments WHERE status = 'booked'")
+                .fetch_all(databases.of("shipping")?)
+                .await?;
+        let notices: Vec<(Uuid, String, i64)> = sqlx::query_as(
+            "SELECT order_id, kind, count(*) FROM notifications.notifications
+             GROUP BY order_id, kind",
+        )
+        .fetch_all(databases.of("notifications")?)
+        .await?;
+        let mut books = Self {
+            orders: orders.into_iter().map(|(id, s, t)| (id, (s, t))).collect(),
+            payments: payments
+                .into_iter()
+                .map(|(id, s, a)| (id, (s, a)))
+                .collect(),
+            reserved: reserved.into_iter().collect(),
+            booked: booked.into_iter().collect(),
+            notices: BTreeMap::new(),
+        };
+        for (order_id, kind, count) in notices {
+            books
+                .notices
+                .entry(order_id)
+                .or_default()
+                .insert(kind, count);
+        }
+        Ok(books)
+    }
+
+    fn status(&self, order_id: &Uuid) -> Option<&str> {
+        self.orders.get(order_id).map(|(status, _)| status.as_str())
+    }
+
+    /// Invariants 2 to 5 across services.
+    fn violations(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        let mut violation = |invariant: u8, order_id: &Uuid, detail: String| {
+            violations.push(Violation {
+                invariant,
+                subject: Some(order_id.to_string()),
+                detail,
+            });
+        };
+        for (order_id, (status, total)) in &self.orders {
+            let settled = status == "confirmed" || status == "cancelled";
+            let payment = self.payments.get(order_id);
+            let charged = match payment {
+                Some((payment_status, amount)) if payment_status == "charged" => *amount,
+                _ => 0,
+            };
+            let owed = if status == "confirmed" { *total } else { 0 };
+            if settled && charged != owed {
+                violation(
+                    2,
+                    order_id,
+                    format!(
+                        "order is {status} with total {total} but charged - refunded = {charged}"
+                    ),
+                );
+            }
+            if settled {
+                let count = |kind: &str| {
+                    self.notices
+                        .get(order_id)
+                        .and_then(|kinds| kinds.get(kind))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let refunded =
+                    payment.is_some_and(|(payment_status, _)| payment_status == "refunded");
+                let (confirmations, cancellations, refunds) = (
+                    count("order_confirmed"),
+                    count("order_cancelled"),
+                    count("payment_refunded"),
+                );
+                if confirmations != i64::from(status == "confirmed")
+                    || cancellations != i64::from(status == "cancelled")
+                    || refunds != i64::from(refunded)
+                {
+                    violation(
+                        5,
+                        order_id,
+                        format!(
+                            "{status} order: {confirmations} confirmation, {cancellations} \
+                             cancellation, {refunds} refund notices ({} refunds)",
+                            i64::from(refunded)
+                        ),
+                    );
+                }
+            }
+        }
+        for order_id in self.payments.keys() {
+            if !self.orders.contains_key(order_id) {
+                violation(
+                    2,
+                    order_id,
+                    "payment for an order orders does not know".to_owned(),
+                );
+            }
+        }
+        let confirmed: BTreeSet<&Uuid> = self
+            .orders
+            .iter()
+            .filter(|(_, (status, _))| status == "confirmed")
+            .map(|(id, _)| id)
+            .collect();
+        for (invariant, held, what) in [
+            (3, &self.reserved, "stock reservation"),
+            (4, &self.booked, "shipment"),
+        ] {
+            for order_id in held.iter().filter(|id| !confirmed.contains(id)) {
+                let status = self.status(order_id).unwrap_or("unknown");
+                let state = if invariant == 3 { "reserved" } else { "booked" };
+                violation(
+                    invariant,
+                    order_id,
+                    format!("{what} is {state} but the order is {status}"),
+                );
+            }
+            for order_id in confirmed.iter().filter(|id| !held.contains(id)) {
+                violation(
+                    invariant,
+                    order_id,
+                    format!("{what} is absent but the order is confirmed"),
+                );
+            }
+        }
+        violations
+    }
+}
+
+/// Checks every invariant over the services' databases (and, given the broker, the
+/// dead-letter queues).
+pub async fn audit(
+    databases: &Databases,
+    broker: Option<&Broker<'_>>,
+) -> Result<Report, AuditError> {
+    let orders = databases.of("orders")?;
+    let (total, confirmed, cancelled): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE status = 'confirmed'),
                 count(*) FILTER (WHERE status = 'cancelled') FROM orders.orders",
     )
-    .fetch_one(pool)
+    .fetch_one(orders)
     .await?;
     let mut violations = Vec::new();
     for rule in RULES {
-        let rows: Vec<(Option<String>, String)> = sqlx::query_as(rule.sql).fetch_all(pool).await?;
+        let rows: Vec<(Option<String>, String)> = sqlx::query_as(rule.sql)
+            .fetch_all(databases.of(rule.service)?)
+            .await?;
         violations.extend(rows.into_iter().map(|(subject, detail)| Violation {
             invariant: rule.invariant,
             subject,
             detail,
         }));
     }
+    violations.extend(Books::read(databases).await?.violations());
+    for service in announcing_services() {
+        let (unsent, oldest): (i64, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), min(created_at)::text FROM {service}.outbox WHERE sent_at IS NULL"
+        )))
+        .fetch_one(databases.of(service)?)
+        .await?;
+        if let Some(oldest) = oldest.filter(|_| unsent > 0) {
+            violations.push(Violation {
+                invariant: 6,
+                subject: Some(service.to_owned()),
+                detail: format!("{unsent} outbox rows unsent, the oldest from {oldest}"),
+            });
+        }
+    }
     if let Some(broker) = broker {
         violations.extend(dead_letters(broker).await?);
     }
     Ok(Report {
-        orders,
+        orders: total,
         confirmed,
         cancelled,
         violations,
@@ -244,13 +416,13 @@ async fn dead_letters(broker: &Broker<'_>) -> Result<Vec<Violation>, AuditError>
 /// Audits until the shop is clean or `patience` runs out (orders still in flight are not
 /// violations yet); returns the last report.
 pub async fn audit_until_clean(
-    pool: &PgPool,
+    databases: &Databases,
     broker: Option<&Broker<'_>>,
     patience: std::time::Duration,
 ) -> Result<Report, AuditError> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let report = audit(pool, broker).await?;
+        let report = audit(databases, broker).await?;
         if report.is_clean() || tokio::time::Instant::now() >= deadline {
             return Ok(report);
         }

@@ -758,7 +758,7 @@ impl ChaosRun {
             namespace: &self.sandbox.namespace,
         };
         let report = audit::audit_until_clean(
-            &pool,
+            &audit::Databases::single(&pool),
             Some(&broker),
             Duration::from_secs(options.settle_seconds),
         )

@@ -242,16 +242,33 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
 
 async fn run_audit(wait: u64) -> anyhow::Result<()> {
     let config = service_kit::Config::from_env(registry::orders().default_addr)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&config.database_url)
-        .await
-        .context("cannot connect to DATABASE_URL")?;
+    // One pool per server: a service whose `<SERVICE>_DATABASE_URL` names its own is read there.
+    let mut pools: std::collections::BTreeMap<String, sqlx::PgPool> = Default::default();
+    for entry in &shop::SERVICES {
+        if let std::collections::btree_map::Entry::Vacant(vacant) =
+            pools.entry(entry.database_url(&config.database_url))
+        {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(vacant.key())
+                .await
+                .with_context(|| format!("cannot connect to {}'s database", entry.name))?;
+            vacant.insert(pool);
+        }
+    }
+    let databases = audit::Databases::per_service(|service| {
+        let url = registry::find(service).map_or_else(
+            || config.database_url.clone(),
+            |entry| entry.database_url(&config.database_url),
+        );
+        pools[&url].clone()
+    });
     let broker = audit::Broker {
         amqp_url: &config.amqp_url,
         namespace: &config.namespace,
     };
-    let report = audit::audit_until_clean(&pool, Some(&broker), Duration::from_secs(wait)).await?;
+    let report =
+        audit::audit_until_clean(&databases, Some(&broker), Duration::from_secs(wait)).await?;
     print!("{report}");
     if !report.is_clean() {
         bail!("{} invariant violations", report.violations.len());
@@ -276,6 +293,8 @@ async fn up(replicas: usize) -> anyhow::Result<()> {
             let label = fleet::replica_label(entry.name, replica);
             let mut command = Command::new(&exe);
             command.arg("service").arg(entry.name);
+            // A service may keep its schema on its own server (`<SERVICE>_DATABASE_URL`).
+            command.env("DATABASE_URL", entry.database_url(&config.database_url));
             if replica == 0 {
                 // The first replica listens on the service's own default port.
                 command.env_remove("HTTP_ADDR");

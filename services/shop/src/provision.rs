@@ -272,6 +272,9 @@ pub struct ServicePasswords {
     pub service: &'static str,
     pub database: String,
     pub broker: String,
+    /// `<SERVICE>_DATABASE_URL`: an administrator's URL on the server that keeps this
+    /// service's schema, when it is not `DATABASE_URL`'s.
+    pub admin_database_url: Option<String>,
 }
 
 /// The development default of every service password, meant only for a laptop.
@@ -294,6 +297,7 @@ impl Settings {
                         .unwrap_or_else(|| development_password(service)),
                     broker: var(&format!("{upper}_AMQP_PASSWORD"))
                         .unwrap_or_else(|| development_password(service)),
+                    admin_database_url: var(&format!("{upper}_DATABASE_URL")),
                 }
             })
             .collect();
@@ -328,6 +332,7 @@ impl Settings {
             [
                 format!("{upper}_DB_PASSWORD"),
                 format!("{upper}_AMQP_PASSWORD"),
+                format!("{upper}_DATABASE_URL"),
             ]
         });
         shared
@@ -380,9 +385,6 @@ pub async fn declare_topologies_of(
 /// Applies the whole policy: a role and a broker user per service, and every topology.
 pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
     use sqlx::Connection as _;
-    let options: sqlx::postgres::PgConnectOptions = settings.admin_database_url.parse()?;
-    let database = options.get_database().unwrap_or("postgres").to_owned();
-    let mut admin = PgConnection::connect_with(&options).await?;
     let management = Management {
         base_url: settings.management_url.clone(),
         user: settings.broker_admin.0.clone(),
@@ -390,6 +392,14 @@ pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
         http: reqwest::Client::new(),
     };
     for passwords in &settings.passwords {
+        // Each service's role and schema on the server that keeps them.
+        let admin_url = passwords
+            .admin_database_url
+            .as_deref()
+            .unwrap_or(&settings.admin_database_url);
+        let options: sqlx::postgres::PgConnectOptions = admin_url.parse()?;
+        let database = options.get_database().unwrap_or("postgres").to_owned();
+        let mut admin = PgConnection::connect_with(&options).await?;
         database_role(
             &mut admin,
             &database,
@@ -397,6 +407,7 @@ pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
             &passwords.database,
         )
         .await?;
+        let _ = admin.close().await;
         management
             .service_user(
                 &settings.vhost,

@@ -23,6 +23,15 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
+    /// Where this service's schema lives when each service may have its own Postgres server:
+    /// `<SERVICE>_DATABASE_URL` (e.g. `PAYMENT_DATABASE_URL`) if set, else `shared`.
+    pub fn database_url(&self, shared: &str) -> String {
+        std::env::var(format!("{}_DATABASE_URL", self.name.to_ascii_uppercase()))
+            .ok()
+            .filter(|url| !url.is_empty())
+            .unwrap_or_else(|| shared.to_owned())
+    }
+
     /// The routing keys its queue is bound to.
     pub fn routing_keys(&self) -> Vec<&'static str> {
         (self.subscriptions)()
