@@ -446,3 +446,43 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     }
     env.cleanup().await;
 }
+
+#[test]
+fn the_cluster_profile_gives_every_service_all_three_nodes() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/compose/rabbitmq-cluster.yml"
+    );
+    let yaml = std::fs::read_to_string(path).expect("deploy/compose/rabbitmq-cluster.yml");
+    let mut cluster: Value = serde_norway::from_str(&yaml).expect("valid YAML");
+    cluster.apply_merge().expect("merge keys resolve");
+    for node in ["rabbitmq-2", "rabbitmq-3"] {
+        assert_eq!(
+            text(&cluster["services"][node]["hostname"]),
+            node,
+            "{node} is a node of its own"
+        );
+    }
+    for entry in &SERVICES {
+        let service = entry.name;
+        let urls = with_defaults(&text(
+            &cluster["services"][service]["environment"]["AMQP_URL"],
+        ));
+        let mut config = Config::defaults(entry.default_addr);
+        config.amqp_url = urls;
+        let hosts: Vec<String> = config
+            .amqp_urls()
+            .iter()
+            .map(|url| {
+                let uri: lapin::uri::AMQPUri = url.parse().expect("an AMQP URL");
+                assert_eq!(uri.authority.userinfo.username, service, "its own user");
+                uri.authority.host
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            ["rabbitmq", "rabbitmq-2", "rabbitmq-3"],
+            "{service} knows every node"
+        );
+    }
+}

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `AMQP_URL`
+    /// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster).
     pub amqp_url: String,
     /// `DATABASE_URL`
     pub database_url: String,
@@ -165,9 +166,38 @@ impl Config {
         self.retry_schedule() + self.dead_letter_max_age
     }
 
+    /// The broker URLs `AMQP_URL` lists: a service connects to one and, when its node is lost,
+    /// to the next.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.amqp_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The first broker `AMQP_URL` lists, for the tools that need just one.
+    pub fn first_amqp_url(&self) -> String {
+        self.amqp_urls().into_iter().next().unwrap_or_default()
+    }
+
     /// Checks the rules that tie settings together (docs/architecture.md, "Retention").
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_namespace(&self.namespace)?;
+        for url in self.amqp_urls() {
+            url.parse::<lapin::uri::AMQPUri>()
+                .map_err(|reason| ConfigError::Invalid {
+                    name: "AMQP_URL",
+                    reason: format!("{url:?}: {reason}"),
+                })?;
+        }
+        if self.amqp_urls().is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "AMQP_URL",
+                reason: "no broker URL".to_owned(),
+            });
+        }
         if self.retry_delays.is_empty() || self.max_attempts == 0 || self.prefetch == 0 {
             return Err(ConfigError::Invalid {
                 name: "RETRY_DELAYS_MS/MAX_ATTEMPTS/CONSUMER_PREFETCH",
@@ -382,9 +412,18 @@ mod tests {
             ("RETRY_DELAYS_MS", "10, 20"),
             ("MAX_ATTEMPTS", "3"),
             ("ORDER_DEADLINE_MS", "1000"),
+            (
+                "AMQP_URL",
+                "amqp://a:b@node1:5672/%2f, amqp://a:b@node2:5672/%2f",
+            ),
         ])
         .expect("valid");
         assert_eq!(config.order_deadline, Duration::from_secs(1));
+        assert_eq!(
+            config.amqp_urls(),
+            vec!["amqp://a:b@node1:5672/%2f", "amqp://a:b@node2:5672/%2f"]
+        );
+        assert_eq!(config.first_amqp_url(), "amqp://a:b@node1:5672/%2f");
         assert_eq!(config.namespace, "test-1");
         assert_eq!(config.http_addr.port(), 9000);
         assert_eq!(
@@ -437,6 +476,7 @@ mod tests {
             ("HTTP_MAX_HEADER_BYTES", "1000000"),
             ("HTTP_MAX_CONNECTIONS", "0"),
             ("ORDER_DEADLINE_MS", "999"),
+            ("AMQP_URL", "http://not-amqp"),
         ] {
             let err = from(&[(name, value)]).expect_err(name);
             assert!(

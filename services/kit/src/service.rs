@@ -9,7 +9,10 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize},
+    },
     time::Duration,
 };
 
@@ -194,7 +197,9 @@ async fn run<S: Service>(
         // relay runs.
         let announces = CATALOG.iter().any(|event| event.producer == service);
         let supervisor = Supervisor {
-            amqp_url: config.amqp_url.clone(),
+            // Processes of a fleet start on different nodes of a cluster, not all on the first.
+            node: AtomicUsize::new(fastrand::usize(..config.amqp_urls().len().max(1))),
+            amqp_urls: config.amqp_urls(),
             prefetch: config.prefetch,
             topology: topology.clone(),
             consumer: Consumer {

@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -47,7 +47,11 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Supervisor<S: Service> {
-    pub(crate) amqp_url: String,
+    /// The broker's nodes (one, or a cluster's): each session connects to one, and a lost one
+    /// sends the next session to the next.
+    pub(crate) amqp_urls: Vec<String>,
+    /// Which of them the next session tries.
+    pub(crate) node: AtomicUsize,
     pub(crate) prefetch: u16,
     pub(crate) topology: Arc<Topology>,
     pub(crate) consumer: Consumer<S>,
@@ -67,6 +71,8 @@ impl<S: Service> Supervisor<S> {
             match result {
                 Ok(()) => break,
                 Err(e) => {
+                    // Its node may be the one that was lost: the next session tries another.
+                    self.node.fetch_add(1, Ordering::SeqCst);
                     let delay = backoff.next_delay();
                     tracing::warn!(service, error = %ErrorChain(&e), ?delay, "broker session ended; reconnecting");
                     tokio::select! {
@@ -86,10 +92,12 @@ impl<S: Service> Supervisor<S> {
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
         let service = self.consumer.service;
+        let node = self.node.load(Ordering::SeqCst) % self.amqp_urls.len().max(1);
+        let amqp_url = self.amqp_urls.get(node).map_or("", String::as_str);
         let connect = |role: &str| {
             let properties = ConnectionProperties::default()
                 .with_connection_name(format!("{service}-{role}").into());
-            Connection::connect(&self.amqp_url, properties)
+            Connection::connect(amqp_url, properties)
         };
         // Publishing and consuming on separate connections: a broker that blocks publishers
         // (resource alarm) would otherwise also stall the consumer's acks. A broker that
@@ -114,7 +122,7 @@ impl<S: Service> Supervisor<S> {
         self.connected.store(true, Ordering::SeqCst);
         self.metrics.inc("shop_broker_sessions_total", &[]);
         backoff.reset();
-        tracing::info!(service, queue = %self.topology.queue, "connected to the broker; consuming");
+        tracing::info!(service, queue = %self.topology.queue, node, "connected to the broker; consuming");
 
         // Shutdown stops both halves, each finishing its in-flight work. A failing half stops
         // the other at once (a relay waiting for confirms on a dead connection is abandoned:

@@ -546,13 +546,14 @@ impl Target {
         if let Some(url) = &options.url {
             return Ok(Self {
                 orders_urls: vec![url.trim_end_matches('/').to_owned()],
-                amqp_url: base.amqp_url,
+                amqp_url: base.first_amqp_url(),
                 namespace: base.namespace,
                 database: None,
                 own: None,
             });
         }
-        let sandbox = Sandbox::create(&base.database_url, &base.amqp_url, "shop_bench").await?;
+        let sandbox =
+            Sandbox::create(&base.database_url, &base.first_amqp_url(), "shop_bench").await?;
         shop::provision::declare_topologies_of(
             &sandbox.amqp_url,
             &sandbox.namespace,

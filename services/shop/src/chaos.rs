@@ -33,6 +33,8 @@ use uuid::Uuid;
 
 use shop::fleet::{self, Fleet};
 
+use crate::cluster::LocalCluster;
+
 /// Retry delays of the services under test: short, so deferrals resolve within the run.
 const RETRY_DELAYS_MS: [u64; 3] = [200, 1_000, 3_000];
 
@@ -76,6 +78,11 @@ pub struct ChaosOptions {
     /// stuck by the faults is expired and undone within the run.
     #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1_000..))]
     pub deadline_ms: u64,
+    /// RabbitMQ nodes: 1 (this machine's broker, restarted once), or 3 (a cluster started on
+    /// this machine for the run, on ports 5681–5683: the node leading the queues is lost, later
+    /// the node most services are connected to, each brought back).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=3))]
+    pub broker_nodes: u16,
     /// Keep the database, queues and logs afterwards for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -221,9 +228,12 @@ struct Faults {
     /// From the broker coming back to the probe's end, and that end (confirmed, or expired
     /// when the deadline is shorter than the recovery).
     broker_recovery: Option<(Duration, &'static str)>,
-    /// The order placed right after the broker restart to time the recovery: it is in the
-    /// shop's books beside the load's orders, and judged with them.
-    probe: Option<Placed>,
+    /// Per node lost (a cluster run): which node, why it was chosen, from its loss to the
+    /// probe's end, and that end.
+    node_losses: Vec<(String, &'static str, Duration, &'static str)>,
+    /// The orders placed right after the broker restart or each node loss to time the
+    /// recovery: they are in the shop's books beside the load's orders, and judged with them.
+    probes: Vec<Placed>,
     database_restarted: bool,
     duplicates_injected: usize,
 }
@@ -287,7 +297,17 @@ impl fmt::Display for Report {
                 "broker restart:           back up -> first order {outcome} in {:.1}s",
                 recovery.as_secs_f64()
             )?,
-            None => writeln!(f, "broker restart:           skipped")?,
+            None if self.faults.node_losses.is_empty() => {
+                writeln!(f, "broker restart:           skipped")?;
+            }
+            None => {}
+        }
+        for (node, why, recovery, outcome) in &self.faults.node_losses {
+            writeln!(
+                f,
+                "node lost:                {node} ({why}) -> first order {outcome} in {:.1}s",
+                recovery.as_secs_f64()
+            )?;
         }
         let database = if self.faults.database_restarted {
             "done"
@@ -339,8 +359,8 @@ impl fmt::Display for Report {
             writeln!(f, "STOCK DOES NOT ADD UP:    {mismatch}")?;
         }
         writeln!(f, "effects applied twice:    {}", self.applied_twice())?;
-        let probe = if self.faults.probe.is_some() {
-            " (the load's orders and the probe placed after the broker restart)"
+        let probe = if !self.faults.probes.is_empty() {
+            " (the load's orders and the probes placed after the broker faults)"
         } else {
             " (the load's orders)"
         };
@@ -435,16 +455,32 @@ fn retry_delays() -> Vec<Duration> {
 
 pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
     let base = Config::from_env(registry::orders().default_addr)?;
-    let sandbox = Sandbox::create(&base.database_url, &base.amqp_url, "shop_chaos").await?;
+    let mut sandbox =
+        Sandbox::create(&base.database_url, &base.first_amqp_url(), "shop_chaos").await?;
     let log_dir = std::env::temp_dir().join(&sandbox.namespace);
     std::fs::create_dir_all(&log_dir)?;
+    let cluster = match options.broker_nodes {
+        1 => None,
+        3 => {
+            let cluster =
+                LocalCluster::start(&log_dir.with_extension("rabbitmq"), options.broker_nodes)
+                    .await?;
+            // The run's own tools (tap, audit) use the first node; the services all of them.
+            sandbox.amqp_url = cluster.nodes[0].amqp_url();
+            Some(cluster)
+        }
+        n => bail!("--broker-nodes {n}: a quorum needs 1 or 3 nodes here"),
+    };
+    let services_amqp_url = cluster
+        .as_ref()
+        .map_or_else(|| sandbox.amqp_url.clone(), LocalCluster::amqp_urls);
     let exe = std::env::current_exe().context("cannot find the shop executable")?;
     let fleet = Fleet::new(
         &exe,
         &log_dir,
         vec![
             ("DATABASE_URL", sandbox.database_url.clone()),
-            ("AMQP_URL", sandbox.amqp_url.clone()),
+            ("AMQP_URL", services_amqp_url),
             ("SHOP_NAMESPACE", sandbox.namespace.clone()),
             (
                 "DB_POOL_SIZE",
@@ -466,6 +502,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
         journal: Journal(Instant::now()),
         fleet,
         stops: BTreeMap::new(),
+        cluster,
     };
     // Ctrl-C or SIGTERM still stops the services (and keeps the rest for inspection).
     let interrupted = service_kit::shutdown_on_signal();
@@ -481,6 +518,10 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
         }
         Err(_) => true,
     };
+    if let Some(cluster) = run.cluster.take() {
+        // Its queues and data go with it, kept or not: nothing else can use those ports.
+        cluster.remove().await;
+    }
     if kept {
         let sandbox = &run.sandbox;
         println!(
@@ -514,6 +555,8 @@ struct ChaosRun {
     fleet: Fleet,
     /// SIGKILLs and SIGTERMs per service.
     stops: BTreeMap<&'static str, (usize, usize)>,
+    /// The RabbitMQ cluster of a `--broker-nodes 3` run.
+    cluster: Option<LocalCluster>,
 }
 
 impl ChaosRun {
@@ -544,7 +587,11 @@ impl ChaosRun {
         tap.close().await;
 
         let (audit, settled_in) = self.await_settled(options).await?;
-        let judged: Vec<Placed> = placed.iter().copied().chain(faults.probe).collect();
+        let judged: Vec<Placed> = placed
+            .iter()
+            .copied()
+            .chain(faults.probes.iter().copied())
+            .collect();
         let (mut verdict, stock) = self.check_orders(&judged).await?;
         verdict.lost += options.orders - placed.len();
         let absorbed = self.absorbed_duplicates().await?;
@@ -596,7 +643,8 @@ impl ChaosRun {
         let database_at = 2 * steps / 3;
         let mut faults = Faults {
             broker_recovery: None,
-            probe: None,
+            node_losses: Vec::new(),
+            probes: Vec::new(),
             database_restarted: false,
             duplicates_injected: 0,
         };
@@ -609,10 +657,12 @@ impl ChaosRun {
                     .journal
                     .note(format!("duplicate injection failed: {e}")),
             }
-            if n == broker_at && !options.no_broker_restart {
+            if n == broker_at && self.cluster.is_some() {
+                self.lose_nodes(&mut faults).await?;
+            } else if n == broker_at && !options.no_broker_restart {
                 let (recovery, probe) = self.restart_broker().await?;
                 faults.broker_recovery = Some(recovery);
-                faults.probe = Some(probe);
+                faults.probes.push(probe);
             } else if n == database_at && !options.no_database_restart {
                 restart_database(self.journal).await?;
                 faults.database_restarted = true;
@@ -684,6 +734,72 @@ impl ChaosRun {
         Ok(sent)
     }
 
+    /// A cluster run's broker faults: the node leading most of the shop's queues is lost, then
+    /// (once it is back) the node most services are connected to; after each, an order is
+    /// placed and timed to its end, and the node is brought back.
+    async fn lose_nodes(&self, faults: &mut Faults) -> anyhow::Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        for why in ["leading the queues", "most services on it"] {
+            // Chosen when it is lost: after the first loss, the services have moved.
+            let node = if why == "leading the queues" {
+                cluster.leader_node(&self.sandbox.namespace, 0).await?
+            } else {
+                cluster.busiest_node(0).await?
+            };
+            let name = cluster.nodes[node].name.clone();
+            cluster.stop_node(node).await?;
+            let lost = Instant::now();
+            self.journal.note(format!("node {name} stopped ({why})"));
+            let (outcome, probe) = self.time_probe(lost, &format!("{name}-{why}")).await?;
+            let recovery = lost.elapsed();
+            self.journal.note(format!(
+                "first order {outcome} {:.1}s after losing {name}",
+                recovery.as_secs_f64()
+            ));
+            faults
+                .node_losses
+                .push((name.clone(), why, recovery, outcome));
+            faults.probes.push(probe);
+            cluster.start_node(node).await?;
+            self.journal.note(format!("node {name} back"));
+        }
+        Ok(())
+    }
+
+    /// Places the probe order (keyed by `label`) and waits for its end: confirmed, or (with a
+    /// deadline shorter than the recovery) expired.
+    async fn time_probe(
+        &self,
+        since: Instant,
+        label: &str,
+    ) -> anyhow::Result<(&'static str, Placed)> {
+        let (body, expected) = probe_body();
+        let key = format!("{}-probe-{label}", self.sandbox.namespace);
+        let (order_id, tries) = place(&self.http, &self.fleet.orders_urls(), &key, &body).await?;
+        let deadline = since + Duration::from_secs(120);
+        let outcome = loop {
+            let ended = order_ended(&self.http, &self.orders_url(), order_id).await;
+            match ended {
+                Some(ended) if ended.status == "confirmed" => break "confirmed",
+                Some(ended) if ended.reason.as_deref() == Some(DEADLINE_EXCEEDED) => {
+                    break "expired at its deadline";
+                }
+                _ if Instant::now() > deadline => {
+                    bail!("no order confirmed within 120 s of the broker fault");
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let probe = Placed {
+            order_id,
+            expected,
+            tries,
+        };
+        Ok((outcome, probe))
+    }
+
     /// Stops the broker's app, checks every service reports not ready, starts it again and
     /// measures how long until a new order (the probe) is confirmed.
     async fn restart_broker(&self) -> anyhow::Result<((Duration, &'static str), Placed)> {
@@ -712,35 +828,12 @@ impl ChaosRun {
         let back = Instant::now();
         self.journal
             .note("RabbitMQ started (rabbitmqctl start_app)");
-        let (body, expected) = probe_body();
-        let key = format!("{}-probe", self.sandbox.namespace);
-        let (order_id, tries) = place(&self.http, &self.fleet.orders_urls(), &key, &body).await?;
-        // Confirmed, or (with a deadline shorter than the recovery) expired: either way all
-        // five services are through with it.
-        let deadline = back + Duration::from_secs(120);
-        let outcome = loop {
-            let ended = order_ended(&self.http, &self.orders_url(), order_id).await;
-            match ended {
-                Some(ended) if ended.status == "confirmed" => break "confirmed",
-                Some(ended) if ended.reason.as_deref() == Some(DEADLINE_EXCEEDED) => {
-                    break "expired at its deadline";
-                }
-                _ if Instant::now() > deadline => {
-                    bail!("no order confirmed within 120 s of the broker coming back");
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let (outcome, probe) = self.time_probe(back, "broker-restart").await?;
         let recovery = back.elapsed();
         self.journal.note(format!(
             "first order {outcome} {:.1}s after the broker came back",
             recovery.as_secs_f64()
         ));
-        let probe = Placed {
-            order_id,
-            expected,
-            tries,
-        };
         Ok(((recovery, outcome), probe))
     }
 

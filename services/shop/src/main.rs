@@ -10,6 +10,7 @@
 
 mod bench;
 mod chaos;
+mod cluster;
 
 use shop::{ServiceEntry, asyncapi, audit, fleet, map, registry};
 
@@ -183,7 +184,8 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             };
             for service in services {
                 let letters =
-                    dead_letters::list(&config.amqp_url, &config.namespace, service.name).await?;
+                    dead_letters::list(&config.first_amqp_url(), &config.namespace, service.name)
+                        .await?;
                 println!("{}: {} dead letters", service.name, letters.len());
                 for letter in letters {
                     let show = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
@@ -204,7 +206,7 @@ async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
             message_id,
         } => {
             let redriven = dead_letters::redrive(
-                &config.amqp_url,
+                &config.first_amqp_url(),
                 &config.namespace,
                 service.name,
                 message_id,
@@ -263,8 +265,9 @@ async fn run_audit(wait: u64) -> anyhow::Result<()> {
         );
         pools[&url].clone()
     });
+    let amqp_url = config.first_amqp_url();
     let broker = audit::Broker {
-        amqp_url: &config.amqp_url,
+        amqp_url: &amqp_url,
         namespace: &config.namespace,
     };
     let report =
@@ -281,9 +284,13 @@ async fn up(replicas: usize) -> anyhow::Result<()> {
     // Every queue exists before any service publishes: an order placed in the first second
     // must not miss a subscriber that is still starting.
     let config = service_kit::Config::from_env(registry::orders().default_addr)?;
-    shop::provision::declare_topologies(&config.amqp_url, &config.namespace, &config.retry_delays)
-        .await
-        .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
+    shop::provision::declare_topologies(
+        &config.first_amqp_url(),
+        &config.namespace,
+        &config.retry_delays,
+    )
+    .await
+    .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
     // Replicas share one Postgres: fewer connections each, unless told otherwise.
     let pool_size = std::env::var("DB_POOL_SIZE")
         .unwrap_or_else(|_| fleet::pool_size_per_replica(replicas).to_string());
