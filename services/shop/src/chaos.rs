@@ -27,7 +27,7 @@ use shop::{
     harness::{self, EventTap, Sandbox},
     registry,
 };
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 use tokio::{process::Command, sync::Semaphore};
 use uuid::Uuid;
 
@@ -474,6 +474,32 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
     let services_amqp_url = cluster
         .as_ref()
         .map_or_else(|| sandbox.amqp_url.clone(), LocalCluster::amqp_urls);
+    // A service whose `<SERVICE>_DATABASE_URL` names another server gets the run's database
+    // there (same name), and everything the run reads of it is read there.
+    let mut databases = BTreeMap::new();
+    let mut other_servers = Vec::new();
+    for entry in &shop::SERVICES {
+        let server = entry.database_url(&base.database_url);
+        let url = if server == base.database_url {
+            sandbox.database_url.clone()
+        } else {
+            if !other_servers.contains(&server) {
+                let mut admin = sqlx::PgConnection::connect(&server)
+                    .await
+                    .with_context(|| format!("cannot reach {}'s database server", entry.name))?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE {}",
+                    sandbox.database
+                )))
+                .execute(&mut admin)
+                .await?;
+                let _ = admin.close().await;
+                other_servers.push(server.clone());
+            }
+            service_kit::config::with_database(&server, &sandbox.database)
+        };
+        databases.insert(entry.name, url);
+    }
     let exe = std::env::current_exe().context("cannot find the shop executable")?;
     let fleet = Fleet::new(
         &exe,
@@ -495,6 +521,10 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
             ("ORDER_DEADLINE_MS", options.deadline_ms.to_string()),
         ],
     );
+    let mut fleet = fleet;
+    for (service, url) in &databases {
+        fleet.set_for(service, "DATABASE_URL", url.clone());
+    }
     let mut run = ChaosRun {
         sandbox,
         log_dir,
@@ -503,6 +533,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
         fleet,
         stops: BTreeMap::new(),
         cluster,
+        databases,
     };
     // Ctrl-C or SIGTERM still stops the services (and keeps the rest for inspection).
     let interrupted = service_kit::shutdown_on_signal();
@@ -534,6 +565,11 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<()> {
             sandbox.database,
         );
     } else {
+        for url in run.databases.values() {
+            if *url != run.sandbox.database_url {
+                drop_database(url).await;
+            }
+        }
         run.sandbox.cleanup(&[&retry_delays()], &[]).await;
         let _ = std::fs::remove_dir_all(&run.log_dir);
     }
@@ -557,6 +593,9 @@ struct ChaosRun {
     stops: BTreeMap<&'static str, (usize, usize)>,
     /// The RabbitMQ cluster of a `--broker-nodes 3` run.
     cluster: Option<LocalCluster>,
+    /// Each service's database (all the sandbox's, unless `<SERVICE>_DATABASE_URL` names
+    /// another server).
+    databases: BTreeMap<&'static str, String>,
 }
 
 impl ChaosRun {
@@ -844,25 +883,36 @@ impl ChaosRun {
         options: &ChaosOptions,
     ) -> anyhow::Result<(audit::Report, Duration)> {
         self.fleet.wait_ready(&self.http).await?;
-        let pool = PgPool::connect(&self.sandbox.database_url).await?;
+        let mut pools: BTreeMap<&str, PgPool> = BTreeMap::new();
+        for url in self.databases.values() {
+            if !pools.contains_key(url.as_str()) {
+                pools.insert(url, PgPool::connect(url).await?);
+            }
+        }
+        let databases = audit::Databases::per_service(|service| {
+            let url = self.database_of(service);
+            pools[url.as_str()].clone()
+        });
         let started = Instant::now();
         let broker = audit::Broker {
             amqp_url: &self.sandbox.amqp_url,
             namespace: &self.sandbox.namespace,
         };
         let report = audit::audit_until_clean(
-            &audit::Databases::single(&pool),
+            &databases,
             Some(&broker),
             Duration::from_secs(options.settle_seconds),
         )
         .await;
-        pool.close().await;
+        for pool in pools.values() {
+            pool.close().await;
+        }
         Ok((report?, started.elapsed()))
     }
 
     /// Sets [`CONFIRMING_SKU`]'s stock before the load (the run owns its database).
     async fn seed_stock(&self, units: u32) -> anyhow::Result<()> {
-        let pool = PgPool::connect(&self.sandbox.database_url).await?;
+        let pool = PgPool::connect(&self.database_of("inventory")).await?;
         harness::set_stock(&pool, &[CONFIRMING_SKU], i32::try_from(units)?).await?;
         pool.close().await;
         self.journal
@@ -878,7 +928,7 @@ impl ChaosRun {
             let ended = order_ended(&self.http, &self.orders_url(), order.order_id).await;
             orders.push((order.expected, ended));
         }
-        let pool = PgPool::connect(&self.sandbox.database_url).await?;
+        let pool = PgPool::connect(&self.database_of("inventory")).await?;
         let (seeded, available): (i32, i32) =
             sqlx::query_as("SELECT seeded, available FROM inventory.stock WHERE sku = $1")
                 .bind(CONFIRMING_SKU)
@@ -894,18 +944,44 @@ impl ChaosRun {
 
     /// Duplicate deliveries each service's inbox absorbed (it counts them durably).
     async fn absorbed_duplicates(&self) -> anyhow::Result<BTreeMap<&'static str, i64>> {
-        let pool = PgPool::connect(&self.sandbox.database_url).await?;
         let mut absorbed = BTreeMap::new();
         for schema in registry::names() {
+            let pool = PgPool::connect(&self.database_of(schema)).await?;
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT COALESCE(sum(duplicates), 0)::bigint FROM {schema}.inbox"
             )))
             .fetch_one(&pool)
             .await?;
+            pool.close().await;
             absorbed.insert(schema, n);
         }
-        pool.close().await;
         Ok(absorbed)
+    }
+
+    /// The database that keeps `service`'s schema in this run.
+    fn database_of(&self, service: &str) -> String {
+        self.databases
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| self.sandbox.database_url.clone())
+    }
+}
+
+/// Drops the run's database `url` names, on its own server.
+async fn drop_database(url: &str) {
+    let Ok(options) = url.parse::<sqlx::postgres::PgConnectOptions>() else {
+        return;
+    };
+    let Some(database) = options.get_database().map(str::to_owned) else {
+        return;
+    };
+    if let Ok(mut admin) = sqlx::PgConnection::connect_with(&options.database("postgres")).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+        let _ = admin.close().await;
     }
 }
 

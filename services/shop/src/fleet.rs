@@ -43,6 +43,8 @@ pub struct Fleet {
     log_dir: PathBuf,
     /// Settings every service gets (database, broker, namespace, tuning).
     env: Vec<(&'static str, String)>,
+    /// Settings of one service only, over the shared ones: `(service, variable, value)`.
+    service_env: Vec<(&'static str, &'static str, String)>,
     pub services: Vec<ServiceProcess>,
 }
 
@@ -53,8 +55,14 @@ impl Fleet {
             exe: exe.to_owned(),
             log_dir: log_dir.to_owned(),
             env,
+            service_env: Vec::new(),
             services: Vec::new(),
         }
+    }
+
+    /// Gives `service` its own `variable` (its own database, say), over the shared setting.
+    pub fn set_for(&mut self, service: &'static str, variable: &'static str, value: String) {
+        self.service_env.push((service, variable, value));
     }
 
     /// Starts `replicas` processes of every service of the registry, all at once (replicas
@@ -126,6 +134,12 @@ impl Fleet {
         let child = command
             .args(["service", name])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                self.service_env
+                    .iter()
+                    .filter(|(service, _, _)| *service == name)
+                    .map(|(_, k, v)| (k, v)),
+            )
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env(
                 "RUST_LOG",
