@@ -9,51 +9,25 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use service_kit::config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, default_retry_delays};
-use shop::{fleet::Fleet, harness::Sandbox, provision};
+#[path = "support/processes.rs"]
+mod processes;
+use processes::ProcessShop;
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Chromium, Node and playwright-core: CI's browser step installs them"]
 async fn the_console_page_shows_the_choreography_live_in_chromium() {
-    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
     let modules = std::env::var("SHOP_PLAYWRIGHT_DIR")
         .expect("SHOP_PLAYWRIGHT_DIR: a directory holding node_modules/playwright-core");
     let screenshot = std::env::var("SHOP_CONSOLE_SCREENSHOT").map_or_else(
         |_| std::env::temp_dir().join("shop-console.png"),
         PathBuf::from,
     );
-    let sandbox = Sandbox::create(
-        &setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
-        &setting("TEST_AMQP_URL", DEFAULT_AMQP_URL),
-        "shop_browser",
-    )
-    .await
-    .expect("a sandbox");
-    let log_dir = std::env::temp_dir().join(&sandbox.namespace);
-    std::fs::create_dir_all(&log_dir).expect("log directory");
-    let mut fleet = Fleet::new(
-        env!("CARGO_BIN_EXE_shop").as_ref(),
-        &log_dir,
-        vec![
-            ("DATABASE_URL", sandbox.database_url.clone()),
-            ("AMQP_URL", sandbox.amqp_url.clone()),
-            ("SHOP_NAMESPACE", sandbox.namespace.clone()),
-            ("DB_POOL_SIZE", "3".to_owned()),
-        ],
-    );
-    let outcome = async {
-        provision::declare_topologies(
-            &sandbox.amqp_url,
-            &sandbox.namespace,
-            &default_retry_delays(),
-        )
+    let shop = ProcessShop::start("shop_browser", Vec::new())
         .await
-        .map_err(|e| format!("topology: {e}"))?;
-        fleet
-            .start(&reqwest::Client::new(), 1)
-            .await
-            .map_err(|e| e.to_string())?;
-        let console = fleet
+        .unwrap_or_else(|e| panic!("{e}"));
+    let outcome = async {
+        let console = shop
+            .fleet
             .services
             .iter()
             .find(|s| s.name == "console")
@@ -86,9 +60,7 @@ async fn the_console_page_shows_the_choreography_live_in_chromium() {
         }
     }
     .await;
-    fleet.stop().await;
-    sandbox.cleanup(&[&default_retry_delays()], &[]).await;
-    let _ = std::fs::remove_dir_all(&log_dir);
+    shop.stop().await;
     if let Err(failure) = outcome {
         panic!("{failure}");
     }

@@ -18,12 +18,13 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use serde_json::Value as Json;
-use service_kit::{
-    config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, default_retry_delays},
-    topology,
-};
-use shop::{SERVICES, fleet::Fleet, harness, harness::Sandbox, provision};
+use service_kit::topology;
+use shop::{SERVICES, fleet::Fleet, harness, harness::Sandbox};
 use tokio::net::TcpListener;
+
+#[path = "support/processes.rs"]
+mod processes;
+use processes::ProcessShop;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -119,52 +120,25 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_order_is_one_trace_across_the_five_services() {
-    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
-    let sandbox = Sandbox::create(
-        &setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
-        &setting("TEST_AMQP_URL", DEFAULT_AMQP_URL),
-        "shop_traces",
-    )
-    .await
-    .expect("a sandbox");
     let (endpoint, spans) = start_receiver().await;
-    let log_dir = std::env::temp_dir().join(&sandbox.namespace);
-    std::fs::create_dir_all(&log_dir).expect("log directory");
-    let mut fleet = Fleet::new(
-        env!("CARGO_BIN_EXE_shop").as_ref(),
-        &log_dir,
+    let shop = ProcessShop::start(
+        "shop_traces",
         vec![
-            ("DATABASE_URL", sandbox.database_url.clone()),
-            ("AMQP_URL", sandbox.amqp_url.clone()),
-            ("SHOP_NAMESPACE", sandbox.namespace.clone()),
-            ("DB_POOL_SIZE", "3".to_owned()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ],
-    );
-    let result = check_one_order(&mut fleet, &sandbox, &spans).await;
-    fleet.stop().await;
-    sandbox.cleanup(&[&default_retry_delays()], &[]).await;
-    let _ = std::fs::remove_dir_all(&log_dir);
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let result = check_one_order(&shop.fleet, &shop.sandbox, &spans).await;
+    shop.stop().await;
     if let Err(failure) = result {
         panic!("{failure}");
     }
 }
 
-async fn check_one_order(
-    fleet: &mut Fleet,
-    sandbox: &Sandbox,
-    spans: &Spans,
-) -> Result<(), String> {
-    provision::declare_topologies(
-        &sandbox.amqp_url,
-        &sandbox.namespace,
-        &default_retry_delays(),
-    )
-    .await
-    .map_err(|e| format!("topology: {e}"))?;
+async fn check_one_order(fleet: &Fleet, sandbox: &Sandbox, spans: &Spans) -> Result<(), String> {
     let http = reqwest::Client::new();
-    fleet.start(&http, 1).await.map_err(|e| e.to_string())?;
 
     // The caller's own trace: the order's trace continues it.
     let caller_trace = uuid::Uuid::new_v4().simple().to_string();
