@@ -52,24 +52,6 @@ fn count_of(shop: &Shop, order_id: Uuid, event_type: &str) -> usize {
         .count()
 }
 
-/// The notices the customer got, by kind.
-async fn notices(shop: &Shop, order_id: Uuid) -> Vec<String> {
-    let url = format!(
-        "{}/notifications?order_id={order_id}",
-        shop.url("notifications")
-    );
-    let mut kinds: Vec<String> = shop
-        .get_json(&url)
-        .await
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|n| n["kind"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    kinds.sort_unstable();
-    kinds
-}
-
 /// Handles its queue one message at a time, in queue order.
 fn in_order(config: &mut Config) {
     config.prefetch = 1;
@@ -115,7 +97,10 @@ async fn cancelled_before_payment_saw_the_order_it_is_never_charged() {
         1
     );
     assert_eq!(count_of(&shop, order_id, PaymentCompleted::TYPE), 0);
-    assert_eq!(notices(&shop, order_id).await, vec!["order_cancelled"]);
+    assert_eq!(
+        shop.wait_for_notices(order_id, 1).await,
+        vec!["order_cancelled"]
+    );
     publisher.close().await;
     shop.assert_audit_clean().await;
     shop.stop().await;
@@ -162,7 +147,7 @@ async fn cancelled_after_the_charge_is_refunded_and_a_late_payment_reserves_noth
         "nothing held"
     );
     assert_eq!(
-        notices(&shop, order_id).await,
+        shop.wait_for_notices(order_id, 2).await,
         vec!["order_cancelled", "payment_refunded"]
     );
     publisher.close().await;
@@ -197,7 +182,7 @@ async fn cancelled_after_the_reservation_the_stock_goes_back() {
         1
     );
     assert_eq!(
-        notices(&shop, order_id).await,
+        shop.wait_for_notices(order_id, 2).await,
         vec!["order_cancelled", "payment_refunded"]
     );
     shop.assert_audit_clean().await;
@@ -265,7 +250,7 @@ async fn a_confirmed_order_cannot_be_cancelled_and_a_cancel_is_idempotent() {
     );
     assert_eq!(count_of(&shop, confirmed, OrderCancelled::TYPE), 0);
     assert_eq!(
-        notices(&shop, open).await,
+        shop.wait_for_notices(open, 2).await,
         vec!["order_cancelled", "payment_refunded"],
         "told of the cancellation once"
     );
@@ -354,7 +339,7 @@ async fn an_order_open_at_its_deadline_is_cancelled_and_a_late_service_undoes_it
     assert_eq!(order["status"], "cancelled");
     assert_eq!(count_of(&shop, order_id, StockReserved::TYPE), 0);
     assert_eq!(
-        notices(&shop, order_id).await,
+        shop.wait_for_notices(order_id, 2).await,
         vec!["order_cancelled", "payment_refunded"]
     );
     shop.assert_audit_clean().await;

@@ -74,31 +74,6 @@ async fn stock_of(shop: &Shop, sku: &str) -> (i64, i64) {
     )
 }
 
-async fn notices(shop: &Shop, order_id: Uuid) -> Vec<String> {
-    let url = format!(
-        "{}/notifications?order_id={order_id}",
-        shop.url("notifications")
-    );
-    let mut kinds: Vec<String> = shop
-        .get_json(&url)
-        .await
-        .as_array()
-        .expect("a list")
-        .iter()
-        .filter_map(|n| n["kind"].as_str().map(str::to_owned))
-        .collect();
-    kinds.sort();
-    kinds
-}
-
-async fn wait_for_notices(shop: &Shop, order_id: Uuid, count: usize) -> Vec<String> {
-    eventually("notices sent", || async {
-        notices(shop, order_id).await.len() >= count
-    })
-    .await;
-    notices(shop, order_id).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_card_cancels_the_order_with_nothing_to_undo() {
     let shop = Shop::start().await;
@@ -129,7 +104,7 @@ async fn a_declined_card_cancels_the_order_with_nothing_to_undo() {
     }
 
     assert_eq!(
-        wait_for_notices(&shop, order_id, 1).await,
+        shop.wait_for_notices(order_id, 1).await,
         vec!["order_cancelled"]
     );
     assert_eq!(
@@ -205,7 +180,7 @@ async fn not_enough_stock_refunds_the_payment_and_cancels_the_order() {
     assert_eq!(refund.amount_cents, 3 * 1250 + 11 * 4900);
 
     assert_eq!(
-        wait_for_notices(&shop, order_id, 2).await,
+        shop.wait_for_notices(order_id, 2).await,
         vec!["order_cancelled", "payment_refunded"]
     );
     assert_eq!(
@@ -273,7 +248,7 @@ async fn an_unserved_destination_refunds_releases_and_cancels() {
     );
 
     assert_eq!(
-        wait_for_notices(&shop, order_id, 2).await,
+        shop.wait_for_notices(order_id, 2).await,
         vec!["order_cancelled", "payment_refunded"]
     );
     assert_eq!(stock_of(&shop, "BOOK-001").await, (25, 0), "stock back");
@@ -431,7 +406,7 @@ async fn the_auditor_names_the_order_behind_each_broken_invariant() {
     let mut shop = Shop::start().await;
     let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
     shop.settled_order(order_id).await;
-    wait_for_notices(&shop, order_id, 1).await;
+    shop.wait_for_notices(order_id, 1).await;
     shop.assert_audit_clean().await;
 
     // Break the books behind the services' backs, one invariant at a time, with the services

@@ -452,6 +452,34 @@ impl Shop {
         report
     }
 
+    /// The kinds of notice the customer got for an order, sorted.
+    pub async fn notices(&self, order_id: Uuid) -> Vec<String> {
+        let url = format!(
+            "{}/notifications?order_id={order_id}",
+            self.url("notifications")
+        );
+        let mut kinds: Vec<String> = self
+            .get_json(&url)
+            .await
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|n| n["kind"].as_str().map(str::to_owned))
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
+    /// Waits until the customer got at least `count` notices for the order, and returns
+    /// them all (a test compares them exactly: one too many shows up too).
+    pub async fn wait_for_notices(&self, order_id: Uuid, count: usize) -> Vec<String> {
+        eventually(&format!("{count} notices for {order_id}"), || async {
+            self.notices(order_id).await.len() >= count
+        })
+        .await;
+        self.notices(order_id).await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         count(&self.env.pool, sql).await
     }
