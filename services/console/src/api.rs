@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use service_kit::{ApiContext, ApiError, BackgroundFuture, CancellationToken, Db};
+use service_kit::{ApiContext, ApiError, BackgroundFuture, CancellationToken, Db, requests};
 use uuid::Uuid;
 
 /// The page: HTML, CSS and script in one small file, served from the binary.
@@ -93,8 +93,7 @@ async fn recent_orders(
     State(console): State<Console>,
     query: Result<Query<RecentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<Heard>>, ApiError> {
-    let Query(query) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let query = requests::query(query)?;
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let events = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {HEARD_COLUMNS} FROM console.events
@@ -114,7 +113,7 @@ async fn timeline(
     State(console): State<Console>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Heard>>, ApiError> {
-    let order_id = parse_order_id(&id)?;
+    let order_id = requests::order_id(&id)?;
     let events: Vec<Heard> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {HEARD_COLUMNS} FROM console.events WHERE order_id = $1
          ORDER BY occurred_at, seq"
@@ -146,8 +145,7 @@ async fn stream(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let Query(query) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let query = requests::query(query)?;
     let resume_from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -282,7 +280,7 @@ async fn cancel(
     State(console): State<Console>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let order_id = parse_order_id(&id)?;
+    let order_id = requests::order_id(&id)?;
     let url = format!("{}/orders/{order_id}/cancel", console.orders_url);
     let response = console.http.post(&url).send().await;
     relay(response).await
@@ -303,16 +301,6 @@ async fn relay(response: Result<reqwest::Response, reqwest::Error>) -> Result<Re
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let body: Value = response.json().await.map_err(unreachable)?;
     Ok((status, Json(body)).into_response())
-}
-
-fn parse_order_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_order_id",
-            format!("{id:?} is not a UUID"),
-        )
-    })
 }
 
 /// Keeps the read model to a day of events (the page shows the latest few orders).

@@ -1,11 +1,12 @@
-//! The idempotent consumer (the inbox). Each delivery is handled in one transaction that records its
-//! `message_id` in the inbox, applies the effect and appends the outgoing events; the ack
-//! follows the commit. A duplicate finds its id already there and is acked with no effect.
+//! The idempotent consumer. Each delivery is handled in one transaction that records its
+//! `message_id` in the inbox (`inbox`), applies the effect and appends the outgoing events;
+//! the ack follows the commit. A duplicate finds its id already there and is acked with no
+//! effect.
 //!
-//! Failures never block the queue. An event that arrived before the fact it depends on is
-//! parked (see `parked`) and applied as soon as that fact commits. A transient error sends the
-//! message to a delay queue; after `max_attempts`, or at once for a message no retry can fix,
-//! it goes to the dead-letter queue with the reason in its headers.
+//! Failures never block the queue; `failure` decides each failed message's fate. An event
+//! that arrived before the fact it depends on is parked (`parked`) and applied as soon as that
+//! fact commits; a retry goes to a delay queue; a dead letter goes to the dead-letter queue
+//! with the reason in its headers.
 
 use std::{
     sync::Arc,
@@ -31,11 +32,13 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    db::{self, Db},
-    handler::{Ctx, HandlerError, Routes, Service},
+    db::Db,
+    failure::{self, Failure, Fate, Move, Origin, Schedule},
+    handler::{Ctx, HandlerError, Routes, Service, UnitOfWork},
+    inbox,
     metrics::Metrics,
-    parked::{ParkedMessage, ParkingLot},
-    publisher::{Outgoing, PublishError, Publisher, envelope_properties, header_text, header_u32},
+    parked::ParkingLot,
+    publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
     telemetry::{self, ErrorChain},
     topology::Topology,
 };
@@ -45,7 +48,7 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 /// ... and after the channel failed (their acks cannot be delivered anyway).
 const FAILURE_DRAIN: Duration = Duration::from_secs(5);
 /// An ack or nack that takes longer went to a dead channel; the broker will redeliver.
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long connecting the parked-order listener may hold up the consumer's loop.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -74,40 +77,12 @@ pub mod headers {
     pub const LAST_ERROR: &str = "x-shop-last-error";
 }
 
-enum Applied {
+/// What came of applying a message.
+pub(crate) enum Applied {
     Effect,
     Duplicate,
     /// The parked message being tried again was already taken out of the lot.
     Gone,
-}
-
-/// What came of trying a parked message again.
-enum Retried {
-    Applied,
-    Waiting,
-    Gone,
-}
-
-/// What a failed delivery becomes.
-enum Disposition {
-    /// Waits in the parking lot for the fact it depends on.
-    Park {
-        reason: String,
-    },
-    Move(Destination),
-}
-
-/// Where a copy of a failed message goes.
-enum Destination {
-    /// `next_attempt` goes in the header; `delay_step` picks the delay queue.
-    Retry {
-        next_attempt: u32,
-        delay_step: u32,
-        error: String,
-    },
-    DeadLetter {
-        reason: String,
-    },
 }
 
 pub(crate) struct Consumer<S: Service> {
@@ -116,7 +91,7 @@ pub(crate) struct Consumer<S: Service> {
     pub(crate) routes: Arc<Routes<S>>,
     pub(crate) db: Db,
     pub(crate) topology: Arc<Topology>,
-    pub(crate) max_attempts: u32,
+    pub(crate) schedule: Schedule,
     pub(crate) parking: Arc<ParkingLot>,
     pub(crate) metrics: Metrics,
 }
@@ -129,7 +104,7 @@ impl<S: Service> Clone for Consumer<S> {
             routes: self.routes.clone(),
             db: self.db.clone(),
             topology: self.topology.clone(),
-            max_attempts: self.max_attempts,
+            schedule: self.schedule,
             parking: self.parking.clone(),
             metrics: self.metrics.clone(),
         }
@@ -269,14 +244,11 @@ impl<S: Service> Consumer<S> {
                     &[("event", "?"), ("outcome", "malformed")],
                 );
                 tracing::warn!(%reason, routing_key = %delivery.routing_key, "malformed message");
-                return self
-                    .reroute(
-                        delivery,
-                        publisher,
-                        attempt,
-                        Destination::DeadLetter { reason },
-                    )
-                    .await;
+                let rejected = Move::DeadLetter {
+                    reason,
+                    exhausted: false,
+                };
+                return self.reroute(delivery, publisher, attempt, rejected).await;
             }
         };
         let span = self.span(&envelope, attempt, false);
@@ -288,69 +260,42 @@ impl<S: Service> Consumer<S> {
                 &[("event", &envelope.event_type)],
                 started.elapsed().as_secs_f64(),
             );
-            let (outcome, disposition) = match applied {
-                Ok(Applied::Effect) => ("applied", None),
-                Ok(Applied::Duplicate | Applied::Gone) => ("duplicate", None),
-                Err(HandlerError::Deferred(reason)) => {
-                    ("parked", Some(Disposition::Park { reason }))
+            let outcome = match applied {
+                Ok(Applied::Effect) => {
+                    // At debug: a handler logs its own decision at info, and a line per
+                    // delivery on top of it was a tenth of the shop's CPU under load.
+                    tracing::debug!(outcome = "applied", "handled");
+                    ack(&delivery).await;
+                    self.unpark_order(envelope.correlation_id, publisher, false)
+                        .await;
+                    "applied"
                 }
-                Err(HandlerError::Rejected(reason)) => ("rejected", Some(dead_letter(reason))),
-                // Data the database cannot hold: every attempt would fail the same way.
-                Err(HandlerError::Database(e)) if db::is_data_exception(&e) => {
-                    let reason = format!("the database cannot store this message's data: {e}");
-                    ("rejected", Some(dead_letter(reason)))
-                }
-                // The database is away (restarting, failing over): not this message's fault,
-                // so the try does not count; it waits in a delay queue like any retry.
-                Err(HandlerError::Database(e)) if db::is_connection_error(&e) => {
-                    let retry = Destination::Retry {
-                        next_attempt: attempt,
-                        delay_step: attempt + 1,
-                        error: e.to_string(),
-                    };
-                    ("retried", Some(Disposition::Move(retry)))
-                }
-                Err(e) if attempt >= self.max_attempts => {
-                    let reason = format!("gave up after {attempt} attempts: {e}");
-                    ("exhausted", Some(dead_letter(reason)))
+                Ok(Applied::Duplicate | Applied::Gone) => {
+                    tracing::info!(outcome = "duplicate", "handled");
+                    ack(&delivery).await;
+                    "duplicate"
                 }
                 Err(e) => {
-                    let retry = Destination::Retry {
-                        next_attempt: attempt + 1,
-                        delay_step: attempt + 1,
-                        error: e.to_string(),
-                    };
-                    ("retried", Some(Disposition::Move(retry)))
+                    let fate =
+                        failure::fate(Failure::from(&e), attempt, Origin::Queue, &self.schedule);
+                    let outcome = fate.outcome();
+                    match fate {
+                        Fate::Park { reason } => {
+                            self.park(delivery, &envelope, publisher, attempt, reason)
+                                .await;
+                        }
+                        Fate::Move(destination) => {
+                            self.reroute(delivery, publisher, attempt, destination)
+                                .await;
+                        }
+                    }
+                    outcome
                 }
             };
             self.metrics.inc(
                 "shop_messages_total",
                 &[("event", &envelope.event_type), ("outcome", outcome)],
             );
-            match disposition {
-                None => {
-                    // The plain case is at debug: a handler logs its own decision at info, and
-                    // a line per delivery on top of it was a tenth of the shop's CPU under load.
-                    if outcome == "applied" {
-                        tracing::debug!(outcome, "handled");
-                    } else {
-                        tracing::info!(outcome, "handled");
-                    }
-                    ack(&delivery).await;
-                    if outcome == "applied" {
-                        self.unpark_order(envelope.correlation_id, publisher, false)
-                            .await;
-                    }
-                }
-                Some(Disposition::Park { reason }) => {
-                    self.park(delivery, &envelope, publisher, attempt, reason)
-                        .await;
-                }
-                Some(Disposition::Move(destination)) => {
-                    self.reroute(delivery, publisher, attempt, destination)
-                        .await;
-                }
-            }
         }
         .instrument(span)
         .await;
@@ -359,7 +304,7 @@ impl<S: Service> Consumer<S> {
     /// The CONSUMER span of handling `envelope`, a child of the span that published it (so a
     /// retry, a redrive or a parked message's later try stays in its trace), and what every
     /// log line about it carries; `unparked` marks a try of a parked message, not a delivery.
-    fn span(&self, envelope: &Envelope, attempt: u32, unparked: bool) -> tracing::Span {
+    pub(crate) fn span(&self, envelope: &Envelope, attempt: u32, unparked: bool) -> tracing::Span {
         let routing_key = CATALOG
             .iter()
             .find(|info| info.event_type == envelope.event_type)
@@ -396,33 +341,21 @@ impl<S: Service> Consumer<S> {
 
     /// Inbox entry, effect and outgoing events in one transaction; `unparking` takes the
     /// message out of the parking lot in that same transaction.
-    async fn apply(&self, envelope: &Envelope, unparking: bool) -> Result<Applied, HandlerError> {
+    pub(crate) async fn apply(
+        &self,
+        envelope: &Envelope,
+        unparking: bool,
+    ) -> Result<Applied, HandlerError> {
         let mut tx = self.db.begin().await?;
         if unparking && !ParkingLot::remove(&mut *tx, envelope.message_id).await? {
             return Ok(Applied::Gone);
         }
-        // The first delivery inserts the id (0 duplicates so far); a later one finds it and
-        // only counts itself, so duplicates absorbed stay auditable after restarts.
-        let duplicates: i32 = sqlx::query_scalar(
-            "INSERT INTO inbox
-                 (message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (message_id) DO UPDATE SET duplicates = inbox.duplicates + 1
-             RETURNING duplicates",
-        )
-        .bind(envelope.message_id)
-        .bind(&envelope.event_type)
-        .bind(envelope.correlation_id)
-        .bind(envelope.causation_id)
-        .bind(&envelope.producer)
-        .bind(envelope.occurred_at)
-        .fetch_one(&mut *tx)
-        .await?;
-        if duplicates > 0 {
+        if !inbox::record_first(&mut tx, envelope).await? {
             tx.commit().await?;
             return Ok(Applied::Duplicate);
         }
-        let mut ctx = Ctx::new(tx, envelope);
+        let work = UnitOfWork::within(tx, &self.db, &self.metrics, Some(envelope.message_id));
+        let mut ctx = Ctx::new(work, envelope);
         let Some(handled) = self.routes.dispatch(&self.state, &mut ctx, envelope) else {
             return Err(HandlerError::Rejected(format!(
                 "{} subscribes to no event of type {:?}",
@@ -430,28 +363,18 @@ impl<S: Service> Consumer<S> {
             )));
         };
         handled.await?;
-        let Ctx {
-            tx,
-            announced,
-            observations,
-            ..
-        } = ctx;
-        self.db.commit(tx, announced).await?;
-        for observation in observations {
-            self.metrics
-                .observe(observation.name, &[observation.label], observation.value);
-        }
+        ctx.work.commit().await?;
         Ok(Applied::Effect)
     }
 
     /// Moves a failed delivery on (to a retry queue or the dead-letter queue), then acks it.
     /// The copy is confirmed before the ack, so a crash in between duplicates, never loses.
-    async fn reroute(
+    pub(crate) async fn reroute(
         &self,
         delivery: Delivery,
         publisher: &Publisher,
         attempt: u32,
-        destination: Destination,
+        destination: Move,
     ) {
         let original_routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
             .unwrap_or_else(|| delivery.routing_key.to_string());
@@ -473,14 +396,14 @@ impl<S: Service> Consumer<S> {
 
     /// Publishes a copy of a failed message to a delay queue or the dead-letter queue, its
     /// headers saying which try it was, why, and where it was first routed.
-    async fn move_on(
+    pub(crate) async fn move_on(
         &self,
         publisher: &Publisher,
         body: &[u8],
         properties: BasicProperties,
         original_routing_key: &str,
         attempt: u32,
-        destination: Destination,
+        destination: Move,
     ) -> Result<(), PublishError> {
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
@@ -488,7 +411,7 @@ impl<S: Service> Consumer<S> {
             text(original_routing_key),
         );
         let (queue, metric) = match &destination {
-            Destination::Retry {
+            Move::Retry {
                 next_attempt,
                 delay_step,
                 error,
@@ -504,7 +427,7 @@ impl<S: Service> Consumer<S> {
                     "shop_retries_total",
                 )
             }
-            Destination::DeadLetter { reason } => {
+            Move::DeadLetter { reason, .. } => {
                 tracing::error!(%reason, attempt, "dead-lettering message");
                 headers.insert(
                     headers::ATTEMPT.into(),
@@ -526,207 +449,6 @@ impl<S: Service> Consumer<S> {
         publisher.publish(copy).await?;
         self.metrics.inc(metric, &[]);
         Ok(())
-    }
-
-    /// Parks a delivery whose handler is waiting for another fact, then acks it. A delivery
-    /// that cannot be parked (the database is away) takes a delay queue instead.
-    async fn park(
-        &self,
-        delivery: Delivery,
-        envelope: &Envelope,
-        publisher: &Publisher,
-        attempt: u32,
-        reason: String,
-    ) {
-        let routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
-            .unwrap_or_else(|| delivery.routing_key.to_string());
-        let parked = self
-            .parking
-            .park(
-                &self.db.pool,
-                envelope,
-                &routing_key,
-                &delivery.data,
-                attempt,
-                &reason,
-            )
-            .await;
-        match parked {
-            Ok(()) => {
-                tracing::info!(%reason, "parked until what it waits for commits");
-                ack(&delivery).await;
-                // What it waits for may have committed while it was being parked.
-                self.unpark_order(envelope.correlation_id, publisher, true)
-                    .await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot park the message; it takes a delay queue");
-                let retry = Destination::Retry {
-                    next_attempt: attempt + 1,
-                    delay_step: attempt + 1,
-                    error: reason,
-                };
-                self.reroute(delivery, publisher, attempt, retry).await;
-            }
-        }
-    }
-
-    /// Tries again the messages parked for `order_id` after a commit for that order (if this
-    /// process parked any, or `parked_here`), going round while tries free others.
-    async fn unpark_order(&self, order_id: Uuid, publisher: &Publisher, parked_here: bool) {
-        if !self.parking.begin_pass(order_id, parked_here) {
-            return;
-        }
-        loop {
-            let (mut still_waiting, mut applied_any) = (false, false);
-            match self.parking.of_order(&self.db.pool, order_id).await {
-                Ok(parked) => {
-                    for message_id in parked {
-                        match self.retry_parked(message_id, publisher).await {
-                            Retried::Applied => applied_any = true,
-                            Retried::Waiting => still_waiting = true,
-                            Retried::Gone => {}
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, %order_id, "cannot read parked messages; the sweep will retry them");
-                    still_waiting = true;
-                }
-            }
-            if !self.parking.end_pass(order_id, still_waiting, applied_any) {
-                return;
-            }
-        }
-    }
-
-    /// Tries the parked messages of orders that are due (another instance's, from before a
-    /// restart, or those no commit here has freed).
-    async fn sweep_parked(&self, publisher: &Publisher) {
-        let Some(due) = self.parking.due(&self.db.pool).await else {
-            return;
-        };
-        match due {
-            Ok(orders) => {
-                for order_id in orders {
-                    self.unpark_order(order_id, publisher, true).await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read parked messages"),
-        }
-        self.parking.sweep_done();
-    }
-
-    /// One more try of a parked message: applied (and out of the lot in the same
-    /// transaction), still waiting (tried again later, or dead-lettered once it has waited
-    /// longer than the retry schedule), or gone (another try got there first).
-    async fn retry_parked(&self, message_id: Uuid, publisher: &Publisher) -> Retried {
-        let parked = match ParkingLot::read(&self.db.pool, message_id).await {
-            Ok(Some(parked)) => parked,
-            Ok(None) => return Retried::Gone,
-            Err(e) => {
-                tracing::warn!(error = %e, %message_id, "cannot read a parked message");
-                return Retried::Waiting;
-            }
-        };
-        let attempt = u32::try_from(parked.attempts).unwrap_or(0) + 1;
-        let envelope = match Envelope::from_json(&parked.body) {
-            Ok(envelope) => envelope,
-            // It was read before it was parked; a row changed since can only be dead-lettered.
-            Err(e) => {
-                let reason = format!("parked message no longer readable: {e}");
-                self.dead_letter_parked(
-                    message_id,
-                    &parked,
-                    BasicProperties::default(),
-                    attempt,
-                    reason,
-                    publisher,
-                )
-                .await;
-                return Retried::Gone;
-            }
-        };
-        let span = self.span(&envelope, attempt, true);
-        async {
-            let waited = parked.waited();
-            let properties = envelope_properties(&envelope);
-            let reason = match self.apply(&envelope, true).await {
-                Ok(Applied::Effect) => {
-                    self.metrics.inc(
-                        "shop_messages_total",
-                        &[("event", &envelope.event_type), ("outcome", "unparked")],
-                    );
-                    tracing::info!(waited_ms = waited.as_millis(), "handled after waiting");
-                    return Retried::Applied;
-                }
-                Ok(Applied::Duplicate | Applied::Gone) => return Retried::Gone,
-                Err(HandlerError::Deferred(reason)) if waited < self.parking.patience => {
-                    if let Err(e) = self
-                        .parking
-                        .waited_again(&self.db.pool, message_id, attempt, &reason)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot count the try of a parked message");
-                    }
-                    return Retried::Waiting;
-                }
-                Err(HandlerError::Deferred(reason)) => format!(
-                    "gave up after {attempt} attempts over {:.1} s waiting: {reason}",
-                    waited.as_secs_f64()
-                ),
-                Err(HandlerError::Rejected(reason)) => reason,
-                Err(HandlerError::Database(e)) if db::is_data_exception(&e) => {
-                    format!("the database cannot store this message's data: {e}")
-                }
-                Err(HandlerError::Database(e)) => {
-                    tracing::warn!(error = %e, "parked message not applied; trying again later");
-                    return Retried::Waiting;
-                }
-            };
-            self.metrics.inc(
-                "shop_messages_total",
-                &[("event", &envelope.event_type), ("outcome", "exhausted")],
-            );
-            self.dead_letter_parked(message_id, &parked, properties, attempt, reason, publisher)
-                .await;
-            Retried::Gone
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Dead-letters a parked message, then takes it out of the lot (a crash in between leaves
-    /// a copy in both, never in neither).
-    async fn dead_letter_parked(
-        &self,
-        message_id: Uuid,
-        parked: &ParkedMessage,
-        properties: BasicProperties,
-        attempt: u32,
-        reason: String,
-        publisher: &Publisher,
-    ) {
-        let moved = self
-            .move_on(
-                publisher,
-                &parked.body,
-                properties,
-                &parked.routing_key,
-                attempt,
-                Destination::DeadLetter { reason },
-            )
-            .await;
-        let removed = match moved {
-            Ok(()) => ParkingLot::remove(&self.db.pool, message_id)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(ErrorChain(&e).to_string()),
-        };
-        if let Err(error) = removed {
-            tracing::warn!(%error, %message_id, "parked message not dead-lettered; trying again later");
-        }
     }
 }
 
@@ -756,15 +478,11 @@ async fn sample_dead_letter_depth(channel: Channel, queue: String, metrics: Metr
     }
 }
 
-fn dead_letter(reason: String) -> Disposition {
-    Disposition::Move(Destination::DeadLetter { reason })
-}
-
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-async fn ack(delivery: &Delivery) {
+pub(crate) async fn ack(delivery: &Delivery) {
     let acked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()));
     match acked.await {
         Ok(Ok(_)) => {}

@@ -82,7 +82,7 @@ impl Db {
     /// Commits, then hands the events the transaction announced to the relay, so they leave
     /// right after the commit without the relay reading them back. A relay that is away or far
     /// behind misses them here and finds them in the outbox on its sweep.
-    pub async fn commit(
+    pub(crate) async fn commit(
         &self,
         tx: Transaction<'static, Postgres>,
         announced: Vec<Announced>,

@@ -9,7 +9,11 @@ use shared_events::{DecodeError, Envelope, Event, EventInfo, Participant};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::{db::Announced, outbox::Outbox};
+use crate::{
+    db::{Announced, Db},
+    metrics::Metrics,
+    outbox::Outbox,
+};
 
 /// A service's state (what its handlers share), tied to who it is in the event catalog.
 pub trait Service: Send + Sync + 'static {
@@ -127,41 +131,55 @@ impl<S: Service> Routes<S> {
     }
 }
 
-/// A histogram observation a handler made, recorded after its commit.
-pub(crate) struct Observation {
-    pub(crate) name: &'static str,
-    pub(crate) label: (&'static str, &'static str),
-    pub(crate) value: f64,
+/// A histogram observation made in a unit of work, recorded after its commit.
+struct Observation {
+    name: &'static str,
+    label: (&'static str, &'static str),
+    value: f64,
 }
 
-/// What a handler works with: the open transaction and the message being handled. `P` is the
-/// participant the service is: only its own events can be announced.
-pub struct Ctx<P> {
-    pub(crate) tx: Transaction<'static, Postgres>,
-    /// What the handler announced, handed to the relay once the transaction commits.
-    pub(crate) announced: Vec<Announced>,
-    /// Histogram observations to record once the transaction commits.
-    pub(crate) observations: Vec<Observation>,
-    message_id: Uuid,
-    causation_id: Option<Uuid>,
-    occurred_at: DateTime<Utc>,
+/// A change to a service's data and what it announces, committed together: the open
+/// transaction, the events it wrote to the outbox (handed to the relay once it commits, see
+/// [`UnitOfWork::commit`]) and the histogram observations to record then. `P` is the
+/// participant the service is: only its own events can be announced. HTTP handlers and
+/// background work begin one with [`UnitOfWork::begin`]; a message handler gets one in its
+/// [`Ctx`].
+pub struct UnitOfWork<P> {
+    tx: Transaction<'static, Postgres>,
+    db: Db,
+    metrics: Metrics,
+    /// The message being handled, if any: the cause of everything announced.
+    cause: Option<Uuid>,
+    announced: Vec<Announced>,
+    observations: Vec<Observation>,
     participant: PhantomData<fn() -> P>,
 }
 
-impl<P: Participant> Ctx<P> {
-    pub(crate) fn new(tx: Transaction<'static, Postgres>, envelope: &Envelope) -> Self {
+impl<P: Participant> UnitOfWork<P> {
+    /// Begins a unit of work of the service's own (an API call, a sweep): what it announces
+    /// has no causing message.
+    pub async fn begin(db: &Db, metrics: &Metrics) -> Result<Self, sqlx::Error> {
+        Ok(Self::within(db.begin().await?, db, metrics, None))
+    }
+
+    pub(crate) fn within(
+        tx: Transaction<'static, Postgres>,
+        db: &Db,
+        metrics: &Metrics,
+        cause: Option<Uuid>,
+    ) -> Self {
         Self {
             tx,
+            db: db.clone(),
+            metrics: metrics.clone(),
+            cause,
             announced: Vec::new(),
             observations: Vec::new(),
-            message_id: envelope.message_id,
-            causation_id: envelope.causation_id,
-            occurred_at: envelope.occurred_at,
             participant: PhantomData,
         }
     }
 
-    /// The transaction in which the inbox entry, the effect and the outgoing events commit.
+    /// The transaction in which the change and the outgoing events commit.
     pub fn db(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
@@ -177,23 +195,8 @@ impl<P: Participant> Ctx<P> {
         self.observations.push(Observation { name, label, value });
     }
 
-    /// The id of the message being handled.
-    pub fn message_id(&self) -> Uuid {
-        self.message_id
-    }
-
-    /// The message that caused the one being handled (`None` for a saga's first event).
-    pub fn causation_id(&self) -> Option<Uuid> {
-        self.causation_id
-    }
-
-    /// When the fact being handled occurred, as its producer stamped it.
-    pub fn occurred_at(&self) -> DateTime<Utc> {
-        self.occurred_at
-    }
-
-    /// Announces `event` as caused by the message being handled. It is published only if
-    /// the handler succeeds and the transaction commits.
+    /// Announces `event` (caused by the message being handled, if any). It is published only
+    /// if the unit of work commits.
     ///
     /// Only the participant's own events are accepted: payment may announce a refund,
     ///
@@ -215,8 +218,67 @@ impl<P: Participant> Ctx<P> {
     /// }
     /// ```
     pub async fn announce<E: Event<Producer = P>>(&mut self, event: &E) -> Result<(), sqlx::Error> {
-        let announced = Outbox::<P>::append(&mut self.tx, event, Some(self.message_id)).await?;
+        let announced = Outbox::<P>::append(&mut self.tx, event, self.cause).await?;
         self.announced.push(announced);
         Ok(())
+    }
+
+    /// Commits, then hands what was announced to the relay and records the observations.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.db.commit(self.tx, self.announced).await?;
+        for observation in self.observations {
+            self.metrics
+                .observe(observation.name, &[observation.label], observation.value);
+        }
+        Ok(())
+    }
+}
+
+/// What a message handler works with: the unit of work its effect commits in (it derefs to
+/// it: `ctx.db()`, `ctx.announce(..)`) and the message being handled.
+pub struct Ctx<P> {
+    pub(crate) work: UnitOfWork<P>,
+    message_id: Uuid,
+    causation_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+}
+
+impl<P: Participant> Ctx<P> {
+    pub(crate) fn new(work: UnitOfWork<P>, envelope: &Envelope) -> Self {
+        Self {
+            work,
+            message_id: envelope.message_id,
+            causation_id: envelope.causation_id,
+            occurred_at: envelope.occurred_at,
+        }
+    }
+
+    /// The id of the message being handled.
+    pub fn message_id(&self) -> Uuid {
+        self.message_id
+    }
+
+    /// The message that caused the one being handled (`None` for a saga's first event).
+    pub fn causation_id(&self) -> Option<Uuid> {
+        self.causation_id
+    }
+
+    /// When the fact being handled occurred, as its producer stamped it.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        self.occurred_at
+    }
+}
+
+impl<P> std::ops::Deref for Ctx<P> {
+    type Target = UnitOfWork<P>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.work
+    }
+}
+
+impl<P> std::ops::DerefMut for Ctx<P> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.work
     }
 }

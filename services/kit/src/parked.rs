@@ -12,9 +12,19 @@ use std::{
     time::Duration,
 };
 
+use lapin::{BasicProperties, message::Delivery};
 use shared_events::Envelope;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
+
+use crate::{
+    consumer::{Applied, Consumer, ack, headers},
+    failure::{self, Failure, Fate, Move, Origin},
+    handler::Service,
+    publisher::{Publisher, envelope_properties, header_text},
+    telemetry::ErrorChain,
+};
 
 /// Orders whose parked messages one sweep tries.
 const SWEEP_BATCH: i64 = 100;
@@ -51,20 +61,16 @@ pub(crate) struct ParkingLot {
     /// Only a hint; the sweep finds whatever it misses.
     waiting: Mutex<HashMap<Uuid, Waiting>>,
     sweeping: AtomicBool,
-    /// How long a message may wait before it is dead-lettered: the retry schedule, the time a
-    /// deferred message had before parking replaced the delay queues.
-    pub(crate) patience: Duration,
     /// How often the sweep runs; a parked message is first swept one interval after parking,
     /// then after intervals doubling up to [`MAX_SWEEP_BACKOFF`].
     pub(crate) sweep_interval: Duration,
 }
 
 impl ParkingLot {
-    pub(crate) fn new(patience: Duration, sweep_interval: Duration) -> Self {
+    pub(crate) fn new(sweep_interval: Duration) -> Self {
         Self {
             waiting: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(false),
-            patience,
             sweep_interval,
         }
     }
@@ -227,5 +233,245 @@ impl ParkingLot {
             .execute(executor)
             .await?;
         Ok(removed.rows_affected() == 1)
+    }
+}
+
+/// What came of trying a parked message again.
+enum Retried {
+    Applied,
+    Waiting,
+    Gone,
+}
+
+/// The consumer's side of the lot: parking a delivery, and trying parked messages again.
+impl<S: Service> Consumer<S> {
+    /// Parks a delivery whose handler is waiting for another fact, then acks it. A delivery
+    /// that cannot be parked (the database is away) takes the fate of that error instead.
+    pub(crate) async fn park(
+        &self,
+        delivery: Delivery,
+        envelope: &Envelope,
+        publisher: &Publisher,
+        attempt: u32,
+        reason: String,
+    ) {
+        let routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.to_string());
+        let parked = self
+            .parking
+            .park(
+                &self.db.pool,
+                envelope,
+                &routing_key,
+                &delivery.data,
+                attempt,
+                &reason,
+            )
+            .await;
+        match parked {
+            Ok(()) => {
+                tracing::info!(%reason, "parked until what it waits for commits");
+                ack(&delivery).await;
+                // What it waits for may have committed while it was being parked.
+                self.unpark_order(envelope.correlation_id, publisher, true)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot park the message");
+                let destination = match failure::fate(
+                    Failure::from(&e),
+                    attempt,
+                    Origin::Queue,
+                    &self.schedule,
+                ) {
+                    Fate::Move(destination) => destination,
+                    // A database error never asks to be parked; the delay queue is the
+                    // place for a message that could not be.
+                    Fate::Park { reason } => Move::Retry {
+                        next_attempt: attempt,
+                        delay_step: attempt + 1,
+                        error: reason,
+                    },
+                };
+                self.reroute(delivery, publisher, attempt, destination)
+                    .await;
+            }
+        }
+    }
+
+    /// Tries again the messages parked for `order_id` after a commit for that order (if this
+    /// process parked any, or `parked_here`), going round while tries free others.
+    pub(crate) async fn unpark_order(
+        &self,
+        order_id: Uuid,
+        publisher: &Publisher,
+        parked_here: bool,
+    ) {
+        if !self.parking.begin_pass(order_id, parked_here) {
+            return;
+        }
+        loop {
+            let (mut still_waiting, mut applied_any) = (false, false);
+            match self.parking.of_order(&self.db.pool, order_id).await {
+                Ok(parked) => {
+                    for message_id in parked {
+                        match self.retry_parked(message_id, publisher).await {
+                            Retried::Applied => applied_any = true,
+                            Retried::Waiting => still_waiting = true,
+                            Retried::Gone => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %order_id, "cannot read parked messages; the sweep will retry them");
+                    still_waiting = true;
+                }
+            }
+            if !self.parking.end_pass(order_id, still_waiting, applied_any) {
+                return;
+            }
+        }
+    }
+
+    /// Tries the parked messages of orders that are due (another instance's, from before a
+    /// restart, or those no commit here has freed).
+    pub(crate) async fn sweep_parked(&self, publisher: &Publisher) {
+        let Some(due) = self.parking.due(&self.db.pool).await else {
+            return;
+        };
+        match due {
+            Ok(orders) => {
+                for order_id in orders {
+                    self.unpark_order(order_id, publisher, true).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read parked messages"),
+        }
+        self.parking.sweep_done();
+    }
+
+    /// One more try of a parked message: applied (and out of the lot in the same
+    /// transaction), still waiting, or gone (dead-lettered, or another try got there first).
+    async fn retry_parked(&self, message_id: Uuid, publisher: &Publisher) -> Retried {
+        let parked = match ParkingLot::read(&self.db.pool, message_id).await {
+            Ok(Some(parked)) => parked,
+            Ok(None) => return Retried::Gone,
+            Err(e) => {
+                tracing::warn!(error = %e, %message_id, "cannot read a parked message");
+                return Retried::Waiting;
+            }
+        };
+        let attempt = u32::try_from(parked.attempts).unwrap_or(0) + 1;
+        let envelope = match Envelope::from_json(&parked.body) {
+            Ok(envelope) => envelope,
+            // It was read before it was parked; a row changed since can only be dead-lettered.
+            Err(e) => {
+                let unreadable = Move::DeadLetter {
+                    reason: format!("parked message no longer readable: {e}"),
+                    exhausted: false,
+                };
+                self.dead_letter_parked(
+                    message_id,
+                    &parked,
+                    BasicProperties::default(),
+                    attempt,
+                    unreadable,
+                    publisher,
+                )
+                .await;
+                return Retried::Gone;
+            }
+        };
+        let span = self.span(&envelope, attempt, true);
+        async {
+            let waited = parked.waited();
+            let error = match self.apply(&envelope, true).await {
+                Ok(Applied::Effect) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", &envelope.event_type), ("outcome", "unparked")],
+                    );
+                    tracing::info!(waited_ms = waited.as_millis(), "handled after waiting");
+                    return Retried::Applied;
+                }
+                Ok(Applied::Duplicate | Applied::Gone) => return Retried::Gone,
+                Err(error) => error,
+            };
+            let origin = Origin::Parked { waited };
+            let fate = failure::fate(Failure::from(&error), attempt, origin, &self.schedule);
+            let outcome = fate.outcome();
+            let (reason, counted) = match fate {
+                Fate::Park { reason } => (reason, true),
+                Fate::Move(Move::Retry {
+                    next_attempt,
+                    error,
+                    ..
+                }) => (error, next_attempt > attempt),
+                Fate::Move(dead_letter) => {
+                    self.metrics.inc(
+                        "shop_messages_total",
+                        &[("event", &envelope.event_type), ("outcome", outcome)],
+                    );
+                    let properties = envelope_properties(&envelope);
+                    self.dead_letter_parked(
+                        message_id,
+                        &parked,
+                        properties,
+                        attempt,
+                        dead_letter,
+                        publisher,
+                    )
+                    .await;
+                    return Retried::Gone;
+                }
+            };
+            // A counted try backs the next sweep off; one the database's absence cost is not
+            // the message's.
+            if !counted {
+                tracing::warn!(error = %reason, "parked message not applied; trying again later");
+            } else if let Err(e) = self
+                .parking
+                .waited_again(&self.db.pool, message_id, attempt, &reason)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot count the try of a parked message");
+            }
+            Retried::Waiting
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Dead-letters a parked message, then takes it out of the lot (a crash in between leaves
+    /// a copy in both, never in neither).
+    async fn dead_letter_parked(
+        &self,
+        message_id: Uuid,
+        parked: &ParkedMessage,
+        properties: BasicProperties,
+        attempt: u32,
+        dead_letter: Move,
+        publisher: &Publisher,
+    ) {
+        let moved = self
+            .move_on(
+                publisher,
+                &parked.body,
+                properties,
+                &parked.routing_key,
+                attempt,
+                dead_letter,
+            )
+            .await;
+        let removed = match moved {
+            Ok(()) => ParkingLot::remove(&self.db.pool, message_id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(ErrorChain(&e).to_string()),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(%error, %message_id, "parked message not dead-lettered; trying again later");
+        }
     }
 }

@@ -26,6 +26,7 @@ use crate::{
     config::Config,
     consumer::Consumer,
     db::Db,
+    failure::Schedule,
     handler::{Routes, Service},
     http::{Health, HttpLimits, health_routes, serve},
     metrics::Metrics,
@@ -208,11 +209,12 @@ async fn run<S: Service>(
                 routes: Arc::new(spec.routes),
                 db: db.clone(),
                 topology,
-                max_attempts: config.max_attempts,
-                parking: Arc::new(ParkingLot::new(
-                    config.retry_schedule(),
-                    parked_sweep_interval(&config),
-                )),
+                schedule: Schedule {
+                    max_attempts: config.max_attempts,
+                    // A parked message may wait as long as the delay queues would have taken.
+                    patience: config.retry_schedule(),
+                },
+                parking: Arc::new(ParkingLot::new(parked_sweep_interval(&config))),
                 metrics: metrics.clone(),
             },
             relay: announces

@@ -18,7 +18,9 @@ use axum::{
 use chrono::{DateTime, Utc};
 use domain::Notice;
 use serde::{Deserialize, Serialize};
-use service_kit::{ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec};
+use service_kit::{
+    ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec, requests,
+};
 use shared_events::{OrderCancelled, OrderConfirmed, PaymentRefunded, participants};
 use uuid::Uuid;
 
@@ -122,13 +124,7 @@ async fn list(
     State(db): State<Db>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<SentNotice>>, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid_query",
-            e.body_text(),
-        )
-    })?;
+    let query = requests::query(query)?;
     let notices = sqlx::query_as(
         "SELECT order_id, kind, message, message_id, sent_at FROM notifications.notifications
          WHERE $1::uuid IS NULL OR order_id = $1 ORDER BY id DESC LIMIT 100",

@@ -14,19 +14,16 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ApiContext, ApiError, Db, Metrics};
-use shared_events::{OrderCancelled, OrderLine, OrderPlaced, ShippingAddress, participants};
+use service_kit::{ApiContext, ApiError, Db, Metrics, requests};
+use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
 use uuid::Uuid;
 
-/// Orders' outbox: the API announces OrderPlaced in the transaction that stores the order.
-type Outbox = service_kit::Outbox<participants::Orders>;
-
 use crate::{
-    PROGRESS_COLUMNS, Progress, SAGA_DURATION,
+    PROGRESS_COLUMNS, Progress, Work,
     domain::{
         self, Announcement, CancelRefused, Cause, Invalid, PlaceOrder, RequestedItem, Status,
     },
-    lock_order, save_order,
+    lock_order, save_and_announce,
 };
 
 /// Orders are small; anything bigger is a mistake or an attack.
@@ -160,6 +157,7 @@ struct Placed {
 /// `POST /orders`
 async fn place_order(
     State(db): State<Db>,
+    State(metrics): State<Metrics>,
     State(admission): State<Admission>,
     State(BodyLimit(body_limit)): State<BodyLimit>,
     State(Deadline(deadline)): State<Deadline>,
@@ -171,13 +169,13 @@ async fn place_order(
     let idempotency_key = idempotency_key(&headers)?;
     let fingerprint = fingerprint(&request);
 
-    let mut tx = db.begin().await?;
+    let mut work = Work::begin(&db, &metrics).await?;
     if let Some(key) = &idempotency_key
-        && let Some(replay) = find_by_key(&mut tx, key, &fingerprint).await?
+        && let Some(replay) = find_by_key(work.db(), key, &fingerprint).await?
     {
         return Ok(replay);
     }
-    let pending: i64 = sqlx::query_scalar(UNSETTLED).fetch_one(&mut *tx).await?;
+    let pending: i64 = sqlx::query_scalar(UNSETTLED).fetch_one(work.db()).await?;
     if u64::try_from(pending).unwrap_or(0) >= admission.max_pending {
         admission.metrics.inc(ORDERS_SHED, &[]);
         tracing::warn!(pending, "shedding a new order: the saga backlog is full");
@@ -200,7 +198,7 @@ async fn place_order(
     let catalog: BTreeMap<String, i64> =
         sqlx::query_as("SELECT sku, price_cents FROM orders.products WHERE sku = ANY($1)")
             .bind(&skus)
-            .fetch_all(&mut *tx)
+            .fetch_all(work.db())
             .await?
             .into_iter()
             .collect();
@@ -222,12 +220,12 @@ async fn place_order(
     .bind(&idempotency_key)
     .bind(&fingerprint)
     .bind(deadline.as_secs_f64())
-    .execute(&mut *tx)
+    .execute(work.db())
     .await?
     .rows_affected();
     if inserted == 0 {
         // A concurrent request with the same key committed first: answer with its order.
-        drop(tx);
+        drop(work);
         let mut tx = db.begin().await?;
         let key = idempotency_key.as_deref().unwrap_or_default();
         return match find_by_key(&mut tx, key, &fingerprint).await? {
@@ -249,7 +247,7 @@ async fn place_order(
         .bind(&line.sku)
         .bind(i64::from(line.quantity))
         .bind(line.unit_price_cents)
-        .execute(&mut *tx)
+        .execute(work.db())
         .await?;
     }
     let placed = OrderPlaced {
@@ -261,8 +259,8 @@ async fn place_order(
         shipping_address: request.shipping_address.clone(),
         currency: domain::CURRENCY.to_owned(),
     };
-    let announced = Outbox::append(&mut tx, &placed, None).await?;
-    db.commit(tx, vec![announced]).await?;
+    work.announce(&placed).await?;
+    work.commit().await?;
     tracing::info!(%order_id, total_cents, "order placed");
     Ok(accepted(order_id, Status::Pending, false))
 }
@@ -272,9 +270,9 @@ fn parse_request(
     body: Result<Bytes, BytesRejection>,
     body_limit: usize,
 ) -> Result<PlaceOrder, ApiError> {
-    require_json(headers, "send the order as Content-Type: application/json")?;
-    let body = read_body(body, body_limit)?;
-    let parsed: PlaceOrderBody = parse_json(&body)?;
+    requests::require_json(headers, "send the order as Content-Type: application/json")?;
+    let body = requests::body(body, body_limit)?;
+    let parsed: PlaceOrderBody = requests::json(&body)?;
     Ok(PlaceOrder {
         customer_id: parsed.customer_id,
         items: parsed
@@ -287,48 +285,6 @@ fn parse_request(
             .collect(),
         payment_method: parsed.payment_method,
         shipping_address: parsed.shipping_address,
-    })
-}
-
-fn require_json(headers: &HeaderMap, hint: &str) -> Result<(), ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            hint,
-        ))
-    }
-}
-
-fn read_body(body: Result<Bytes, BytesRejection>, body_limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body must be at most {body_limit} bytes"),
-        ),
-        status => ApiError::new(status, "unreadable_body", rejection.body_text()),
-    })
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                e.to_string(),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
-        }
     })
 }
 
@@ -440,16 +396,6 @@ fn order_columns() -> String {
     )
 }
 
-fn parse_order_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_order_id",
-            format!("{id:?} is not a UUID"),
-        )
-    })
-}
-
 fn order_not_found(order_id: Uuid) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -463,7 +409,7 @@ async fn get_order(
     State(db): State<Db>,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let order_id = parse_order_id(&id)?;
+    let order_id = requests::order_id(&id)?;
     let view = order_view(&db, order_id).await?;
     Ok(Json(view.ok_or_else(|| order_not_found(order_id))?))
 }
@@ -531,16 +477,16 @@ async fn cancel_order(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let order_id = parse_order_id(&id)?;
-    let body = read_body(body, body_limit)?;
+    let order_id = requests::order_id(&id)?;
+    let body = requests::body(body, body_limit)?;
     let request: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
         CancelBody::default()
     } else {
-        require_json(
+        requests::require_json(
             &headers,
             "send the reason as Content-Type: application/json",
         )?;
-        parse_json(&body)?
+        requests::json(&body)?
     };
     let note = request
         .reason
@@ -552,8 +498,8 @@ async fn cancel_order(
         return Err(unprocessable(invalid));
     }
 
-    let mut tx = db.begin().await?;
-    let Some(mut order) = lock_order(&mut tx, order_id).await? else {
+    let mut work = Work::begin(&db, &metrics).await?;
+    let Some(mut order) = lock_order(work.db(), order_id).await? else {
         return Err(order_not_found(order_id));
     };
     let outcome = match order.cancel(Cause::CustomerRequest) {
@@ -566,22 +512,19 @@ async fn cancel_order(
             ));
         }
         Ok(None) => {
-            drop(tx);
+            drop(work);
             metrics.inc(CANCEL_REQUESTS, &[("outcome", "already_cancelled")]);
             StatusCode::OK
         }
-        Ok(Some(Announcement::Cancelled { reason })) => {
-            let age_seconds = save_order(&mut tx, order_id, &order).await?;
+        Ok(Some(cancelled @ Announcement::Cancelled { .. })) => {
+            save_and_announce(&mut work, order_id, &order, Some(cancelled)).await?;
             sqlx::query("UPDATE orders.orders SET cancellation_note = $2 WHERE id = $1")
                 .bind(order_id)
                 .bind(&note)
-                .execute(&mut *tx)
+                .execute(work.db())
                 .await?;
-            let cancelled = OrderCancelled { order_id, reason };
-            let announced = Outbox::append(&mut tx, &cancelled, None).await?;
-            db.commit(tx, vec![announced]).await?;
+            work.commit().await?;
             metrics.inc(CANCEL_REQUESTS, &[("outcome", "accepted")]);
-            metrics.observe(SAGA_DURATION, &[("outcome", "cancelled")], age_seconds);
             tracing::info!(%order_id, "order cancelled at the customer's request");
             StatusCode::ACCEPTED
         }
@@ -619,8 +562,7 @@ async fn list_orders(
     State(db): State<Db>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<OrderSummary>>, ApiError> {
-    let Query(query) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let query = requests::query(query)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {} FROM orders.orders ORDER BY created_at DESC, id DESC LIMIT $1",
@@ -678,7 +620,7 @@ async fn timeline(
     State(db): State<Db>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
-    let order_id = parse_order_id(&id)?;
+    let order_id = requests::order_id(&id)?;
     let entries: Vec<TimelineEntry> = sqlx::query_as(
         "SELECT occurred_at, event_type, producer, message_id, causation_id, 'received' AS orders_role
          FROM orders.inbox WHERE correlation_id = $1

@@ -7,16 +7,11 @@
 use std::time::Duration;
 
 use service_kit::{ApiContext, BackgroundFuture, CancellationToken, telemetry::TRACE_TARGET};
-use shared_events::{OrderCancelled, participants};
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{
-    SAGA_DURATION,
-    domain::{Announcement, Cause},
-    lock_order, save_order,
-};
+use crate::{Work, domain::Cause, lock_order, save_and_announce};
 
 /// How often due orders are looked for: an order expires within this of its deadline (plus
 /// a commit).
@@ -24,8 +19,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Orders expired per transaction, at most.
 const BATCH: i64 = 200;
 pub(crate) const ORDERS_EXPIRED: &str = "shop_orders_expired_total";
-
-type Outbox = service_kit::Outbox<participants::Orders>;
 
 pub fn run(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
     Box::pin(async move {
@@ -54,17 +47,16 @@ pub fn run(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
 
 /// Cancels a batch of orders past their deadline; returns how many.
 async fn expire_due(api: &ApiContext) -> Result<usize, sqlx::Error> {
-    let mut tx = api.db.begin().await?;
+    let mut work = Work::begin(&api.db, &api.metrics).await?;
     let due: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM orders.orders
          WHERE status IN ('pending', 'paid', 'stock_reserved') AND deadline_at <= now()
          ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(BATCH)
-    .fetch_all(&mut *tx)
+    .fetch_all(work.db())
     .await?;
-    let mut announced = Vec::with_capacity(due.len());
-    let mut ages = Vec::with_capacity(due.len());
+    let mut expired = 0;
     for order_id in due {
         let span = tracing::info_span!(
             target: TRACE_TARGET,
@@ -73,28 +65,20 @@ async fn expire_due(api: &ApiContext) -> Result<usize, sqlx::Error> {
             %order_id,
         );
         async {
-            let Some(mut order) = lock_order(&mut tx, order_id).await? else {
+            let Some(mut order) = lock_order(work.db(), order_id).await? else {
                 return Ok(());
             };
-            if let Ok(Some(Announcement::Cancelled { reason })) =
-                order.cancel(Cause::DeadlineExceeded)
-            {
-                ages.push(save_order(&mut tx, order_id, &order).await?);
+            if let Ok(Some(cancelled)) = order.cancel(Cause::DeadlineExceeded) {
+                save_and_announce(&mut work, order_id, &order, Some(cancelled)).await?;
                 tracing::info!("order expired at its deadline; cancelled");
-                let cancelled = OrderCancelled { order_id, reason };
-                announced.push(Outbox::append(&mut tx, &cancelled, None).await?);
+                expired += 1;
             }
             Ok::<(), sqlx::Error>(())
         }
         .instrument(span)
         .await?;
     }
-    let expired = announced.len();
-    api.db.commit(tx, announced).await?;
+    work.commit().await?;
     api.metrics.add(ORDERS_EXPIRED, &[], expired as u64);
-    for age in ages {
-        api.metrics
-            .observe(SAGA_DURATION, &[("outcome", "cancelled")], age);
-    }
     Ok(expired)
 }

@@ -120,8 +120,36 @@ pub(crate) async fn lock_order(
     Ok(progress.map(|p| p.order()))
 }
 
+/// The unit of work orders' own changes commit in (an API call, the deadline sweep); a
+/// message handler's [`Ctx`] is one too.
+pub(crate) type Work = service_kit::UnitOfWork<participants::Orders>;
+
+/// The one way an order changes: stores the locked order's new state and announces what the
+/// change led to (a confirmation or a cancellation, its saga's duration observed on commit).
+/// A fact from the saga, a customer's cancellation and the deadline all come through here.
+pub(crate) async fn save_and_announce(
+    work: &mut Work,
+    order_id: Uuid,
+    order: &Order,
+    announcement: Option<Announcement>,
+) -> Result<(), sqlx::Error> {
+    let age_seconds = save_order(work.db(), order_id, order).await?;
+    match announcement {
+        Some(Announcement::Confirmed) => {
+            work.announce(&OrderConfirmed { order_id }).await?;
+            work.observe_on_commit(SAGA_DURATION, ("outcome", "confirmed"), age_seconds);
+        }
+        Some(Announcement::Cancelled { reason }) => {
+            work.announce(&OrderCancelled { order_id, reason }).await?;
+            work.observe_on_commit(SAGA_DURATION, ("outcome", "cancelled"), age_seconds);
+        }
+        None => {}
+    }
+    Ok(())
+}
+
 /// Stores the order's progress (and whether it is settled); returns its age in seconds.
-pub(crate) async fn save_order(
+async fn save_order(
     conn: &mut PgConnection,
     order_id: Uuid,
     order: &Order,
@@ -183,23 +211,12 @@ impl Orders {
             );
             return Ok(());
         }
-        let age_seconds = save_order(ctx.db(), order_id, &order).await?;
+        save_and_announce(ctx, order_id, &order, announcement).await?;
         tracing::info!(
             status = ?order.status,
             settled = order.settled(),
             "order updated"
         );
-        match announcement {
-            Some(Announcement::Confirmed) => {
-                ctx.announce(&OrderConfirmed { order_id }).await?;
-                ctx.observe_on_commit(SAGA_DURATION, ("outcome", "confirmed"), age_seconds);
-            }
-            Some(Announcement::Cancelled { reason }) => {
-                ctx.announce(&OrderCancelled { order_id, reason }).await?;
-                ctx.observe_on_commit(SAGA_DURATION, ("outcome", "cancelled"), age_seconds);
-            }
-            None => {}
-        }
         Ok(())
     }
 }
