@@ -1,4 +1,5 @@
-# One image for the whole shop: the six service binaries and the `shop` operator tool.
+# One image for the whole shop: the six service binaries and the `shop` operator tool
+# (without the lab: `shop chaos` and `shop bench` run from a checkout).
 #
 #   docker compose up --build       (see docker-compose.yml)
 #   docker build -t choreographed-shop .
@@ -17,9 +18,11 @@ COPY --from=planner /src/recipe.json recipe.json
 # Rebuilt only when Cargo.toml/Cargo.lock change.
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
+# `shop` with the operator's commands only: the lab (chaos, bench) stays out of the image.
 RUN cargo build --release --locked \
         --bin orders --bin payment --bin inventory --bin shipping --bin notifications \
-        --bin console --bin shop
+        --bin console \
+ && cargo build --release --locked -p shop-cli --no-default-features --bin shop
 
 # ---- Run: a small image, no compiler, no shell tools needed, not root ----------------------
 FROM debian:bookworm-slim AS runtime

@@ -113,6 +113,14 @@ pub struct ShippingAddress {
     pub country: String,
 }
 
+/// The values of OrderPlaced's `payment_method`: what orders accepts and payment charges.
+pub mod payment_methods {
+    pub const CARD: &str = "card";
+    /// The test card that is always declined: the deterministic way to drive PaymentFailed.
+    pub const DECLINED_TEST_CARD: &str = "card_declined";
+    pub const ALL: &[&str] = &[CARD, DECLINED_TEST_CARD];
+}
+
 /// Version 2: the order says which currency its prices and total are in (ISO 4217), so payment
 /// charges in it rather than assume one. Additive: version 1's fields keep their names and
 /// meaning, so a reader that ignores `currency` still works.

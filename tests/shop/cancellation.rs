@@ -97,13 +97,9 @@ async fn cancelled_before_payment_saw_the_order_it_is_never_charged() {
         1
     );
     assert_eq!(count_of(&shop, order_id, PaymentCompleted::TYPE), 0);
-    assert_eq!(
-        shop.wait_for_notices(order_id, 1).await,
-        vec!["order_cancelled"]
-    );
+    shop.assert_notices(order_id, &["order_cancelled"]).await;
     publisher.close().await;
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,13 +142,10 @@ async fn cancelled_after_the_charge_is_refunded_and_a_late_payment_reserves_noth
         1,
         "nothing held"
     );
-    assert_eq!(
-        shop.wait_for_notices(order_id, 2).await,
-        vec!["order_cancelled", "payment_refunded"]
-    );
+    shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
+        .await;
     publisher.close().await;
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,12 +174,9 @@ async fn cancelled_after_the_reservation_the_stock_goes_back() {
             .await,
         1
     );
-    assert_eq!(
-        shop.wait_for_notices(order_id, 2).await,
-        vec!["order_cancelled", "payment_refunded"]
-    );
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
+        .await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +205,7 @@ async fn a_booking_that_reaches_orders_after_the_cancellation_is_undone() {
     assert_eq!(count_of(&shop, order_id, OrderConfirmed::TYPE), 0);
     assert_eq!(count_of(&shop, order_id, OrderCancelled::TYPE), 1);
     publisher.close().await;
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,8 +243,7 @@ async fn a_confirmed_order_cannot_be_cancelled_and_a_cancel_is_idempotent() {
         vec!["order_cancelled", "payment_refunded"],
         "told of the cancellation once"
     );
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,8 +297,7 @@ async fn a_bad_cancel_request_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(count_of(&shop, order_id, OrderCancelled::TYPE), 0);
     shop.start_service("payment").await;
     shop.settled_order(order_id).await;
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 fn short_deadline(config: &mut Config) {
@@ -338,12 +325,9 @@ async fn an_order_open_at_its_deadline_is_cancelled_and_a_late_service_undoes_it
     let order = shop.settled_order(order_id).await;
     assert_eq!(order["status"], "cancelled");
     assert_eq!(count_of(&shop, order_id, StockReserved::TYPE), 0);
-    assert_eq!(
-        shop.wait_for_notices(order_id, 2).await,
-        vec!["order_cancelled", "payment_refunded"]
-    );
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
+        .await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,6 +362,5 @@ async fn the_deadline_survives_a_restart_and_two_replicas_expire_each_order_once
         shop.settled_order(*order_id).await;
         assert_eq!(count_of(&shop, *order_id, OrderCancelled::TYPE), 1);
     }
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }

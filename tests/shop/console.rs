@@ -1,6 +1,6 @@
 //! The console joins by subscribing: it hears every event, serves its page and a live stream
 //! from what it heard, and its buttons go through the public Orders API. (The page itself is
-//! driven in a real browser by `services/shop/tests/console_browser.rs`.)
+//! driven in a real browser by `services/shop-cli/tests/console_browser.rs`.)
 
 use std::time::Duration;
 
@@ -128,6 +128,5 @@ async fn the_console_hears_every_event_streams_it_and_places_orders_through_the_
     );
     shop.start_service("payment").await;
     shop.settled_order(open.parse().expect("uuid")).await;
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }

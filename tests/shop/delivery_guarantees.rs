@@ -340,7 +340,7 @@ async fn rows_committed_while_the_relay_was_down_are_published_by_the_sweep() {
         "the same message id"
     );
 
-    // A row no wake-up announces (another instance's) is found by the periodic sweep.
+    // A row no commit hands over (another instance's) is found by the periodic sweep.
     let other_order = Uuid::now_v7();
     let event = PaymentCompleted {
         order_id: other_order,

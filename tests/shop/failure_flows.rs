@@ -103,10 +103,7 @@ async fn a_declined_card_cancels_the_order_with_nothing_to_undo() {
         caused(&events, answer, OrderCancelled::TYPE);
     }
 
-    assert_eq!(
-        shop.wait_for_notices(order_id, 1).await,
-        vec!["order_cancelled"]
-    );
+    shop.assert_notices(order_id, &["order_cancelled"]).await;
     assert_eq!(
         shop.count("SELECT count(*) FROM payment.payments WHERE status = 'declined'")
             .await,
@@ -125,8 +122,7 @@ async fn a_declined_card_cancels_the_order_with_nothing_to_undo() {
         "no shipment, and none will be booked"
     );
     assert_eq!(stock_of(&shop, "TEE-001").await, (50, 0));
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,10 +175,8 @@ async fn not_enough_stock_refunds_the_payment_and_cancels_the_order() {
         .expect("payload");
     assert_eq!(refund.amount_cents, 3 * 1250 + 11 * 4900);
 
-    assert_eq!(
-        shop.wait_for_notices(order_id, 2).await,
-        vec!["order_cancelled", "payment_refunded"]
-    );
+    shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
+        .await;
     assert_eq!(
         stock_of(&shop, "MUG-001").await,
         (100, 0),
@@ -195,8 +189,7 @@ async fn not_enough_stock_refunds_the_payment_and_cancels_the_order() {
         0,
         "nothing booked, and nothing will be"
     );
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,10 +240,8 @@ async fn an_unserved_destination_refunds_releases_and_cancels() {
         }]
     );
 
-    assert_eq!(
-        shop.wait_for_notices(order_id, 2).await,
-        vec!["order_cancelled", "payment_refunded"]
-    );
+    shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
+        .await;
     assert_eq!(stock_of(&shop, "BOOK-001").await, (25, 0), "stock back");
     assert_eq!(
         shop.count("SELECT count(*) FROM payment.payments WHERE status = 'refunded'")
@@ -262,8 +253,7 @@ async fn an_unserved_destination_refunds_releases_and_cancels() {
             .await,
         0
     );
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

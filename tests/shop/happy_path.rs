@@ -200,8 +200,7 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
             (OrderConfirmed::TYPE, "announced"),
         ]
     );
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

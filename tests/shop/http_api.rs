@@ -397,8 +397,7 @@ async fn a_full_backlog_sheds_new_orders_with_retry_after_until_it_drains() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!(shop.settled_order(order_id).await["status"], "confirmed");
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

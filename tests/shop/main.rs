@@ -1,4 +1,4 @@
-//! The integration tests: one binary (one link of the five services), a module per area.
+//! The integration tests: one binary (one link of the six services), a module per area.
 //! Every test runs against the real RabbitMQ and Postgres, in a database and namespace of its
 //! own (`shop_tests::Env`), so the tests run in parallel.
 
@@ -6,6 +6,7 @@ mod cancellation;
 mod compose_and_least_privilege;
 mod console;
 mod delivery_guarantees;
+mod documentation;
 mod failure_flows;
 mod happy_path;
 mod http_api;

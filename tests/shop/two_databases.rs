@@ -28,7 +28,7 @@ impl SecondCluster {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .max()
             .expect("a Postgres version");
-        let port = shop::harness::free_port().expect("a free port");
+        let port = shop::fleet::free_port().expect("a free port");
         let name = format!("shop_test_{port}");
         let run = |program: &str, args: &[&str]| {
             let output = Command::new(program)

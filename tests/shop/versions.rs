@@ -8,7 +8,7 @@ use serde_json::Value;
 use service_kit::{dead_letters, topology::Topology};
 use shared_events::{Envelope, Event, OrderPlaced, PaymentCompleted};
 use shop_tests::{
-    DeadLetter, Shop, TestPublisher, amqp_url, eventually, order_body, take_dead_letters,
+    Shop, TakenMessage, TestPublisher, amqp_url, eventually, order_body, take_dead_letters,
     take_queued,
 };
 use uuid::Uuid;
@@ -27,12 +27,12 @@ async fn place_and_take(shop: &Shop, body: &Value) -> (Uuid, Envelope) {
 }
 
 /// The same event as orders sent it before the upgrade: version 1, no currency.
-fn as_version_1(mut envelope: Envelope) -> DeadLetter {
+fn as_version_1(mut envelope: Envelope) -> TakenMessage {
     envelope.version = 1;
     if let Value::Object(payload) = &mut envelope.payload {
         payload.remove("currency");
     }
-    DeadLetter::carrying(&envelope)
+    TakenMessage::carrying(&envelope)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +65,7 @@ async fn version_1_messages_left_in_queues_are_upgraded_and_a_future_version_is_
     let letter_v1 = as_version_1(placed_3);
     placed_4.version = 3;
     publisher
-        .redeliver(&namespace, "payment", &DeadLetter::carrying(&placed_4))
+        .redeliver(&namespace, "payment", &TakenMessage::carrying(&placed_4))
         .await;
 
     shop.start_service("payment").await;
@@ -127,6 +127,5 @@ async fn version_1_messages_left_in_queues_are_upgraded_and_a_future_version_is_
     })
     .await;
     publisher.close().await;
-    shop.assert_audit_clean().await;
-    shop.stop().await;
+    shop.audit_and_stop().await;
 }

@@ -78,7 +78,7 @@ impl Inventory {
     }
 
     async fn reserve(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
-        if let Some(status) = reservation_status(ctx.db(), order_id, false).await? {
+        if let Some(status) = reservation_status(ctx.db(), order_id).await? {
             // Decided already, or cancelled before it got here: never reserved twice or late.
             tracing::info!(
                 ?status,
@@ -130,7 +130,7 @@ impl Inventory {
     }
 
     async fn release(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
-        let status = reservation_status(ctx.db(), order_id, true).await?;
+        let status = locked_reservation_status(ctx.db(), order_id).await?;
         match domain::decide_release(status) {
             Release::Due => give_back(ctx, order_id).await,
             Release::ReservationNotSeenYet => Err(HandlerError::Deferred(
@@ -145,7 +145,7 @@ impl Inventory {
 
     /// The order was cancelled: whatever inventory holds for it goes back, and it says so.
     async fn undo(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
-        let status = reservation_status(ctx.db(), order_id, true).await?;
+        let status = locked_reservation_status(ctx.db(), order_id).await?;
         match domain::decide_undo(status) {
             Undo::Release => give_back(ctx, order_id).await,
             Undo::Void { record } => {
@@ -209,20 +209,27 @@ async fn order_items(
         .collect()
 }
 
+/// What was decided about the order's reservation, if anything.
 async fn reservation_status(
     db: &mut PgConnection,
     order_id: Uuid,
-    lock: bool,
-) -> Result<Option<ReservationStatus>, HandlerError> {
-    let sql = if lock {
-        "SELECT status FROM inventory.reservations WHERE order_id = $1 FOR UPDATE"
-    } else {
-        "SELECT status FROM inventory.reservations WHERE order_id = $1"
-    };
-    Ok(sqlx::query_scalar(sql)
+) -> Result<Option<ReservationStatus>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM inventory.reservations WHERE order_id = $1")
         .bind(order_id)
         .fetch_optional(db)
-        .await?)
+        .await
+}
+
+/// [`reservation_status`], its row locked: a release and a cancellation of one order take
+/// turns.
+async fn locked_reservation_status(
+    db: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Option<ReservationStatus>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM inventory.reservations WHERE order_id = $1 FOR UPDATE")
+        .bind(order_id)
+        .fetch_optional(db)
+        .await
 }
 
 async fn record_reservation(

@@ -4,7 +4,6 @@ use std::{net::SocketAddr, time::Duration};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `AMQP_URL`
     /// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster).
     pub amqp_url: String,
     /// `DATABASE_URL`
@@ -17,7 +16,7 @@ pub struct Config {
     pub db_pool_size: u32,
     /// `CONSUMER_PREFETCH`: deliveries a service works on at once.
     pub prefetch: u16,
-    /// `OUTBOX_SWEEP_MS`: the relay's safety sweep, for rows no wake-up announced.
+    /// `OUTBOX_SWEEP_MS`: the relay's safety sweep, for rows no commit handed it.
     pub outbox_sweep_interval: Duration,
     /// `RETRY_DELAYS_MS`: the waits before the 2nd, 3rd, … attempt; the last one repeats.
     pub retry_delays: Vec<Duration>,

@@ -185,8 +185,8 @@ pub const CURRENCY: &str = "EUR";
 pub const MAX_ITEMS: usize = 50;
 pub const MAX_QUANTITY: i64 = 1_000;
 pub const MAX_TEXT: usize = 200;
-/// Payment methods the shop accepts; `card_declined` is the test card that always fails.
-pub const PAYMENT_METHODS: &[&str] = &["card", "card_declined"];
+/// Payment methods the shop accepts (the test card that always fails among them).
+pub const PAYMENT_METHODS: &[&str] = shared_events::payment_methods::ALL;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {

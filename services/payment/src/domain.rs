@@ -1,7 +1,6 @@
 //! Payment decisions, free of I/O.
 
-/// The test card that is always declined: the deterministic way to drive PaymentFailed.
-pub const DECLINED_METHOD: &str = "card_declined";
+use shared_events::payment_methods::DECLINED_TEST_CARD;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Charge {
@@ -17,7 +16,7 @@ pub fn decide_charge(payment_method: &str, amount_cents: i64, currency: &str) ->
         Charge::Declined {
             reason: format!("currency {currency:?} not accepted (only {CURRENCIES:?})"),
         }
-    } else if payment_method == DECLINED_METHOD {
+    } else if payment_method == DECLINED_TEST_CARD {
         Charge::Declined {
             reason: "card declined".to_owned(),
         }
@@ -93,7 +92,7 @@ mod tests {
     fn the_declined_test_card_is_declined_and_others_are_charged() {
         assert_eq!(decide_charge("card", 4499, "EUR"), Charge::Approved);
         assert!(matches!(
-            decide_charge(DECLINED_METHOD, 4499, "EUR"),
+            decide_charge(DECLINED_TEST_CARD, 4499, "EUR"),
             Charge::Declined { .. }
         ));
         assert!(matches!(

@@ -120,11 +120,9 @@ impl Payment {
 
     async fn refund(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
         let payment = payment_of(ctx, order_id).await?;
-        let status = payment.map(|(_, status, _)| status);
+        let status = payment.as_ref().map(|p| p.status);
         match (domain::decide_refund(status), payment) {
-            (Refund::Due, Some((payment_id, _, amount_cents))) => {
-                give_back(ctx, order_id, payment_id, amount_cents).await
-            }
+            (Refund::Due, Some(payment)) => give_back(ctx, order_id, &payment).await,
             (Refund::ChargeNotSeenYet, _) | (Refund::Due, None) => Err(HandlerError::Deferred(
                 "no payment recorded for this order yet".to_owned(),
             )),
@@ -138,11 +136,9 @@ impl Payment {
     /// The order was cancelled: whatever payment did, undo it, and say what that was.
     async fn undo(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
         let payment = payment_of(ctx, order_id).await?;
-        let status = payment.map(|(_, status, _)| status);
+        let status = payment.as_ref().map(|p| p.status);
         match (domain::decide_undo(status), payment) {
-            (Undo::Refund, Some((payment_id, _, amount_cents))) => {
-                give_back(ctx, order_id, payment_id, amount_cents).await
-            }
+            (Undo::Refund, Some(payment)) => give_back(ctx, order_id, &payment).await,
             (Undo::Void { record }, _) => {
                 if record {
                     sqlx::query(
@@ -168,11 +164,16 @@ impl Payment {
     }
 }
 
+/// A recorded payment, as a refund or a cancellation reads it.
+#[derive(sqlx::FromRow)]
+struct Charged {
+    payment_id: Uuid,
+    status: PaymentStatus,
+    amount_cents: i64,
+}
+
 /// The order's payment, locked: a refund and a cancellation of one order take turns.
-async fn payment_of(
-    ctx: &mut Ctx,
-    order_id: Uuid,
-) -> Result<Option<(Uuid, PaymentStatus, i64)>, sqlx::Error> {
+async fn payment_of(ctx: &mut Ctx, order_id: Uuid) -> Result<Option<Charged>, sqlx::Error> {
     sqlx::query_as(
         "SELECT payment_id, status, amount_cents FROM payment.payments
          WHERE order_id = $1 FOR UPDATE",
@@ -182,12 +183,8 @@ async fn payment_of(
     .await
 }
 
-async fn give_back(
-    ctx: &mut Ctx,
-    order_id: Uuid,
-    payment_id: Uuid,
-    amount_cents: i64,
-) -> Result<(), HandlerError> {
+async fn give_back(ctx: &mut Ctx, order_id: Uuid, payment: &Charged) -> Result<(), HandlerError> {
+    let amount_cents = payment.amount_cents;
     sqlx::query(
         "UPDATE payment.payments SET status = $2, refunded_at = now()
          WHERE order_id = $1",
@@ -199,7 +196,7 @@ async fn give_back(
     tracing::info!(amount_cents, "refunded");
     ctx.announce(&PaymentRefunded {
         order_id,
-        payment_id,
+        payment_id: payment.payment_id,
         amount_cents,
     })
     .await?;

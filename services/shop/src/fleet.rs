@@ -1,19 +1,54 @@
-//! The five services as processes of the `shop` executable (`shop service <name>`, the same
-//! code as their own binaries), each on a free port with its output in a log file, one or several
-//! replicas of each: what `shop chaos` and `shop bench` run the shop as.
+//! The six services as processes of the `shop` executable (`shop service <name>`, the same
+//! code as their own binaries), one or several replicas of each: what `shop up` runs (on the
+//! services' own ports, output prefixed on the terminal) and what the lab runs (`shop chaos`,
+//! `shop bench`, the process-based tests: on free ports, output in log files).
 
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use crate::{
-    SERVICES,
-    harness::{self, HarnessError},
-    registry,
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
 };
-use tokio::process::{Child, Command};
+
+use crate::{SERVICES, registry};
+
+/// How long a service may take to report ready.
+const READY_PATIENCE: Duration = Duration::from_secs(60);
+/// How long a service may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("cannot start {what}")]
+    Start {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} not ready within {patience:?}")]
+    NotReady { what: String, patience: Duration },
+}
+
+/// Where the processes listen.
+#[derive(Debug, Clone, Copy)]
+pub enum Ports {
+    /// Each service's default port; replica k on that port + 100 k (orders: 8080, 8180, …).
+    Defaults,
+    /// A free port each, chosen at start.
+    Free,
+}
+
+/// Where their output goes.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Appended to `<dir>/<label>.log`.
+    LogFiles(PathBuf),
+    /// This process's stdout, each line prefixed with the process's label.
+    Prefixed,
+}
 
 /// One service process: replica `replica` of service `name`.
 pub struct ServiceProcess {
@@ -40,7 +75,8 @@ impl ServiceProcess {
 
 pub struct Fleet {
     exe: PathBuf,
-    log_dir: PathBuf,
+    ports: Ports,
+    output: Output,
     /// Settings every service gets (database, broker, namespace, tuning).
     env: Vec<(&'static str, String)>,
     /// Settings of one service only, over the shared ones: `(service, variable, value)`.
@@ -50,14 +86,21 @@ pub struct Fleet {
 
 impl Fleet {
     /// Services run as `exe service <name>`, `exe` being the `shop` executable.
-    pub fn new(exe: &Path, log_dir: &Path, env: Vec<(&'static str, String)>) -> Self {
+    pub fn new(exe: &Path, ports: Ports, output: Output, env: Vec<(&'static str, String)>) -> Self {
         Self {
             exe: exe.to_owned(),
-            log_dir: log_dir.to_owned(),
+            ports,
+            output,
             env,
             service_env: Vec::new(),
             services: Vec::new(),
         }
+    }
+
+    /// Changes a setting every service gets (for processes started from now on).
+    pub fn set(&mut self, variable: &'static str, value: String) {
+        self.env.retain(|(name, _)| *name != variable);
+        self.env.push((variable, value));
     }
 
     /// Gives `service` its own `variable` (its own database, say), over the shared setting.
@@ -65,30 +108,26 @@ impl Fleet {
         self.service_env.push((service, variable, value));
     }
 
-    /// Starts `replicas` processes of every service of the registry, all at once (replicas
-    /// of one service race through their start-up, migrations included), and waits until all
-    /// are ready.
+    /// Starts `replicas` processes of each service `wanted` picks from the registry, all at
+    /// once (replicas of one service race through their start-up, migrations included), and
+    /// waits until all are ready.
     pub async fn start(
         &mut self,
         http: &reqwest::Client,
         replicas: usize,
-    ) -> Result<(), HarnessError> {
-        self.start_only(http, replicas, |_| true).await
-    }
-
-    /// Like [`Fleet::start`], for the services `wanted` picks.
-    pub async fn start_only(
-        &mut self,
-        http: &reqwest::Client,
-        replicas: usize,
         wanted: fn(&str) -> bool,
-    ) -> Result<(), HarnessError> {
+    ) -> Result<(), FleetError> {
         for entry in SERVICES.iter().filter(|entry| wanted(entry.name)) {
             for replica in 0..replicas {
-                let port = harness::free_port().map_err(|source| HarnessError::Start {
-                    what: "a service (no free port)".to_owned(),
-                    source,
-                })?;
+                let port = match self.ports {
+                    Ports::Defaults => {
+                        entry.default_addr.port() + 100 * u16::try_from(replica).unwrap_or(0)
+                    }
+                    Ports::Free => free_port().map_err(|source| FleetError::Start {
+                        what: "a service (no free port)".to_owned(),
+                        source,
+                    })?,
+                };
                 let child = self.spawn(entry.name, replica, port)?;
                 self.services.push(ServiceProcess {
                     name: entry.name,
@@ -101,37 +140,31 @@ impl Fleet {
         self.wait_ready(http).await
     }
 
-    pub async fn wait_ready(&self, http: &reqwest::Client) -> Result<(), HarnessError> {
+    pub async fn wait_ready(&self, http: &reqwest::Client) -> Result<(), FleetError> {
         for service in &self.services {
-            harness::wait_ready(http, &service.url(), Duration::from_secs(60)).await?;
+            wait_ready(http, &service.url(), READY_PATIENCE).await?;
         }
         Ok(())
     }
 
-    /// Starts replica `replica` of `name` on `port`, its output appended to its log.
+    /// Starts replica `replica` of `name` on `port`.
     pub fn spawn(
         &self,
         name: &'static str,
         replica: usize,
         port: u16,
-    ) -> Result<Child, HarnessError> {
+    ) -> Result<Child, FleetError> {
         let label = replica_label(name, replica);
-        let failed = |source| HarnessError::Start {
+        let failed = |source| FleetError::Start {
             what: label.clone(),
             source,
         };
-        let log_path = self.log_dir.join(format!("{label}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(failed)?;
         let mut command = Command::new(&self.exe);
-        // The console's buttons call this fleet's Orders API (orders starts first).
-        if let Some(orders) = self.services.first() {
-            command.env("ORDERS_URL", orders.url());
+        // The console's buttons call this fleet's Orders API.
+        if let Some(orders) = self.orders_urls().first() {
+            command.env("ORDERS_URL", orders);
         }
-        let child = command
+        command
             .args(["service", name])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(
@@ -141,28 +174,34 @@ impl Fleet {
                     .map(|(_, k, v)| (k, v)),
             )
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::from(log.try_clone().map_err(failed)?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(failed)?;
-        Ok(child)
-    }
-
-    pub fn orders_url(&self) -> String {
-        self.services
-            .first()
-            .map(ServiceProcess::url)
-            .unwrap_or_default()
-    }
-
-    /// Where the services' logs are written.
-    pub fn log_dir(&self) -> &Path {
-        &self.log_dir
+            .kill_on_drop(true);
+        match &self.output {
+            Output::LogFiles(dir) => {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("{label}.log")))
+                    .map_err(failed)?;
+                command
+                    .stdout(Stdio::from(log.try_clone().map_err(failed)?))
+                    .stderr(Stdio::from(log));
+                command.spawn().map_err(failed)
+            }
+            Output::Prefixed => {
+                let mut child = command
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(failed)?;
+                if let Some(out) = child.stdout.take() {
+                    tokio::spawn(prefix_lines(label.clone(), out));
+                }
+                if let Some(err) = child.stderr.take() {
+                    tokio::spawn(prefix_lines(label, err));
+                }
+                Ok(child)
+            }
+        }
     }
 
     /// Every orders replica's URL: a client spreads its orders over them.
@@ -172,6 +211,26 @@ impl Fleet {
             .filter(|service| service.name == registry::orders().name)
             .map(ServiceProcess::url)
             .collect()
+    }
+
+    /// Waits until the first process exits: its label and how it ended.
+    pub async fn first_exit(&mut self) -> (String, String) {
+        let waits = self.services.iter_mut().filter_map(|service| {
+            let label = service.label();
+            let child = service.child.as_mut()?;
+            Some(Box::pin(async move {
+                let status = match child.wait().await {
+                    Ok(status) => status.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                (label, status)
+            }))
+        });
+        let waits: Vec<_> = waits.collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        futures_util::future::select_all(waits).await.0
     }
 
     /// Stops every service gracefully.
@@ -199,18 +258,64 @@ pub fn pool_size_per_replica(replicas: usize) -> usize {
     (50 / (SERVICES.len() * replicas.max(1))).clamp(2, 5)
 }
 
-/// SIGTERM, then the service's own graceful shutdown (SIGKILL if it takes over 30 s).
+/// SIGTERM, then the service's own graceful shutdown (SIGKILL if it takes too long).
 pub async fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     if let Some(pid) = child.id() {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .await;
     }
-    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+    if tokio::time::timeout(STOP_GRACE, child.wait())
         .await
         .is_err()
     {
         let _ = child.kill().await;
+    }
+}
+
+/// Whether the service at `base_url` answers `/readyz` with 200.
+pub async fn is_ready(http: &reqwest::Client, base_url: &str) -> bool {
+    http.get(format!("{base_url}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Polls `/readyz` until it answers 200.
+pub async fn wait_ready(
+    http: &reqwest::Client,
+    base_url: &str,
+    patience: Duration,
+) -> Result<(), FleetError> {
+    let deadline = Instant::now() + patience;
+    while !is_ready(http, base_url).await {
+        if Instant::now() > deadline {
+            return Err(FleetError::NotReady {
+                what: base_url.to_owned(),
+                patience,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A port that was free a moment ago, for a service started as a separate process (which
+/// must be told its address up front; in-process services bind port 0 instead).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn prefix_lines(label: String, stream: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        println!("{label:>13} | {line}");
     }
 }

@@ -1,12 +1,11 @@
-//! The operator's toolbox behind the `shop` command: the service registry, the auditor, the
-//! flow map and the AsyncAPI document, least-privilege provisioning, the harness that runs a
-//! shop on a fresh database and namespace, and the fleet that runs its services as processes
-//! (shared by the chaos run, the benchmark and the integration tests).
+//! What the `shop` command does in production, as a library: the service registry, the
+//! fleet that runs the services as processes (`shop up`), the auditor, the flow map and the
+//! AsyncAPI document, and least-privilege provisioning. The lab (`shop chaos`, `shop bench`,
+//! the process-based tests) builds on it in `services/lab`.
 
 pub mod asyncapi;
 pub mod audit;
 pub mod fleet;
-pub mod harness;
 pub mod map;
 pub mod provision;
 pub mod registry;

@@ -1,4 +1,4 @@
-//! The five services, listed once: name, default address, subscriptions and how to start one.
+//! The six services, listed once: name, default address, subscriptions and how to start one.
 //! `shop up`, `shop service`, provisioning, the flow map, the chaos run and the tests all read
 //! this list; what each service announces comes from the event catalog (`Event::Producer`).
 

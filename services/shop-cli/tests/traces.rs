@@ -1,4 +1,4 @@
-//! One order, one trace across the five services, as an OpenTelemetry backend receives it: the
+//! One order, one trace across the six services, as an OpenTelemetry backend receives it: the
 //! services run as processes (each its own `service.name`) exporting OTLP over HTTP to a
 //! receiver inside this test, which decodes the protobuf with the OpenTelemetry protocol's
 //! own types. With `SHOP_OTLP_SAMPLES=<dir>` it also keeps every export it received there, for
@@ -19,12 +19,13 @@ use opentelemetry_proto::tonic::{
 use prost::Message;
 use serde_json::Value as Json;
 use service_kit::topology;
-use shop::{SERVICES, fleet::Fleet, harness, harness::Sandbox};
+use shop::SERVICES;
+use shop_lab::{harness, process_shop::ProcessShop};
 use tokio::net::TcpListener;
 
 #[path = "support/processes.rs"]
 mod processes;
-use processes::ProcessShop;
+use processes::start_shop;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -121,7 +122,7 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_order_is_one_trace_across_the_five_services() {
     let (endpoint, spans) = start_receiver().await;
-    let shop = ProcessShop::start(
+    let shop = start_shop(
         "shop_traces",
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
@@ -130,21 +131,27 @@ async fn one_order_is_one_trace_across_the_five_services() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let result = check_one_order(&shop.fleet, &shop.sandbox, &spans).await;
-    shop.stop().await;
+    let result = check_one_order(&shop, &spans).await;
+    shop.remove().await;
     if let Err(failure) = result {
         panic!("{failure}");
     }
 }
 
-async fn check_one_order(fleet: &Fleet, sandbox: &Sandbox, spans: &Spans) -> Result<(), String> {
+async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String> {
+    let sandbox = &shop.sandbox;
+    let orders = shop
+        .orders_urls()
+        .into_iter()
+        .next()
+        .ok_or("no orders process")?;
     let http = reqwest::Client::new();
 
     // The caller's own trace: the order's trace continues it.
     let caller_trace = uuid::Uuid::new_v4().simple().to_string();
     let caller_span = &uuid::Uuid::new_v4().simple().to_string()[..16];
     let placed: Json = http
-        .post(format!("{}/orders", fleet.orders_url()))
+        .post(format!("{orders}/orders"))
         .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
         .json(&harness::order_body(
             "cust-trace",

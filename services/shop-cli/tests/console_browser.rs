@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 #[path = "support/processes.rs"]
 mod processes;
-use processes::ProcessShop;
+use processes::start_shop;
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Chromium, Node and playwright-core: CI's browser step installs them"]
@@ -22,7 +22,7 @@ async fn the_console_page_shows_the_choreography_live_in_chromium() {
         |_| std::env::temp_dir().join("shop-console.png"),
         PathBuf::from,
     );
-    let shop = ProcessShop::start("shop_browser", Vec::new())
+    let shop = start_shop("shop_browser", Vec::new())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let outcome = async {
@@ -60,7 +60,7 @@ async fn the_console_page_shows_the_choreography_live_in_chromium() {
         }
     }
     .await;
-    shop.stop().await;
+    shop.remove().await;
     if let Err(failure) = outcome {
         panic!("{failure}");
     }

@@ -6,7 +6,7 @@
 //!   reachable and says what to start if not.
 //! - [`EventTap`]: records every event published on the namespace's exchange, reconnecting
 //!   through broker restarts, without taking messages from any service.
-//! - [`order_body`], [`wait_ready`], [`free_port`]: placing orders and waiting for services.
+//! - [`order_body`], [`set_stock`]: placing orders, and stock to place them against.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -25,7 +25,7 @@ use sqlx::{Connection as _, PgConnection};
 use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
-use crate::registry;
+use shop::registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -47,13 +47,6 @@ pub enum HarnessError {
     CreateDatabase {
         database: String,
         source: sqlx::Error,
-    },
-    #[error("{what} not ready within {patience:?}")]
-    NotReady { what: String, patience: Duration },
-    #[error("cannot start {what}")]
-    Start {
-        what: String,
-        source: std::io::Error,
     },
 }
 
@@ -336,42 +329,6 @@ pub fn order_body(
             "country": country
         }
     })
-}
-
-/// Whether the service at `base_url` answers `/readyz` with 200.
-pub async fn is_ready(http: &reqwest::Client, base_url: &str) -> bool {
-    http.get(format!("{base_url}/readyz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
-/// Polls `/readyz` until it answers 200.
-pub async fn wait_ready(
-    http: &reqwest::Client,
-    base_url: &str,
-    patience: Duration,
-) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + patience;
-    while !is_ready(http, base_url).await {
-        if Instant::now() > deadline {
-            return Err(HarnessError::NotReady {
-                what: base_url.to_owned(),
-                patience,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-/// A port that was free a moment ago, for a service started as a separate process (which
-/// must be told its address up front; in-process services bind port 0 instead).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 #[cfg(test)]

@@ -1,27 +1,24 @@
 //! `shop`: the operator's command-line tool.
 //!
-//! - `shop up` starts the five services as separate processes (each one `shop service <name>`,
+//! - `shop up` starts the six services as separate processes (each one `shop service <name>`,
 //!   the same code as the `orders`, `payment`, … binaries), prefixes their logs with the
 //!   service name, and stops them all on Ctrl-C or SIGTERM.
 //! - `shop service <name>` runs one service in the foreground.
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
 //! - `shop audit` checks the shop's invariants (docs/architecture.md) over its data and queues.
-//! - `shop chaos` runs the shop under faults; `shop bench` measures its speed.
+//! - With the `lab` feature (the default; not in the service image): `shop chaos` runs the
+//!   shop under faults, `shop bench` measures its speed.
 
-mod bench;
-mod chaos;
-mod cluster;
+use shop::{
+    ServiceEntry, asyncapi, audit,
+    fleet::{self, Fleet, Output, Ports},
+    map, registry,
+};
 
-use shop::{ServiceEntry, asyncapi, audit, fleet, map, registry};
-
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
-    process::{Child, Command},
-};
 
 #[derive(Parser)]
 #[command(name = "shop", about = "Run and operate the choreographed shop")]
@@ -32,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Start all five services, each its own process, on their default ports (8080-8084).
+    /// Start all six services, each its own process, on their default ports (8080-8085).
     Up {
         /// Processes per service. Replica k (from 0) listens on its service's port + 100 k
         /// (orders: 8080, 8180, …); all consume the same queue and share the schema.
@@ -51,10 +48,12 @@ enum Commands {
     },
     /// Run the shop under faults (kills, broker and database restarts, duplicate deliveries),
     /// then audit it and print what happened. Needs rabbitmqctl and pg_ctlcluster rights.
-    Chaos(chaos::ChaosOptions),
+    #[cfg(feature = "lab")]
+    Chaos(shop_lab::chaos::ChaosOptions),
     /// Measure the shop end to end: an open-loop load, latency from OrderPlaced to the outcome,
     /// CPU and memory per process, and the machine's ceilings in the same run.
-    Bench(bench::BenchOptions),
+    #[cfg(feature = "lab")]
+    Bench(shop_lab::bench::BenchOptions),
     /// Create each service's Postgres role and RabbitMQ user with least privilege (compose runs
     /// this before the services start). DATABASE_URL and AMQP_URL must be administrators'.
     Provision,
@@ -105,17 +104,16 @@ fn service_entry(name: &str) -> Result<&'static ServiceEntry, String> {
 /// How long `provision` keeps trying while Postgres or RabbitMQ are still starting.
 const PROVISION_PATIENCE: Duration = Duration::from_secs(120);
 
-/// How long `up` waits for the services to stop after SIGTERM before killing them.
-const STOP_GRACE: Duration = Duration::from_secs(15);
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Up { replicas } => up(usize::from(replicas)).await,
         Commands::Service { service: entry } => service(entry).await,
         Commands::Audit { wait } => run_audit(wait).await,
-        Commands::Chaos(options) => chaos::run(options).await,
-        Commands::Bench(options) => bench::run(options).await,
+        #[cfg(feature = "lab")]
+        Commands::Chaos(options) => shop_lab::chaos::run(&current_exe()?, options).await,
+        #[cfg(feature = "lab")]
+        Commands::Bench(options) => shop_lab::bench::run(&current_exe()?, options).await,
         Commands::Provision => {
             service_kit::init_logs();
             let settings = shop::provision::Settings::from_lookup(|name| std::env::var(name).ok())
@@ -279,8 +277,12 @@ async fn run_audit(wait: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This executable: the fleet runs each service as `shop service <name>`.
+fn current_exe() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("cannot find the shop executable")
+}
+
 async fn up(replicas: usize) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the shop executable")?;
     // Every queue exists before any service publishes: an order placed in the first second
     // must not miss a subscriber that is still starting.
     let config = service_kit::Config::from_env(registry::orders().default_addr)?;
@@ -291,102 +293,50 @@ async fn up(replicas: usize) -> anyhow::Result<()> {
     )
     .await
     .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
-    // Replicas share one Postgres: fewer connections each, unless told otherwise.
-    let pool_size = std::env::var("DB_POOL_SIZE")
-        .unwrap_or_else(|_| fleet::pool_size_per_replica(replicas).to_string());
-    let mut children = Vec::new();
-    for entry in &shop::SERVICES {
-        for replica in 0..replicas {
-            let label = fleet::replica_label(entry.name, replica);
-            let mut command = Command::new(&exe);
-            command.arg("service").arg(entry.name);
-            // A service may keep its schema on its own server (`<SERVICE>_DATABASE_URL`).
-            command.env("DATABASE_URL", entry.database_url(&config.database_url));
-            if replica == 0 {
-                // The first replica listens on the service's own default port.
-                command.env_remove("HTTP_ADDR");
-            } else {
-                let port = entry.default_addr.port() + 100 * u16::try_from(replica)?;
-                command.env("HTTP_ADDR", format!("127.0.0.1:{port}"));
-            }
-            if replicas > 1 {
-                command.env("DB_POOL_SIZE", &pool_size);
-            }
-            let mut child = command
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("cannot start {label}"))?;
-            if let Some(out) = child.stdout.take() {
-                tokio::spawn(prefix_lines(label.clone(), out));
-            }
-            if let Some(err) = child.stderr.take() {
-                tokio::spawn(prefix_lines(label.clone(), err));
-            }
-            children.push((label, child));
-        }
+    // The services read the rest of their settings from this environment, as this did.
+    let mut settings = Vec::new();
+    if replicas > 1 && std::env::var_os("DB_POOL_SIZE").is_none() {
+        // Replicas share one Postgres: fewer connections each, unless told otherwise.
+        let pool_size = fleet::pool_size_per_replica(replicas);
+        settings.push(("DB_POOL_SIZE", pool_size.to_string()));
     }
-    println!(
-        "shop is up: {} process(es) per service, orders API on http://127.0.0.1:8080 \
-         (Ctrl-C stops everything)",
-        replicas
-    );
-
+    let mut fleet = Fleet::new(&current_exe()?, Ports::Defaults, Output::Prefixed, settings);
+    // A service may keep its schema on its own server (`<SERVICE>_DATABASE_URL`).
+    for entry in &shop::SERVICES {
+        fleet.set_for(
+            entry.name,
+            "DATABASE_URL",
+            entry.database_url(&config.database_url),
+        );
+    }
+    let http = reqwest::Client::new();
     let shutdown = service_kit::shutdown_on_signal();
+    let started = tokio::select! {
+        started = fleet.start(&http, replicas, |_| true) => Some(started),
+        () = shutdown.cancelled() => None,
+    };
+    if let Some(Err(e)) = started {
+        fleet.stop().await;
+        return Err(e.into());
+    }
+    if started.is_some() {
+        println!(
+            "shop is up: {replicas} process(es) per service, orders API on \
+             http://127.0.0.1:{}, console on http://127.0.0.1:{} (Ctrl-C stops everything)",
+            registry::orders().default_addr.port(),
+            registry::find("console").map_or(0, |console| console.default_addr.port()),
+        );
+    }
     let exited = tokio::select! {
         () = shutdown.cancelled() => None,
-        (name, status) = first_exit(&mut children) => Some((name, status)),
+        exited = fleet.first_exit() => Some(exited),
     };
     if let Some((name, status)) = &exited {
         eprintln!("{name} exited ({status}); stopping the others");
     }
-    for (name, child) in &mut children {
-        stop(name, child).await;
-    }
+    fleet.stop().await;
     match exited {
         Some((name, _)) => bail!("{name} stopped unexpectedly"),
         None => Ok(()),
-    }
-}
-
-async fn prefix_lines(name: String, stream: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        println!("{name:>13} | {line}");
-    }
-}
-
-async fn first_exit(children: &mut [(String, Child)]) -> (String, String) {
-    let waits = children.iter_mut().map(|(name, child)| {
-        Box::pin(async move {
-            let status = match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => e.to_string(),
-            };
-            (name.clone(), status)
-        })
-    });
-    futures_util::future::select_all(waits).await.0
-}
-
-/// SIGTERM (the services shut down gracefully), then SIGKILL after [`STOP_GRACE`].
-async fn stop(name: &str, child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
-    }
-    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-        Ok(_) => {}
-        Err(_) => {
-            eprintln!("{name} did not stop within {STOP_GRACE:?}; killing it");
-            let _ = child.kill().await;
-        }
     }
 }

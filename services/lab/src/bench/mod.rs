@@ -1,0 +1,343 @@
+//! `shop bench`: how fast the saga runs end to end, measured from outside.
+//!
+//! An open-loop load (orders are sent on schedule whether or not earlier ones have settled, so
+//! a shop that falls behind shows it as latency, not as a slower client) against the Orders
+//! API; each order's latency from its OrderPlaced to its OrderConfirmed/OrderCancelled as seen
+//! on the exchange, in an HDR histogram; each process's CPU and memory from /proc; and, in the
+//! same run, the machine's ceilings: bare RabbitMQ and bare Postgres doing one saga step's work
+//! at the same concurrency.
+//!
+//! The run reads as its steps: [`Target`] (start a shop, or find a running one), [`offer`]
+//! (one load at one rate), [`saturate`] or [`soak`], [`ceilings`], then the [`Summary`].
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    path::Path,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::{Value, json};
+use service_kit::Config;
+use shop::registry;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::{
+    harness::{self, EventTap, Seen},
+    process_shop::{self, ProcessShop},
+};
+
+mod ceilings;
+mod load;
+mod processes;
+mod report;
+mod saturation;
+mod target;
+mod tracker;
+
+use ceilings::*;
+use load::*;
+use processes::*;
+use report::*;
+use saturation::*;
+use target::*;
+use tracker::*;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// Orders offered per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Find the highest rate the shop settles without falling behind (within 8 minutes).
+    #[arg(long, conflicts_with = "soak")]
+    pub saturate: bool,
+    /// A long steady run at --rate: table sizes, memory and p99 each minute.
+    #[arg(long)]
+    pub soak: bool,
+    /// Orders in the soak.
+    #[arg(long, default_value_t = 50_000)]
+    pub soak_orders: u64,
+    /// The Orders API of a running shop to load instead of starting one (its events are read
+    /// from AMQP_URL and SHOP_NAMESPACE; its processes found by name).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Skip measuring the machine's ceilings.
+    #[arg(long)]
+    pub no_ceilings: bool,
+    /// Print one JSON object on the last line of stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Processes per service of the shop it starts (orders are spread over the orders
+    /// replicas; CPU and memory are reported per service, replicas summed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4), conflicts_with = "url")]
+    pub replicas: u16,
+}
+
+/// The services the benchmark runs: the shop, without the console (an observer that handles
+/// every event again; run it beside the shop to see what it costs).
+fn measured(name: &str) -> bool {
+    name != <shared_events::participants::Console as shared_events::Participant>::NAME
+}
+
+/// Transactions (Postgres) and deliveries (RabbitMQ) in flight at once in the ceilings: what
+/// one service runs at most with the default settings (`DB_POOL_SIZE`).
+const CONCURRENCY: usize = 10;
+
+/// How long each ceiling is measured.
+const CEILING_TIME: Duration = Duration::from_secs(4);
+
+/// After the load stops, how long the shop may take to settle what is in flight.
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+/// Units seeded of every SKU the load buys, so stock never runs out by accident.
+const PLENTY: i32 = 1_000_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// The run and its summary.
+
+pub async fn run(exe: &Path, options: BenchOptions) -> anyhow::Result<()> {
+    if options.rate <= 0.0 || options.duration == 0 {
+        bail!("--rate and --duration must be positive");
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let progress = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    eprintln!("starting the shop…");
+    let target = Target::open(exe, &options, &http).await?;
+    // Ctrl-C or SIGTERM still stops the services and removes the database and queues.
+    let interrupted = service_kit::shutdown_on_signal();
+    let result = tokio::select! {
+        result = measure(&options, &target, &http, &progress) => result,
+        () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    progress.finish_and_clear();
+    target.close().await;
+    let summary = result?;
+    print!("{}", render(&summary));
+    if options.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+async fn measure(
+    options: &BenchOptions,
+    target: &Target,
+    http: &reqwest::Client,
+    progress: &ProgressBar,
+) -> anyhow::Result<Summary> {
+    let (watch, tap) = Watch::start(&target.amqp_url, &target.namespace)
+        .await
+        .context("cannot watch the shop's exchange")?;
+    let services = target.services();
+    if services.iter().any(|s| s.pids.is_empty()) {
+        note(
+            progress,
+            "some services' processes were not found: their figures read 0",
+        );
+    }
+    let mut groups = services.clone();
+    groups.extend(infrastructure());
+    groups.push(Measured {
+        name: "load_generator".to_owned(),
+        pids: vec![std::process::id()],
+    });
+    let commits_before = target.commits().await;
+    let deliveries_before = target.deliveries(http).await;
+    let usage = Usage::start(groups);
+
+    let (mode, run, saturation_steps, soak_minutes) = if options.saturate {
+        let (best, steps) = saturate(target, &watch, http, progress).await;
+        let run = best
+            .or_else(|| steps.first().cloned())
+            .context("no saturation step ran")?;
+        ("saturate", run, steps, Vec::new())
+    } else if options.soak {
+        let (minutes, whole) = soak(
+            target,
+            &watch,
+            http,
+            options.rate,
+            options.soak_orders,
+            progress,
+        )
+        .await?;
+        ("soak", whole, Vec::new(), minutes)
+    } else {
+        let run = offer(
+            target,
+            &watch,
+            http,
+            options.rate,
+            Duration::from_secs(options.duration),
+            0,
+            progress,
+        )
+        .await;
+        ("rate", run, Vec::new(), Vec::new())
+    };
+    let mut figures = usage.finish(&infrastructure());
+    let machine_cpu = usage.machine();
+    let commits = match (commits_before, target.commits().await) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let deliveries = match (deliveries_before, target.deliveries(http).await) {
+        (Some(before), Some(after)) => Some((
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+            after.2.saturating_sub(before.2),
+        )),
+        _ => None,
+    };
+    tap.close().await;
+
+    // Transactions and deliveries were counted over every step or minute, not just `run`.
+    let settled_total: u64 = if options.saturate {
+        saturation_steps.iter().map(|s| s.settled).sum()
+    } else if options.soak {
+        soak_minutes.iter().map(|m| m.settled).sum()
+    } else {
+        run.settled
+    };
+    let per_order = match (commits, deliveries) {
+        (Some(commits), Some(deliveries)) if settled_total > 0 => Some(PerOrder {
+            transactions: round1(commits as f64 / settled_total as f64),
+            deliveries: round1(deliveries.0 as f64 / settled_total as f64),
+            parked: round3(deliveries.1 as f64 / settled_total as f64),
+            retried: round3(deliveries.2 as f64 / settled_total as f64),
+        }),
+        _ => None,
+    };
+    let ceiling = if options.no_ceilings {
+        None
+    } else {
+        note(progress, "measuring the machine's ceilings…");
+        let database_url = match &target.own {
+            Some(shop) => shop.sandbox.database_url.clone(),
+            None => Config::from_env(registry::orders().default_addr)?.database_url,
+        };
+        Some(ceilings(&target.amqp_url, &target.namespace, &database_url).await?)
+    };
+    let ratio = match (&ceiling, &per_order) {
+        (Some(ceiling), Some(per_order)) => Some(Ratios {
+            deliveries_of_broker_ceiling: round3(
+                run.settled_per_s * per_order.deliveries / ceiling.broker_msgs_per_s,
+            ),
+            transactions_of_db_ceiling: round3(
+                run.settled_per_s * per_order.transactions / ceiling.db_tx_per_s,
+            ),
+        }),
+        _ => None,
+    };
+    let service_names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    let infrastructure_figures = figures
+        .extract_if(.., |name, _| !service_names.contains(name))
+        .collect();
+    Ok(Summary {
+        mode,
+        mix: mix_description(),
+        offered_per_s: run.offered_per_s,
+        settled_per_s: run.settled_per_s,
+        latency_ms: run.latency_ms.clone(),
+        outcomes: run.outcomes.clone(),
+        run,
+        services: figures,
+        infrastructure: infrastructure_figures,
+        machine_cpu,
+        ceiling,
+        per_order,
+        ratio,
+        saturation_steps,
+        soak: soak_minutes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_is_as_stated_over_every_hundred_orders() {
+        let mut counts: BTreeMap<Kind, u64> = BTreeMap::new();
+        for i in 0..1_000 {
+            *counts.entry(kind_of(i)).or_default() += 1;
+        }
+        for (kind, share) in MIX {
+            assert_eq!(counts[&kind], share * 10, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_command_name_with_spaces() {
+        let ticks = cpu_ticks(std::process::id());
+        assert!(ticks.is_some());
+        assert!(status_kib(std::process::id(), "VmRSS").is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn minutes_of_a_soak_add_up_to_one_run() {
+        let minute = |seconds: f64, settled: u64, kept_up: bool| Offered {
+            offered_per_s: 10.0,
+            duration_s: seconds,
+            sent: settled,
+            accepted: settled,
+            shed: 0,
+            refused: 0,
+            settled,
+            settled_per_s: settled as f64 / seconds,
+            unsettled: 0,
+            latency_ms: Latency {
+                p50: 1.0,
+                p90: 1.0,
+                p99: 1.0,
+                p999: 1.0,
+                max: 1.0,
+            },
+            outcomes: BTreeMap::from([("confirmed".to_owned(), settled)]),
+            kept_up,
+        };
+        let whole = minute(60.0, 600, true).and(&minute(30.0, 300, false));
+        assert_eq!((whole.sent, whole.settled), (900, 900));
+        assert!((whole.settled_per_s - 10.0).abs() < 0.01);
+        assert_eq!(whole.outcomes["confirmed"], 900);
+        assert!(!whole.kept_up);
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_histogram_in_milliseconds() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+        for micros in 1..=1_000 {
+            histogram.record(micros * 1_000).expect("in range");
+        }
+        let latency = Latency::of(&histogram);
+        assert!((latency.p50 - 500.0).abs() < 1.0, "{latency:?}");
+        assert!((latency.p99 - 990.0).abs() < 2.0, "{latency:?}");
+        assert!((latency.max - 1000.0).abs() < 1.0, "{latency:?}");
+    }
+}

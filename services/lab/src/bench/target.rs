@@ -1,0 +1,162 @@
+//! The target: a shop of our own, or a running one.
+
+use super::*;
+
+pub(super) struct Target {
+    /// Every orders replica's API; orders go round robin.
+    pub(super) orders_urls: Vec<String>,
+    pub(super) amqp_url: String,
+    pub(super) namespace: String,
+    /// Our own shop's database (sizes, commit counts); none for a running shop.
+    pub(super) database: Option<PgPool>,
+    pub(super) own: Option<ProcessShop>,
+}
+
+impl Target {
+    /// Starts the services the benchmark measures on a fresh database and namespace, with the
+    /// stock set for the mix, or finds the running shop at `url`.
+    pub(super) async fn open(
+        exe: &Path,
+        options: &BenchOptions,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let base = Config::from_env(registry::orders().default_addr)?;
+        if let Some(url) = &options.url {
+            return Ok(Self {
+                orders_urls: vec![url.trim_end_matches('/').to_owned()],
+                amqp_url: base.first_amqp_url(),
+                namespace: base.namespace,
+                database: None,
+                own: None,
+            });
+        }
+        let mut settings = Vec::new();
+        let mut retry_delays = base.retry_delays.clone();
+        if options.soak {
+            // Windows short enough to be reached within the soak's first minutes, and still
+            // within the rule: the inbox (120 s) outlasts the retry schedule (36 s with these
+            // delays and 10 attempts) plus the dead-letter age (60 s).
+            retry_delays = [250, 1_000, 5_000].map(Duration::from_millis).to_vec();
+            settings.extend([
+                ("OUTBOX_RETENTION_SECS", "60".to_owned()),
+                ("DEAD_LETTER_MAX_AGE_SECS", "60".to_owned()),
+                ("INBOX_RETENTION_SECS", "120".to_owned()),
+                ("PRUNE_INTERVAL_SECS", "10".to_owned()),
+            ]);
+        }
+        let replicas = usize::from(options.replicas);
+        if replicas == 1 {
+            // One process per service gets the services' own default pool.
+            settings.push(("DB_POOL_SIZE", base.db_pool_size.to_string()));
+        }
+        let mut shop = ProcessShop::create(process_shop::Options {
+            exe: exe.to_owned(),
+            prefix: "shop_bench",
+            admin_database_url: base.database_url.clone(),
+            amqp_url: base.first_amqp_url(),
+            retry_delays,
+            replicas,
+            settings,
+        })
+        .await?;
+        let opened = async {
+            shop.start(http, measured).await?;
+            let database = PgPoolOptions::new()
+                .max_connections(CONCURRENCY as u32 + 2)
+                .connect(&shop.sandbox.database_url)
+                .await?;
+            harness::set_stock(&database, &SKUS, PLENTY).await?;
+            harness::set_stock(&database, &[SOLD_OUT_SKU], 0).await?;
+            anyhow::ensure!(!shop.orders_urls().is_empty(), "no orders process started");
+            Ok(database)
+        }
+        .await;
+        match opened {
+            Ok(database) => Ok(Self {
+                orders_urls: shop.orders_urls(),
+                amqp_url: shop.sandbox.amqp_url.clone(),
+                namespace: shop.sandbox.namespace.clone(),
+                database: Some(database),
+                own: Some(shop),
+            }),
+            Err(e) => {
+                shop.remove().await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn services(&self) -> Vec<Measured> {
+        match &self.own {
+            Some(shop) => registry::names()
+                .filter(|name| measured(name))
+                .map(|name| Measured {
+                    name: name.to_owned(),
+                    pids: shop
+                        .fleet
+                        .services
+                        .iter()
+                        .filter(|s| s.name == name)
+                        .filter_map(|s| s.pid())
+                        .collect(),
+                })
+                .collect(),
+            None => find_services(),
+        }
+    }
+
+    pub(super) async fn close(self) {
+        if let Some(database) = &self.database {
+            database.close().await;
+        }
+        if let Some(shop) = self.own {
+            shop.remove().await;
+        }
+    }
+
+    /// Committed transactions in our own shop's database so far.
+    pub(super) async fn commits(&self) -> Option<i64> {
+        let database = self.database.as_ref()?;
+        sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(database)
+        .await
+        .ok()
+    }
+
+    /// Deliveries handled by all services so far, and of those the ones parked and the ones
+    /// sent to a retry queue (their `shop_messages_total` counters; a parked message's later
+    /// application is not a delivery).
+    pub(super) async fn deliveries(&self, http: &reqwest::Client) -> Option<(u64, u64, u64)> {
+        let own = self.own.as_ref()?;
+        let (mut total, mut parked, mut retried) = (0, 0, 0);
+        for service in &own.fleet.services {
+            let text = http
+                .get(format!("{}/metrics", service.url()))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("shop_messages_total"))
+            {
+                let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+                if line.contains("outcome=\"unparked\"") {
+                    continue;
+                }
+                total += n;
+                if line.contains("outcome=\"parked\"") {
+                    parked += n;
+                }
+                if line.contains("outcome=\"retried\"") {
+                    retried += n;
+                }
+            }
+        }
+        Some((total, parked, retried))
+    }
+}

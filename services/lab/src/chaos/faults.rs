@@ -1,0 +1,273 @@
+//! The faults: stops and restarts of services, a broker and a database restart (or lost
+//! cluster nodes), and duplicate deliveries, spread over the load.
+
+use super::*;
+
+impl ChaosRun {
+    /// Step 3, alongside the load: stops and restarts, a broker and a database restart,
+    /// duplicate deliveries, spread evenly over the load.
+    pub(super) async fn inject_faults(
+        &mut self,
+        options: &ChaosOptions,
+        tap: &EventTap,
+    ) -> anyhow::Result<Faults> {
+        let load_duration = Duration::from_secs_f64(options.orders as f64 / options.rate);
+        let steps = options.kills + 2;
+        let step = load_duration / u32::try_from(steps + 1).unwrap_or(1);
+        let broker_at = steps / 3;
+        let database_at = 2 * steps / 3;
+        let mut faults = Faults {
+            broker_recovery: None,
+            node_losses: Vec::new(),
+            probes: Vec::new(),
+            database_restarted: false,
+            duplicates_injected: 0,
+        };
+        for n in 0..steps {
+            tokio::time::sleep(step).await;
+            let batch = options.duplicates / steps + usize::from(n < options.duplicates % steps);
+            match self.inject_duplicates(tap, batch).await {
+                Ok(sent) => faults.duplicates_injected += sent,
+                Err(e) => self
+                    .journal
+                    .note(format!("duplicate injection failed: {e}")),
+            }
+            if n == broker_at && self.cluster.is_some() {
+                self.lose_nodes(&mut faults).await?;
+            } else if n == broker_at && !options.no_broker_restart {
+                let (recovery, probe) = self.restart_broker().await?;
+                faults.broker_recovery = Some(recovery);
+                faults.probes.push(probe);
+            } else if n == database_at && !options.no_database_restart {
+                restart_database(self.journal).await?;
+                faults.database_restarted = true;
+            } else {
+                // Every other stop is a clean SIGTERM while busy: in-flight messages must
+                // finish or go back to the queue, never be lost.
+                let victim = fastrand::usize(..self.shop.fleet.services.len());
+                self.stop_and_restart(victim, n % 2 == 1).await?;
+            }
+        }
+        Ok(faults)
+    }
+
+    pub(super) async fn stop_and_restart(
+        &mut self,
+        victim: usize,
+        graceful: bool,
+    ) -> anyhow::Result<()> {
+        let service = &mut self.shop.fleet.services[victim];
+        if let Some(child) = service.child.as_mut() {
+            if graceful {
+                fleet::terminate(child).await;
+            } else {
+                let _ = child.kill().await;
+            }
+        }
+        let (name, replica, port, label) =
+            (service.name, service.replica, service.port, service.label());
+        let (kills, terms) = self.stops.entry(name).or_default();
+        let signal = if graceful {
+            *terms += 1;
+            "SIGTERM"
+        } else {
+            *kills += 1;
+            "SIGKILL"
+        };
+        self.journal.note(format!("{signal} {label}"));
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(100..1_500))).await;
+        self.shop.fleet.services[victim].child = Some(self.shop.fleet.spawn(name, replica, port)?);
+        self.journal.note(format!("restarted {label}"));
+        Ok(())
+    }
+
+    /// Re-publishes `count` already-seen events (same message ids): duplicate deliveries.
+    pub(super) async fn inject_duplicates(
+        &self,
+        tap: &EventTap,
+        count: usize,
+    ) -> anyhow::Result<usize> {
+        let seen = tap.all();
+        if seen.is_empty() {
+            return Ok(0);
+        }
+        let picks: Vec<_> = (0..count)
+            .map(|_| &seen[fastrand::usize(..seen.len())])
+            .collect();
+        let connection =
+            Connection::connect(&self.shop.sandbox.amqp_url, ConnectionProperties::default())
+                .await?;
+        let publisher = Publisher::open(&connection).await?;
+        let exchange = service_kit::topology::exchange_name(&self.shop.sandbox.namespace);
+        let messages = picks
+            .iter()
+            .map(|seen| Outgoing {
+                exchange: &exchange,
+                routing_key: &seen.routing_key,
+                body: &seen.body,
+                properties: seen.properties.clone(),
+            })
+            .collect();
+        let sent = publisher
+            .publish_all(messages)
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count();
+        let _ = connection.close(200, "duplicates sent".into()).await;
+        Ok(sent)
+    }
+
+    /// A cluster run's broker faults: the node leading most of the shop's queues is lost, then
+    /// (once it is back) the node most services are connected to; after each, an order is
+    /// placed and timed to its end, and the node is brought back.
+    pub(super) async fn lose_nodes(&self, faults: &mut Faults) -> anyhow::Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        for why in ["leading the queues", "most services on it"] {
+            // Chosen when it is lost: after the first loss, the services have moved.
+            let node = if why == "leading the queues" {
+                cluster.leader_node(&self.shop.sandbox.namespace, 0).await?
+            } else {
+                cluster.busiest_node(0).await?
+            };
+            let name = cluster.nodes[node].name.clone();
+            cluster.stop_node(node).await?;
+            let lost = Instant::now();
+            self.journal.note(format!("node {name} stopped ({why})"));
+            let (outcome, probe) = self.time_probe(lost, &format!("{name}-{why}")).await?;
+            let recovery = lost.elapsed();
+            self.journal.note(format!(
+                "first order {outcome} {:.1}s after losing {name}",
+                recovery.as_secs_f64()
+            ));
+            faults
+                .node_losses
+                .push((name.clone(), why, recovery, outcome));
+            faults.probes.push(probe);
+            cluster.start_node(node).await?;
+            self.journal.note(format!("node {name} back"));
+        }
+        Ok(())
+    }
+
+    /// Places the probe order (keyed by `label`) and waits for its end: confirmed, or (with a
+    /// deadline shorter than the recovery) expired.
+    pub(super) async fn time_probe(
+        &self,
+        since: Instant,
+        label: &str,
+    ) -> anyhow::Result<(&'static str, Placed)> {
+        let (body, expected) = probe_body();
+        let key = format!("{}-probe-{label}", self.shop.sandbox.namespace);
+        let (order_id, tries) =
+            place(&self.http, &self.shop.fleet.orders_urls(), &key, &body).await?;
+        let deadline = since + Duration::from_secs(120);
+        let outcome = loop {
+            let ended = order_ended(&self.http, &self.orders_url(), order_id).await;
+            match ended {
+                Some(ended) if ended.status == "confirmed" => break "confirmed",
+                Some(ended) if ended.reason.as_deref() == Some(DEADLINE_EXCEEDED) => {
+                    break "expired at its deadline";
+                }
+                _ if Instant::now() > deadline => {
+                    bail!("no order confirmed within 120 s of the broker fault");
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let probe = Placed {
+            order_id,
+            expected,
+            tries,
+        };
+        Ok((outcome, probe))
+    }
+
+    /// Stops the broker's app, checks every service reports not ready, starts it again and
+    /// measures how long until a new order (the probe) is confirmed.
+    pub(super) async fn restart_broker(
+        &self,
+    ) -> anyhow::Result<((Duration, &'static str), Placed)> {
+        shell("rabbitmqctl", &["stop_app"]).await?;
+        self.journal.note("RabbitMQ stopped (rabbitmqctl stop_app)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut not_ready = 0;
+        while Instant::now() < deadline {
+            not_ready = 0;
+            for service in &self.shop.fleet.services {
+                if !fleet::is_ready(&self.http, &service.url()).await {
+                    not_ready += 1;
+                }
+            }
+            if not_ready == self.shop.fleet.services.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.journal.note(format!(
+            "/readyz while the broker is down: {not_ready} of {} services not ready",
+            self.shop.fleet.services.len()
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        shell("rabbitmqctl", &["start_app"]).await?;
+        let back = Instant::now();
+        self.journal
+            .note("RabbitMQ started (rabbitmqctl start_app)");
+        let (outcome, probe) = self.time_probe(back, "broker-restart").await?;
+        let recovery = back.elapsed();
+        self.journal.note(format!(
+            "first order {outcome} {:.1}s after the broker came back",
+            recovery.as_secs_f64()
+        ));
+        Ok(((recovery, outcome), probe))
+    }
+}
+
+pub(super) async fn shell(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn postgres_version() -> anyhow::Result<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .context("no /etc/postgresql: cannot restart Postgres (use --no-database-restart)")?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .context("no Postgres cluster in /etc/postgresql")
+}
+
+pub(super) async fn restart_database(journal: Journal) -> anyhow::Result<()> {
+    let version = postgres_version()?;
+    shell(
+        "pg_ctlcluster",
+        &[
+            "--skip-systemctl-redirect",
+            &version,
+            "main",
+            "restart",
+            "-m",
+            "fast",
+        ],
+    )
+    .await?;
+    journal.note(format!(
+        "Postgres {version} restarted (pg_ctlcluster restart -m fast)"
+    ));
+    Ok(())
+}

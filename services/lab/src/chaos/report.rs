@@ -1,0 +1,148 @@
+//! What the run did and whether the shop kept its promises, as printed.
+
+use super::*;
+
+/// What the faults step did.
+pub(super) struct Faults {
+    /// From the broker coming back to the probe's end, and that end (confirmed, or expired
+    /// when the deadline is shorter than the recovery).
+    pub(super) broker_recovery: Option<(Duration, &'static str)>,
+    /// Per node lost (a cluster run): which node, why it was chosen, from its loss to the
+    /// probe's end, and that end.
+    pub(super) node_losses: Vec<(String, &'static str, Duration, &'static str)>,
+    /// The orders placed right after the broker restart or each node loss to time the
+    /// recovery: they are in the shop's books beside the load's orders, and judged with them.
+    pub(super) probes: Vec<Placed>,
+    pub(super) database_restarted: bool,
+    pub(super) duplicates_injected: usize,
+}
+
+/// What happened, and whether the shop kept its promises.
+pub struct Report {
+    pub(super) orders: usize,
+    pub(super) replicas: u16,
+    pub(super) placed: usize,
+    pub(super) retried_posts: u32,
+    pub(super) stops: Vec<(&'static str, usize, usize)>,
+    pub(super) faults: Faults,
+    pub(super) absorbed: BTreeMap<&'static str, i64>,
+    pub(super) settled_in: Duration,
+    pub(super) verdict: Verdict,
+    pub(super) stock: StockLevel,
+    pub(super) audit: audit::Report,
+}
+
+impl Report {
+    /// Effects applied more than once: violations of the money, stock, shipment and notice
+    /// invariants.
+    pub(super) fn applied_twice(&self) -> usize {
+        self.audit
+            .violations
+            .iter()
+            .filter(|v| matches!(v.invariant, 2..=5))
+            .count()
+    }
+
+    pub fn promises_kept(&self) -> bool {
+        self.verdict.lost == 0
+            && self.verdict.wrong_outcome == 0
+            && self.verdict.stock_mismatch.is_none()
+            && self.audit.is_clean()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\n==== chaos report ====")?;
+        writeln!(
+            f,
+            "orders placed:            {} of {} ({} POSTs retried with their Idempotency-Key)",
+            self.placed, self.orders, self.retried_posts
+        )?;
+        let stops: Vec<_> = self
+            .stops
+            .iter()
+            .map(|(name, kills, terms)| format!("{name} {kills}/{terms}"))
+            .collect();
+        writeln!(
+            f,
+            "stops and restarts:       {} (SIGKILL/SIGTERM, of {} replica(s) each)",
+            stops.join(", "),
+            self.replicas
+        )?;
+        match self.faults.broker_recovery {
+            Some((recovery, outcome)) => writeln!(
+                f,
+                "broker restart:           back up -> first order {outcome} in {:.1}s",
+                recovery.as_secs_f64()
+            )?,
+            None if self.faults.node_losses.is_empty() => {
+                writeln!(f, "broker restart:           skipped")?;
+            }
+            None => {}
+        }
+        for (node, why, recovery, outcome) in &self.faults.node_losses {
+            writeln!(
+                f,
+                "node lost:                {node} ({why}) -> first order {outcome} in {:.1}s",
+                recovery.as_secs_f64()
+            )?;
+        }
+        let database = if self.faults.database_restarted {
+            "done"
+        } else {
+            "skipped"
+        };
+        writeln!(f, "database restart:         {database}")?;
+        writeln!(
+            f,
+            "duplicates injected:      {}",
+            self.faults.duplicates_injected
+        )?;
+        let absorbed: Vec<_> = self
+            .absorbed
+            .iter()
+            .map(|(service, n)| format!("{service} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "duplicates absorbed:      {} ({})",
+            self.absorbed.values().sum::<i64>(),
+            absorbed.join(", ")
+        )?;
+        writeln!(
+            f,
+            "settled after faults in:  {:.1}s",
+            self.settled_in.as_secs_f64()
+        )?;
+        let verdict = &self.verdict;
+        writeln!(f, "orders lost:              {}", verdict.lost)?;
+        writeln!(f, "orders with wrong outcome: {}", verdict.wrong_outcome)?;
+        writeln!(
+            f,
+            "{CONFIRMING_SKU} stock:        {} seeded, {} orders wanted one: {} sold, {} \
+             refused for stock, {} left",
+            self.stock.seeded,
+            verdict.wanted,
+            verdict.sold,
+            verdict.refused_for_stock,
+            self.stock.available
+        )?;
+        writeln!(
+            f,
+            "cancelled by customers:   {} (the rest of those asked too late: confirmed, 409)",
+            verdict.cancelled_by_customer
+        )?;
+        writeln!(f, "expired at the deadline:  {}", verdict.expired)?;
+        if let Some(mismatch) = &verdict.stock_mismatch {
+            writeln!(f, "STOCK DOES NOT ADD UP:    {mismatch}")?;
+        }
+        writeln!(f, "effects applied twice:    {}", self.applied_twice())?;
+        let probe = if !self.faults.probes.is_empty() {
+            " (the load's orders and the probes placed after the broker faults)"
+        } else {
+            " (the load's orders)"
+        };
+        write!(f, "audit{probe}: {}", self.audit)
+    }
+}

@@ -1,0 +1,154 @@
+//! The documentation holds together: every relative link in the README, `docs/` and
+//! `.ci/README.md` reaches a file (and a heading, when it names one), and the one
+//! configuration table (docs/architecture.md, "Configuration") lists exactly the settings the
+//! services read.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use service_kit::config::VARIABLES;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The Markdown pages a reader follows links between.
+fn pages() -> Vec<PathBuf> {
+    let root = root();
+    let mut pages = vec![root.join("README.md"), root.join(".ci/README.md")];
+    let docs = std::fs::read_dir(root.join("docs")).expect("docs/");
+    pages.extend(
+        docs.filter_map(|entry| Some(entry.ok()?.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "md")),
+    );
+    pages
+}
+
+/// The page's text outside fenced code blocks (a link in a shell example is not a link).
+fn prose(page: &str) -> String {
+    let mut in_code = false;
+    page.lines()
+        .filter(|line| {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+                return false;
+            }
+            !in_code
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The targets of `[text](target)` links.
+fn link_targets(text: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("](") {
+        rest = &rest[at + 2..];
+        if let Some(end) = rest.find(')') {
+            targets.push(rest[..end].trim().to_owned());
+            rest = &rest[end..];
+        }
+    }
+    targets
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(page: &str) -> BTreeSet<String> {
+    prose(page)
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| anchor(heading.trim_start_matches('#')))
+        .collect()
+}
+
+#[test]
+fn every_relative_link_in_the_docs_reaches_its_file_and_heading() {
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in pages() {
+        let text = read(&page);
+        let dir = page.parent().expect("a page lives in a directory");
+        for target in link_targets(&prose(&text)) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (file, fragment) = target.split_once('#').unwrap_or((&target, ""));
+            let linked = if file.is_empty() {
+                page.clone()
+            } else {
+                dir.join(file)
+            };
+            if !linked.exists() {
+                broken.push(format!("{}: {target} (no such file)", page.display()));
+            } else if !fragment.is_empty()
+                && linked.extension().is_some_and(|ext| ext == "md")
+                && !anchors(&read(&linked)).contains(fragment)
+            {
+                broken.push(format!("{}: {target} (no such heading)", page.display()));
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} links found: is the parser right?"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_configuration_table_lists_exactly_the_settings_the_services_read() {
+    let architecture = read(&root().join("docs/architecture.md"));
+    let section = architecture
+        .split_once("## 10. Configuration")
+        .and_then(|(_, rest)| rest.split_once("\n## "))
+        .map(|(section, _)| section)
+        .expect("docs/architecture.md has a Configuration section");
+    let documented: BTreeSet<&str> = section
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|row| row.split('|').nth(1))
+        .flat_map(|names| names.split(','))
+        .map(|name| name.trim().trim_matches('`'))
+        .collect();
+    let read_by_services: BTreeSet<&str> = VARIABLES.iter().copied().collect();
+    assert_eq!(
+        documented, read_by_services,
+        "docs/architecture.md's configuration table and service_kit::config::VARIABLES differ"
+    );
+}
+
+#[test]
+fn the_readme_is_a_front_page() {
+    let lines = read(&root().join("README.md")).lines().count();
+    assert!(
+        lines <= 260,
+        "README.md has {lines} lines: the manual belongs in docs/"
+    );
+}
+
+#[test]
+fn anchors_follow_github() {
+    assert_eq!(anchor(" 7. The HTTP APIs"), "7-the-http-apis");
+    assert_eq!(
+        anchor(" Check the books: `shop audit`"),
+        "check-the-books-shop-audit"
+    );
+}
