@@ -6,7 +6,11 @@
 //!   pointed at localhost, a fresh database and vhost), after `shop provision` created their
 //!   Postgres roles and RabbitMQ users, and an order goes through;
 //! - payment's role cannot read or write the orders schema; inventory's broker user cannot
-//!   publish payment's routing keys.
+//!   publish payment's routing keys;
+//! - a forged event is not believed: OrderCancelled for a confirmed order, published with
+//!   payment's rights under payment's own routing key, is dead-lettered by every subscriber
+//!   with the reason and releases no stock; payment cannot sign a message as orders; each
+//!   received event's publisher is the producer's own broker user.
 //!
 //! Provisions through the RabbitMQ management API on 127.0.0.1:15672, as compose does; the
 //! test enables the plugin first if the broker does not serve it yet.
@@ -15,15 +19,17 @@ use std::{collections::BTreeMap, time::Duration};
 
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
 use serde_norway::Value;
-use service_kit::Config;
+use service_kit::{Config, headers, publisher::envelope_properties};
+use shared_events::{Envelope, Event, OrderCancelled, PaymentCompleted};
 use shop::SERVICES;
 use shop::provision::{Management, Settings};
 use shop_tests::{
-    Env, MANAGEMENT_URL, RunningService, ensure_management_api, eventually, order_body,
+    Env, MANAGEMENT_URL, PATIENCE, RunningService, ensure_management_api, eventually, metric,
+    order_body,
 };
 use sqlx::Connection as _;
 use uuid::Uuid;
@@ -346,6 +352,30 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
         order["status"] == "confirmed"
     })
     .await;
+    // A failure with every compensation, each service believing the others' users: a country
+    // nobody ships to (charged, reserved, then refunded, released, cancelled, voided).
+    let unshippable: serde_json::Value = http
+        .post(format!("{orders_url}/orders"))
+        .json(&order_body("BOOK-001", 1, "card", "AQ"))
+        .send()
+        .await
+        .expect("orders")
+        .json()
+        .await
+        .expect("JSON");
+    let unshippable = unshippable["order_id"].as_str().expect("id").to_owned();
+    eventually("the unshippable order cancelled and settled", || async {
+        let order: serde_json::Value = http
+            .get(format!("{orders_url}/orders/{unshippable}"))
+            .send()
+            .await
+            .expect("orders")
+            .json()
+            .await
+            .expect("JSON");
+        order["status"] == "cancelled" && order["settled"] == true
+    })
+    .await;
 
     // Postgres: payment's role owns payment, and cannot touch orders.
     let payment_url = &service_env["payment"]["DATABASE_URL"];
@@ -356,7 +386,7 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
         .fetch_one(&mut as_payment)
         .await
         .expect("payment reads its own schema");
-    assert_eq!(own, 1);
+    assert_eq!(own, 2, "the confirmed order's payment and the refunded one");
     for sql in [
         "SELECT count(*) FROM orders.orders",
         "UPDATE orders.orders SET status = 'cancelled'",
@@ -428,6 +458,10 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     let _ = connection.close(200, "done".into()).await;
 
     let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let order_id: Uuid = order_id.parse().expect("an order id");
+    forged_events_are_not_believed(&service_env, &running, &amqp_url, order_id).await;
+    received_events_name_their_producers_user(&http, orders_url, order_id).await;
+
     let broker = shop::audit::Broker {
         amqp_url: &amqp_url,
         namespace: "shop",
@@ -445,6 +479,177 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
         service.stop().await;
     }
     env.cleanup().await;
+}
+
+/// The probe that found the hole: with payment's publishing rights, a copy of an
+/// OrderCancelled retargeted at a confirmed order, under `payment.payment_completed` (a key
+/// inventory binds). Every subscriber of that key dead-letters it with the reason; no stock
+/// moves. Payment cannot sign a message as orders either: the broker refuses the `user-id`.
+async fn forged_events_are_not_believed(
+    service_env: &BTreeMap<&str, BTreeMap<String, String>>,
+    running: &[RunningService],
+    amqp_url: &str,
+    order_id: Uuid,
+) {
+    let as_payment = Connection::connect(
+        &service_env["payment"]["AMQP_URL"],
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("payment logs in");
+    let channel = as_payment.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let forged = Envelope::new(
+        &OrderCancelled {
+            order_id,
+            reason: "customer_request".to_owned(),
+        },
+        None,
+    );
+    let confirm = channel
+        .basic_publish(
+            "shop.events".into(),
+            PaymentCompleted::ROUTING_KEY.into(),
+            BasicPublishOptions::default(),
+            &forged.to_json(),
+            envelope_properties(&forged).with_user_id("payment".into()),
+        )
+        .await
+        .expect("payment may publish under its own key")
+        .await
+        .expect("confirmed");
+    assert!(confirm.is_ack(), "the broker took it: only the body lies");
+
+    let subscribers = ["orders", "inventory", "console"];
+    let broker = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .expect("guest on the test vhost");
+    let reader = broker.create_channel().await.expect("channel");
+    for service in subscribers {
+        let queue = format!("shop.{service}.dlq");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let letter = loop {
+            let got = reader
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
+            if let Some(message) = got {
+                break Some(message.delivery.properties);
+            }
+            if tokio::time::Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(letter.is_some(), "{service} dead-letters the forgery");
+        let reason = letter
+            .and_then(|properties| {
+                service_kit::publisher::header_text(&properties, headers::DEAD_LETTER_REASON)
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            reason,
+            "OrderCancelled arrived under payment.payment_completed; only orders announces it \
+             (under orders.order_cancelled)",
+            "{service}"
+        );
+    }
+    let _ = broker.close(200, "done".into()).await;
+    let inventory = running
+        .iter()
+        .find(|service| service.name == "inventory")
+        .expect("inventory runs");
+    let refused = metric(
+        &reqwest::Client::new(),
+        &inventory.url,
+        "shop_messages_total{event=\"OrderCancelled\",outcome=\"untrusted\"}",
+    )
+    .await;
+    assert_eq!(refused, 1, "counted");
+    let mut as_inventory = sqlx::PgConnection::connect(&service_env["inventory"]["DATABASE_URL"])
+        .await
+        .expect("inventory's role logs in");
+    let (reserved, released): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT reserved FROM inventory.stock WHERE sku = 'MUG-001')::int8,
+                (SELECT count(*) FROM inventory.outbox
+                 WHERE event_type = 'StockReleased' AND correlation_id = $1)",
+    )
+    .bind(order_id)
+    .fetch_one(&mut as_inventory)
+    .await
+    .expect("inventory's stock");
+    assert_eq!(
+        (reserved, released),
+        (1, 0),
+        "the confirmed order keeps its unit"
+    );
+    let _ = as_inventory.close().await;
+
+    // The right key, but signed as another service: the broker itself refuses it.
+    let channel = as_payment.create_channel().await.expect("a new channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let impersonating = async {
+        channel
+            .basic_publish(
+                "shop.events".into(),
+                PaymentCompleted::ROUTING_KEY.into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                BasicProperties::default().with_user_id("orders".into()),
+            )
+            .await?
+            .await
+    }
+    .await;
+    let refused = impersonating.expect_err("a user-id other than the connection's is refused");
+    assert!(
+        refused.to_string().contains("PRECONDITION_FAILED")
+            || refused.to_string().contains("user_id"),
+        "{refused}"
+    );
+    let _ = as_payment.close(200, "done".into()).await;
+}
+
+/// The timeline names the broker user that published each event orders received: the
+/// producer's own.
+async fn received_events_name_their_producers_user(
+    http: &reqwest::Client,
+    orders_url: &str,
+    order_id: Uuid,
+) {
+    let timeline: serde_json::Value = http
+        .get(format!("{orders_url}/orders/{order_id}/timeline"))
+        .send()
+        .await
+        .expect("orders")
+        .json()
+        .await
+        .expect("JSON");
+    let received: Vec<(String, String)> = timeline
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|entry| entry["orders_role"] == "received")
+        .map(|entry| {
+            (
+                entry["producer"].as_str().unwrap_or_default().to_owned(),
+                entry["published_by"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert!(!received.is_empty(), "{timeline}");
+    for (producer, published_by) in received {
+        assert_eq!(published_by, producer, "{timeline}");
+    }
 }
 
 #[test]

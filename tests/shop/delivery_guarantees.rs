@@ -836,8 +836,9 @@ async fn data_the_database_cannot_store_is_dead_lettered_at_once_with_its_reason
     let publisher = TestPublisher::new(&shop.env.namespace).await;
     let order_id = Uuid::now_v7();
     // A NUL in text: Postgres refuses it (SQLSTATE 22021) on every attempt alike.
-    let mut unstorable = Envelope::new(&order_placed(order_id, "MUG-001", 1), None);
-    unstorable.producer = "orders\u{0}".to_owned();
+    let mut placed = order_placed(order_id, "MUG-001", 1);
+    placed.payment_method = "card\u{0}".to_owned();
+    let unstorable = Envelope::new(&placed, None);
     publisher
         .publish(OrderPlaced::ROUTING_KEY, &unstorable)
         .await;

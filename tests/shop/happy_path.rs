@@ -184,20 +184,28 @@ async fn an_order_is_paid_reserved_shipped_confirmed_and_notified() {
             shop.url("orders")
         ))
         .await;
-    let story: Vec<(&str, &str)> = timeline
+    // Each received event names the broker user that published it (here every service is
+    // the broker's guest; the least-privilege test sees each service's own user).
+    let story: Vec<(&str, &str, Option<&str>)> = timeline
         .as_array()
         .expect("a list")
         .iter()
-        .filter_map(|e| Some((e["type"].as_str()?, e["orders_role"].as_str()?)))
+        .filter_map(|e| {
+            Some((
+                e["type"].as_str()?,
+                e["orders_role"].as_str()?,
+                e["published_by"].as_str(),
+            ))
+        })
         .collect();
     assert_eq!(
         story,
         vec![
-            (OrderPlaced::TYPE, "announced"),
-            (PaymentCompleted::TYPE, "received"),
-            (StockReserved::TYPE, "received"),
-            (ShipmentBooked::TYPE, "received"),
-            (OrderConfirmed::TYPE, "announced"),
+            (OrderPlaced::TYPE, "announced", None),
+            (PaymentCompleted::TYPE, "received", Some("guest")),
+            (StockReserved::TYPE, "received", Some("guest")),
+            (ShipmentBooked::TYPE, "received", Some("guest")),
+            (OrderConfirmed::TYPE, "announced", None),
         ]
     );
     shop.audit_and_stop().await;

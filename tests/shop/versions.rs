@@ -60,7 +60,12 @@ async fn version_1_messages_left_in_queues_are_upgraded_and_a_future_version_is_
         .redeliver(&namespace, "payment", &as_version_1(placed_1))
         .await;
     publisher
-        .put(topology.retry_queue_for(2), &as_version_1(placed_2))
+        .put(
+            &namespace,
+            "payment",
+            topology.retry_queue_for(2),
+            &as_version_1(placed_2),
+        )
         .await;
     let letter_v1 = as_version_1(placed_3);
     placed_4.version = 3;
@@ -77,7 +82,14 @@ async fn version_1_messages_left_in_queues_are_upgraded_and_a_future_version_is_
     );
 
     // A version 1 message dead-lettered before the upgrade, re-driven after it by an operator.
-    publisher.put(&topology.dead_letter_queue, &letter_v1).await;
+    publisher
+        .put(
+            &namespace,
+            "payment",
+            &topology.dead_letter_queue,
+            &letter_v1,
+        )
+        .await;
     let redriven = dead_letters::redrive(
         &amqp_url(),
         &namespace,

@@ -198,23 +198,39 @@ impl TestPublisher {
     /// Puts a message taken from `service`'s queue back at the end of that queue alone (not
     /// through the exchange: the other subscribers had their copy).
     pub async fn redeliver(&self, namespace: &str, service: &str, message: &TakenMessage) {
-        self.put(&topology::queue_name(namespace, service), message)
-            .await;
+        let queue = topology::queue_name(namespace, service);
+        self.put(namespace, service, &queue, message).await;
     }
 
-    /// Puts a message straight into one queue (a work, delay or dead-letter queue).
-    pub async fn put(&self, queue: &str, message: &TakenMessage) {
+    /// Puts a message straight into one of `service`'s queues (its work, delay or dead-letter
+    /// queue), as its consumer moves a message on: through its private exchange, saying under
+    /// which routing key the message was first published.
+    pub async fn put(&self, namespace: &str, service: &str, queue: &str, message: &TakenMessage) {
+        let mut headers = message.properties.headers().clone().unwrap_or_default();
+        if !headers.inner().contains_key(headers::ORIGINAL_ROUTING_KEY) {
+            let event_type = message.envelope().event_type;
+            let event = CATALOG
+                .iter()
+                .find(|event| event.event_type == event_type)
+                .expect("an event of the catalog");
+            headers.insert(
+                headers::ORIGINAL_ROUTING_KEY.into(),
+                AMQPValue::LongString(event.routing_key.into()),
+            );
+        }
         let confirm = self
             .channel
             .basic_publish(
-                "".into(),
+                topology::private_exchange_name(namespace, service)
+                    .as_str()
+                    .into(),
                 queue.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
                 },
                 &message.body,
-                message.properties.clone(),
+                message.properties.clone().with_headers(headers),
             )
             .await
             .expect("publish")

@@ -17,14 +17,15 @@ use std::time::Duration;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::AMQPValue,
 };
 use serde_json::{Value, json};
 use service_kit::{
-    BoundService, CancellationToken, Config, ErrorChain, Outbox,
+    BoundService, CancellationToken, Config, ErrorChain, Outbox, headers,
     publisher::{envelope_properties, header_text},
     topology,
 };
-use shared_events::{Envelope, Event};
+use shared_events::{CATALOG, Envelope, Event};
 pub use shop_lab::harness::Seen;
 use shop_lab::harness::{EventTap, Sandbox};
 use sqlx::PgPool;

@@ -38,7 +38,8 @@ use crate::{
     inbox,
     metrics::Metrics,
     parked::ParkingLot,
-    publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
+    provenance::{self, Vouched},
+    publisher::{Outgoing, PublishError, Publisher, header_u32},
     telemetry::{self, ErrorChain},
     topology::Topology,
 };
@@ -73,6 +74,8 @@ pub mod headers {
     pub const ATTEMPT: &str = "x-shop-attempt";
     /// The routing key the event was published with (retries travel under other keys).
     pub const ORIGINAL_ROUTING_KEY: &str = "x-shop-original-routing-key";
+    /// The broker user that first published it (a copy is published by this service).
+    pub const ORIGINAL_PUBLISHER: &str = "x-shop-original-publisher";
     pub const DEAD_LETTER_REASON: &str = "x-shop-dead-letter-reason";
     pub const LAST_ERROR: &str = "x-shop-last-error";
 }
@@ -92,6 +95,9 @@ pub(crate) struct Consumer<S: Service> {
     pub(crate) db: Db,
     pub(crate) topology: Arc<Topology>,
     pub(crate) schedule: Schedule,
+    /// Every service publishes as a broker user of its own name: believe an event only from
+    /// its producer's user.
+    pub(crate) users_per_service: bool,
     pub(crate) parking: Arc<ParkingLot>,
     pub(crate) metrics: Metrics,
 }
@@ -105,6 +111,7 @@ impl<S: Service> Clone for Consumer<S> {
             db: self.db.clone(),
             topology: self.topology.clone(),
             schedule: self.schedule,
+            users_per_service: self.users_per_service,
             parking: self.parking.clone(),
             metrics: self.metrics.clone(),
         }
@@ -235,6 +242,7 @@ impl<S: Service> Consumer<S> {
 
     async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
         let attempt = header_u32(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
+        let vouched = Vouched::of(&delivery, &self.topology);
         let envelope = match Envelope::from_json(&delivery.data) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -248,13 +256,31 @@ impl<S: Service> Consumer<S> {
                     reason,
                     exhausted: false,
                 };
-                return self.reroute(delivery, publisher, attempt, rejected).await;
+                return self
+                    .reroute(delivery, publisher, &vouched, attempt, rejected)
+                    .await;
             }
         };
+        if let Err(reason) = provenance::check(&envelope, &vouched, self.users_per_service) {
+            self.metrics.inc(
+                "shop_messages_total",
+                &[("event", &envelope.event_type), ("outcome", "untrusted")],
+            );
+            tracing::warn!(%reason, message_id = %envelope.message_id, "refusing a message the broker does not vouch for");
+            let refused = Move::DeadLetter {
+                reason,
+                exhausted: false,
+            };
+            return self
+                .reroute(delivery, publisher, &vouched, attempt, refused)
+                .await;
+        }
         let span = self.span(&envelope, attempt, false);
         async {
             let started = Instant::now();
-            let applied = self.apply(&envelope, false).await;
+            let applied = self
+                .apply(&envelope, vouched.publisher.as_deref(), false)
+                .await;
             self.metrics.observe(
                 "shop_handler_duration_seconds",
                 &[("event", &envelope.event_type)],
@@ -281,11 +307,11 @@ impl<S: Service> Consumer<S> {
                     let outcome = fate.outcome();
                     match fate {
                         Fate::Park { reason } => {
-                            self.park(delivery, &envelope, publisher, attempt, reason)
+                            self.park(delivery, &envelope, &vouched, publisher, attempt, reason)
                                 .await;
                         }
                         Fate::Move(destination) => {
-                            self.reroute(delivery, publisher, attempt, destination)
+                            self.reroute(delivery, publisher, &vouched, attempt, destination)
                                 .await;
                         }
                     }
@@ -344,13 +370,14 @@ impl<S: Service> Consumer<S> {
     pub(crate) async fn apply(
         &self,
         envelope: &Envelope,
+        published_by: Option<&str>,
         unparking: bool,
     ) -> Result<Applied, HandlerError> {
         let mut tx = self.db.begin().await?;
         if unparking && !ParkingLot::remove(&mut *tx, envelope.message_id).await? {
             return Ok(Applied::Gone);
         }
-        if !inbox::record_first(&mut tx, envelope).await? {
+        if !inbox::record_first(&mut tx, envelope, published_by).await? {
             tx.commit().await?;
             return Ok(Applied::Duplicate);
         }
@@ -373,17 +400,16 @@ impl<S: Service> Consumer<S> {
         &self,
         delivery: Delivery,
         publisher: &Publisher,
+        vouched: &Vouched,
         attempt: u32,
         destination: Move,
     ) {
-        let original_routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
-            .unwrap_or_else(|| delivery.routing_key.to_string());
         let moved = self
             .move_on(
                 publisher,
                 &delivery.data,
                 delivery.properties.clone(),
-                &original_routing_key,
+                vouched,
                 attempt,
                 destination,
             )
@@ -395,21 +421,25 @@ impl<S: Service> Consumer<S> {
     }
 
     /// Publishes a copy of a failed message to a delay queue or the dead-letter queue, its
-    /// headers saying which try it was, why, and where it was first routed.
+    /// headers saying which try it was, why, and how it was first published (under which
+    /// routing key, by whom: the copy itself is published by this service).
     pub(crate) async fn move_on(
         &self,
         publisher: &Publisher,
         body: &[u8],
         properties: BasicProperties,
-        original_routing_key: &str,
+        vouched: &Vouched,
         attempt: u32,
         destination: Move,
     ) -> Result<(), PublishError> {
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
             headers::ORIGINAL_ROUTING_KEY.into(),
-            text(original_routing_key),
+            text(&vouched.routing_key),
         );
+        if let Some(original) = &vouched.publisher {
+            headers.insert(headers::ORIGINAL_PUBLISHER.into(), text(original));
+        }
         let (queue, metric) = match &destination {
             Move::Retry {
                 next_attempt,

@@ -51,27 +51,43 @@ impl DeadLetter {
             order_id: envelope.as_ref().map(|e| e.correlation_id),
             reason,
             attempts: header_u32(properties, headers::ATTEMPT),
-            original_routing_key: header_text(properties, headers::ORIGINAL_ROUTING_KEY),
+            original_routing_key: header_text(properties, headers::ORIGINAL_ROUTING_KEY)
+                .or_else(|| broker_death_routing_key(properties)),
         }
     }
 }
 
-fn broker_death_reason(properties: &BasicProperties) -> Option<String> {
+/// The broker's record of how it dead-lettered a message (past its delivery limit).
+fn broker_death(properties: &BasicProperties) -> Option<&FieldTable> {
     let AMQPValue::FieldArray(deaths) = properties.headers().as_ref()?.inner().get("x-death")?
     else {
         return None;
     };
-    let AMQPValue::FieldTable(death) = deaths.as_slice().first()? else {
-        return None;
-    };
-    match death.inner().get("reason")? {
-        AMQPValue::LongString(reason) => Some(format!(
-            "broker: {}",
-            String::from_utf8_lossy(reason.as_bytes())
-        )),
-        AMQPValue::ShortString(reason) => Some(format!("broker: {reason}")),
+    match deaths.as_slice().first()? {
+        AMQPValue::FieldTable(death) => Some(death),
         _ => None,
     }
+}
+
+fn text_of(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+fn broker_death_reason(properties: &BasicProperties) -> Option<String> {
+    let reason = text_of(broker_death(properties)?.inner().get("reason")?)?;
+    Some(format!("broker: {reason}"))
+}
+
+/// The routing key a message the broker dead-lettered was first published under.
+fn broker_death_routing_key(properties: &BasicProperties) -> Option<String> {
+    let AMQPValue::FieldArray(keys) = broker_death(properties)?.inner().get("routing-keys")? else {
+        return None;
+    };
+    text_of(keys.as_slice().first()?)
 }
 
 /// Reads every dead letter of `service` without removing any: all are fetched unacked on one
@@ -122,7 +138,7 @@ pub async fn redrive(
         chrono::Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX);
     let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let publisher = Publisher::open(&connection).await?;
+    let publisher = Publisher::open(&connection, amqp_url).await?;
     let dead_letter_queue = topology::dead_letter_queue_name(namespace, service);
     let work_queue = topology::queue_name(namespace, service);
     let private_exchange = topology::private_exchange_name(namespace, service);
@@ -152,6 +168,35 @@ pub async fn redrive(
                 if key.as_str() != headers::ATTEMPT && key.as_str() != headers::DEAD_LETTER_REASON {
                     fresh.insert(key.clone(), value.clone());
                 }
+            }
+        }
+        // How it was first published, which the copy (published by this tool) must still say;
+        // a letter the broker dead-lettered (no reason of ours) has its original key in its
+        // x-death and its original user-id, not our headers.
+        let by_broker = header_text(&delivery.properties, headers::DEAD_LETTER_REASON).is_none();
+        let first_published = [
+            (
+                headers::ORIGINAL_ROUTING_KEY,
+                letter.original_routing_key.clone(),
+            ),
+            (
+                headers::ORIGINAL_PUBLISHER,
+                by_broker
+                    .then(|| {
+                        delivery
+                            .properties
+                            .user_id()
+                            .as_ref()
+                            .map(|u| u.to_string())
+                    })
+                    .flatten(),
+            ),
+        ];
+        for (name, value) in first_published {
+            if let Some(value) = value
+                && !fresh.inner().contains_key(name)
+            {
+                fresh.insert(name.into(), AMQPValue::LongString(value.into()));
             }
         }
         let copy = Outgoing {

@@ -4,16 +4,19 @@
 use shared_events::Envelope;
 use sqlx::PgConnection;
 
-/// Records `envelope` as handled in the open transaction: `true` for its first delivery,
-/// `false` for a duplicate (which is only counted, so absorbed duplicates stay auditable).
+/// Records `envelope` as handled in the open transaction, with the broker user that published
+/// it: `true` for its first delivery, `false` for a duplicate (which is only counted, so
+/// absorbed duplicates stay auditable).
 pub(crate) async fn record_first(
     tx: &mut PgConnection,
     envelope: &Envelope,
+    published_by: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let duplicates: i32 = sqlx::query_scalar(
         "INSERT INTO inbox
-             (message_id, event_type, correlation_id, causation_id, producer, occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
+             (message_id, event_type, correlation_id, causation_id, producer, occurred_at,
+              published_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (message_id) DO UPDATE SET duplicates = inbox.duplicates + 1
          RETURNING duplicates",
     )
@@ -23,6 +26,7 @@ pub(crate) async fn record_first(
     .bind(envelope.causation_id)
     .bind(&envelope.producer)
     .bind(envelope.occurred_at)
+    .bind(published_by)
     .fetch_one(tx)
     .await?;
     Ok(duplicates == 0)

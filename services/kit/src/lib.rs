@@ -26,6 +26,7 @@ mod inbox;
 mod metrics;
 mod outbox;
 mod parked;
+mod provenance;
 pub mod publisher;
 pub mod requests;
 mod retention;

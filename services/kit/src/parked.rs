@@ -19,10 +19,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    consumer::{Applied, Consumer, ack, headers},
+    consumer::{Applied, Consumer, ack},
     failure::{self, Failure, Fate, Move, Origin},
     handler::Service,
-    publisher::{Publisher, envelope_properties, header_text},
+    provenance::Vouched,
+    publisher::{Publisher, envelope_properties},
     telemetry::ErrorChain,
 };
 
@@ -35,6 +36,7 @@ const MAX_SWEEP_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(sqlx::FromRow)]
 pub(crate) struct ParkedMessage {
     pub(crate) routing_key: String,
+    pub(crate) published_by: Option<String>,
     pub(crate) body: Vec<u8>,
     pub(crate) attempts: i32,
     /// How long it has been waiting.
@@ -81,20 +83,22 @@ impl ParkingLot {
         &self,
         pool: &PgPool,
         envelope: &Envelope,
-        routing_key: &str,
+        vouched: &Vouched,
         body: &[u8],
         attempt: u32,
         reason: &str,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO parked
-                 (message_id, correlation_id, routing_key, body, attempts, last_error, next_try_at)
-             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+                 (message_id, correlation_id, routing_key, published_by, body, attempts,
+                  last_error, next_try_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
              ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(envelope.message_id)
         .bind(envelope.correlation_id)
-        .bind(routing_key)
+        .bind(&vouched.routing_key)
+        .bind(&vouched.publisher)
         .bind(body)
         .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
         .bind(reason)
@@ -187,7 +191,7 @@ impl ParkingLot {
         message_id: Uuid,
     ) -> Result<Option<ParkedMessage>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT routing_key, body, attempts,
+            "SELECT routing_key, published_by, body, attempts,
                     (extract(epoch FROM now() - parked_at) * 1000)::float8 AS waited_ms
              FROM parked WHERE message_id = $1",
         )
@@ -251,18 +255,17 @@ impl<S: Service> Consumer<S> {
         &self,
         delivery: Delivery,
         envelope: &Envelope,
+        vouched: &Vouched,
         publisher: &Publisher,
         attempt: u32,
         reason: String,
     ) {
-        let routing_key = header_text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
-            .unwrap_or_else(|| delivery.routing_key.to_string());
         let parked = self
             .parking
             .park(
                 &self.db.pool,
                 envelope,
-                &routing_key,
+                vouched,
                 &delivery.data,
                 attempt,
                 &reason,
@@ -293,7 +296,7 @@ impl<S: Service> Consumer<S> {
                         error: reason,
                     },
                 };
-                self.reroute(delivery, publisher, attempt, destination)
+                self.reroute(delivery, publisher, vouched, attempt, destination)
                     .await;
             }
         }
@@ -385,7 +388,8 @@ impl<S: Service> Consumer<S> {
         let span = self.span(&envelope, attempt, true);
         async {
             let waited = parked.waited();
-            let error = match self.apply(&envelope, true).await {
+            let published_by = parked.published_by.as_deref();
+            let error = match self.apply(&envelope, published_by, true).await {
                 Ok(Applied::Effect) => {
                     self.metrics.inc(
                         "shop_messages_total",
@@ -453,12 +457,16 @@ impl<S: Service> Consumer<S> {
         dead_letter: Move,
         publisher: &Publisher,
     ) {
+        let vouched = Vouched {
+            routing_key: parked.routing_key.clone(),
+            publisher: parked.published_by.clone(),
+        };
         let moved = self
             .move_on(
                 publisher,
                 &parked.body,
                 properties,
-                &parked.routing_key,
+                &vouched,
                 attempt,
                 dead_letter,
             )

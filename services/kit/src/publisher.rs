@@ -46,17 +46,23 @@ pub struct Outgoing<'a> {
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// The connection's broker user, stamped on every message as its `user-id`.
+    user: ShortString,
 }
 
 impl Publisher {
     /// A channel in confirm mode on a connection used for publishing only: a broker that blocks
-    /// publishers then cannot stall the acks of the consuming connection.
-    pub async fn open(connection: &Connection) -> Result<Self, lapin::Error> {
+    /// publishers then cannot stall the acks of the consuming connection. `amqp_url` is the
+    /// one the connection was made with: its user signs every message.
+    pub async fn open(connection: &Connection, amqp_url: &str) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            user: broker_user(amqp_url).into(),
+        })
     }
 
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
@@ -86,6 +92,10 @@ impl Publisher {
         &self,
         message: Outgoing<'_>,
     ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static, PublishError> {
+        // The broker refuses a `user-id` other than the connection's own, so a consumer can
+        // believe it: this is who published the message (a copy's original publisher travels
+        // in a header, see `provenance`).
+        let properties = message.properties.with_user_id(self.user.clone());
         // On a connection that died without lapin noticing yet, even the send can hang.
         let send = self.channel.basic_publish(
             ShortString::from(message.exchange),
@@ -95,7 +105,7 @@ impl Publisher {
                 ..Default::default()
             },
             message.body,
-            message.properties,
+            properties,
         );
         match tokio::time::timeout(CONFIRM_TIMEOUT, send).await {
             Ok(sent) => Ok(await_confirm(sent?)),
@@ -118,6 +128,14 @@ async fn await_confirm(confirm: PublisherConfirm) -> Result<(), PublishError> {
         // The channel is opened in confirm mode; an unconfirmed publish would be a lie.
         Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
     }
+}
+
+/// The user an AMQP URL logs in as (`guest`, the broker's default, when it names none).
+pub fn broker_user(amqp_url: &str) -> String {
+    amqp_url.parse::<lapin::uri::AMQPUri>().map_or_else(
+        |_| "guest".to_owned(),
+        |uri| uri.authority.userinfo.username,
+    )
 }
 
 /// AMQP properties mirroring the CloudEvent (docs/architecture.md, "The envelope"): persistent,

@@ -32,6 +32,7 @@ use crate::{
     metrics::Metrics,
     outbox::Relay,
     parked::ParkingLot,
+    publisher::broker_user,
     retention::{self, Retention},
     session::Supervisor,
     topology::Topology,
@@ -214,6 +215,8 @@ async fn run<S: Service>(
                     // A parked message may wait as long as the delay queues would have taken.
                     patience: config.retry_schedule(),
                 },
+                // Provisioned deployments give each service a broker user of its own name.
+                users_per_service: broker_user(&config.first_amqp_url()) == service,
                 parking: Arc::new(ParkingLot::new(parked_sweep_interval(&config))),
                 metrics: metrics.clone(),
             },

@@ -111,7 +111,7 @@ impl<S: Service> Supervisor<S> {
             channel
                 .basic_qos(self.prefetch, BasicQosOptions { global: false })
                 .await?;
-            let publisher = Publisher::open(&publish_connection).await?;
+            let publisher = Publisher::open(&publish_connection, amqp_url).await?;
             Ok::<_, lapin::Error>((publish_connection, consume_connection, channel, publisher))
         };
         let (publish_connection, consume_connection, channel, publisher) =

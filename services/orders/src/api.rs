@@ -612,6 +612,9 @@ struct TimelineEntry {
     causation_id: Option<Uuid>,
     /// `announced` by orders, or `received` from another service.
     orders_role: String,
+    /// For a received event, the broker user that published it, as the broker vouched (none
+    /// for orders' own announcements, nor for events received before this was recorded).
+    published_by: Option<String>,
 }
 
 /// `GET /orders/{id}/timeline`: the saga of one order as orders saw it. Orders subscribes to
@@ -622,11 +625,12 @@ async fn timeline(
 ) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
     let order_id = requests::order_id(&id)?;
     let entries: Vec<TimelineEntry> = sqlx::query_as(
-        "SELECT occurred_at, event_type, producer, message_id, causation_id, 'received' AS orders_role
+        "SELECT occurred_at, event_type, producer, message_id, causation_id,
+                'received' AS orders_role, published_by
          FROM orders.inbox WHERE correlation_id = $1
          UNION ALL
          SELECT (envelope->>'time')::timestamptz, event_type, 'orders', message_id,
-                causation_id, 'announced'
+                causation_id, 'announced', NULL
          FROM orders.outbox WHERE correlation_id = $1
          ORDER BY occurred_at, message_id",
     )

@@ -97,7 +97,7 @@ impl ChaosRun {
         let connection =
             Connection::connect(&self.shop.sandbox.amqp_url, ConnectionProperties::default())
                 .await?;
-        let publisher = Publisher::open(&connection).await?;
+        let publisher = Publisher::open(&connection, &self.shop.sandbox.amqp_url).await?;
         let exchange = service_kit::topology::exchange_name(&self.shop.sandbox.namespace);
         let messages = picks
             .iter()
