@@ -194,13 +194,17 @@ async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String
             .filter(|span| span.trace_id == caller_trace)
             .cloned()
             .collect();
-        let consumers = trace.iter().filter(|s| s.kind == kind(SpanKind::Consumer));
-        if consumers.count() >= deliveries {
+        // Each process exports on its own schedule: a publish span may arrive after the
+        // spans of the deliveries it caused.
+        let of = |k: SpanKind| trace.iter().filter(|s| s.kind == kind(k)).count();
+        if of(SpanKind::Consumer) >= deliveries && of(SpanKind::Producer) >= chain.len() {
             break trace;
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!(
-                "order {order_id}: {deliveries} consumer spans expected, got {trace:#?}"
+                "order {order_id}: {deliveries} consumer and {} producer spans expected, got \
+                 {trace:#?}",
+                chain.len()
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
