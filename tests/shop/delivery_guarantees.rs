@@ -117,6 +117,7 @@ async fn start_probe(env: &Env, failures: u32) -> RunningService {
             attempts: AtomicU32::new(0),
         },
         http: None,
+        guards_customer_data: false,
         background: None,
     };
     let bound = service_kit::bind(env.config(), spec)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use service_kit::Config;
-use shop_tests::{Shop, metric};
+use shop_tests::{Shop, TEST_CUSTOMER, metric, token};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -45,9 +45,17 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 }
 
 /// A client that keeps no idle connection, so it holds no slot between requests.
+/// A client of its own (no pooled connection), calling as the tests' customer.
 fn fresh_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", token(TEST_CUSTOMER, true));
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        bearer.parse().expect("a header value"),
+    );
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
+        .default_headers(headers)
         .build()
         .expect("an HTTP client")
 }
@@ -160,11 +168,13 @@ async fn a_request_whose_body_never_finishes_gets_a_json_408_and_writes_nothing(
     })
     .await;
     let mut dawdler = connect(&shop, "orders").await;
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {}\r\ncontent-length: 100\r\n\r\n{{\"customer_id\": ",
+        token(TEST_CUSTOMER, false)
+    );
     dawdler
-        .write_all(
-            b"POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n\
-              content-length: 100\r\n\r\n{\"customer_id\": ",
-        )
+        .write_all(request.as_bytes())
         .await
         .expect("headers and a little of the body");
     let mut answer = Vec::new();

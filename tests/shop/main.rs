@@ -2,6 +2,7 @@
 //! Every test runs against the real RabbitMQ and Postgres, in a database and namespace of its
 //! own (`shop_tests::Env`), so the tests run in parallel.
 
+mod authorization;
 mod cancellation;
 mod compose_and_least_privilege;
 mod console;

@@ -70,11 +70,13 @@ pub fn init_logs() {
 }
 
 mod broker;
+mod identity;
 mod metrics;
 mod running;
 mod sandbox;
 
 pub use broker::*;
+pub use identity::*;
 pub use metrics::*;
 pub use running::*;
 pub use sandbox::*;

@@ -99,7 +99,7 @@ impl Shop {
             env,
             services: Vec::new(),
             spy,
-            http: reqwest::Client::new(),
+            http: client(),
         };
         for name in names {
             shop.start_service_with(name, tweak).await;
@@ -267,5 +267,5 @@ impl Shop {
 
 /// A valid order body for the seeded catalog.
 pub fn order_body(sku: &str, quantity: u32, payment_method: &str, country: &str) -> Value {
-    shop_lab::harness::order_body("cust-42", sku, quantity, payment_method, country)
+    shop_lab::harness::order_body(TEST_CUSTOMER, sku, quantity, payment_method, country)
 }

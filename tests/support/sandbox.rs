@@ -82,6 +82,8 @@ impl Env {
         config.outbox_sweep_interval = Duration::from_millis(500);
         config.retry_delays = TEST_RETRY_DELAYS.to_vec();
         config.max_attempts = 8;
+        config.auth = Some(auth_settings());
+        config.orders_token = Some(token(console::DEMO_CUSTOMER, false));
         config
     }
 

@@ -40,11 +40,19 @@ struct Console {
 }
 
 pub fn routes(api: ApiContext) -> Router {
+    // The buttons act as the demo customer, with its token, like any client of the API.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &api.config.orders_token
+        && let Ok(bearer) = format!("Bearer {token}").parse()
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    }
     let state = Console {
         db: api.db,
         orders_url: api.config.orders_url.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .unwrap_or_default(),
     };
@@ -232,6 +240,9 @@ impl Streaming {
     }
 }
 
+/// Whom the buttons place orders for: `ORDERS_TOKEN` is this customer's.
+pub const DEMO_CUSTOMER: &str = "console-demo";
+
 /// The four kinds of order the buttons place, each driving one path of the saga.
 fn order_of_kind(kind: &str) -> Option<Value> {
     let (sku, quantity, payment_method, country) = match kind {
@@ -244,7 +255,7 @@ fn order_of_kind(kind: &str) -> Option<Value> {
         _ => return None,
     };
     Some(json!({
-        "customer_id": format!("console-{kind}"),
+        "customer_id": DEMO_CUSTOMER,
         "items": [{ "sku": sku, "quantity": quantity }],
         "payment_method": payment_method,
         "shipping_address": {

@@ -12,6 +12,8 @@
 
 mod api;
 
+pub use api::DEMO_CUSTOMER;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
@@ -43,6 +45,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Console,
         http: Some(api::routes),
+        guards_customer_data: false,
         background: Some(api::prune),
     };
     service_kit::bind(config, spec).await
@@ -62,6 +65,7 @@ impl Console {
     async fn record<E: Event>(&self, ctx: &mut Ctx, event: E) -> Result<(), HandlerError> {
         let payload = serde_json::to_value(&event)
             .map_err(|e| HandlerError::Rejected(format!("payload not serializable: {e}")))?;
+        let payload = without_personal_data(payload);
         let (message_id, causation_id, occurred_at) =
             (ctx.message_id(), ctx.causation_id(), ctx.occurred_at());
         sqlx::query(
@@ -79,5 +83,36 @@ impl Console {
         .execute(ctx.db())
         .await?;
         Ok(())
+    }
+}
+
+/// What the console keeps of an event's payload: everything but who the customer is and where
+/// they live. The page is for watching the choreography, not the customers, so it shows no
+/// names or addresses, and keeps none to leak.
+fn without_personal_data(mut payload: serde_json::Value) -> serde_json::Value {
+    if let Some(fields) = payload.as_object_mut() {
+        for personal in ["customer_id", "shipping_address"] {
+            fields.remove(personal);
+        }
+    }
+    payload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_keeps_no_names_or_addresses() {
+        let placed = serde_json::json!({
+            "order_id": "o-1",
+            "customer_id": "ada",
+            "total_cents": 1250,
+            "shipping_address": { "name": "Ada Lovelace", "line1": "12 St James Square" },
+        });
+        assert_eq!(
+            without_personal_data(placed),
+            serde_json::json!({ "order_id": "o-1", "total_cents": 1250 })
+        );
     }
 }

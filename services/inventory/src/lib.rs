@@ -47,6 +47,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Inventory,
         http: Some(|api| Router::new().route("/stock", get(stock)).with_state(api.db)),
+        guards_customer_data: false,
         background: None,
     };
     service_kit::bind(config, spec).await

@@ -2,6 +2,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use crate::auth::AuthSettings;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster).
@@ -54,6 +56,13 @@ pub struct Config {
     /// `ORDERS_URL` (read by the console): the public Orders API its buttons call, as any
     /// client would.
     pub orders_url: String,
+    /// `ORDERS_TOKEN` (read by the console): the bearer token its buttons send, a demo
+    /// customer's.
+    pub orders_token: Option<String>,
+    /// `AUTH_JWKS_URL`, `AUTH_ISSUER`, `AUTH_AUDIENCE`: the identity provider whose tokens the
+    /// APIs that show customers' data believe (all three, or none: then every caller acts as
+    /// an operator).
+    pub auth: Option<AuthSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +96,10 @@ pub const VARIABLES: &[&str] = &[
     "MAX_PENDING_ORDERS",
     "ORDER_DEADLINE_MS",
     "ORDERS_URL",
+    "ORDERS_TOKEN",
+    "AUTH_JWKS_URL",
+    "AUTH_ISSUER",
+    "AUTH_AUDIENCE",
     // Read by the OpenTelemetry SDK (see `telemetry`); the usual ones, not every `OTEL_*`.
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -148,6 +161,8 @@ impl Config {
             max_pending_orders: DEFAULT_MAX_PENDING_ORDERS,
             order_deadline: DEFAULT_ORDER_DEADLINE,
             orders_url: DEFAULT_ORDERS_URL.to_owned(),
+            orders_token: None,
+            auth: None,
         }
     }
 
@@ -305,6 +320,28 @@ impl Config {
         if let Some(url) = var("ORDERS_URL") {
             config.orders_url = url.trim_end_matches('/').to_owned();
         }
+        config.orders_token = var("ORDERS_TOKEN");
+        config.auth = match (
+            var("AUTH_JWKS_URL"),
+            var("AUTH_ISSUER"),
+            var("AUTH_AUDIENCE"),
+        ) {
+            (Some(jwks_url), Some(issuer), Some(audience)) => Some(AuthSettings {
+                jwks_url,
+                issuer,
+                audience,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "AUTH_JWKS_URL",
+                    reason: "AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE go together: set all \
+                             three"
+                        .to_owned(),
+                });
+            }
+        };
+
         if let Some(ms) = var("ORDER_DEADLINE_MS") {
             config.order_deadline = Duration::from_millis(parse("ORDER_DEADLINE_MS", &ms)?);
         }

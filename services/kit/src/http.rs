@@ -45,6 +45,8 @@ pub(crate) struct Health {
     pub(crate) db: Db,
     pub(crate) broker_connected: Arc<AtomicBool>,
     pub(crate) metrics: Metrics,
+    /// Its API guards customers' data but has no identity provider: said in `/readyz`.
+    pub(crate) unauthenticated: bool,
 }
 
 pub(crate) fn health_routes(health: Health) -> Router {
@@ -61,6 +63,8 @@ struct Readiness {
     ready: bool,
     database: bool,
     broker: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<&'static str>,
 }
 
 async fn healthz(State(health): State<Health>) -> impl IntoResponse {
@@ -81,6 +85,10 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
         ready,
         database,
         broker,
+        warning: health.unauthenticated.then_some(
+            "no identity provider (AUTH_*): callers are not authenticated and every one acts as \
+             an operator",
+        ),
     };
     (status, Json(body))
 }

@@ -14,6 +14,7 @@
 //! [`dead_letters`] is the operator's side: listing and re-driving dead letters.
 //! See `docs/architecture.md` for why each mechanism exists.
 
+pub mod auth;
 mod backoff;
 pub mod config;
 mod consumer;

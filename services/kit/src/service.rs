@@ -16,13 +16,14 @@ use std::{
     time::Duration,
 };
 
-use axum::Router;
+use axum::{Router, extract::FromRef};
 use shared_events::{CATALOG, Participant};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::Auth,
     config::Config,
     consumer::Consumer,
     db::Db,
@@ -47,6 +48,9 @@ pub struct ServiceSpec<S: Service> {
     pub state: S,
     /// Extra endpoints (an API) built on the service's database handle and settings.
     pub http: Option<fn(ApiContext) -> Router>,
+    /// Its API shows customers' data: without an identity provider to check callers against
+    /// (`AUTH_*`), it says so at start and in `/readyz`.
+    pub guards_customer_data: bool,
     /// Work of the service's own that runs beside consuming (orders' deadline sweep), started
     /// once migrations are applied and awaited on shutdown.
     pub background: Option<fn(ApiContext, CancellationToken) -> BackgroundFuture>,
@@ -62,6 +66,21 @@ pub struct ApiContext {
     pub config: Config,
     /// The service's `/metrics` registry, for what its API counts.
     pub metrics: Metrics,
+    /// Who is calling (an extractor: `Caller`).
+    pub auth: Auth,
+}
+
+/// An API whose state is the context extracts its parts: `State<Db>`, and `Caller`.
+impl FromRef<ApiContext> for Db {
+    fn from_ref(api: &ApiContext) -> Self {
+        api.db.clone()
+    }
+}
+
+impl FromRef<ApiContext> for Auth {
+    fn from_ref(api: &ApiContext) -> Self {
+        api.auth.clone()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +128,13 @@ impl BoundService {
 pub async fn bind<S: Service>(config: Config, spec: ServiceSpec<S>) -> Result<BoundService, Error> {
     let name = S::Participant::NAME;
     config.validate()?;
+    if spec.guards_customer_data && config.auth.is_none() {
+        tracing::warn!(
+            service = name,
+            "no identity provider (AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE): every caller \
+             acts as an operator"
+        );
+    }
     let db = Db::connect_lazy(&config, name).map_err(Error::DatabaseUrl)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
@@ -143,11 +169,13 @@ async fn run<S: Service>(
         db: db.clone(),
         broker_connected: broker_connected.clone(),
         metrics: metrics.clone(),
+        unauthenticated: spec.guards_customer_data && config.auth.is_none(),
     });
     let api_context = ApiContext {
         db: db.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
+        auth: Auth::new(config.auth.as_ref()),
     };
     if let Some(api) = spec.http {
         router = router.merge(api(api_context.clone()));

@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc};
 use domain::Notice;
 use serde::{Deserialize, Serialize};
 use service_kit::{
-    ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec, requests,
+    ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec, auth::Operator,
+    requests,
 };
 use shared_events::{OrderCancelled, OrderConfirmed, PaymentRefunded, participants};
 use uuid::Uuid;
@@ -57,8 +58,9 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         http: Some(|api| {
             Router::new()
                 .route("/notifications", get(list))
-                .with_state(api.db)
+                .with_state(api)
         }),
+        guards_customer_data: true,
         background: None,
     };
     service_kit::bind(config, spec).await
@@ -120,8 +122,10 @@ struct SentNotice {
 }
 
 /// `GET /notifications?order_id=…`: the notices sent for one order, or the latest 100.
+/// Customers' notices: for operators only.
 async fn list(
     State(db): State<Db>,
+    _operator: Operator,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<SentNotice>>, ApiError> {
     let query = requests::query(query)?;

@@ -14,14 +14,19 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ApiContext, ApiError, Db, Metrics, requests};
+use service_kit::{
+    ApiContext, ApiError, Db, Metrics,
+    auth::{Auth, Caller},
+    requests,
+};
 use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
 use uuid::Uuid;
 
 use crate::{
     PROGRESS_COLUMNS, Progress, Work,
     domain::{
-        self, Announcement, CancelRefused, Cause, Invalid, PlaceOrder, RequestedItem, Status,
+        self, Announcement, CancelRefused, Cause, CustomerRefused, Invalid, PlaceOrder,
+        RequestedItem, Status,
     },
     lock_order, save_and_announce,
 };
@@ -32,6 +37,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// The API's state: the database, the admission bound, the deadline and the counters.
 #[derive(Clone)]
 struct Api {
+    auth: Auth,
     db: Db,
     admission: Admission,
     body_limit: BodyLimit,
@@ -46,6 +52,12 @@ struct Deadline(std::time::Duration);
 impl FromRef<Api> for Deadline {
     fn from_ref(api: &Api) -> Self {
         api.deadline
+    }
+}
+
+impl FromRef<Api> for Auth {
+    fn from_ref(api: &Api) -> Self {
+        api.auth.clone()
     }
 }
 
@@ -101,6 +113,7 @@ pub fn routes(api: ApiContext) -> Router {
     api.metrics.add(ORDERS_SHED, &[], 0);
     let body_limit = api.config.http_max_body_bytes;
     let state = Api {
+        auth: api.auth,
         db: api.db,
         body_limit: BodyLimit(body_limit),
         deadline: Deadline(api.config.order_deadline),
@@ -131,7 +144,8 @@ fn unprocessable(invalid: Invalid) -> ApiError {
 
 #[derive(Deserialize)]
 struct PlaceOrderBody {
-    customer_id: String,
+    /// Optional with a token (the order is the caller's; a different one is refused).
+    customer_id: Option<String>,
     items: Vec<ItemBody>,
     #[serde(default = "default_payment_method")]
     payment_method: String,
@@ -157,19 +171,19 @@ struct Placed {
 /// `POST /orders`
 async fn place_order(
     State(db): State<Db>,
-    State(metrics): State<Metrics>,
     State(admission): State<Admission>,
     State(BodyLimit(body_limit)): State<BodyLimit>,
     State(Deadline(deadline)): State<Deadline>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request = parse_request(&headers, body, body_limit)?;
+    let request = parse_request(&caller, &headers, body, body_limit)?;
     let request = domain::validate(request).map_err(unprocessable)?;
     let idempotency_key = idempotency_key(&headers)?;
     let fingerprint = fingerprint(&request);
 
-    let mut work = Work::begin(&db, &metrics).await?;
+    let mut work = Work::begin(&db, &admission.metrics).await?;
     if let Some(key) = &idempotency_key
         && let Some(replay) = find_by_key(work.db(), key, &fingerprint).await?
     {
@@ -266,6 +280,7 @@ async fn place_order(
 }
 
 fn parse_request(
+    caller: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     body_limit: usize,
@@ -273,8 +288,21 @@ fn parse_request(
     requests::require_json(headers, "send the order as Content-Type: application/json")?;
     let body = requests::body(body, body_limit)?;
     let parsed: PlaceOrderBody = requests::json(&body)?;
+    let customer_id = domain::customer_of(caller.subject.as_deref(), parsed.customer_id.as_deref())
+        .map_err(|refused| match refused {
+            CustomerRefused::NotTheCaller => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "customer_id is not the caller's: an order is placed for the token's subject",
+            ),
+            CustomerRefused::Missing => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "missing field `customer_id`",
+            ),
+        })?;
     Ok(PlaceOrder {
-        customer_id: parsed.customer_id,
+        customer_id,
         items: parsed
             .items
             .into_iter()
@@ -407,11 +435,32 @@ fn order_not_found(order_id: Uuid) -> ApiError {
 /// `GET /orders/{id}`
 async fn get_order(
     State(db): State<Db>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     let order_id = requests::order_id(&id)?;
-    let view = order_view(&db, order_id).await?;
+    let view = order_view(&db, order_id)
+        .await?
+        .filter(|view| caller.may_act_for(&view.customer_id));
     Ok(Json(view.ok_or_else(|| order_not_found(order_id))?))
+}
+
+/// Fails with `404 order_not_found` (exactly as for an order that does not exist) unless the
+/// order is the caller's or the caller is an operator.
+async fn ensure_visible(
+    db: &mut sqlx::PgConnection,
+    caller: &Caller,
+    order_id: Uuid,
+) -> Result<(), ApiError> {
+    let customer: Option<String> =
+        sqlx::query_scalar("SELECT customer_id FROM orders.orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(db)
+            .await?;
+    match customer {
+        Some(customer) if caller.may_act_for(&customer) => Ok(()),
+        _ => Err(order_not_found(order_id)),
+    }
 }
 
 async fn order_view(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
@@ -473,6 +522,7 @@ async fn cancel_order(
     State(db): State<Db>,
     State(metrics): State<Metrics>,
     State(BodyLimit(body_limit)): State<BodyLimit>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -499,6 +549,7 @@ async fn cancel_order(
     }
 
     let mut work = Work::begin(&db, &metrics).await?;
+    ensure_visible(work.db(), &caller, order_id).await?;
     let Some(mut order) = lock_order(work.db(), order_id).await? else {
         return Err(order_not_found(order_id));
     };
@@ -560,15 +611,20 @@ struct OrderSummary {
 /// `GET /orders?limit=N`: the most recent orders first (default 50, at most 500).
 async fn list_orders(
     State(db): State<Db>,
+    caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<OrderSummary>>, ApiError> {
     let query = requests::query(query)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    // An operator sees every order; a customer their own.
+    let only = (!caller.operator).then(|| caller.subject.clone().unwrap_or_default());
     let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM orders.orders ORDER BY created_at DESC, id DESC LIMIT $1",
+        "SELECT {} FROM orders.orders WHERE $2::text IS NULL OR customer_id = $2
+         ORDER BY created_at DESC, id DESC LIMIT $1",
         order_columns()
     )))
     .bind(limit)
+    .bind(only)
     .fetch_all(&db.pool)
     .await?;
     Ok(Json(
@@ -621,9 +677,11 @@ struct TimelineEntry {
 /// every outcome and announces the rest, so its inbox and outbox hold the whole story.
 async fn timeline(
     State(db): State<Db>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
     let order_id = requests::order_id(&id)?;
+    ensure_visible(&mut *db.pool.acquire().await?, &caller, order_id).await?;
     let entries: Vec<TimelineEntry> = sqlx::query_as(
         "SELECT occurred_at, event_type, producer, message_id, causation_id,
                 'received' AS orders_role, published_by

@@ -188,6 +188,30 @@ pub const MAX_TEXT: usize = 200;
 /// Payment methods the shop accepts (the test card that always fails among them).
 pub const PAYMENT_METHODS: &[&str] = shared_events::payment_methods::ALL;
 
+/// Why an order cannot be placed for the customer a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CustomerRefused {
+    /// The body names a customer other than the token's subject.
+    NotTheCaller,
+    /// No token (authentication disabled) and no `customer_id` either.
+    Missing,
+}
+
+/// Whose order a request places: the caller's (`subject`, from the token; a `claimed`
+/// `customer_id`, if sent, must be the same), or, with authentication disabled, the one the
+/// body claims.
+pub fn customer_of(
+    subject: Option<&str>,
+    claimed: Option<&str>,
+) -> Result<String, CustomerRefused> {
+    match (subject, claimed.map(str::trim)) {
+        (Some(subject), Some(claimed)) if claimed != subject => Err(CustomerRefused::NotTheCaller),
+        (Some(subject), _) => Ok(subject.to_owned()),
+        (None, Some(claimed)) => Ok(claimed.to_owned()),
+        (None, None) => Err(CustomerRefused::Missing),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
     pub code: &'static str,
@@ -695,5 +719,20 @@ mod tests {
         assert_eq!(ISO_COUNTRIES.split(' ').count(), 249);
         assert!(is_iso_country("AQ"));
         assert!(!is_iso_country("UK"));
+    }
+
+    #[test]
+    fn an_order_is_placed_for_the_caller_and_only_for_them() {
+        assert_eq!(customer_of(Some("ada"), None), Ok("ada".to_owned()));
+        assert_eq!(
+            customer_of(Some("ada"), Some(" ada ")),
+            Ok("ada".to_owned())
+        );
+        assert_eq!(
+            customer_of(Some("ada"), Some("bob")),
+            Err(CustomerRefused::NotTheCaller)
+        );
+        assert_eq!(customer_of(None, Some("bob")), Ok("bob".to_owned()));
+        assert_eq!(customer_of(None, None), Err(CustomerRefused::Missing));
     }
 }

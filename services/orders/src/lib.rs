@@ -68,6 +68,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Orders,
         http: Some(api::routes),
+        guards_customer_data: true,
         background: Some(expiry::run),
     };
     service_kit::bind(config, spec).await

@@ -39,6 +39,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Payment,
         http: None,
+        guards_customer_data: false,
         background: None,
     };
     service_kit::bind(config, spec).await

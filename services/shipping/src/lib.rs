@@ -37,6 +37,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         routes: routes(),
         state: Shipping,
         http: None,
+        guards_customer_data: false,
         background: None,
     };
     service_kit::bind(config, spec).await
