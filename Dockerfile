@@ -26,7 +26,11 @@ RUN cargo build --release --locked \
 
 # ---- Run: a small image, no compiler, no shell tools needed, not root ----------------------
 FROM debian:bookworm-slim AS runtime
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin shop
+# The development issuer's key and the console's token live in volumes mounted at the two
+# directories made here; a new volume takes their owner.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin shop \
+ && mkdir -p /var/lib/shop-issuer /var/run/shop \
+ && chown 10001:10001 /var/lib/shop-issuer /var/run/shop
 COPY --from=builder \
     /src/target/release/orders \
     /src/target/release/payment \

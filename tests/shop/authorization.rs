@@ -5,7 +5,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use shop_lab::issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer};
+use shop::issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer};
 use shop_tests::{Shop, order_body, signed, token};
 use uuid::Uuid;
 

@@ -28,8 +28,8 @@ use shared_events::{Envelope, Event, OrderCancelled, PaymentCompleted};
 use shop::SERVICES;
 use shop::provision::{Management, Settings};
 use shop_tests::{
-    Env, MANAGEMENT_URL, PATIENCE, RunningService, ensure_management_api, eventually, metric,
-    order_body,
+    Env, MANAGEMENT_URL, PATIENCE, RunningService, client, ensure_management_api, eventually,
+    issuer_url, metric, order_body, token,
 };
 use sqlx::Connection as _;
 use uuid::Uuid;
@@ -228,7 +228,9 @@ fn the_image_carries_every_binary_compose_runs_and_runs_them_as_non_root() {
 }
 
 /// Compose's values, pointed at this machine: localhost, the test database and vhost.
-fn localize(value: &str, database: &str, vhost: &str) -> String {
+/// Compose's values, pointed at this machine: localhost, the test database and vhost, the
+/// tests' identity provider, and the console's token in `token_file`.
+fn localize(value: &str, database: &str, vhost: &str, token_file: &str) -> String {
     value
         .replace(
             "@postgres:5432/shop",
@@ -236,6 +238,8 @@ fn localize(value: &str, database: &str, vhost: &str) -> String {
         )
         .replace("@rabbitmq:5672/%2f", &format!("@127.0.0.1:5672/{vhost}"))
         .replace("http://rabbitmq:15672", "http://127.0.0.1:15672")
+        .replace("http://issuer:8079", &issuer_url())
+        .replace("/var/run/shop/orders-token", token_file)
 }
 
 fn guest_management() -> Management {
@@ -278,6 +282,10 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
         .await
         .expect("create the test's vhost");
     let _vhost_guard = VhostGuard(vhost.clone());
+    // The console's token, as compose's issuer writes it for the console.
+    let token_file = std::env::temp_dir().join(format!("{vhost}-orders-token"));
+    std::fs::write(&token_file, token(console::DEMO_CUSTOMER, false)).expect("the token file");
+    let token_file = token_file.display().to_string();
     guest
         .allow_everything(&vhost, "guest")
         .await
@@ -286,7 +294,7 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     // The administrator compose's provision step logs in as.
     let provision_env: BTreeMap<String, String> = environment(&compose, "provision")
         .into_iter()
-        .map(|(k, v)| (k, localize(&v, &env.database, &vhost)))
+        .map(|(k, v)| (k, localize(&v, &env.database, &vhost, &token_file)))
         .collect();
     let settings =
         Settings::from_lookup(|name| provision_env.get(name).cloned()).expect("settings");
@@ -317,7 +325,7 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
         let (service, default_addr) = (entry.name, entry.default_addr);
         let mut vars: BTreeMap<String, String> = environment(&compose, service)
             .into_iter()
-            .map(|(k, v)| (k, localize(&v, &env.database, &vhost)))
+            .map(|(k, v)| (k, localize(&v, &env.database, &vhost, &token_file)))
             .collect();
         vars.insert("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned());
         vars.insert("DB_POOL_SIZE".to_owned(), "3".to_owned());
@@ -327,7 +335,7 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
         running.push(RunningService::start(service, config).await);
     }
 
-    let http = reqwest::Client::new();
+    let http = client();
     let orders_url = &running[0].url;
     let response = http
         .post(format!("{orders_url}/orders"))
@@ -478,6 +486,7 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     for service in running {
         service.stop().await;
     }
+    let _ = std::fs::remove_file(&token_file);
     env.cleanup().await;
 }
 

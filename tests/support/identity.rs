@@ -6,7 +6,7 @@
 use std::sync::{Arc, LazyLock};
 
 use service_kit::auth::AuthSettings;
-use shop_lab::issuer::{DEFAULT_TTL, DEV_AUDIENCE, DEV_ISSUER, DevIssuer, JWKS_PATH};
+use shop::issuer::{DEFAULT_TTL, DEV_AUDIENCE, DEV_ISSUER, DevIssuer, JWKS_PATH};
 
 /// The customer the tests' orders are placed for ([`crate::order_body`]). The tests' HTTP
 /// client calls as this customer, with the operator scope besides, so a test reads any order
@@ -38,6 +38,11 @@ static ISSUER: LazyLock<Served> = LazyLock::new(|| {
     });
     Served { issuer, base_url }
 });
+
+/// Where the tests' issuer serves its keys (`http://127.0.0.1:<port>`).
+pub fn issuer_url() -> String {
+    ISSUER.base_url.clone()
+}
 
 /// What a service under test is told to trust.
 pub fn auth_settings() -> AuthSettings {

@@ -45,8 +45,7 @@ pub struct AuthSettings {
 pub enum Auth {
     /// Bearer tokens, verified.
     Tokens(Arc<Verifier>),
-    /// No identity provider configured: every caller is an operator (a warning at start and
-    /// in `/readyz`).
+    /// `AUTH_DISABLED=true`: every caller is an operator. For a laptop, never for a shop.
     Disabled,
 }
 

@@ -56,13 +56,15 @@ pub struct Config {
     /// `ORDERS_URL` (read by the console): the public Orders API its buttons call, as any
     /// client would.
     pub orders_url: String,
-    /// `ORDERS_TOKEN` (read by the console): the bearer token its buttons send, a demo
-    /// customer's.
+    /// `ORDERS_TOKEN_FILE` (read by the console): a file holding the bearer token its buttons
+    /// send, the demo customer's; read at start.
     pub orders_token: Option<String>,
     /// `AUTH_JWKS_URL`, `AUTH_ISSUER`, `AUTH_AUDIENCE`: the identity provider whose tokens the
-    /// APIs that show customers' data believe (all three, or none: then every caller acts as
-    /// an operator).
+    /// APIs that show customers' data believe (all three, or none).
     pub auth: Option<AuthSettings>,
+    /// `AUTH_DISABLED=true`: such an API starts without an identity provider, every caller
+    /// acting as an operator (a warning at start and in `/readyz`).
+    pub auth_disabled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +98,11 @@ pub const VARIABLES: &[&str] = &[
     "MAX_PENDING_ORDERS",
     "ORDER_DEADLINE_MS",
     "ORDERS_URL",
-    "ORDERS_TOKEN",
+    "ORDERS_TOKEN_FILE",
     "AUTH_JWKS_URL",
     "AUTH_ISSUER",
     "AUTH_AUDIENCE",
+    "AUTH_DISABLED",
     // Read by the OpenTelemetry SDK (see `telemetry`); the usual ones, not every `OTEL_*`.
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -163,6 +166,7 @@ impl Config {
             orders_url: DEFAULT_ORDERS_URL.to_owned(),
             orders_token: None,
             auth: None,
+            auth_disabled: false,
         }
     }
 
@@ -320,7 +324,16 @@ impl Config {
         if let Some(url) = var("ORDERS_URL") {
             config.orders_url = url.trim_end_matches('/').to_owned();
         }
-        config.orders_token = var("ORDERS_TOKEN");
+        if let Some(path) = var("ORDERS_TOKEN_FILE") {
+            let token = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                name: "ORDERS_TOKEN_FILE",
+                reason: format!("cannot read {path}: {e}"),
+            })?;
+            config.orders_token = Some(token.trim().to_owned());
+        }
+        if let Some(disabled) = var("AUTH_DISABLED") {
+            config.auth_disabled = parse("AUTH_DISABLED", &disabled)?;
+        }
         config.auth = match (
             var("AUTH_JWKS_URL"),
             var("AUTH_ISSUER"),

@@ -45,7 +45,7 @@ pub(crate) struct Health {
     pub(crate) db: Db,
     pub(crate) broker_connected: Arc<AtomicBool>,
     pub(crate) metrics: Metrics,
-    /// Its API guards customers' data but has no identity provider: said in `/readyz`.
+    /// Its API guards customers' data but runs with `AUTH_DISABLED=true`: said in `/readyz`.
     pub(crate) unauthenticated: bool,
 }
 
@@ -86,8 +86,7 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
         database,
         broker,
         warning: health.unauthenticated.then_some(
-            "no identity provider (AUTH_*): callers are not authenticated and every one acts as \
-             an operator",
+            "AUTH_DISABLED=true: callers are not authenticated and every one acts as an operator",
         ),
     };
     (status, Json(body))

@@ -48,8 +48,8 @@ pub struct ServiceSpec<S: Service> {
     pub state: S,
     /// Extra endpoints (an API) built on the service's database handle and settings.
     pub http: Option<fn(ApiContext) -> Router>,
-    /// Its API shows customers' data: without an identity provider to check callers against
-    /// (`AUTH_*`), it says so at start and in `/readyz`.
+    /// Its API shows customers' data: it starts only with an identity provider to check
+    /// callers against (`AUTH_*`), or with `AUTH_DISABLED=true`.
     pub guards_customer_data: bool,
     /// Work of the service's own that runs beside consuming (orders' deadline sweep), started
     /// once migrations are applied and awaited on shutdown.
@@ -96,6 +96,11 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(
+        "no identity provider: set AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE (or, on a \
+         laptop only, AUTH_DISABLED=true)"
+    )]
+    NoIdentityProvider,
 }
 
 type RunFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
@@ -129,10 +134,12 @@ pub async fn bind<S: Service>(config: Config, spec: ServiceSpec<S>) -> Result<Bo
     let name = S::Participant::NAME;
     config.validate()?;
     if spec.guards_customer_data && config.auth.is_none() {
+        if !config.auth_disabled {
+            return Err(Error::NoIdentityProvider);
+        }
         tracing::warn!(
             service = name,
-            "no identity provider (AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE): every caller \
-             acts as an operator"
+            "AUTH_DISABLED=true: every caller acts as an operator; never run a shop like this"
         );
     }
     let db = Db::connect_lazy(&config, name).map_err(Error::DatabaseUrl)?;

@@ -25,7 +25,7 @@ use sqlx::{Connection as _, PgConnection};
 use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
-use shop::registry;
+use shop::{issuer::DevIssuer, registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -48,6 +48,8 @@ pub enum HarnessError {
         database: String,
         source: sqlx::Error,
     },
+    #[error("cannot make a token: {0}")]
+    Token(String),
 }
 
 /// `scheme://host:port` of a URL, without credentials or path: safe to print.
@@ -329,6 +331,31 @@ pub fn order_body(
             "country": country
         }
     })
+}
+
+/// A client that calls as an operator of the shop `issuer` signs for (any order is its to
+/// read and cancel); a request placing an order sends its customer's own token instead.
+pub fn operator_client(issuer: &DevIssuer) -> Result<reqwest::Client, HarnessError> {
+    let token = issuer
+        .token("lab-operator", true, Duration::from_secs(24 * 3600))
+        .map_err(|e| HarnessError::Token(e.to_string()))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| HarnessError::Token("not a header value".to_owned()))?;
+    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| HarnessError::Token(e.to_string()))
+}
+
+/// The token of the customer an order body names, for placing it.
+pub fn token_for(issuer: &DevIssuer, body: &Value) -> String {
+    let customer = body["customer_id"].as_str().unwrap_or_default();
+    issuer
+        .token(customer, false, Duration::from_secs(3600))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -8,11 +8,9 @@
 //!   process-based tests all start.
 //! - [`chaos`]: `shop chaos`, faults end to end; [`cluster`]: a local three-node RabbitMQ.
 //! - [`bench`]: `shop bench`, speed end to end.
-//! - [`issuer`]: a development identity provider (a key, its JWKS, tokens).
 
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod harness;
-pub mod issuer;
 pub mod process_shop;

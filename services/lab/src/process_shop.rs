@@ -2,16 +2,19 @@
 //! `shop bench` and the process-based tests all run. One place decides how such a shop is set
 //! up and taken down: a fresh database (on every server a `<SERVICE>_DATABASE_URL` names) and
 //! namespace, every queue declared before any service starts, one log directory, the retry
-//! delays the services run with (and whose delay queues are deleted afterwards).
+//! delays the services run with (and whose delay queues are deleted afterwards), and an
+//! identity provider of its own (a development issuer whose tokens the shop believes).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use shop::{
     SERVICES,
     fleet::{self, Fleet, FleetError, Output, Ports},
+    issuer::{self, DevIssuer, IssuerError},
     provision::{self, ProvisionError},
 };
 use sqlx::{Connection as _, PgConnection};
+use tokio::task::JoinHandle;
 
 use crate::harness::{HarnessError, Sandbox};
 
@@ -25,6 +28,10 @@ pub enum ProcessShopError {
     Topology(#[from] ProvisionError),
     #[error("cannot create the log directory")]
     LogDir(#[source] std::io::Error),
+    #[error("cannot start the identity provider")]
+    Issuer(#[from] IssuerError),
+    #[error("cannot serve or write the identity provider's keys and tokens")]
+    IssuerIo(#[source] std::io::Error),
     #[error("cannot create the run's database on {service}'s server")]
     Database {
         service: &'static str,
@@ -56,6 +63,9 @@ pub struct ProcessShop {
     /// another server (then the database of the same name there).
     pub databases: BTreeMap<&'static str, String>,
     pub log_dir: PathBuf,
+    /// The identity provider the shop trusts: tokens for the run's customers and operators.
+    pub issuer: Arc<DevIssuer>,
+    serving_keys: JoinHandle<std::io::Result<()>>,
     replicas: usize,
     retry_delays: Vec<Duration>,
 }
@@ -73,11 +83,24 @@ impl ProcessShop {
         let log_dir = std::env::temp_dir().join(&sandbox.namespace);
         let created = async {
             std::fs::create_dir_all(&log_dir).map_err(ProcessShopError::LogDir)?;
-            databases_of(&sandbox, &options.admin_database_url).await
+            let issuer = Arc::new(DevIssuer::generate()?);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(ProcessShopError::IssuerIo)?;
+            let keys_url = format!(
+                "http://{}",
+                listener.local_addr().map_err(ProcessShopError::IssuerIo)?
+            );
+            let console_token = log_dir.join("console-token");
+            let token = issuer.token(console::DEMO_CUSTOMER, false, issuer::CONSOLE_TOKEN_TTL)?;
+            std::fs::write(&console_token, token).map_err(ProcessShopError::IssuerIo)?;
+            let databases = databases_of(&sandbox, &options.admin_database_url).await?;
+            let serving_keys = tokio::spawn(issuer.clone().serve(listener));
+            Ok((databases, issuer, keys_url, console_token, serving_keys))
         }
         .await;
-        let databases = match created {
-            Ok(databases) => databases,
+        let (databases, issuer, keys_url, console_token, serving_keys) = match created {
+            Ok(created) => created,
             Err(e) => {
                 sandbox.cleanup(&[&options.retry_delays], &[]).await;
                 let _ = std::fs::remove_dir_all(&log_dir);
@@ -100,6 +123,8 @@ impl ProcessShop {
                     .join(","),
             ),
         ];
+        settings.extend(DevIssuer::settings(&keys_url));
+        settings.push(("ORDERS_TOKEN_FILE", console_token.display().to_string()));
         // The caller's settings come last: they override the sandbox's defaults.
         settings.extend(options.settings);
         let mut fleet = Fleet::new(
@@ -118,6 +143,8 @@ impl ProcessShop {
             fleet,
             databases,
             log_dir,
+            issuer,
+            serving_keys,
             replicas: options.replicas,
             retry_delays: options.retry_delays,
         })
@@ -162,6 +189,7 @@ impl ProcessShop {
     /// Stops the services and removes everything: databases, queues, exchange and logs.
     pub async fn remove(mut self) {
         self.fleet.stop().await;
+        self.serving_keys.abort();
         for url in self.databases.values() {
             if *url != self.sandbox.database_url {
                 drop_database(url).await;
@@ -174,6 +202,7 @@ impl ProcessShop {
     /// Stops the services and keeps everything else for inspection; says where it is.
     pub async fn keep(mut self) -> String {
         self.fleet.stop().await;
+        self.serving_keys.abort();
         let sandbox = &self.sandbox;
         format!(
             "kept for inspection: database {}, namespace {}, logs in {} \

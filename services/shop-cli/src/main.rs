@@ -12,10 +12,11 @@
 use shop::{
     ServiceEntry, asyncapi, audit,
     fleet::{self, Fleet, Output, Ports},
+    issuer::{self, DevIssuer},
     map, registry,
 };
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -59,6 +60,26 @@ enum Commands {
     Provision,
     /// GET a URL and succeed only on a 2xx answer (the containers' health check).
     Probe { url: String },
+    /// Print a bearer token for `customer`, signed with the development key (SHOP_DEV_KEY, or
+    /// ~/.shop/dev-signing-key.pem, created if missing): what `shop up` and `shop issuer` serve.
+    Token {
+        customer: String,
+        /// With the shop:operate scope: every order is the holder's to see and cancel.
+        #[arg(long)]
+        operator: bool,
+        /// How long the token is good for.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Serve the development key's JWKS (compose's identity provider), optionally writing the
+    /// console's token to a file first.
+    Issuer {
+        #[arg(long, default_value = "0.0.0.0:8079")]
+        listen: std::net::SocketAddr,
+        /// Write a token for the console's demo customer here (its ORDERS_TOKEN_FILE).
+        #[arg(long)]
+        console_token_file: Option<std::path::PathBuf>,
+    },
     /// Print the flow map (Markdown with a Mermaid diagram), generated from the services.
     Map {
         /// The same graph as JSON (the console's page draws it).
@@ -146,6 +167,38 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Commands::DeadLetters { action } => dead_letters(action).await,
+        Commands::Token {
+            customer,
+            operator,
+            ttl_secs,
+        } => {
+            let issuer = DevIssuer::load_or_create(&issuer::default_key_path())?;
+            println!(
+                "{}",
+                issuer.token(&customer, operator, Duration::from_secs(ttl_secs))?
+            );
+            Ok(())
+        }
+        Commands::Issuer {
+            listen,
+            console_token_file,
+        } => {
+            service_kit::init_logs();
+            let issuer = Arc::new(DevIssuer::load_or_create(&issuer::default_key_path())?);
+            if let Some(path) = console_token_file {
+                write_console_token(&issuer, &path)?;
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(%listen, "serving the development issuer's keys");
+            let shutdown = service_kit::shutdown_on_signal();
+            tokio::select! {
+                served = issuer.serve(listener) => served?,
+                () = shutdown.cancelled() => {}
+            }
+            Ok(())
+        }
         Commands::Map { json } => {
             print!(
                 "{}",
@@ -295,6 +348,29 @@ async fn up(replicas: usize) -> anyhow::Result<()> {
     .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
     // The services read the rest of their settings from this environment, as this did.
     let mut settings = Vec::new();
+    // Authentication is on: unless the environment names an identity provider (or disables
+    // it), the development issuer is served here and every service trusts it.
+    let _issuer = if std::env::var_os("AUTH_JWKS_URL").is_none()
+        && std::env::var_os("AUTH_DISABLED").is_none()
+    {
+        let key = issuer::default_key_path();
+        let dev = Arc::new(DevIssuer::load_or_create(&key)?);
+        let listen = format!("127.0.0.1:{}", issuer::DEFAULT_PORT);
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot serve the development issuer on {listen}"))?;
+        settings.extend(DevIssuer::settings(&format!("http://{listen}")));
+        let token_file = key.with_extension("console-token");
+        write_console_token(&dev, &token_file)?;
+        settings.push(("ORDERS_TOKEN_FILE", token_file.display().to_string()));
+        println!(
+            "authentication is on: tokens from `shop token <customer>` (key {})",
+            key.display()
+        );
+        Some(tokio::spawn(dev.serve(listener)))
+    } else {
+        None
+    };
     if replicas > 1 && std::env::var_os("DB_POOL_SIZE").is_none() {
         // Replicas share one Postgres: fewer connections each, unless told otherwise.
         let pool_size = fleet::pool_size_per_replica(replicas);
@@ -339,4 +415,20 @@ async fn up(replicas: usize) -> anyhow::Result<()> {
         Some((name, _)) => bail!("{name} stopped unexpectedly"),
         None => Ok(()),
     }
+}
+
+/// A token for the console's demo customer, in a file only its owner reads: the console's
+/// ORDERS_TOKEN_FILE.
+fn write_console_token(issuer: &DevIssuer, path: &std::path::Path) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let token = issuer.token(console::DEMO_CUSTOMER, false, issuer::CONSOLE_TOKEN_TTL)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(())
 }

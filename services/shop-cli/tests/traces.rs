@@ -150,16 +150,12 @@ async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String
     // The caller's own trace: the order's trace continues it.
     let caller_trace = uuid::Uuid::new_v4().simple().to_string();
     let caller_span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let body = harness::order_body("cust-trace", "MUG-001", 1, "card", "GB");
     let placed: Json = http
         .post(format!("{orders}/orders"))
+        .bearer_auth(harness::token_for(&shop.issuer, &body))
         .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
-        .json(&harness::order_body(
-            "cust-trace",
-            "MUG-001",
-            1,
-            "card",
-            "GB",
-        ))
+        .json(&body)
         .send()
         .await
         .map_err(|e| e.to_string())?

@@ -6,6 +6,7 @@
 pub mod asyncapi;
 pub mod audit;
 pub mod fleet;
+pub mod issuer;
 pub mod map;
 pub mod provision;
 pub mod registry;

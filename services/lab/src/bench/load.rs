@@ -153,11 +153,15 @@ pub(super) async fn offer(
         let orders_url = &target.orders_urls[(i as usize) % target.orders_urls.len()];
         let (http, url) = (http.clone(), format!("{orders_url}/orders"));
         let (accepted, shed, refused) = (accepted.clone(), shed.clone(), refused.clone());
+        let issuer = target.issuer.clone();
         sends.push(tokio::spawn(async move {
+            // Each order as its own customer, with that customer's token.
+            let body = order_body(first + i);
             let response = http
                 .post(url)
+                .bearer_auth(harness::token_for(&issuer, &body))
                 .header("idempotency-key", Uuid::new_v4().to_string())
-                .json(&order_body(first + i))
+                .json(&body)
                 .timeout(Duration::from_secs(30))
                 .send()
                 .await;

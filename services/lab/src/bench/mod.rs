@@ -35,7 +35,10 @@ use lapin::{
 };
 use serde_json::{Value, json};
 use service_kit::Config;
-use shop::registry;
+use shop::{
+    issuer::{self, DevIssuer},
+    registry,
+};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::mpsc;
 use uuid::Uuid;

@@ -10,6 +10,9 @@ pub(super) struct Target {
     /// Our own shop's database (sizes, commit counts); none for a running shop.
     pub(super) database: Option<PgPool>,
     pub(super) own: Option<ProcessShop>,
+    /// Signs the load's customers' tokens: our own shop's issuer, or for a running shop the
+    /// development key `shop up` serves.
+    pub(super) issuer: Arc<DevIssuer>,
 }
 
 impl Target {
@@ -28,6 +31,7 @@ impl Target {
                 namespace: base.namespace,
                 database: None,
                 own: None,
+                issuer: Arc::new(DevIssuer::load_or_create(&issuer::default_key_path())?),
             });
         }
         let mut settings = Vec::new();
@@ -77,6 +81,7 @@ impl Target {
                 amqp_url: shop.sandbox.amqp_url.clone(),
                 namespace: shop.sandbox.namespace.clone(),
                 database: Some(database),
+                issuer: shop.issuer.clone(),
                 own: Some(shop),
             }),
             Err(e) => {

@@ -60,6 +60,7 @@ pub(super) fn probe_body() -> (Value, Expected) {
 /// Step 2: the load, at a steady rate, each order retried with its key until accepted.
 pub(super) async fn place_orders(
     http: reqwest::Client,
+    issuer: Arc<DevIssuer>,
     orders_urls: Vec<String>,
     key_prefix: String,
     options: &ChaosOptions,
@@ -75,13 +76,14 @@ pub(super) async fn place_orders(
         let placed = placed.clone();
         let key = format!("{key_prefix}-{i}");
         // Round robin over the orders replicas; a retry goes to the next one.
-        let (http, mut orders_urls) = (http.clone(), orders_urls.clone());
+        let (http, issuer, mut orders_urls) = (http.clone(), issuer.clone(), orders_urls.clone());
         let replicas = orders_urls.len().max(1);
         orders_urls.rotate_left(i % replicas);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let (body, mut expected, then) = order_body(i);
-            match place(&http, &orders_urls, &key, &body).await {
+            let token = harness::token_for(&issuer, &body);
+            match place(&http, &orders_urls, &key, &body, &token).await {
                 Ok((order_id, tries)) => {
                     if then == Then::Cancel {
                         expected = cancel(&http, &orders_urls, order_id).await;
@@ -129,13 +131,14 @@ pub(super) async fn cancel(
     Expected::ConfirmedOrCancelledByCustomer
 }
 
-/// POSTs until the order is accepted, with the same key every time, trying the orders
-/// replicas in turn; `(order id, tries)`.
+/// POSTs until the order is accepted, as its customer (`token`), with the same key every time,
+/// trying the orders replicas in turn; `(order id, tries)`.
 pub(super) async fn place(
     http: &reqwest::Client,
     orders_urls: &[String],
     key: &str,
     body: &Value,
+    token: &str,
 ) -> anyhow::Result<(Uuid, u32)> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut tries = 0;
@@ -146,6 +149,7 @@ pub(super) async fn place(
         tries += 1;
         let response = http
             .post(format!("{orders_url}/orders"))
+            .bearer_auth(token)
             .header("idempotency-key", key)
             .json(body)
             .timeout(Duration::from_secs(5))

@@ -22,7 +22,7 @@ use service_kit::{
     Config,
     publisher::{Outgoing, Publisher},
 };
-use shop::{audit, fleet, registry};
+use shop::{audit, fleet, issuer::DevIssuer, registry};
 use sqlx::PgPool;
 use tokio::{process::Command, sync::Semaphore};
 use uuid::Uuid;
@@ -150,9 +150,16 @@ pub async fn run(exe: &Path, options: ChaosOptions) -> anyhow::Result<()> {
             bail!("--broker-nodes {n}: a quorum needs 1 or 3 nodes here")
         }
     };
+    let http = match harness::operator_client(&shop.issuer) {
+        Ok(http) => http,
+        Err(e) => {
+            shop.remove().await;
+            return Err(e.into());
+        }
+    };
     let mut run = ChaosRun {
         shop,
-        http: reqwest::Client::new(),
+        http,
         journal: Journal(Instant::now()),
         stops: BTreeMap::new(),
         cluster,
@@ -218,6 +225,7 @@ impl ChaosRun {
 
         let load = place_orders(
             self.http.clone(),
+            self.shop.issuer.clone(),
             self.shop.fleet.orders_urls(),
             self.shop.sandbox.namespace.clone(),
             options,

@@ -1,14 +1,24 @@
-//! A development identity provider: an ES256 key of its own, its public half served as a
-//! JWKS, and tokens signed with it. The tests run the shop against one (a real shop trusts its
-//! identity provider, Keycloak or any OIDC issuer, through the same three settings).
+//! The development identity provider: an ES256 key of the shop's own, its public half served
+//! as a JWKS, and tokens signed with it (`shop token ada`, like `dotnet user-jwts`). `shop up`,
+//! compose, the lab and the tests run the shop against it, so authentication is on everywhere
+//! and the README's curl flows stay copy-pasteable. A real shop trusts its identity provider
+//! instead (Keycloak, any OIDC issuer) through the same three settings.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{Json, Router, routing::get};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::{
     SecretKey,
-    elliptic_curve::{Generate, pkcs8::EncodePrivateKey, sec1::ToSec1Point},
+    elliptic_curve::{
+        Generate,
+        pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding},
+        sec1::ToSec1Point,
+    },
 };
 use serde_json::{Value, json};
 use service_kit::auth::OPERATOR_SCOPE;
@@ -20,11 +30,22 @@ pub const DEV_ISSUER: &str = "urn:shop:dev-issuer";
 pub const DEV_AUDIENCE: &str = "shop";
 /// Where the issuer serves its keys.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Where `shop up` and `shop issuer` serve them.
+pub const DEFAULT_PORT: u16 = 8079;
+/// How long the console's token is good for: a development shop runs for days.
+pub const CONSOLE_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a token is good for unless asked otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
+    #[error("cannot read or write the development key {path}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a PKCS#8 P-256 private key")]
+    NotAKey { path: PathBuf },
     #[error("cannot generate a key")]
     Generate,
     #[error("cannot sign a token")]
@@ -43,6 +64,35 @@ impl DevIssuer {
     pub fn generate() -> Result<Self, IssuerError> {
         let secret = SecretKey::try_generate().map_err(|_| IssuerError::Generate)?;
         Self::from_secret(&secret)
+    }
+
+    /// The key kept at `path`, created there first if there is none: the one `shop up` and
+    /// `shop issuer` serve and `shop token` signs with, whichever runs first.
+    pub fn load_or_create(path: &Path) -> Result<Self, IssuerError> {
+        let file_error = |source| IssuerError::KeyFile {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(pem) => {
+                let secret = SecretKey::from_pkcs8_pem(&pem).map_err(|_| IssuerError::NotAKey {
+                    path: path.to_owned(),
+                })?;
+                Self::from_secret(&secret)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let secret = SecretKey::try_generate().map_err(|_| IssuerError::Generate)?;
+                let pem = secret
+                    .to_pkcs8_pem(LineEnding::LF)
+                    .map_err(|_| IssuerError::Generate)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(file_error)?;
+                }
+                write_private(path, pem.as_bytes()).map_err(file_error)?;
+                Self::from_secret(&secret)
+            }
+            Err(e) => Err(file_error(e)),
+        }
     }
 
     fn from_secret(secret: &SecretKey) -> Result<Self, IssuerError> {
@@ -95,12 +145,41 @@ impl DevIssuer {
         &self.jwks
     }
 
+    /// The settings that make a service trust this issuer, served at `base_url`.
+    pub fn settings(base_url: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AUTH_JWKS_URL", format!("{base_url}{JWKS_PATH}")),
+            ("AUTH_ISSUER", DEV_ISSUER.to_owned()),
+            ("AUTH_AUDIENCE", DEV_AUDIENCE.to_owned()),
+        ]
+    }
+
     /// Serves the JWKS on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let jwks = self.jwks.clone();
         let app = Router::new().route(JWKS_PATH, get(move || async move { Json(jwks) }));
         axum::serve(listener, app).await
     }
+}
+
+/// `SHOP_DEV_KEY` if set, else `~/.shop/dev-signing-key.pem`.
+pub fn default_key_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("SHOP_DEV_KEY") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".shop").join("dev-signing-key.pem")
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 fn base64url(bytes: &[u8]) -> String {
