@@ -252,3 +252,32 @@ async fn every_route_answers_each_caller_as_documented_and_refusals_change_nothi
     }
     shop.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_of_customers_data_refuses_to_start_without_an_identity_provider() {
+    let env = shop_tests::Env::new().await;
+    let mut config = env.config();
+    config.auth = None;
+    let refused = (shop::registry::orders().bind)(config.clone()).await.err();
+    assert!(
+        matches!(refused, Some(service_kit::Error::NoIdentityProvider)),
+        "{refused:?}"
+    );
+    // Said out loud, it starts, and says so where an operator looks.
+    config.auth_disabled = true;
+    let orders = shop_tests::RunningService::start("orders", config).await;
+    let ready: Value = reqwest::get(format!("{}/readyz", orders.url))
+        .await
+        .expect("readyz answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        ready["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("AUTH_DISABLED")),
+        "{ready}"
+    );
+    orders.stop().await;
+    env.cleanup().await;
+}
