@@ -140,11 +140,6 @@ impl DevIssuer {
         Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
 
-    /// The public keys, as `AUTH_JWKS_URL` serves them.
-    pub fn jwks(&self) -> &Value {
-        &self.jwks
-    }
-
     /// The settings that make a service trust this issuer, served at `base_url`.
     pub fn settings(base_url: &str) -> Vec<(&'static str, String)> {
         vec![
