@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
@@ -31,6 +31,8 @@ const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clock skew tolerated on `exp`.
 const LEEWAY_SECS: u64 = 30;
+/// Tokens remembered as verified; past this many the memory starts over.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 /// `AUTH_JWKS_URL`, `AUTH_ISSUER`, `AUTH_AUDIENCE`: the identity provider a service trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +200,7 @@ struct Claims {
     sub: String,
     #[serde(default)]
     scope: String,
+    exp: u64,
 }
 
 struct Key {
@@ -210,6 +213,9 @@ pub struct Verifier {
     settings: AuthSettings,
     http: reqwest::Client,
     keys: RwLock<HashMap<String, Arc<Key>>>,
+    /// Tokens already verified, with their `exp`: a client sends the same token for its whole
+    /// life, and checking an ES256 signature costs more than the rest of most requests.
+    verified: Mutex<HashMap<String, (Caller, u64)>>,
     /// When the key set was last fetched; held while fetching.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -220,11 +226,18 @@ impl Verifier {
             settings,
             http: reqwest::Client::new(),
             keys: RwLock::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             last_fetch: tokio::sync::Mutex::new(None),
         }
     }
 
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((caller, exp)) = self.remembered(token)
+            && now <= exp + LEEWAY_SECS
+        {
+            return Ok(caller);
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let kid = header
@@ -248,10 +261,24 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?
             .claims;
-        Ok(Caller {
+        let caller = Caller {
             operator: claims.scope.split_whitespace().any(|s| s == OPERATOR_SCOPE),
             subject: Some(claims.sub),
-        })
+        };
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), (caller.clone(), claims.exp));
+        Ok(caller)
+    }
+
+    fn remembered(&self, token: &str) -> Option<(Caller, u64)> {
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()
     }
 
     fn key(&self, kid: &str) -> Option<Arc<Key>> {

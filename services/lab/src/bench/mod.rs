@@ -36,7 +36,7 @@ use lapin::{
 use serde_json::{Value, json};
 use service_kit::Config;
 use shop::{
-    issuer::{self, DevIssuer},
+    issuer::{self, DevIssuer, IssuerError},
     registry,
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};

@@ -10,9 +10,16 @@ pub(super) struct Target {
     /// Our own shop's database (sizes, commit counts); none for a running shop.
     pub(super) database: Option<PgPool>,
     pub(super) own: Option<ProcessShop>,
-    /// Signs the load's customers' tokens: our own shop's issuer, or for a running shop the
-    /// development key `shop up` serves.
-    pub(super) issuer: Arc<DevIssuer>,
+    /// The load's customers' tokens (customer `i` at index `i`): signed by our own shop's
+    /// issuer, or for a running shop with the development key `shop up` serves.
+    pub(super) tokens: Vec<String>,
+}
+
+/// A token for each of the load's customers.
+fn tokens(issuer: &DevIssuer) -> Result<Vec<String>, IssuerError> {
+    (0..CUSTOMERS)
+        .map(|i| issuer.token(&customer(i), false, Duration::from_secs(24 * 3600)))
+        .collect()
 }
 
 impl Target {
@@ -31,7 +38,7 @@ impl Target {
                 namespace: base.namespace,
                 database: None,
                 own: None,
-                issuer: Arc::new(DevIssuer::load_or_create(&issuer::default_key_path())?),
+                tokens: tokens(&DevIssuer::load_or_create(&issuer::default_key_path())?)?,
             });
         }
         let mut settings = Vec::new();
@@ -72,16 +79,16 @@ impl Target {
             harness::set_stock(&database, &SKUS, PLENTY).await?;
             harness::set_stock(&database, &[SOLD_OUT_SKU], 0).await?;
             anyhow::ensure!(!shop.orders_urls().is_empty(), "no orders process started");
-            Ok(database)
+            Ok((database, tokens(&shop.issuer)?))
         }
         .await;
         match opened {
-            Ok(database) => Ok(Self {
+            Ok((database, tokens)) => Ok(Self {
                 orders_urls: shop.orders_urls(),
                 amqp_url: shop.sandbox.amqp_url.clone(),
                 namespace: shop.sandbox.namespace.clone(),
                 database: Some(database),
-                issuer: shop.issuer.clone(),
+                tokens,
                 own: Some(shop),
             }),
             Err(e) => {
