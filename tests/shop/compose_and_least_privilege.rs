@@ -337,50 +337,16 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
 
     let http = client();
     let orders_url = &running[0].url;
-    let response = http
-        .post(format!("{orders_url}/orders"))
-        .json(&order_body("MUG-001", 1, "card", "GB"))
-        .send()
-        .await
-        .expect("orders");
-    assert_eq!(response.status(), 202);
-    let order_id = response.json::<serde_json::Value>().await.expect("JSON")["order_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let order_id = place(&http, orders_url, &order_body("MUG-001", 1, "card", "GB")).await;
     eventually("order confirmed", || async {
-        let order: serde_json::Value = http
-            .get(format!("{orders_url}/orders/{order_id}"))
-            .send()
-            .await
-            .expect("orders")
-            .json()
-            .await
-            .expect("JSON");
-        order["status"] == "confirmed"
+        order(&http, orders_url, &order_id).await["status"] == "confirmed"
     })
     .await;
     // A failure with every compensation, each service believing the others' users: a country
     // nobody ships to (charged, reserved, then refunded, released, cancelled, voided).
-    let unshippable: serde_json::Value = http
-        .post(format!("{orders_url}/orders"))
-        .json(&order_body("BOOK-001", 1, "card", "AQ"))
-        .send()
-        .await
-        .expect("orders")
-        .json()
-        .await
-        .expect("JSON");
-    let unshippable = unshippable["order_id"].as_str().expect("id").to_owned();
+    let unshippable = place(&http, orders_url, &order_body("BOOK-001", 1, "card", "AQ")).await;
     eventually("the unshippable order cancelled and settled", || async {
-        let order: serde_json::Value = http
-            .get(format!("{orders_url}/orders/{unshippable}"))
-            .send()
-            .await
-            .expect("orders")
-            .json()
-            .await
-            .expect("JSON");
+        let order = order(&http, orders_url, &unshippable).await;
         order["status"] == "cancelled" && order["settled"] == true
     })
     .await;
@@ -488,6 +454,29 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     }
     let _ = std::fs::remove_file(&token_file);
     env.cleanup().await;
+}
+
+/// Places an order (it must be accepted); its id.
+async fn place(http: &reqwest::Client, orders_url: &str, body: &serde_json::Value) -> String {
+    let response = http
+        .post(format!("{orders_url}/orders"))
+        .json(body)
+        .send()
+        .await
+        .expect("orders");
+    assert_eq!(response.status(), 202);
+    let placed: serde_json::Value = response.json().await.expect("JSON");
+    placed["order_id"].as_str().expect("id").to_owned()
+}
+
+async fn order(http: &reqwest::Client, orders_url: &str, order_id: &str) -> serde_json::Value {
+    http.get(format!("{orders_url}/orders/{order_id}"))
+        .send()
+        .await
+        .expect("orders")
+        .json()
+        .await
+        .expect("JSON")
 }
 
 /// The probe that found the hole: with payment's publishing rights, a copy of an

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use service_kit::Config;
-use shop_tests::{Shop, TEST_CUSTOMER, metric, token};
+use shop_tests::{Shop, TEST_CUSTOMER, client_builder, metric, token};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -47,15 +47,8 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 /// A client that keeps no idle connection, so it holds no slot between requests.
 /// A client of its own (no pooled connection), calling as the tests' customer.
 fn fresh_client() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let bearer = format!("Bearer {}", token(TEST_CUSTOMER, true));
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        bearer.parse().expect("a header value"),
-    );
-    reqwest::Client::builder()
+    client_builder()
         .pool_max_idle_per_host(0)
-        .default_headers(headers)
         .build()
         .expect("an HTTP client")
 }

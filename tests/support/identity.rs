@@ -68,14 +68,16 @@ pub fn signed(claims: &serde_json::Value) -> String {
 
 /// An HTTP client that calls as [`TEST_CUSTOMER`], an operator.
 pub fn client() -> reqwest::Client {
+    client_builder().build().expect("an HTTP client")
+}
+
+/// [`client`]'s settings, for a test that needs more of its own.
+pub fn client_builder() -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     let bearer = format!("Bearer {}", token(TEST_CUSTOMER, true));
     headers.insert(
         reqwest::header::AUTHORIZATION,
         bearer.parse().expect("a header value"),
     );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("an HTTP client")
+    reqwest::Client::builder().default_headers(headers)
 }
