@@ -6,11 +6,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use axum::{Router, body::Bytes, extract::State, http::header, routing::post};
+use futures_util::FutureExt;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{KeyValue, any_value::Value},
@@ -120,7 +122,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_order_is_one_trace_across_the_five_services() {
+async fn one_order_is_one_trace_across_every_service() {
     let (endpoint, spans) = start_receiver().await;
     let shop = start_shop(
         "shop_traces",
@@ -131,10 +133,15 @@ async fn one_order_is_one_trace_across_the_five_services() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let result = check_one_order(&shop, &spans).await;
+    // A failed assertion must not leave the run's database, queues and logs behind.
+    let result = AssertUnwindSafe(check_one_order(&shop, &spans))
+        .catch_unwind()
+        .await;
     shop.remove().await;
-    if let Err(failure) = result {
-        panic!("{failure}");
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(failure)) => panic!("{failure}"),
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
