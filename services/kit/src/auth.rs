@@ -67,14 +67,13 @@ impl Auth {
             });
         };
         let value = authorization.ok_or(AuthError::Missing)?;
+        // The scheme is case-insensitive (RFC 7235): `Bearer`, `bearer`, `BEARER`.
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::NotBearer)?;
         verifier.verify(token).await

@@ -351,11 +351,11 @@ pub fn operator_client(issuer: &DevIssuer) -> Result<reqwest::Client, HarnessErr
 }
 
 /// The token of the customer an order body names, for placing it.
-pub fn token_for(issuer: &DevIssuer, body: &Value) -> String {
+pub fn token_for(issuer: &DevIssuer, body: &Value) -> Result<String, HarnessError> {
     let customer = body["customer_id"].as_str().unwrap_or_default();
     issuer
         .token(customer, false, Duration::from_secs(3600))
-        .unwrap_or_default()
+        .map_err(|e| HarnessError::Token(e.to_string()))
 }
 
 #[cfg(test)]

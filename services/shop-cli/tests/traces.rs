@@ -160,7 +160,7 @@ async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String
     let body = harness::order_body("cust-trace", "MUG-001", 1, "card", "GB");
     let placed: Json = http
         .post(format!("{orders}/orders"))
-        .bearer_auth(harness::token_for(&shop.issuer, &body))
+        .bearer_auth(harness::token_for(&shop.issuer, &body).map_err(|e| e.to_string())?)
         .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
         .json(&body)
         .send()

@@ -222,9 +222,18 @@ mod tests {
             axum::http::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header")
         };
         let ada = issuer.token("ada", false, DEFAULT_TTL).expect("signed");
-        let caller = auth.caller(Some(&bearer(ada))).await.expect("believed");
+        let caller = auth
+            .caller(Some(&bearer(ada.clone())))
+            .await
+            .expect("believed");
         assert_eq!(caller.subject.as_deref(), Some("ada"));
         assert!(!caller.operator);
+        // The scheme's case does not matter; another scheme is not a bearer token.
+        let shouted =
+            axum::http::HeaderValue::from_str(&format!("BEARER {ada}")).expect("a header");
+        assert!(auth.caller(Some(&shouted)).await.is_ok());
+        let basic = axum::http::HeaderValue::from_str(&format!("Basic {ada}")).expect("a header");
+        assert!(auth.caller(Some(&basic)).await.is_err());
         let operator = issuer.token("ops", true, DEFAULT_TTL).expect("signed");
         assert!(
             auth.caller(Some(&bearer(operator)))

@@ -161,7 +161,7 @@ impl ChaosRun {
     ) -> anyhow::Result<(&'static str, Placed)> {
         let (body, expected) = probe_body();
         let key = format!("{}-probe-{label}", self.shop.sandbox.namespace);
-        let token = harness::token_for(&self.shop.issuer, &body);
+        let token = harness::token_for(&self.shop.issuer, &body)?;
         let orders_urls = self.shop.fleet.orders_urls();
         let (order_id, tries) = place(&self.http, &orders_urls, &key, &body, &token).await?;
         let deadline = since + Duration::from_secs(120);

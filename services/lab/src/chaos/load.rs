@@ -82,8 +82,11 @@ pub(super) async fn place_orders(
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let (body, mut expected, then) = order_body(i);
-            let token = harness::token_for(&issuer, &body);
-            match place(&http, &orders_urls, &key, &body, &token).await {
+            let placed_order = match harness::token_for(&issuer, &body) {
+                Ok(token) => place(&http, &orders_urls, &key, &body, &token).await,
+                Err(e) => Err(e.into()),
+            };
+            match placed_order {
                 Ok((order_id, tries)) => {
                     if then == Then::Cancel {
                         expected = cancel(&http, &orders_urls, order_id).await;
