@@ -3,6 +3,7 @@
 //! own (`shop_tests::Env`), so the tests run in parallel.
 
 mod authorization;
+mod batches;
 mod cancellation;
 mod compose_and_least_privilege;
 mod console;

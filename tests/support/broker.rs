@@ -240,6 +240,19 @@ impl TestPublisher {
         assert!(confirm.take_message().is_none(), "{queue} exists");
     }
 
+    /// Messages waiting in `queue` that the broker has not yet sent to any consumer.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .expect("the queue exists")
+            .message_count()
+    }
+
     pub async fn close(self) {
         let _ = self.connection.close(200, "publisher done".into()).await;
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::AMQPValue,
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::{Value, json};
 use service_kit::{

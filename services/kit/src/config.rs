@@ -16,8 +16,11 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `DB_POOL_SIZE`
     pub db_pool_size: u32,
-    /// `CONSUMER_PREFETCH`: deliveries a service works on at once.
+    /// `CONSUMER_PREFETCH`: deliveries the broker sends a consumer ahead of its acks.
     pub prefetch: u16,
+    /// `CONSUMER_BATCH_MAX`: deliveries applied in one transaction at most (a batch takes
+    /// what is waiting, never waits for more, and is also bounded by the prefetch window).
+    pub batch_max: u16,
     /// `OUTBOX_SWEEP_MS`: the relay's safety sweep, for rows no commit handed it.
     pub outbox_sweep_interval: Duration,
     /// `RETRY_DELAYS_MS`: the waits before the 2nd, 3rd, … attempt; the last one repeats.
@@ -83,6 +86,7 @@ pub const VARIABLES: &[&str] = &[
     "LOG_FORMAT",
     "DB_POOL_SIZE",
     "CONSUMER_PREFETCH",
+    "CONSUMER_BATCH_MAX",
     "OUTBOX_SWEEP_MS",
     "RETRY_DELAYS_MS",
     "MAX_ATTEMPTS",
@@ -149,6 +153,7 @@ impl Config {
             http_addr,
             db_pool_size: 10,
             prefetch: 32,
+            batch_max: 32,
             outbox_sweep_interval: Duration::from_secs(2),
             retry_delays: default_retry_delays(),
             max_attempts: 10,
@@ -216,9 +221,13 @@ impl Config {
                 reason: "no broker URL".to_owned(),
             });
         }
-        if self.retry_delays.is_empty() || self.max_attempts == 0 || self.prefetch == 0 {
+        if self.retry_delays.is_empty()
+            || self.max_attempts == 0
+            || self.prefetch == 0
+            || self.batch_max == 0
+        {
             return Err(ConfigError::Invalid {
-                name: "RETRY_DELAYS_MS/MAX_ATTEMPTS/CONSUMER_PREFETCH",
+                name: "RETRY_DELAYS_MS/MAX_ATTEMPTS/CONSUMER_PREFETCH/CONSUMER_BATCH_MAX",
                 reason: "must not be empty or zero".to_owned(),
             });
         }
@@ -297,6 +306,9 @@ impl Config {
         }
         if let Some(prefetch) = var("CONSUMER_PREFETCH") {
             config.prefetch = parse("CONSUMER_PREFETCH", &prefetch)?;
+        }
+        if let Some(max) = var("CONSUMER_BATCH_MAX") {
+            config.batch_max = parse("CONSUMER_BATCH_MAX", &max)?;
         }
         if let Some(ms) = var("OUTBOX_SWEEP_MS") {
             config.outbox_sweep_interval = Duration::from_millis(parse("OUTBOX_SWEEP_MS", &ms)?);

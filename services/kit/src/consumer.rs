@@ -1,26 +1,20 @@
-//! The idempotent consumer. Each delivery is handled in one transaction that records its
-//! `message_id` in the inbox (`inbox`), applies the effect and appends the outgoing events;
-//! the ack follows the commit. A duplicate finds its id already there and is acked with no
-//! effect.
+//! The idempotent consumer. It takes the deliveries waiting in its prefetch window as one
+//! batch (`batch`) and applies them in one transaction: for each, its `message_id` recorded in
+//! the inbox (`inbox`), its effect and its outgoing events; the acks follow the commit. A
+//! duplicate finds its id already there and is acked with no effect.
 //!
 //! Failures never block the queue; `failure` decides each failed message's fate. An event
 //! that arrived before the fact it depends on is parked (`parked`) and applied as soon as that
 //! fact commits; a retry goes to a delay queue; a dead letter goes to the dead-letter queue
 //! with the reason in its headers.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicCancelOptions, BasicConsumeOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
@@ -28,19 +22,18 @@ use shared_events::{CATALOG, Envelope};
 use sqlx::postgres::{PgListener, PgNotification};
 use tokio::{task::JoinSet, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     db::Db,
-    failure::{self, Failure, Fate, Move, Origin, Schedule},
+    failure::{Move, Schedule},
     handler::{Ctx, HandlerError, Routes, Service, UnitOfWork},
     inbox,
     metrics::Metrics,
     parked::ParkingLot,
-    provenance::{self, Vouched},
-    publisher::{Outgoing, PublishError, Publisher, header_u32},
-    telemetry::{self, ErrorChain},
+    provenance::Vouched,
+    publisher::{Outgoing, PublishError, Publisher},
+    telemetry,
     topology::Topology,
 };
 
@@ -95,6 +88,8 @@ pub(crate) struct Consumer<S: Service> {
     pub(crate) db: Db,
     pub(crate) topology: Arc<Topology>,
     pub(crate) schedule: Schedule,
+    /// Deliveries applied in one transaction at most (`CONSUMER_BATCH_MAX`).
+    pub(crate) batch_max: usize,
     /// Every service publishes as a broker user of its own name: believe an event only from
     /// its producer's user.
     pub(crate) users_per_service: bool,
@@ -111,6 +106,7 @@ impl<S: Service> Clone for Consumer<S> {
             db: self.db.clone(),
             topology: self.topology.clone(),
             schedule: self.schedule,
+            batch_max: self.batch_max,
             users_per_service: self.users_per_service,
             parking: self.parking.clone(),
             metrics: self.metrics.clone(),
@@ -138,6 +134,9 @@ impl<S: Service> Consumer<S> {
                 FieldTable::default(),
             )
             .await?;
+        // One batch at a time: what arrives meanwhile waits in the prefetch window and makes
+        // the next batch, and two batches never hold each other's row locks.
+        let mut batch = JoinSet::new();
         let mut in_flight = JoinSet::new();
         let mut parked_sweep = tokio::time::interval(self.parking.sweep_interval);
         parked_sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -183,13 +182,19 @@ impl<S: Service> Consumer<S> {
                     let publisher = publisher.clone();
                     in_flight.spawn(async move { consumer.sweep_parked(&publisher).await });
                 }
-                next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
+                Some(_) = batch.join_next(), if !batch.is_empty() => {
+                    // Reap finished side work as we go, so the set stays small.
+                    while in_flight.try_join_next().is_some() {}
+                }
+                next = deliveries.next(), if batch.is_empty() => match next {
+                    Some(Ok(first)) => {
+                        let (taken, ended) = take_waiting(first, &mut deliveries, self.batch_max);
                         let consumer = self.clone();
                         let publisher = publisher.clone();
-                        in_flight.spawn(async move { consumer.handle(delivery, &publisher).await });
-                        // Reap finished handlers as we go, so the set stays small.
-                        while in_flight.try_join_next().is_some() {}
+                        batch.spawn(async move { consumer.handle_batch(taken, &publisher).await });
+                        if let Some(ended) = ended {
+                            break Err(ended);
+                        }
                     }
                     Some(Err(e)) => break Err(ConsumeError::Amqp(e)),
                     None => break Err(ConsumeError::ConsumerEnded),
@@ -212,15 +217,16 @@ impl<S: Service> Consumer<S> {
             FAILURE_DRAIN
         };
         let drained = tokio::time::timeout(grace, async {
+            while batch.join_next().await.is_some() {}
             while in_flight.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
                 service = self.service,
-                abandoned = in_flight.len(),
                 "in-flight deliveries did not finish in time; they will be redelivered"
             );
+            batch.abort_all();
             in_flight.abort_all();
         }
         ended
@@ -238,93 +244,6 @@ impl<S: Service> Consumer<S> {
             }
             Err(_) => None,
         }
-    }
-
-    async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
-        let attempt = header_u32(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
-        let vouched = Vouched::of(&delivery, &self.topology);
-        let envelope = match Envelope::from_json(&delivery.data) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                let reason = e.to_string();
-                self.metrics.inc(
-                    "shop_messages_total",
-                    &[("event", "?"), ("outcome", "malformed")],
-                );
-                tracing::warn!(%reason, routing_key = %delivery.routing_key, "malformed message");
-                let rejected = Move::DeadLetter {
-                    reason,
-                    exhausted: false,
-                };
-                return self
-                    .reroute(delivery, publisher, &vouched, attempt, rejected)
-                    .await;
-            }
-        };
-        if let Err(reason) = provenance::check(&envelope, &vouched, self.users_per_service) {
-            self.metrics.inc(
-                "shop_messages_total",
-                &[("event", &envelope.event_type), ("outcome", "untrusted")],
-            );
-            tracing::warn!(%reason, message_id = %envelope.message_id, "refusing a message the broker does not vouch for");
-            let refused = Move::DeadLetter {
-                reason,
-                exhausted: false,
-            };
-            return self
-                .reroute(delivery, publisher, &vouched, attempt, refused)
-                .await;
-        }
-        let span = self.span(&envelope, attempt, false);
-        async {
-            let started = Instant::now();
-            let applied = self
-                .apply(&envelope, vouched.publisher.as_deref(), false)
-                .await;
-            self.metrics.observe(
-                "shop_handler_duration_seconds",
-                &[("event", &envelope.event_type)],
-                started.elapsed().as_secs_f64(),
-            );
-            let outcome = match applied {
-                Ok(Applied::Effect) => {
-                    // At debug: a handler logs its own decision at info, and a line per
-                    // delivery on top of it was a tenth of the shop's CPU under load.
-                    tracing::debug!(outcome = "applied", "handled");
-                    ack(&delivery).await;
-                    self.unpark_order(envelope.correlation_id, publisher, false)
-                        .await;
-                    "applied"
-                }
-                Ok(Applied::Duplicate | Applied::Gone) => {
-                    tracing::info!(outcome = "duplicate", "handled");
-                    ack(&delivery).await;
-                    "duplicate"
-                }
-                Err(e) => {
-                    let fate =
-                        failure::fate(Failure::from(&e), attempt, Origin::Queue, &self.schedule);
-                    let outcome = fate.outcome();
-                    match fate {
-                        Fate::Park { reason } => {
-                            self.park(delivery, &envelope, &vouched, publisher, attempt, reason)
-                                .await;
-                        }
-                        Fate::Move(destination) => {
-                            self.reroute(delivery, publisher, &vouched, attempt, destination)
-                                .await;
-                        }
-                    }
-                    outcome
-                }
-            };
-            self.metrics.inc(
-                "shop_messages_total",
-                &[("event", &envelope.event_type), ("outcome", outcome)],
-            );
-        }
-        .instrument(span)
-        .await;
     }
 
     /// The CONSUMER span of handling `envelope`, a child of the span that published it (so a
@@ -365,59 +284,28 @@ impl<S: Service> Consumer<S> {
         span
     }
 
-    /// Inbox entry, effect and outgoing events in one transaction; `unparking` takes the
-    /// message out of the parking lot in that same transaction.
-    pub(crate) async fn apply(
+    /// Inbox entry, effect and outgoing events, in `work`'s transaction (the caller commits or
+    /// rolls back); the unit of work comes back whatever the outcome.
+    pub(crate) async fn apply_in(
         &self,
+        mut work: UnitOfWork<S::Participant>,
         envelope: &Envelope,
         published_by: Option<&str>,
-        unparking: bool,
-    ) -> Result<Applied, HandlerError> {
-        let mut tx = self.db.begin().await?;
-        if unparking && !ParkingLot::remove(&mut *tx, envelope.message_id).await? {
-            return Ok(Applied::Gone);
+    ) -> (UnitOfWork<S::Participant>, Result<Applied, HandlerError>) {
+        match inbox::record_first(work.db(), envelope, published_by).await {
+            Ok(true) => {}
+            Ok(false) => return (work, Ok(Applied::Duplicate)),
+            Err(e) => return (work, Err(e.into())),
         }
-        if !inbox::record_first(&mut tx, envelope, published_by).await? {
-            tx.commit().await?;
-            return Ok(Applied::Duplicate);
-        }
-        let work = UnitOfWork::within(tx, &self.db, &self.metrics, Some(envelope.message_id));
         let mut ctx = Ctx::new(work, envelope);
-        let Some(handled) = self.routes.dispatch(&self.state, &mut ctx, envelope) else {
-            return Err(HandlerError::Rejected(format!(
+        let handled = match self.routes.dispatch(&self.state, &mut ctx, envelope) {
+            Some(handled) => handled.await,
+            None => Err(HandlerError::Rejected(format!(
                 "{} subscribes to no event of type {:?}",
                 self.service, envelope.event_type
-            )));
+            ))),
         };
-        handled.await?;
-        ctx.work.commit().await?;
-        Ok(Applied::Effect)
-    }
-
-    /// Moves a failed delivery on (to a retry queue or the dead-letter queue), then acks it.
-    /// The copy is confirmed before the ack, so a crash in between duplicates, never loses.
-    pub(crate) async fn reroute(
-        &self,
-        delivery: Delivery,
-        publisher: &Publisher,
-        vouched: &Vouched,
-        attempt: u32,
-        destination: Move,
-    ) {
-        let moved = self
-            .move_on(
-                publisher,
-                &delivery.data,
-                delivery.properties.clone(),
-                vouched,
-                attempt,
-                destination,
-            )
-            .await;
-        match moved {
-            Ok(()) => ack(&delivery).await,
-            Err(e) => requeue(&delivery, &e).await,
-        }
+        (ctx.into_work(), handled.map(|()| Applied::Effect))
     }
 
     /// Publishes a copy of a failed message to a delay queue or the dead-letter queue, its
@@ -482,6 +370,25 @@ impl<S: Service> Consumer<S> {
     }
 }
 
+/// The deliveries already waiting behind `first`, up to `max` in all, taken without waiting
+/// for more; and why consuming must end, if the stream said so meanwhile.
+fn take_waiting(
+    first: Delivery,
+    deliveries: &mut lapin::Consumer,
+    max: usize,
+) -> (Vec<Delivery>, Option<ConsumeError>) {
+    let mut taken = vec![first];
+    while taken.len() < max {
+        match deliveries.next().now_or_never() {
+            Some(Some(Ok(delivery))) => taken.push(delivery),
+            Some(Some(Err(e))) => return (taken, Some(ConsumeError::Amqp(e))),
+            Some(None) => return (taken, Some(ConsumeError::ConsumerEnded)),
+            None => break,
+        }
+    }
+    (taken, None)
+}
+
 async fn next_notification(
     listener: &mut Option<PgListener>,
 ) -> Result<PgNotification, sqlx::Error> {
@@ -510,27 +417,4 @@ async fn sample_dead_letter_depth(channel: Channel, queue: String, metrics: Metr
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
-}
-
-pub(crate) async fn ack(delivery: &Delivery) {
-    let acked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()));
-    match acked.await {
-        Ok(Ok(_)) => {}
-        // The broker will redeliver it; the inbox makes that harmless.
-        Ok(Err(e)) => tracing::warn!(error = %e, "ack failed; the message will be redelivered"),
-        Err(_) => tracing::warn!("ack timed out; the message will be redelivered"),
-    }
-}
-
-/// The copy could not be published: hand the original back so nothing is lost.
-async fn requeue(delivery: &Delivery, error: &PublishError) {
-    tracing::warn!(error = %ErrorChain(error), "could not move the message on; returning it to the queue");
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    };
-    let nacked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.nack(requeue));
-    if !matches!(nacked.await, Ok(Ok(_))) {
-        tracing::warn!("nack failed; the broker will redeliver on reconnect");
-    }
 }

@@ -147,6 +147,25 @@ pub(crate) fn fate(failure: Failure, attempt: u32, origin: Origin, schedule: &Sc
     }
 }
 
+/// The fate of a delivery the database failed (its try, its parking, its batch's commit):
+/// never the parking lot, which is in that database.
+pub(crate) fn fate_of_database_error(
+    error: &sqlx::Error,
+    attempt: u32,
+    schedule: &Schedule,
+) -> Move {
+    match fate(Failure::from(error), attempt, Origin::Queue, schedule) {
+        Fate::Move(destination) => destination,
+        // `Failure::from` a database error is never `Deferred`; were it, the delay queue is
+        // the place for a message that cannot be parked.
+        Fate::Park { reason } => Move::Retry {
+            next_attempt: attempt,
+            delay_step: attempt + 1,
+            error: reason,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +304,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_message_the_database_failed_moves_on_and_spends_an_attempt_only_when_it_answered() {
+        assert_eq!(
+            fate_of_database_error(&sqlx::Error::PoolTimedOut, 2, &SCHEDULE),
+            Move::Retry {
+                next_attempt: 2,
+                delay_step: 3,
+                error: sqlx::Error::PoolTimedOut.to_string()
+            }
+        );
+        assert_eq!(
+            fate_of_database_error(&sqlx::Error::RowNotFound, 2, &SCHEDULE),
+            Move::Retry {
+                next_attempt: 3,
+                delay_step: 3,
+                error: sqlx::Error::RowNotFound.to_string()
+            }
+        );
     }
 
     #[test]

@@ -152,7 +152,15 @@ pub struct UnitOfWork<P> {
     cause: Option<Uuid>,
     announced: Vec<Announced>,
     observations: Vec<Observation>,
+    /// A batch's savepoint is open (the next one releases it first).
+    in_savepoint: bool,
     participant: PhantomData<fn() -> P>,
+}
+
+/// Where one message of a batch began: rolling back to it undoes that message alone.
+pub(crate) struct Savepoint {
+    announced: usize,
+    observations: usize,
 }
 
 impl<P: Participant> UnitOfWork<P> {
@@ -175,8 +183,37 @@ impl<P: Participant> UnitOfWork<P> {
             cause,
             announced: Vec::new(),
             observations: Vec::new(),
+            in_savepoint: false,
             participant: PhantomData,
         }
+    }
+
+    /// Begins the part of the transaction that belongs to the message `cause` (releasing the
+    /// previous message's savepoint in the same round trip).
+    pub(crate) async fn savepoint(&mut self, cause: Uuid) -> Result<Savepoint, sqlx::Error> {
+        let sql = if self.in_savepoint {
+            "RELEASE SAVEPOINT message; SAVEPOINT message"
+        } else {
+            "SAVEPOINT message"
+        };
+        sqlx::raw_sql(sql).execute(&mut *self.tx).await?;
+        self.in_savepoint = true;
+        self.cause = Some(cause);
+        Ok(Savepoint {
+            announced: self.announced.len(),
+            observations: self.observations.len(),
+        })
+    }
+
+    /// Undoes everything since `savepoint`, including what it announced and observed. An error
+    /// here leaves the transaction unusable: the caller must give it up.
+    pub(crate) async fn rollback_to(&mut self, savepoint: &Savepoint) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT message")
+            .execute(&mut *self.tx)
+            .await?;
+        self.announced.truncate(savepoint.announced);
+        self.observations.truncate(savepoint.observations);
+        Ok(())
     }
 
     /// The transaction in which the change and the outgoing events commit.
@@ -251,6 +288,11 @@ impl<P: Participant> Ctx<P> {
             causation_id: envelope.causation_id,
             occurred_at: envelope.occurred_at,
         }
+    }
+
+    /// The unit of work back, for the next message of the batch.
+    pub(crate) fn into_work(self) -> UnitOfWork<P> {
+        self.work
     }
 
     /// The id of the message being handled.

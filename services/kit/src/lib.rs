@@ -16,6 +16,7 @@
 
 pub mod auth;
 mod backoff;
+mod batch;
 pub mod config;
 mod consumer;
 mod db;

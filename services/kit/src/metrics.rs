@@ -5,13 +5,21 @@
 use std::{sync::Arc, time::Duration};
 
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use tokio_util::sync::CancellationToken;
 
 /// Histogram buckets in seconds: a handler takes milliseconds, a saga tens of milliseconds to
 /// seconds, a saga held up by a fault up to minutes.
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Batch size buckets: one per size up to 32 (the default `CONSUMER_BATCH_MAX`), so the
+/// benchmark reads exact percentiles, coarser beyond.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0,
+    18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0, 28.0, 29.0, 30.0, 31.0, 32.0, 48.0,
+    64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
 /// How often recorded histogram samples are folded into their buckets.
@@ -97,7 +105,13 @@ const CATALOG: &[(&str, Kind, Option<Unit>, &str)] = &[
         "shop_handler_duration_seconds",
         Kind::Histogram,
         Some(Unit::Seconds),
-        "Time to handle one delivery (inbox, effect, outbox, commit), by event type",
+        "Time to apply one delivery in its batch's transaction (inbox, effect, outbox; the commit is the batch's), by event type",
+    ),
+    (
+        "shop_consumer_batch_size",
+        Kind::Histogram,
+        None,
+        "Deliveries applied in one transaction",
     ),
     (
         "shop_saga_duration_seconds",
@@ -145,7 +159,13 @@ impl Default for Metrics {
     fn default() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets(SECONDS_BUCKETS)
-            .expect("the bucket list is not empty")
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full("shop_consumer_batch_size".to_owned()),
+                    BATCH_BUCKETS,
+                )
+            })
+            .expect("the bucket lists are not empty")
             .build_recorder();
         for (name, kind, unit, help) in CATALOG {
             if ZERO_FROM_START.contains(name) {

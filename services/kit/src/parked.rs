@@ -12,16 +12,16 @@ use std::{
     time::Duration,
 };
 
-use lapin::{BasicProperties, message::Delivery};
+use lapin::BasicProperties;
 use shared_events::Envelope;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    consumer::{Applied, Consumer, ack},
+    consumer::{Applied, Consumer},
     failure::{self, Failure, Fate, Move, Origin},
-    handler::Service,
+    handler::{HandlerError, Service, UnitOfWork},
     provenance::Vouched,
     publisher::{Publisher, envelope_properties},
     telemetry::ErrorChain,
@@ -77,11 +77,12 @@ impl ParkingLot {
         }
     }
 
-    /// Parks a message (a copy already parked stays as it is). The caller then starts a pass
-    /// for its order: a commit that raced the parking is seen by that pass or starts its own.
+    /// Parks a message in the caller's transaction (a copy already parked stays as it is). The
+    /// caller starts a pass for its order after the commit: a commit that raced the parking is
+    /// seen by that pass or starts its own.
     pub(crate) async fn park(
         &self,
-        pool: &PgPool,
+        conn: &mut PgConnection,
         envelope: &Envelope,
         vouched: &Vouched,
         body: &[u8],
@@ -103,7 +104,7 @@ impl ParkingLot {
         .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
         .bind(reason)
         .bind(self.sweep_interval.as_secs_f64())
-        .execute(pool)
+        .execute(conn)
         .await?;
         Ok(())
     }
@@ -249,59 +250,6 @@ enum Retried {
 
 /// The consumer's side of the lot: parking a delivery, and trying parked messages again.
 impl<S: Service> Consumer<S> {
-    /// Parks a delivery whose handler is waiting for another fact, then acks it. A delivery
-    /// that cannot be parked (the database is away) takes the fate of that error instead.
-    pub(crate) async fn park(
-        &self,
-        delivery: Delivery,
-        envelope: &Envelope,
-        vouched: &Vouched,
-        publisher: &Publisher,
-        attempt: u32,
-        reason: String,
-    ) {
-        let parked = self
-            .parking
-            .park(
-                &self.db.pool,
-                envelope,
-                vouched,
-                &delivery.data,
-                attempt,
-                &reason,
-            )
-            .await;
-        match parked {
-            Ok(()) => {
-                tracing::info!(%reason, "parked until what it waits for commits");
-                ack(&delivery).await;
-                // What it waits for may have committed while it was being parked.
-                self.unpark_order(envelope.correlation_id, publisher, true)
-                    .await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot park the message");
-                let destination = match failure::fate(
-                    Failure::from(&e),
-                    attempt,
-                    Origin::Queue,
-                    &self.schedule,
-                ) {
-                    Fate::Move(destination) => destination,
-                    // A database error never asks to be parked; the delay queue is the
-                    // place for a message that could not be.
-                    Fate::Park { reason } => Move::Retry {
-                        next_attempt: attempt,
-                        delay_step: attempt + 1,
-                        error: reason,
-                    },
-                };
-                self.reroute(delivery, publisher, vouched, attempt, destination)
-                    .await;
-            }
-        }
-    }
-
     /// Tries again the messages parked for `order_id` after a commit for that order (if this
     /// process parked any, or `parked_here`), going round while tries free others.
     pub(crate) async fn unpark_order(
@@ -389,7 +337,7 @@ impl<S: Service> Consumer<S> {
         async {
             let waited = parked.waited();
             let published_by = parked.published_by.as_deref();
-            let error = match self.apply(&envelope, published_by, true).await {
+            let error = match self.apply_parked(&envelope, published_by).await {
                 Ok(Applied::Effect) => {
                     self.metrics.inc(
                         "shop_messages_total",
@@ -444,6 +392,24 @@ impl<S: Service> Consumer<S> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Applies a parked message in its own transaction, taking it out of the lot in the same
+    /// one (`Gone` if another try got there first).
+    async fn apply_parked(
+        &self,
+        envelope: &Envelope,
+        published_by: Option<&str>,
+    ) -> Result<Applied, HandlerError> {
+        let mut tx = self.db.begin().await?;
+        if !ParkingLot::remove(&mut *tx, envelope.message_id).await? {
+            return Ok(Applied::Gone);
+        }
+        let work = UnitOfWork::within(tx, &self.db, &self.metrics, Some(envelope.message_id));
+        let (work, applied) = self.apply_in(work, envelope, published_by).await;
+        let applied = applied?;
+        work.commit().await?;
+        Ok(applied)
     }
 
     /// Dead-letters a parked message, then takes it out of the lot (a crash in between leaves

@@ -250,6 +250,7 @@ async fn run<S: Service>(
                     // A parked message may wait as long as the delay queues would have taken.
                     patience: config.retry_schedule(),
                 },
+                batch_max: usize::from(config.batch_max),
                 // Provisioned deployments give each service a broker user of its own name.
                 users_per_service: broker_user(&config.first_amqp_url()) == service,
                 parking: Arc::new(ParkingLot::new(parked_sweep_interval(&config))),

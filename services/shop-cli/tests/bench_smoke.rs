@@ -48,6 +48,23 @@ fn a_short_bench_runs_and_prints_its_figures_as_json() {
             "{name}: {service}"
         );
     }
+    // Every service that consumes reports its batches: at 20 orders/s mostly of one.
+    let batch = figures["batch"].as_object().expect("batch");
+    for name in [
+        "inventory",
+        "notifications",
+        "orders",
+        "payment",
+        "shipping",
+    ] {
+        let b = &batch[name];
+        assert!(
+            b["batches"].as_u64().is_some_and(|n| n > 0)
+                && b["mean"].as_f64().is_some_and(|m| m >= 1.0)
+                && b["max"].as_f64() >= b["p50"].as_f64(),
+            "{name}: {b}"
+        );
+    }
     for process in ["rabbitmq", "postgres"] {
         assert!(
             figures["infrastructure"][process]["cpu_pct"].is_number(),

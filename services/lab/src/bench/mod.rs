@@ -48,6 +48,7 @@ use crate::{
     process_shop::{self, ProcessShop},
 };
 
+mod batches;
 mod ceilings;
 mod load;
 mod processes;
@@ -56,6 +57,7 @@ mod saturation;
 mod target;
 mod tracker;
 
+use batches::*;
 use ceilings::*;
 use load::*;
 use processes::*;
@@ -210,13 +212,25 @@ async fn measure(
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
-    let deliveries = match (deliveries_before, target.deliveries(http).await) {
-        (Some(before), Some(after)) => Some((
-            after.0.saturating_sub(before.0),
-            after.1.saturating_sub(before.1),
-            after.2.saturating_sub(before.2),
-        )),
-        _ => None,
+    let (deliveries, batch) = match (deliveries_before, target.deliveries(http).await) {
+        (Some((before, batches_before)), Some((after, batches_after))) => {
+            let batch = batches_after
+                .iter()
+                .filter_map(|(service, histogram)| {
+                    let before = batches_before.get(service).cloned().unwrap_or_default();
+                    Some((service.clone(), histogram.since(&before)?))
+                })
+                .collect();
+            (
+                Some((
+                    after.0.saturating_sub(before.0),
+                    after.1.saturating_sub(before.1),
+                    after.2.saturating_sub(before.2),
+                )),
+                batch,
+            )
+        }
+        _ => (None, BTreeMap::new()),
     };
     tap.close().await;
 
@@ -275,6 +289,7 @@ async fn measure(
         machine_cpu,
         ceiling,
         per_order,
+        batch,
         ratio,
         saturation_steps,
         soak: soak_minutes,

@@ -19,6 +19,8 @@ pub(super) struct Summary {
     pub(super) ceiling: Option<Ceilings>,
     /// Per settled order, measured (our own shop only).
     pub(super) per_order: Option<PerOrder>,
+    /// Deliveries applied per transaction, by service (our own shop only).
+    pub(super) batch: BTreeMap<String, BatchFigures>,
     pub(super) ratio: Option<Ratios>,
     pub(super) saturation_steps: Vec<Offered>,
     pub(super) soak: Vec<SoakMinute>,
@@ -103,6 +105,16 @@ pub(super) fn render(summary: &Summary) -> String {
             "per settled order:   {} transactions, {} deliveries, {} parked, {} sent to a retry queue",
             per_order.transactions, per_order.deliveries, per_order.parked, per_order.retried
         );
+    }
+    if !summary.batch.is_empty() {
+        let _ = writeln!(out, "deliveries per transaction (batches):");
+        for (service, b) in &summary.batch {
+            let _ = writeln!(
+                out,
+                "  {service:<15} {} batches, mean {}, p50 {}, p99 {}, max {}",
+                b.batches, b.mean, b.p50, b.p99, b.max
+            );
+        }
     }
     if let Some(ceiling) = &summary.ceiling {
         let _ = writeln!(

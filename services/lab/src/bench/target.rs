@@ -137,12 +137,10 @@ impl Target {
         .ok()
     }
 
-    /// Deliveries handled by all services so far, and of those the ones parked and the ones
-    /// sent to a retry queue (their `shop_messages_total` counters; a parked message's later
-    /// application is not a delivery).
-    pub(super) async fn deliveries(&self, http: &reqwest::Client) -> Option<(u64, u64, u64)> {
+    /// Every service process's `/metrics`, by service name.
+    async fn metrics(&self, http: &reqwest::Client) -> Option<Vec<(String, String)>> {
         let own = self.own.as_ref()?;
-        let (mut total, mut parked, mut retried) = (0, 0, 0);
+        let mut texts = Vec::new();
         for service in &own.fleet.services {
             let text = http
                 .get(format!("{}/metrics", service.url()))
@@ -152,6 +150,22 @@ impl Target {
                 .text()
                 .await
                 .ok()?;
+            texts.push((service.name.to_owned(), text));
+        }
+        Some(texts)
+    }
+
+    /// Deliveries handled by all services so far, and of those the ones parked and the ones
+    /// sent to a retry queue (their `shop_messages_total` counters; a parked message's later
+    /// application is not a delivery); and each service's batch sizes so far.
+    pub(super) async fn deliveries(
+        &self,
+        http: &reqwest::Client,
+    ) -> Option<((u64, u64, u64), BTreeMap<String, BatchHistogram>)> {
+        let (mut total, mut parked, mut retried) = (0, 0, 0);
+        let mut batches: BTreeMap<String, BatchHistogram> = BTreeMap::new();
+        for (service, text) in self.metrics(http).await? {
+            batches.entry(service).or_default().add(&text);
             for line in text
                 .lines()
                 .filter(|l| l.starts_with("shop_messages_total"))
@@ -169,6 +183,6 @@ impl Target {
                 }
             }
         }
-        Some((total, parked, retried))
+        Some(((total, parked, retried), batches))
     }
 }

@@ -1,0 +1,338 @@
+//! Batched consumption. The deliveries already waiting in the prefetch window (at most
+//! `CONSUMER_BATCH_MAX`; a lone one is a batch of one, so an idle shop waits for nothing) are
+//! applied in one transaction, each inside a savepoint of its own: its inbox entry, its effect
+//! and what it announces. A failure rolls back to its own savepoint and that message alone
+//! takes its fate (parked in the same transaction; retried or dead-lettered once the batch is
+//! done); its batch-mates commit together, in queue order. Nothing is acked before the commit:
+//! a crash loses nothing, the broker redelivers and the inbox absorbs what had committed.
+
+use std::time::{Duration, Instant};
+
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+};
+use shared_events::Envelope;
+use tracing::{Instrument, Span};
+
+use crate::{
+    consumer::{ACK_TIMEOUT, Applied, Consumer, headers},
+    failure::{self, Failure, Fate, Move, Origin},
+    handler::{Service, UnitOfWork},
+    provenance::{self, Vouched},
+    publisher::{PublishError, Publisher, header_u32},
+    telemetry::ErrorChain,
+};
+
+/// A delivery of the batch, read and believed.
+struct Taken {
+    delivery: Delivery,
+    attempt: u32,
+    vouched: Vouched,
+    envelope: Envelope,
+    /// Its CONSUMER span: the try and what becomes of it are logged and traced under it.
+    span: Span,
+}
+
+/// What became of a delivery in the batch's transaction.
+enum Disposition {
+    Applied {
+        took: Duration,
+    },
+    Duplicate,
+    /// Parked in the same transaction, until what it waits for commits.
+    Parked {
+        reason: String,
+    },
+    /// Nothing of it stands: a copy goes to a retry queue or the dead-letter queue.
+    Move(Move),
+}
+
+impl<S: Service> Consumer<S> {
+    /// Applies `deliveries` (in queue order) in one transaction, then settles each: moved on
+    /// (its copy confirmed) or handed back, and the rest acked with one `multiple` ack.
+    pub(crate) async fn handle_batch(&self, deliveries: Vec<Delivery>, publisher: &Publisher) {
+        self.metrics
+            .observe("shop_consumer_batch_size", &[], deliveries.len() as f64);
+        let mut taken = Vec::with_capacity(deliveries.len());
+        let mut refused = Vec::new();
+        for delivery in deliveries {
+            let attempt = header_u32(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
+            let vouched = Vouched::of(&delivery, &self.topology);
+            match self.believe(&delivery, &vouched, attempt) {
+                Ok((envelope, span)) => taken.push(Taken {
+                    delivery,
+                    attempt,
+                    vouched,
+                    envelope,
+                    span,
+                }),
+                Err(reason) => refused.push((delivery, vouched, attempt, reason)),
+            }
+        }
+        let dispositions = self.apply_all(&taken).await;
+
+        let mut to_ack = None;
+        for (delivery, vouched, attempt, reason) in refused {
+            let destination = Move::DeadLetter {
+                reason,
+                exhausted: false,
+            };
+            let moved = self
+                .move_on(
+                    publisher,
+                    &delivery.data,
+                    delivery.properties.clone(),
+                    &vouched,
+                    attempt,
+                    destination,
+                )
+                .await;
+            settle(delivery, moved, &mut to_ack).await;
+        }
+        let mut freed = Vec::new();
+        for (taken, disposition) in taken.into_iter().zip(dispositions) {
+            let Taken {
+                delivery,
+                attempt,
+                vouched,
+                envelope,
+                span,
+            } = taken;
+            let event = envelope.event_type.as_str();
+            let outcome = match disposition {
+                Disposition::Applied { took } => {
+                    self.metrics.observe(
+                        "shop_handler_duration_seconds",
+                        &[("event", event)],
+                        took.as_secs_f64(),
+                    );
+                    // At debug: a handler logs its own decision at info, and a line per
+                    // delivery on top of it was a tenth of the shop's CPU under load.
+                    tracing::debug!(parent: &span, outcome = "applied", "handled");
+                    freed.push((envelope.correlation_id, false));
+                    settle(delivery, Ok(()), &mut to_ack).await;
+                    "applied"
+                }
+                Disposition::Duplicate => {
+                    tracing::info!(parent: &span, outcome = "duplicate", "handled");
+                    settle(delivery, Ok(()), &mut to_ack).await;
+                    "duplicate"
+                }
+                Disposition::Parked { reason } => {
+                    tracing::info!(parent: &span, %reason, "parked until what it waits for commits");
+                    // What it waits for may have committed meanwhile (a batch-mate, another
+                    // instance): its pass finds out.
+                    freed.push((envelope.correlation_id, true));
+                    settle(delivery, Ok(()), &mut to_ack).await;
+                    "parked"
+                }
+                Disposition::Move(destination) => {
+                    let outcome = Fate::Move(destination.clone()).outcome();
+                    let moved = self
+                        .move_on(
+                            publisher,
+                            &delivery.data,
+                            delivery.properties.clone(),
+                            &vouched,
+                            attempt,
+                            destination,
+                        )
+                        .instrument(span)
+                        .await;
+                    settle(delivery, moved, &mut to_ack).await;
+                    outcome
+                }
+            };
+            self.metrics.inc(
+                "shop_messages_total",
+                &[("event", event), ("outcome", outcome)],
+            );
+        }
+        if let Some(last) = to_ack {
+            ack_up_to(&last).await;
+        }
+        for (order_id, parked_here) in freed {
+            self.unpark_order(order_id, publisher, parked_here).await;
+        }
+    }
+
+    /// Reads and checks a delivery, and opens its span; one that is malformed or that the
+    /// broker does not vouch for is refused (the reason), to be dead-lettered untried.
+    fn believe(
+        &self,
+        delivery: &Delivery,
+        vouched: &Vouched,
+        attempt: u32,
+    ) -> Result<(Envelope, Span), String> {
+        let envelope = Envelope::from_json(&delivery.data).map_err(|e| {
+            self.metrics.inc(
+                "shop_messages_total",
+                &[("event", "?"), ("outcome", "malformed")],
+            );
+            tracing::warn!(reason = %e, routing_key = %delivery.routing_key, "malformed message");
+            e.to_string()
+        })?;
+        if let Err(reason) = provenance::check(&envelope, vouched, self.users_per_service) {
+            self.metrics.inc(
+                "shop_messages_total",
+                &[("event", &envelope.event_type), ("outcome", "untrusted")],
+            );
+            tracing::warn!(%reason, message_id = %envelope.message_id, "refusing a message the broker does not vouch for");
+            return Err(reason);
+        }
+        let span = self.span(&envelope, attempt, false);
+        Ok((envelope, span))
+    }
+
+    /// One transaction for the whole batch, a savepoint per message. If the transaction itself
+    /// is lost (the database went away, the commit failed), nothing of it stands and every
+    /// message takes the fate of that error.
+    async fn apply_all(&self, batch: &[Taken]) -> Vec<Disposition> {
+        let mut work = match self.db.begin().await {
+            Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
+            Err(e) => return self.lost(batch, Vec::new(), &e),
+        };
+        let mut dispositions = Vec::with_capacity(batch.len());
+        for taken in batch {
+            match self
+                .apply_one(work, taken)
+                .instrument(taken.span.clone())
+                .await
+            {
+                Ok((next, disposition)) => {
+                    work = next;
+                    dispositions.push(disposition);
+                }
+                Err(e) => return self.lost(batch, dispositions, &e),
+            }
+        }
+        match work.commit().await {
+            Ok(()) => dispositions,
+            Err(e) => self.lost(batch, dispositions, &e),
+        }
+    }
+
+    /// One message's part of the batch. `Err` means the transaction is unusable (a statement
+    /// outside any handler failed, or rolling back to the savepoint did).
+    async fn apply_one(
+        &self,
+        mut work: UnitOfWork<S::Participant>,
+        taken: &Taken,
+    ) -> Result<(UnitOfWork<S::Participant>, Disposition), sqlx::Error> {
+        let started = Instant::now();
+        let envelope = &taken.envelope;
+        let savepoint = work.savepoint(envelope.message_id).await?;
+        let (mut work, applied) = self
+            .apply_in(work, envelope, taken.vouched.publisher.as_deref())
+            .await;
+        let error = match applied {
+            Ok(Applied::Effect) => {
+                let took = started.elapsed();
+                return Ok((work, Disposition::Applied { took }));
+            }
+            Ok(Applied::Duplicate | Applied::Gone) => return Ok((work, Disposition::Duplicate)),
+            Err(error) => error,
+        };
+        work.rollback_to(&savepoint).await?;
+        let fate = failure::fate(
+            Failure::from(&error),
+            taken.attempt,
+            Origin::Queue,
+            &self.schedule,
+        );
+        let reason = match fate {
+            Fate::Move(destination) => return Ok((work, Disposition::Move(destination))),
+            Fate::Park { reason } => reason,
+        };
+        let parked = self
+            .parking
+            .park(
+                work.db(),
+                envelope,
+                &taken.vouched,
+                &taken.delivery.data,
+                taken.attempt,
+                &reason,
+            )
+            .await;
+        match parked {
+            Ok(()) => Ok((work, Disposition::Parked { reason })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot park the message");
+                work.rollback_to(&savepoint).await?;
+                let destination =
+                    failure::fate_of_database_error(&e, taken.attempt, &self.schedule);
+                Ok((work, Disposition::Move(destination)))
+            }
+        }
+    }
+
+    /// The batch's transaction was lost to `error`: what was decided without it (a move) stands;
+    /// every other message, tried or not, takes the fate of that error.
+    fn lost(
+        &self,
+        batch: &[Taken],
+        dispositions: Vec<Disposition>,
+        error: &sqlx::Error,
+    ) -> Vec<Disposition> {
+        tracing::warn!(error = %error, messages = batch.len(), "the batch's transaction was lost; its messages will be tried again");
+        let mut decided = dispositions.into_iter();
+        batch
+            .iter()
+            .map(|taken| match decided.next() {
+                Some(Disposition::Move(destination)) => Disposition::Move(destination),
+                _ => Disposition::Move(failure::fate_of_database_error(
+                    error,
+                    taken.attempt,
+                    &self.schedule,
+                )),
+            })
+            .collect()
+    }
+}
+
+/// Settles a delivery after its move (or none): acked with the batch, or, when its copy could
+/// not be published, handed back to the queue at once so nothing is lost.
+async fn settle(
+    delivery: Delivery,
+    moved: Result<(), PublishError>,
+    to_ack: &mut Option<Delivery>,
+) {
+    match moved {
+        Ok(()) => {
+            if to_ack
+                .as_ref()
+                .is_none_or(|last| last.delivery_tag < delivery.delivery_tag)
+            {
+                *to_ack = Some(delivery);
+            }
+        }
+        Err(e) => requeue(&delivery, &e).await,
+    }
+}
+
+/// Acks `last` and every earlier delivery of the channel not yet acked or handed back: the
+/// batch's, since the consumer takes one batch at a time and settles it whole.
+async fn ack_up_to(last: &Delivery) {
+    let multiple = BasicAckOptions { multiple: true };
+    match tokio::time::timeout(ACK_TIMEOUT, last.acker.ack(multiple)).await {
+        Ok(Ok(_)) => {}
+        // The broker will redeliver them; the inbox makes that harmless.
+        Ok(Err(e)) => tracing::warn!(error = %e, "ack failed; the batch will be redelivered"),
+        Err(_) => tracing::warn!("ack timed out; the batch will be redelivered"),
+    }
+}
+
+/// The copy could not be published: hand the original back so nothing is lost.
+async fn requeue(delivery: &Delivery, error: &PublishError) {
+    tracing::warn!(error = %ErrorChain(error), "could not move the message on; returning it to the queue");
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    let nacked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.nack(requeue));
+    if !matches!(nacked.await, Ok(Ok(_))) {
+        tracing::warn!("nack failed; the broker will redeliver on reconnect");
+    }
+}
