@@ -342,3 +342,57 @@ async fn a_lone_message_is_a_batch_of_one_and_waits_for_nothing() {
     spy.close().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_inbox_cannot_hold_fails_alone_in_its_batch() {
+    let env = Env::new().await;
+    let spy = Spy::start(&env.namespace).await;
+    let (gate, holding) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
+    let probe = start_gated(&env, &gate, &holding).await;
+    let publisher = TestPublisher::new(&env.namespace).await;
+
+    let held = Envelope::new(
+        &OrderConfirmed {
+            order_id: Uuid::now_v7(),
+        },
+        None,
+    );
+    publisher.publish(OrderConfirmed::ROUTING_KEY, &held).await;
+    holding.notified().await;
+    // Before Postgres's first timestamp (4713 BC): the batch's one inbox insert is refused.
+    let (before, unstorable, after) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let mut far = placed(unstorable, "cust-7");
+    far.occurred_at = "-5000-01-01T00:00:00Z".parse().expect("a far date");
+    for envelope in [placed(before, "cust-7"), far, placed(after, "cust-7")] {
+        publisher.publish(OrderPlaced::ROUTING_KEY, &envelope).await;
+    }
+    let queue = topology::queue_name(&env.namespace, "inventory");
+    eventually("every message sent to the consumer", || async {
+        publisher.ready(&queue).await == 0
+    })
+    .await;
+    gate.add_permits(1);
+
+    let dead = take_dead_letters(&env.namespace, "inventory", 1).await;
+    assert_eq!(dead[0].envelope().correlation_id, unstorable);
+    assert!(
+        dead[0]
+            .header(headers::DEAD_LETTER_REASON)
+            .is_some_and(|reason| reason.contains("cannot store")),
+        "{:?}",
+        dead[0].header(headers::DEAD_LETTER_REASON)
+    );
+    spy.wait_for::<StockReserved>(before).await;
+    spy.wait_for::<StockReserved>(after).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        metric(&http, &probe.url, "shop_consumer_batch_size_count").await,
+        2,
+        "the three arrived as one batch"
+    );
+    assert_eq!(metric(&http, &probe.url, "shop_retries_total").await, 0);
+    probe.stop().await;
+    publisher.close().await;
+    spy.close().await;
+    env.cleanup().await;
+}

@@ -17,8 +17,10 @@ use tracing::{Instrument, Span};
 
 use crate::{
     consumer::{ACK_TIMEOUT, Applied, Consumer, headers},
+    db,
     failure::{self, Failure, Fate, Move, Origin},
     handler::{Service, UnitOfWork},
+    inbox,
     provenance::{self, Vouched},
     publisher::{PublishError, Publisher, header_u32},
     telemetry::ErrorChain,
@@ -32,6 +34,15 @@ struct Taken {
     envelope: Envelope,
     /// Its CONSUMER span: the try and what becomes of it are logged and traced under it.
     span: Span,
+}
+
+/// How a message of the batch got into the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inbox {
+    /// With the batch's: whether it was the first delivery.
+    Recorded(bool),
+    /// On its own, inside its savepoint (the batch's insert was refused).
+    OwnTry,
 }
 
 /// What became of a delivery in the batch's transaction.
@@ -185,21 +196,45 @@ impl<S: Service> Consumer<S> {
         Ok((envelope, span))
     }
 
-    /// One transaction for the whole batch, a savepoint per message. If the transaction itself
-    /// is lost (the database went away, the commit failed), nothing of it stands and every
-    /// message takes the fate of that error.
+    /// One transaction for the whole batch: the inbox rows of all its messages in one
+    /// statement, then a savepoint per first-seen message. If the transaction itself is lost (the
+    /// database went away, the commit failed), nothing of it stands and every message takes the
+    /// fate of that error.
     async fn apply_all(&self, batch: &[Taken]) -> Vec<Disposition> {
+        let entries: Vec<_> = batch
+            .iter()
+            .map(|taken| (&taken.envelope, taken.vouched.publisher.as_deref()))
+            .collect();
         let mut work = match self.db.begin().await {
             Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
             Err(e) => return self.lost(batch, Vec::new(), &e),
         };
+        let inbox = match inbox::record_batch(work.db(), &entries).await {
+            Ok(first) => first.into_iter().map(Inbox::Recorded).collect(),
+            Err(e) if db::is_connection_error(&e) => return self.lost(batch, Vec::new(), &e),
+            // Something in one message the inbox cannot hold: each records its own, so that
+            // one fails alone.
+            Err(e) => {
+                tracing::warn!(error = %e, "the batch's inbox rows were refused; recording them one by one");
+                drop(work);
+                work = match self.db.begin().await {
+                    Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
+                    Err(e) => return self.lost(batch, Vec::new(), &e),
+                };
+                vec![Inbox::OwnTry; batch.len()]
+            }
+        };
         let mut dispositions = Vec::with_capacity(batch.len());
-        for taken in batch {
-            match self
-                .apply_one(work, taken)
+        for (taken, inbox) in batch.iter().zip(inbox) {
+            if inbox == Inbox::Recorded(false) {
+                dispositions.push(Disposition::Duplicate);
+                continue;
+            }
+            let applied = self
+                .apply_one(work, taken, inbox)
                 .instrument(taken.span.clone())
-                .await
-            {
+                .await;
+            match applied {
                 Ok((next, disposition)) => {
                     work = next;
                     dispositions.push(disposition);
@@ -219,13 +254,19 @@ impl<S: Service> Consumer<S> {
         &self,
         mut work: UnitOfWork<S::Participant>,
         taken: &Taken,
+        inbox: Inbox,
     ) -> Result<(UnitOfWork<S::Participant>, Disposition), sqlx::Error> {
         let started = Instant::now();
         let envelope = &taken.envelope;
+        let published_by = taken.vouched.publisher.as_deref();
         let savepoint = work.savepoint(envelope.message_id).await?;
-        let (mut work, applied) = self
-            .apply_in(work, envelope, taken.vouched.publisher.as_deref())
-            .await;
+        let (mut work, applied) = match inbox {
+            Inbox::Recorded(_) => {
+                let (work, handled) = self.handle_in(work, envelope).await;
+                (work, handled.map(|()| Applied::Effect))
+            }
+            Inbox::OwnTry => self.apply_in(work, envelope, published_by).await,
+        };
         let error = match applied {
             Ok(Applied::Effect) => {
                 let took = started.elapsed();
@@ -234,7 +275,11 @@ impl<S: Service> Consumer<S> {
             Ok(Applied::Duplicate | Applied::Gone) => return Ok((work, Disposition::Duplicate)),
             Err(error) => error,
         };
+        // Undone, and not handled after all: its inbox row goes too.
         work.rollback_to(&savepoint).await?;
+        if inbox == Inbox::Recorded(true) {
+            inbox::forget(work.db(), envelope.message_id).await?;
+        }
         let fate = failure::fate(
             Failure::from(&error),
             taken.attempt,
@@ -261,6 +306,9 @@ impl<S: Service> Consumer<S> {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot park the message");
                 work.rollback_to(&savepoint).await?;
+                if inbox == Inbox::Recorded(true) {
+                    inbox::forget(work.db(), envelope.message_id).await?;
+                }
                 let destination =
                     failure::fate_of_database_error(&e, taken.attempt, &self.schedule);
                 Ok((work, Disposition::Move(destination)))

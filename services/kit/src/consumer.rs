@@ -297,6 +297,16 @@ impl<S: Service> Consumer<S> {
             Ok(false) => return (work, Ok(Applied::Duplicate)),
             Err(e) => return (work, Err(e.into())),
         }
+        let (work, handled) = self.handle_in(work, envelope).await;
+        (work, handled.map(|()| Applied::Effect))
+    }
+
+    /// The handler of `envelope`'s type, in `work`'s transaction (its inbox entry already made).
+    pub(crate) async fn handle_in(
+        &self,
+        work: UnitOfWork<S::Participant>,
+        envelope: &Envelope,
+    ) -> (UnitOfWork<S::Participant>, Result<(), HandlerError>) {
         let mut ctx = Ctx::new(work, envelope);
         let handled = match self.routes.dispatch(&self.state, &mut ctx, envelope) {
             Some(handled) => handled.await,
@@ -305,7 +315,7 @@ impl<S: Service> Consumer<S> {
                 self.service, envelope.event_type
             ))),
         };
-        (ctx.into_work(), handled.map(|()| Applied::Effect))
+        (ctx.into_work(), handled)
     }
 
     /// Publishes a copy of a failed message to a delay queue or the dead-letter queue, its

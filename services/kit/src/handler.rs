@@ -10,9 +10,9 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
-    db::{Announced, Db},
+    db::Db,
     metrics::Metrics,
-    outbox::Outbox,
+    outbox::{self, Pending},
 };
 
 /// A service's state (what its handlers share), tied to who it is in the event catalog.
@@ -150,7 +150,8 @@ pub struct UnitOfWork<P> {
     metrics: Metrics,
     /// The message being handled, if any: the cause of everything announced.
     cause: Option<Uuid>,
-    announced: Vec<Announced>,
+    /// Announced, to be written to the outbox right before the commit.
+    announced: Vec<Pending>,
     observations: Vec<Observation>,
     /// A batch's savepoint is open (the next one releases it first).
     in_savepoint: bool,
@@ -255,14 +256,15 @@ impl<P: Participant> UnitOfWork<P> {
     /// }
     /// ```
     pub async fn announce<E: Event<Producer = P>>(&mut self, event: &E) -> Result<(), sqlx::Error> {
-        let announced = Outbox::<P>::append(&mut self.tx, event, self.cause).await?;
-        self.announced.push(announced);
+        self.announced.push(Pending::new(event, self.cause));
         Ok(())
     }
 
-    /// Commits, then hands what was announced to the relay and records the observations.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.db.commit(self.tx, self.announced).await?;
+    /// Writes what was announced to the outbox (one statement for all) and commits, then hands
+    /// it to the relay and records the observations.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let announced = outbox::write(&mut self.tx, self.announced).await?;
+        self.db.commit(self.tx, announced).await?;
         for observation in self.observations {
             self.metrics
                 .observe(observation.name, &[observation.label], observation.value);

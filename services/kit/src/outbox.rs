@@ -4,7 +4,7 @@
 //! A crash after the broker confirmed but before the row was marked sent publishes the same
 //! `message_id` again on restart; consumers' inboxes absorb that duplicate.
 
-use std::{marker::PhantomData, time::Duration};
+use std::{collections::HashMap, marker::PhantomData, time::Duration};
 
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use opentelemetry_semantic_conventions::attribute as semconv;
@@ -57,36 +57,97 @@ async fn append<E: Event>(
     event: &E,
     causation_id: Option<Uuid>,
 ) -> Result<Announced, sqlx::Error> {
-    let mut envelope = Envelope::new(event, causation_id);
-    // The row keeps the writing transaction's trace context: a publish seconds later, or after
-    // a crash, still joins the trace it belongs to.
-    telemetry::stamp(&mut envelope, &tracing::Span::current());
-    let id: i64 = sqlx::query_scalar(
+    let mut written = write(conn, vec![Pending::new(event, causation_id)]).await?;
+    Ok(written.remove(0))
+}
+
+/// An event announced by a unit of work that has not committed yet. Its outbox row is written
+/// just before the commit, together with the others ([`write`]): one statement for all.
+pub(crate) struct Pending {
+    routing_key: &'static str,
+    envelope: Envelope,
+}
+
+impl Pending {
+    pub(crate) fn new<E: Event>(event: &E, causation_id: Option<Uuid>) -> Self {
+        let mut envelope = Envelope::new(event, causation_id);
+        // The row keeps the announcing span's trace context: a publish seconds later, or after
+        // a crash, still joins the trace it belongs to.
+        telemetry::stamp(&mut envelope, &tracing::Span::current());
+        tracing::debug!(
+            message_id = %envelope.message_id,
+            event_type = E::TYPE,
+            order_id = %envelope.correlation_id,
+            causation_id = ?envelope.causation_id,
+            "event announced"
+        );
+        Self {
+            routing_key: E::ROUTING_KEY,
+            envelope,
+        }
+    }
+}
+
+/// Writes `pending` to the outbox in the caller's transaction, in one statement, in order;
+/// returns them with their row ids.
+pub(crate) async fn write(
+    conn: &mut PgConnection,
+    pending: Vec<Pending>,
+) -> Result<Vec<Announced>, sqlx::Error> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut message_ids = Vec::with_capacity(pending.len());
+    let mut event_types = Vec::with_capacity(pending.len());
+    let mut routing_keys = Vec::with_capacity(pending.len());
+    let mut correlation_ids = Vec::with_capacity(pending.len());
+    let mut causation_ids = Vec::with_capacity(pending.len());
+    let mut envelopes = Vec::with_capacity(pending.len());
+    for Pending {
+        routing_key,
+        envelope,
+    } in &pending
+    {
+        message_ids.push(envelope.message_id);
+        event_types.push(envelope.event_type.as_str());
+        routing_keys.push(*routing_key);
+        correlation_ids.push(envelope.correlation_id);
+        causation_ids.push(envelope.causation_id);
+        envelopes.push(sqlx::types::Json(envelope));
+    }
+    // `WITH ORDINALITY`: the ids follow the order of the announcements.
+    let ids: Vec<(i64, Uuid)> = sqlx::query_as(
         "INSERT INTO outbox
              (message_id, event_type, routing_key, correlation_id, causation_id, envelope)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         RETURNING id",
+         SELECT m, t, r, c, ca, e
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::jsonb[])
+              WITH ORDINALITY AS announced (m, t, r, c, ca, e, n)
+         ORDER BY n
+         RETURNING id, message_id",
     )
-    .bind(envelope.message_id)
-    .bind(E::TYPE)
-    .bind(E::ROUTING_KEY)
-    .bind(envelope.correlation_id)
-    .bind(envelope.causation_id)
-    .bind(sqlx::types::Json(&envelope))
-    .fetch_one(conn)
+    .bind(&message_ids)
+    .bind(&event_types)
+    .bind(&routing_keys)
+    .bind(&correlation_ids)
+    .bind(&causation_ids)
+    .bind(&envelopes)
+    .fetch_all(conn)
     .await?;
-    tracing::debug!(
-        message_id = %envelope.message_id,
-        event_type = E::TYPE,
-        order_id = %envelope.correlation_id,
-        causation_id = ?envelope.causation_id,
-        "event recorded in outbox"
-    );
-    Ok(Announced {
-        id,
-        routing_key: E::ROUTING_KEY,
-        envelope,
-    })
+    let ids: HashMap<Uuid, i64> = ids.into_iter().map(|(id, m)| (m, id)).collect();
+    pending
+        .into_iter()
+        .map(|p| {
+            let id = ids
+                .get(&p.envelope.message_id)
+                .copied()
+                .ok_or(sqlx::Error::RowNotFound)?;
+            Ok(Announced {
+                id,
+                routing_key: p.routing_key,
+                envelope: p.envelope,
+            })
+        })
+        .collect()
 }
 
 /// Publishes outbox rows. Committing transactions hand it the events they wrote (the feed):
