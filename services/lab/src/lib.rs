@@ -8,9 +8,11 @@
 //!   process-based tests all start.
 //! - [`chaos`]: `shop chaos`, faults end to end; [`cluster`]: a local three-node RabbitMQ.
 //! - [`bench`]: `shop bench`, speed end to end.
+//! - [`proxy`]: a TCP proxy that silences a service's side of its connections.
 
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod harness;
 pub mod process_shop;
+pub mod proxy;
