@@ -1,10 +1,11 @@
 //! Batched consumption. The deliveries already waiting in the prefetch window (at most
 //! `CONSUMER_BATCH_MAX`; a lone one is a batch of one, so an idle shop waits for nothing) are
-//! applied in one transaction, each inside a savepoint of its own: its inbox entry, its effect
-//! and what it announces. A failure rolls back to its own savepoint and that message alone
-//! takes its fate (parked in the same transaction; retried or dead-lettered once the batch is
-//! done); its batch-mates commit together, in queue order. Nothing is acked before the commit:
-//! a crash loses nothing, the broker redelivers and the inbox absorbs what had committed.
+//! applied in one transaction, in queue order: their inbox rows in one statement, each one's
+//! effect, their outbox rows in one statement. A failure touches only its own message: the batch
+//! is tried again with a savepoint per message, the failed one rolls back to its own and takes
+//! its fate alone (parked in the same transaction; retried or dead-lettered once the batch is
+//! done); its batch-mates commit together. Nothing is acked before the commit: a crash loses
+//! nothing, the broker redelivers and the inbox absorbs what had committed.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,17 @@ enum Inbox {
     /// On its own, inside its savepoint (the batch's insert was refused).
     OwnTry,
 }
+
+/// Whether a batch's messages are tried inside savepoints.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    None,
+    Savepoints,
+}
+
+/// One message tried: settled (the unit of work goes on with it), or `None`: failed where
+/// nothing but rolling the whole transaction back can undo it.
+type Tried<P> = Option<(UnitOfWork<P>, Disposition)>;
 
 /// What became of a delivery in the batch's transaction.
 enum Disposition {
@@ -196,22 +208,35 @@ impl<S: Service> Consumer<S> {
         Ok((envelope, span))
     }
 
-    /// One transaction for the whole batch: the inbox rows of all its messages in one
-    /// statement, then a savepoint per first-seen message. If the transaction itself is lost (the
+    /// One transaction for the whole batch, its inbox rows in one statement. It is tried first
+    /// without savepoints (most batches have no failure, and a savepoint costs a round trip per
+    /// message); the first failure rolls it all back and the batch is tried again with a savepoint
+    /// per message, so that failure is undone alone. If the transaction itself is lost (the
     /// database went away, the commit failed), nothing of it stands and every message takes the
     /// fate of that error.
     async fn apply_all(&self, batch: &[Taken]) -> Vec<Disposition> {
+        match self.try_all(batch, Guard::None).await {
+            Some(dispositions) => dispositions,
+            None => self
+                .try_all(batch, Guard::Savepoints)
+                .await
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `None` when a message failed with no savepoint to undo it alone (only unguarded).
+    async fn try_all(&self, batch: &[Taken], guard: Guard) -> Option<Vec<Disposition>> {
         let entries: Vec<_> = batch
             .iter()
             .map(|taken| (&taken.envelope, taken.vouched.publisher.as_deref()))
             .collect();
         let mut work = match self.db.begin().await {
             Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
-            Err(e) => return self.lost(batch, Vec::new(), &e),
+            Err(e) => return Some(self.lost(batch, Vec::new(), &e)),
         };
         let inbox = match inbox::record_batch(work.db(), &entries).await {
             Ok(first) => first.into_iter().map(Inbox::Recorded).collect(),
-            Err(e) if db::is_connection_error(&e) => return self.lost(batch, Vec::new(), &e),
+            Err(e) if db::is_connection_error(&e) => return Some(self.lost(batch, Vec::new(), &e)),
             // Something in one message the inbox cannot hold: each records its own, so that
             // one fails alone.
             Err(e) => {
@@ -219,7 +244,7 @@ impl<S: Service> Consumer<S> {
                 drop(work);
                 work = match self.db.begin().await {
                     Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
-                    Err(e) => return self.lost(batch, Vec::new(), &e),
+                    Err(e) => return Some(self.lost(batch, Vec::new(), &e)),
                 };
                 vec![Inbox::OwnTry; batch.len()]
             }
@@ -230,22 +255,24 @@ impl<S: Service> Consumer<S> {
                 dispositions.push(Disposition::Duplicate);
                 continue;
             }
-            let applied = self
-                .apply_one(work, taken, inbox)
+            let tried = self
+                .apply_one(work, taken, inbox, guard)
                 .instrument(taken.span.clone())
                 .await;
-            match applied {
-                Ok((next, disposition)) => {
+            match tried {
+                Ok(Some((next, disposition))) => {
                     work = next;
                     dispositions.push(disposition);
                 }
-                Err(e) => return self.lost(batch, dispositions, &e),
+                // Dropping the unit of work rolls the transaction back.
+                Ok(None) => return None,
+                Err(e) => return Some(self.lost(batch, dispositions, &e)),
             }
         }
-        match work.commit().await {
+        Some(match work.commit().await {
             Ok(()) => dispositions,
             Err(e) => self.lost(batch, dispositions, &e),
-        }
+        })
     }
 
     /// One message's part of the batch. `Err` means the transaction is unusable (a statement
@@ -255,11 +282,18 @@ impl<S: Service> Consumer<S> {
         mut work: UnitOfWork<S::Participant>,
         taken: &Taken,
         inbox: Inbox,
-    ) -> Result<(UnitOfWork<S::Participant>, Disposition), sqlx::Error> {
+        guard: Guard,
+    ) -> Result<Tried<S::Participant>, sqlx::Error> {
         let started = Instant::now();
         let envelope = &taken.envelope;
         let published_by = taken.vouched.publisher.as_deref();
-        let savepoint = work.savepoint(envelope.message_id).await?;
+        let savepoint = match guard {
+            Guard::Savepoints => Some(work.savepoint(envelope.message_id).await?),
+            Guard::None => {
+                work.caused_by(envelope.message_id);
+                None
+            }
+        };
         let (mut work, applied) = match inbox {
             Inbox::Recorded(_) => {
                 let (work, handled) = self.handle_in(work, envelope).await;
@@ -270,10 +304,15 @@ impl<S: Service> Consumer<S> {
         let error = match applied {
             Ok(Applied::Effect) => {
                 let took = started.elapsed();
-                return Ok((work, Disposition::Applied { took }));
+                return Ok(Some((work, Disposition::Applied { took })));
             }
-            Ok(Applied::Duplicate | Applied::Gone) => return Ok((work, Disposition::Duplicate)),
+            Ok(Applied::Duplicate | Applied::Gone) => {
+                return Ok(Some((work, Disposition::Duplicate)));
+            }
             Err(error) => error,
+        };
+        let Some(savepoint) = savepoint else {
+            return Ok(None);
         };
         // Undone, and not handled after all: its inbox row goes too.
         work.rollback_to(&savepoint).await?;
@@ -287,7 +326,9 @@ impl<S: Service> Consumer<S> {
             &self.schedule,
         );
         let reason = match fate {
-            Fate::Move(destination) => return Ok((work, Disposition::Move(destination))),
+            Fate::Move(destination) => {
+                return Ok(Some((work, Disposition::Move(destination))));
+            }
             Fate::Park { reason } => reason,
         };
         let parked = self
@@ -302,7 +343,7 @@ impl<S: Service> Consumer<S> {
             )
             .await;
         match parked {
-            Ok(()) => Ok((work, Disposition::Parked { reason })),
+            Ok(()) => Ok(Some((work, Disposition::Parked { reason }))),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot park the message");
                 work.rollback_to(&savepoint).await?;
@@ -311,7 +352,7 @@ impl<S: Service> Consumer<S> {
                 }
                 let destination =
                     failure::fate_of_database_error(&e, taken.attempt, &self.schedule);
-                Ok((work, Disposition::Move(destination)))
+                Ok(Some((work, Disposition::Move(destination))))
             }
         }
     }

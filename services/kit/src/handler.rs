@@ -199,11 +199,16 @@ impl<P: Participant> UnitOfWork<P> {
         };
         sqlx::raw_sql(sql).execute(&mut *self.tx).await?;
         self.in_savepoint = true;
-        self.cause = Some(cause);
+        self.caused_by(cause);
         Ok(Savepoint {
             announced: self.announced.len(),
             observations: self.observations.len(),
         })
+    }
+
+    /// What is announced from now on was caused by the message `cause`.
+    pub(crate) fn caused_by(&mut self, cause: Uuid) {
+        self.cause = Some(cause);
     }
 
     /// Undoes everything since `savepoint`, including what it announced and observed. An error
