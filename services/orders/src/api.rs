@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     PROGRESS_COLUMNS, Progress, Work,
+    admission::Admission,
     domain::{
         self, Announcement, CancelRefused, Cause, CustomerRefused, Invalid, PlaceOrder,
         RequestedItem, Status,
@@ -77,16 +78,6 @@ impl FromRef<Api> for BodyLimit {
     }
 }
 
-/// Admission control: past `max_pending` orders accepted but not yet settled, `POST /orders`
-/// sheds new orders (`503` with `Retry-After`) rather than accept what the saga cannot settle
-/// in reasonable time. The backlog is counted in orders' own table, so it covers every stage
-/// (a slow payment, a stalled relay, a broker restart) without asking any other service.
-#[derive(Clone)]
-struct Admission {
-    max_pending: u64,
-    metrics: Metrics,
-}
-
 impl FromRef<Api> for Db {
     fn from_ref(api: &Api) -> Self {
         api.db.clone()
@@ -98,10 +89,6 @@ impl FromRef<Api> for Admission {
         api.admission.clone()
     }
 }
-
-/// Orders accepted but not settled: the auditor's invariant 1 turned around. Its partial
-/// index (`orders_unsettled`) keeps the count to the backlog, however many orders there are.
-const UNSETTLED: &str = "SELECT count(*) FROM orders.orders WHERE NOT settled";
 
 const ORDERS_SHED: &str = "shop_orders_shed_total";
 
@@ -118,10 +105,7 @@ pub fn routes(api: ApiContext) -> Router {
         body_limit: BodyLimit(body_limit),
         deadline: Deadline(api.config.order_deadline),
         metrics: api.metrics.clone(),
-        admission: Admission {
-            max_pending: api.config.max_pending_orders,
-            metrics: api.metrics,
-        },
+        admission: Admission::new(api.config.max_pending_orders, api.metrics),
     };
     Router::new()
         .route("/orders", get(list_orders).post(place_order))
@@ -189,8 +173,8 @@ async fn place_order(
     {
         return Ok(replay);
     }
-    let pending: i64 = sqlx::query_scalar(UNSETTLED).fetch_one(work.db()).await?;
-    if u64::try_from(pending).unwrap_or(0) >= admission.max_pending {
+    let pending = admission.pending(work.db()).await?;
+    if pending >= admission.max_pending {
         admission.metrics.inc(ORDERS_SHED, &[]);
         tracing::warn!(pending, "shedding a new order: the saga backlog is full");
         let mut shed = ApiError::new(
@@ -275,6 +259,7 @@ async fn place_order(
     };
     work.announce(&placed).await?;
     work.commit().await?;
+    admission.accepted();
     tracing::info!(%order_id, total_cents, "order placed");
     Ok(accepted(order_id, Status::Pending, false))
 }

@@ -12,6 +12,7 @@
 //!   order's deadline), `orders.order_items`.
 //! - **Announces** OrderPlaced, OrderConfirmed, OrderCancelled.
 
+mod admission;
 pub mod api;
 pub mod domain;
 pub mod expiry;
