@@ -90,6 +90,12 @@ pub(super) struct Offered {
     pub(super) outcomes: BTreeMap<String, u64>,
     /// Whether the shop kept up: settled (nearly) all it was offered, at the rate offered.
     pub(super) kept_up: bool,
+    /// A saturation step's own work per settled order and batches (the run's are reported
+    /// at the top level).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) per_order: Option<PerOrder>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) batch: BTreeMap<String, BatchFigures>,
 }
 
 impl Offered {
@@ -107,6 +113,8 @@ impl Offered {
             *self.outcomes.entry(outcome.clone()).or_default() += n;
         }
         self.kept_up &= next.kept_up;
+        self.per_order = None;
+        self.batch.clear();
         self
     }
 }
@@ -218,6 +226,8 @@ pub(super) async fn offer(
                 && latency.p99 < 1_000.0,
             latency_ms: latency,
             outcomes: t.outcomes.clone(),
+            per_order: None,
+            batch: BTreeMap::new(),
         }
     })
 }

@@ -172,8 +172,7 @@ async fn measure(
         name: "load_generator".to_owned(),
         pids: vec![std::process::id()],
     });
-    let commits_before = target.commits().await;
-    let deliveries_before = target.deliveries(http).await;
+    let counted_before = Counters::read(target, http).await;
     let usage = Usage::start(groups);
 
     let (mode, run, saturation_steps, soak_minutes) = if options.saturate {
@@ -208,48 +207,24 @@ async fn measure(
     };
     let mut figures = usage.finish(&infrastructure());
     let machine_cpu = usage.machine();
-    let commits = match (commits_before, target.commits().await) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
-    let (deliveries, batch) = match (deliveries_before, target.deliveries(http).await) {
-        (Some((before, batches_before)), Some((after, batches_after))) => {
-            let batch = batches_after
-                .iter()
-                .filter_map(|(service, histogram)| {
-                    let before = batches_before.get(service).cloned().unwrap_or_default();
-                    Some((service.clone(), histogram.since(&before)?))
-                })
-                .collect();
-            (
-                Some((
-                    after.0.saturating_sub(before.0),
-                    after.1.saturating_sub(before.1),
-                    after.2.saturating_sub(before.2),
-                )),
-                batch,
-            )
-        }
-        _ => (None, BTreeMap::new()),
-    };
+    let counted_after = Counters::read(target, http).await;
     tap.close().await;
 
-    // Transactions and deliveries were counted over every step or minute, not just `run`.
-    let settled_total: u64 = if options.saturate {
-        saturation_steps.iter().map(|s| s.settled).sum()
-    } else if options.soak {
+    // Transactions and deliveries are counted over every step or minute; at saturation, over
+    // the step that set the figure (the earlier, slower steps batch less).
+    let settled_total: u64 = if options.soak {
         soak_minutes.iter().map(|m| m.settled).sum()
+    } else if options.saturate {
+        saturation_steps.iter().map(|s| s.settled).sum()
     } else {
         run.settled
     };
-    let per_order = match (commits, deliveries) {
-        (Some(commits), Some(deliveries)) if settled_total > 0 => Some(PerOrder {
-            transactions: round1(commits as f64 / settled_total as f64),
-            deliveries: round1(deliveries.0 as f64 / settled_total as f64),
-            parked: round3(deliveries.1 as f64 / settled_total as f64),
-            retried: round3(deliveries.2 as f64 / settled_total as f64),
-        }),
-        _ => None,
+    let (per_order, batch) = match (&counted_before, &counted_after) {
+        _ if options.saturate && run.per_order.is_some() => {
+            (run.per_order.clone(), run.batch.clone())
+        }
+        (Some(before), Some(after)) => after.since(before, settled_total),
+        _ => (None, BTreeMap::new()),
     };
     let ceiling = if options.no_ceilings {
         None
@@ -339,6 +314,8 @@ mod tests {
             },
             outcomes: BTreeMap::from([("confirmed".to_owned(), settled)]),
             kept_up,
+            per_order: None,
+            batch: BTreeMap::new(),
         };
         let whole = minute(60.0, 600, true).and(&minute(30.0, 300, false));
         assert_eq!((whole.sent, whole.settled), (900, 900));

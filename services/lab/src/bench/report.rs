@@ -102,8 +102,16 @@ pub(super) fn render(summary: &Summary) -> String {
     if let Some(per_order) = &summary.per_order {
         let _ = writeln!(
             out,
-            "per settled order:   {} transactions, {} deliveries, {} parked, {} sent to a retry queue",
-            per_order.transactions, per_order.deliveries, per_order.parked, per_order.retried
+            "per settled order:   {} transactions, {} deliveries, {} parked, {} sent to a retry queue{}",
+            per_order.transactions,
+            per_order.deliveries,
+            per_order.parked,
+            per_order.retried,
+            if summary.mode == "saturate" {
+                " (in the step kept up)"
+            } else {
+                ""
+            }
         );
     }
     if !summary.batch.is_empty() {

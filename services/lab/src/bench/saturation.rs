@@ -19,7 +19,8 @@ pub(super) async fn saturate(
     let mut first = 0;
     let mut narrowings = 0;
     while Instant::now() < budget {
-        let result = offer(target, watch, http, rate, STEP, first, progress).await;
+        let before = Counters::read(target, http).await;
+        let mut result = offer(target, watch, http, rate, STEP, first, progress).await;
         first += result.sent;
         note(
             progress,
@@ -36,17 +37,20 @@ pub(super) async fn saturate(
                 }
             ),
         );
+        // Let what is left in flight finish before the next step.
+        let settle_deadline = Instant::now() + DRAIN_TIME;
+        while watch.with(|t| t.in_flight()) > 0 && Instant::now() < settle_deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let (Some(before), Some(after)) = (before, Counters::read(target, http).await) {
+            (result.per_order, result.batch) = after.since(&before, result.settled);
+        }
         if result.kept_up {
             best = Some(result.clone());
         } else {
             failed_at = Some(rate);
         }
         steps.push(result);
-        // Let what is left in flight finish before the next step.
-        let settle_deadline = Instant::now() + DRAIN_TIME;
-        while watch.with(|t| t.in_flight()) > 0 && Instant::now() < settle_deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         let good = best.as_ref().map_or(0.0, |b| b.offered_per_s);
         rate = match failed_at {
             None => rate * 1.3,

@@ -127,7 +127,7 @@ impl Target {
     }
 
     /// Committed transactions in our own shop's database so far.
-    pub(super) async fn commits(&self) -> Option<i64> {
+    async fn commits(&self) -> Option<i64> {
         let database = self.database.as_ref()?;
         sqlx::query_scalar(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
@@ -158,7 +158,7 @@ impl Target {
     /// Deliveries handled by all services so far, and of those the ones parked and the ones
     /// sent to a retry queue (their `shop_messages_total` counters; a parked message's later
     /// application is not a delivery); and each service's batch sizes so far.
-    pub(super) async fn deliveries(
+    async fn deliveries(
         &self,
         http: &reqwest::Client,
     ) -> Option<((u64, u64, u64), BTreeMap<String, BatchHistogram>)> {
@@ -184,5 +184,56 @@ impl Target {
             }
         }
         Some(((total, parked, retried), batches))
+    }
+}
+
+/// What the shop had done so far, read before and after a stretch of load.
+pub(super) struct Counters {
+    commits: i64,
+    /// Deliveries, of which parked, of which retried.
+    deliveries: (u64, u64, u64),
+    batches: BTreeMap<String, BatchHistogram>,
+}
+
+impl Counters {
+    /// `None` for a shop that is not our own (its database and metrics are not ours to read).
+    pub(super) async fn read(target: &Target, http: &reqwest::Client) -> Option<Self> {
+        let commits = target.commits().await?;
+        let (deliveries, batches) = target.deliveries(http).await?;
+        Some(Self {
+            commits,
+            deliveries,
+            batches,
+        })
+    }
+
+    /// Per settled order (`settled` of them) and per service's batches, since `before`.
+    pub(super) fn since(
+        &self,
+        before: &Self,
+        settled: u64,
+    ) -> (Option<PerOrder>, BTreeMap<String, BatchFigures>) {
+        let batch = self
+            .batches
+            .iter()
+            .filter_map(|(service, histogram)| {
+                let earlier = before.batches.get(service).cloned().unwrap_or_default();
+                Some((service.clone(), histogram.since(&earlier)?))
+            })
+            .collect();
+        if settled == 0 {
+            return (None, batch);
+        }
+        let per = |n: u64| n as f64 / settled as f64;
+        let delta = |after: u64, before: u64| after.saturating_sub(before);
+        let per_order = PerOrder {
+            transactions: round1(per(
+                u64::try_from(self.commits - before.commits).unwrap_or(0)
+            )),
+            deliveries: round1(per(delta(self.deliveries.0, before.deliveries.0))),
+            parked: round3(per(delta(self.deliveries.1, before.deliveries.1))),
+            retried: round3(per(delta(self.deliveries.2, before.deliveries.2))),
+        };
+        (Some(per_order), batch)
     }
 }
