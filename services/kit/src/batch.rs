@@ -230,7 +230,7 @@ impl<S: Service> Consumer<S> {
             .iter()
             .map(|taken| (&taken.envelope, taken.vouched.publisher.as_deref()))
             .collect();
-        let mut work = match self.db.begin().await {
+        let mut work = match self.db.begin_batch().await {
             Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
             Err(e) => return Some(self.lost(batch, Vec::new(), &e)),
         };
@@ -242,7 +242,7 @@ impl<S: Service> Consumer<S> {
             Err(e) => {
                 tracing::warn!(error = %e, "the batch's inbox rows were refused; recording them one by one");
                 drop(work);
-                work = match self.db.begin().await {
+                work = match self.db.begin_batch().await {
                     Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
                     Err(e) => return Some(self.lost(batch, Vec::new(), &e)),
                 };

@@ -79,6 +79,19 @@ impl Db {
         self.pool.begin().await
     }
 
+    /// Begins the transaction of a consumer's batch, holding the service's batch lock until it
+    /// ends (taken in the same round trip as `BEGIN`): replicas of a service apply their batches
+    /// one at a time. Two batches that each hold some orders' rows and wait for the other's
+    /// would deadlock, and Postgres takes a second (`deadlock_timeout`) to notice; within one
+    /// process the consumer already takes one batch at a time, so the lock is free there.
+    pub(crate) async fn begin_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let begin = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{}.batches'))",
+            self.schema
+        );
+        self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await
+    }
+
     /// Commits, then hands the events the transaction announced to the relay, so they leave
     /// right after the commit without the relay reading them back. A relay that is away or far
     /// behind misses them here and finds them in the outbox on its sweep.
