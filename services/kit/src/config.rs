@@ -8,6 +8,9 @@ use crate::auth::AuthSettings;
 pub struct Config {
     /// `AMQP_URL`: one broker URL, or several separated by commas (the nodes of a cluster).
     pub amqp_url: String,
+    /// `AMQP_HEARTBEAT_SECS`: the AMQP heartbeat asked of the broker; a connection silent for
+    /// twice this long is given up (a half-open one included) and the session reconnects.
+    pub amqp_heartbeat: Duration,
     /// `DATABASE_URL`
     pub database_url: String,
     /// `SHOP_NAMESPACE`: prefix of the exchange and of every queue.
@@ -79,6 +82,7 @@ pub enum ConfigError {
 /// Every environment variable a service reads (the compose file may set no others on one).
 pub const VARIABLES: &[&str] = &[
     "AMQP_URL",
+    "AMQP_HEARTBEAT_SECS",
     "DATABASE_URL",
     "SHOP_NAMESPACE",
     "HTTP_ADDR",
@@ -148,6 +152,7 @@ impl Config {
     pub fn defaults(http_addr: SocketAddr) -> Self {
         Self {
             amqp_url: DEFAULT_AMQP_URL.to_owned(),
+            amqp_heartbeat: Duration::from_secs(3),
             database_url: DEFAULT_DATABASE_URL.to_owned(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             http_addr,
@@ -200,6 +205,23 @@ impl Config {
             .collect()
     }
 
+    /// [`Config::amqp_urls`], each asking for the heartbeat `AMQP_HEARTBEAT_SECS` (unless the
+    /// URL sets its own `heartbeat`).
+    pub fn amqp_urls_with_heartbeat(&self) -> Vec<String> {
+        let seconds = self.amqp_heartbeat.as_secs();
+        self.amqp_urls()
+            .into_iter()
+            .map(|url| {
+                if url.contains("heartbeat=") {
+                    url
+                } else {
+                    let separator = if url.contains('?') { '&' } else { '?' };
+                    format!("{url}{separator}heartbeat={seconds}")
+                }
+            })
+            .collect()
+    }
+
     /// The first broker `AMQP_URL` lists, for the tools that need just one.
     pub fn first_amqp_url(&self) -> String {
         self.amqp_urls().into_iter().next().unwrap_or_default()
@@ -219,6 +241,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "AMQP_URL",
                 reason: "no broker URL".to_owned(),
+            });
+        }
+        if self.amqp_heartbeat.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "AMQP_HEARTBEAT_SECS",
+                reason: "must be at least 1: without heartbeats a silent broker goes unnoticed"
+                    .to_owned(),
             });
         }
         if self.retry_delays.is_empty()
@@ -306,6 +335,9 @@ impl Config {
         }
         if let Some(prefetch) = var("CONSUMER_PREFETCH") {
             config.prefetch = parse("CONSUMER_PREFETCH", &prefetch)?;
+        }
+        if let Some(seconds) = var("AMQP_HEARTBEAT_SECS") {
+            config.amqp_heartbeat = Duration::from_secs(parse("AMQP_HEARTBEAT_SECS", &seconds)?);
         }
         if let Some(max) = var("CONSUMER_BATCH_MAX") {
             config.batch_max = parse("CONSUMER_BATCH_MAX", &max)?;
@@ -528,6 +560,26 @@ mod tests {
     }
 
     #[test]
+    fn every_broker_url_asks_for_the_heartbeat_unless_it_sets_its_own() {
+        let config = from(&[
+            (
+                "AMQP_URL",
+                "amqp://a:5672/%2f, amqp://b:5672/%2f?frame_max=8192, amqp://c/%2f?heartbeat=9",
+            ),
+            ("AMQP_HEARTBEAT_SECS", "4"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.amqp_urls_with_heartbeat(),
+            [
+                "amqp://a:5672/%2f?heartbeat=4",
+                "amqp://b:5672/%2f?frame_max=8192&heartbeat=4",
+                "amqp://c/%2f?heartbeat=9",
+            ]
+        );
+    }
+
+    #[test]
     fn bad_values_are_reported_by_name() {
         for (name, value) in [
             ("SHOP_NAMESPACE", "Shop Space"),
@@ -538,6 +590,7 @@ mod tests {
             ("HTTP_MAX_CONNECTIONS", "0"),
             ("ORDER_DEADLINE_MS", "999"),
             ("AMQP_URL", "http://not-amqp"),
+            ("AMQP_HEARTBEAT_SECS", "0"),
         ] {
             let err = from(&[(name, value)]).expect_err(name);
             assert!(

@@ -236,7 +236,7 @@ async fn run<S: Service>(
         let supervisor = Supervisor {
             // Processes of a fleet start on different nodes of a cluster, not all on the first.
             node: AtomicUsize::new(fastrand::usize(..config.amqp_urls().len().max(1))),
-            amqp_urls: config.amqp_urls(),
+            amqp_urls: config.amqp_urls_with_heartbeat(),
             prefetch: config.prefetch,
             topology: topology.clone(),
             consumer: Consumer {

@@ -1,6 +1,6 @@
-//! A TCP proxy to put between a service and the broker (or the database), whose client-to-server
-//! direction can be silenced: what the service sends from then on never arrives, while what the
-//! server sends still does. A network fault from outside the process, as a Toxiproxy would
+//! A TCP proxy to put between a service and the broker (or the database), whose directions can
+//! be silenced: what is sent from then on never arrives, and no one is told (no FIN, no RST), as
+//! on a network that drops packets. A fault from outside the process, as a Toxiproxy would
 //! inject it; the services' code knows nothing of it.
 
 use std::{
@@ -13,14 +13,22 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     task::JoinSet,
 };
 
+#[derive(Default)]
+struct Silence {
+    /// Client to server.
+    upstream: AtomicBool,
+    /// Server to client.
+    downstream: AtomicBool,
+}
+
 pub struct Proxy {
     addr: SocketAddr,
-    silent: Arc<AtomicBool>,
+    silence: Arc<Silence>,
     /// The accept loop and every connection's pumps: dropping the proxy closes them all.
     _tasks: JoinSet<()>,
 }
@@ -30,23 +38,23 @@ impl Proxy {
     pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let silent = Arc::new(AtomicBool::new(false));
+        let silence = Arc::new(Silence::default());
         let mut tasks = JoinSet::new();
-        let accepting = silent.clone();
+        let accepting = silence.clone();
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                let silent = accepting.clone();
+                let silence = accepting.clone();
                 connections.spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        relay(client, server, &silent).await;
+                        relay(client, server, &silence).await;
                     }
                 });
             }
         });
         Ok(Self {
             addr,
-            silent,
+            silence,
             _tasks: tasks,
         })
     }
@@ -57,36 +65,50 @@ impl Proxy {
 
     /// From now on, bytes from clients to the server are dropped: the server hears nothing.
     pub fn silence_clients(&self) {
-        self.silent.store(true, Ordering::SeqCst);
+        self.silence.upstream.store(true, Ordering::SeqCst);
     }
 
-    /// Clients are heard again (on connections made from now on; a silenced one lost bytes).
+    /// From now on, nothing gets through either way: both ends hear nothing, and neither is
+    /// told (a half-open connection, as when a network drops packets).
+    pub fn silence(&self) {
+        self.silence.upstream.store(true, Ordering::SeqCst);
+        self.silence.downstream.store(true, Ordering::SeqCst);
+    }
+
+    /// Everything gets through again (a silenced connection has lost what was sent meanwhile:
+    /// its ends give it up, and new connections work).
     pub fn heal(&self) {
-        self.silent.store(false, Ordering::SeqCst);
+        self.silence.upstream.store(false, Ordering::SeqCst);
+        self.silence.downstream.store(false, Ordering::SeqCst);
     }
 }
 
-/// Pumps both ways until the client goes; then the server's side is closed too.
-async fn relay(mut client: TcpStream, mut server: TcpStream, silent: &AtomicBool) {
-    let (mut client_reads, mut client_writes) = client.split();
-    let (mut server_reads, mut server_writes) = server.split();
-    let to_server = async {
-        let mut buffer = vec![0; 16 * 1024];
-        loop {
-            match client_reads.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) if !silent.load(Ordering::SeqCst) => {
-                    if server_writes.write_all(&buffer[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-            }
-        }
-    };
-    let to_client = tokio::io::copy(&mut server_reads, &mut client_writes);
+/// Pumps both ways until either end goes; then both sides are closed.
+async fn relay(mut client: TcpStream, mut server: TcpStream, silence: &Silence) {
+    let (client_reads, client_writes) = client.split();
+    let (server_reads, server_writes) = server.split();
     tokio::select! {
-        () = to_server => {}
-        _ = to_client => {}
+        () = pump(client_reads, server_writes, &silence.upstream) => {}
+        () = pump(server_reads, client_writes, &silence.downstream) => {}
+    }
+}
+
+/// Copies `from` to `to`, dropping what arrives while `silent`.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    silent: &AtomicBool,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if !silent.load(Ordering::SeqCst) => {
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+        }
     }
 }

@@ -1,9 +1,12 @@
-//! A crash between a batch's commit and its acks loses nothing and doubles nothing. Payment runs
-//! as a process whose broker connections pass through a proxy; the proxy silences payment's side
-//! (what payment sends never reaches the broker: its acks, its publishes) while deliveries still
-//! arrive. Payment applies a batch of orders and commits; its acks are lost; it is killed with
-//! SIGKILL. The broker hands the batch to the restarted process, whose inbox absorbs every copy:
-//! one charge per order, every copy counted.
+//! Payment as a process whose broker connections pass through a proxy (`shop_lab::proxy`) that
+//! drops packets on demand: faults from outside the process.
+//!
+//! - A crash between a batch's commit and its acks loses nothing and doubles nothing: the proxy
+//!   silences payment's side (its acks, its publishes never reach the broker) while deliveries
+//!   still arrive; payment commits a batch of orders and is killed with SIGKILL; the broker hands
+//!   the batch to the restarted process, whose inbox absorbs every copy.
+//! - A silent broker connection (half-open: no FIN, no RST) is noticed by the AMQP heartbeat:
+//!   payment reports not ready, and once the network heals it reconnects and charges again.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -98,16 +101,18 @@ async fn eventually(what: &str, pool: &PgPool, sql: &str, expected: i64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_between_a_batchs_commit_and_its_acks_loses_and_doubles_nothing() {
+/// Payment as a process in a shop of its own, its broker connections through `proxy`; every
+/// service's queue declared, so what payment announces is routed. Runs `scenario`, then removes
+/// the shop whatever happened.
+async fn with_payment_behind<F>(proxy: &Proxy, prefix: &'static str, scenario: F)
+where
+    F: AsyncFnOnce(&mut ProcessShop, &reqwest::Client),
+{
     let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
     let amqp_url = setting("TEST_AMQP_URL", DEFAULT_AMQP_URL);
-    let proxy = Proxy::start(broker_addr(&amqp_url))
-        .await
-        .expect("the proxy listens");
     let options = Options {
         exe: env!("CARGO_BIN_EXE_shop").into(),
-        prefix: "shop_crash",
+        prefix,
         admin_database_url: setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
         amqp_url: amqp_url.clone(),
         retry_delays: default_retry_delays(),
@@ -116,10 +121,26 @@ async fn a_kill_between_a_batchs_commit_and_its_acks_loses_and_doubles_nothing()
     };
     let mut shop = ProcessShop::create(options).await.expect("a sandbox");
     let (before, _, after) = around_host(&amqp_url);
-    let proxied = format!("{before}{}{after}", proxy.addr());
-    shop.fleet.set_for("payment", "AMQP_URL", proxied);
+    shop.fleet.set_for(
+        "payment",
+        "AMQP_URL",
+        format!("{before}{}{after}", proxy.addr()),
+    );
     let http = reqwest::Client::new();
-    let outcome = std::panic::AssertUnwindSafe(crash_and_recover(&mut shop, &proxy, &http));
+    let outcome = std::panic::AssertUnwindSafe(async {
+        shop::provision::declare_topologies_of(
+            &shop.sandbox.amqp_url,
+            &shop.sandbox.namespace,
+            &default_retry_delays(),
+            |_| true,
+        )
+        .await
+        .expect("the topology");
+        shop.start(&http, |name| name == "payment")
+            .await
+            .expect("payment starts");
+        scenario(&mut shop, &http).await;
+    });
     let result = futures_util::FutureExt::catch_unwind(outcome).await;
     shop.remove().await;
     if let Err(panic) = result {
@@ -127,25 +148,15 @@ async fn a_kill_between_a_batchs_commit_and_its_acks_loses_and_doubles_nothing()
     }
 }
 
-async fn crash_and_recover(shop: &mut ProcessShop, proxy: &Proxy, http: &reqwest::Client) {
-    // Every service's queue, so what payment announces is routed (only payment runs).
-    shop::provision::declare_topologies_of(
-        &shop.sandbox.amqp_url,
-        &shop.sandbox.namespace,
-        &default_retry_delays(),
-        |_| true,
-    )
-    .await
-    .expect("the topology");
-    shop.start(http, |name| name == "payment")
+async fn start_proxy() -> Proxy {
+    let amqp_url = std::env::var("TEST_AMQP_URL").unwrap_or(DEFAULT_AMQP_URL.to_owned());
+    Proxy::start(broker_addr(&amqp_url))
         .await
-        .expect("payment starts");
-    let pool = PgPool::connect(&shop.databases["payment"])
-        .await
-        .expect("payment's database");
+        .expect("the proxy listens")
+}
 
-    // From here on the broker hears nothing from payment: no ack, no publish.
-    proxy.silence_clients();
+/// Publishes `orders` OrderPlaced events on the shop's exchange, as orders would.
+async fn place(shop: &ProcessShop, orders: usize) {
     let connection = Connection::connect(&shop.sandbox.amqp_url, ConnectionProperties::default())
         .await
         .expect("the broker");
@@ -155,7 +166,7 @@ async fn crash_and_recover(shop: &mut ProcessShop, proxy: &Proxy, http: &reqwest
         .await
         .expect("confirms");
     let exchange = topology::exchange_name(&shop.sandbox.namespace);
-    for _ in 0..ORDERS {
+    for _ in 0..orders {
         let placed = order_placed(Uuid::now_v7());
         let confirm = channel
             .basic_publish(
@@ -177,6 +188,77 @@ async fn crash_and_recover(shop: &mut ProcessShop, proxy: &Proxy, http: &reqwest
             "routed"
         );
     }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_a_batchs_commit_and_its_acks_loses_and_doubles_nothing() {
+    let proxy = start_proxy().await;
+    with_payment_behind(&proxy, "shop_crash", async |shop, http| {
+        crash_and_recover(shop, &proxy, http).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_connection_is_noticed_and_left_for_a_new_one() {
+    let proxy = start_proxy().await;
+    with_payment_behind(&proxy, "shop_silent", async |shop, http| {
+        let payment = shop
+            .fleet
+            .services
+            .iter()
+            .find(|s| s.name == "payment")
+            .expect("payment runs")
+            .url();
+        let pool = PgPool::connect(&shop.databases["payment"])
+            .await
+            .expect("payment's database");
+        let ready = async || shop::fleet::is_ready(http, &payment).await;
+
+        proxy.silence();
+        let silenced = tokio::time::Instant::now();
+        // The kernel sees nothing wrong (the proxy holds both sockets open): only the heartbeat
+        // (AMQP_HEARTBEAT_SECS, 3 s: given up after 6) can tell. Without it, 60 s.
+        while ready().await {
+            assert!(
+                silenced.elapsed() < Duration::from_secs(30),
+                "payment still reports ready 30 s into the silence"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("silence noticed after {:?}", silenced.elapsed());
+
+        proxy.heal();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !ready().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "payment never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        place(shop, 3).await;
+        eventually(
+            "orders placed after the heal charged",
+            &pool,
+            "SELECT count(*) FROM payment.payments",
+            3,
+        )
+        .await;
+        pool.close().await;
+    })
+    .await;
+}
+
+async fn crash_and_recover(shop: &mut ProcessShop, proxy: &Proxy, http: &reqwest::Client) {
+    let pool = PgPool::connect(&shop.databases["payment"])
+        .await
+        .expect("payment's database");
+
+    // From here on the broker hears nothing from payment: no ack, no publish.
+    proxy.silence_clients();
+    place(shop, ORDERS).await;
     eventually(
         "every order charged and committed",
         &pool,
@@ -240,5 +322,4 @@ async fn crash_and_recover(shop: &mut ProcessShop, proxy: &Proxy, http: &reqwest
         "one outgoing event per order"
     );
     pool.close().await;
-    let _ = connection.close(200, "done".into()).await;
 }
