@@ -140,23 +140,70 @@ fn paid(order_id: Uuid) -> Envelope {
     Envelope::new(&event, None)
 }
 
+/// The probe with a batch of one held open: what is published meanwhile waits in the prefetch
+/// window, and [`Held::release`] lets it through as the next batch.
+struct Held {
+    env: Env,
+    spy: Spy,
+    probe: RunningService,
+    publisher: TestPublisher,
+    gate: Arc<Semaphore>,
+    /// The message whose handler holds its batch open.
+    message: Envelope,
+}
+
+impl Held {
+    async fn start() -> Self {
+        let env = Env::new().await;
+        let spy = Spy::start(&env.namespace).await;
+        let (gate, holding) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
+        let probe = start_gated(&env, &gate, &holding).await;
+        let publisher = TestPublisher::new(&env.namespace).await;
+        let message = Envelope::new(
+            &OrderConfirmed {
+                order_id: Uuid::now_v7(),
+            },
+            None,
+        );
+        publisher
+            .publish(OrderConfirmed::ROUTING_KEY, &message)
+            .await;
+        holding.notified().await;
+        Self {
+            env,
+            spy,
+            probe,
+            publisher,
+            gate,
+            message,
+        }
+    }
+
+    /// Publishes `batch` in order, waits until the broker has sent it all to the consumer, and
+    /// lets the held batch finish.
+    async fn release(&self, batch: &[(&str, Envelope)]) {
+        for (routing_key, envelope) in batch {
+            self.publisher.publish(routing_key, envelope).await;
+        }
+        let queue = topology::queue_name(&self.env.namespace, "inventory");
+        eventually("every message sent to the consumer", || async {
+            self.publisher.ready(&queue).await == 0
+        })
+        .await;
+        self.gate.add_permits(1);
+    }
+
+    async fn stop(self) {
+        self.probe.stop().await;
+        self.publisher.close().await;
+        self.spy.close().await;
+        self.env.cleanup().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
-    let env = Env::new().await;
-    let spy = Spy::start(&env.namespace).await;
-    let (gate, holding) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-    let probe = start_gated(&env, &gate, &holding).await;
-    let publisher = TestPublisher::new(&env.namespace).await;
-
-    // A batch of one, held open.
-    let held = Envelope::new(
-        &OrderConfirmed {
-            order_id: Uuid::now_v7(),
-        },
-        None,
-    );
-    publisher.publish(OrderConfirmed::ROUTING_KEY, &held).await;
-    holding.notified().await;
+    let held = Held::start().await;
 
     // Meanwhile, in queue order: orders placed, one of them poison; a payment after its order
     // (it must see the order's effect, uncommitted, in the same transaction); a payment before
@@ -180,17 +227,9 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
             .iter()
             .map(|&order| (OrderPlaced::ROUTING_KEY, placed(order, "cust-7"))),
     );
-    for (routing_key, envelope) in &batch {
-        publisher.publish(routing_key, envelope).await;
-    }
-    let queue = topology::queue_name(&env.namespace, "inventory");
-    eventually("every message sent to the consumer", || async {
-        publisher.ready(&queue).await == 0
-    })
-    .await;
-    gate.add_permits(1);
+    held.release(&batch).await;
 
-    let dead = take_dead_letters(&env.namespace, "inventory", 1).await;
+    let dead = take_dead_letters(&held.env.namespace, "inventory", 1).await;
     assert_eq!(dead[0].envelope().correlation_id, poison);
     assert!(
         dead[0]
@@ -199,13 +238,13 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
         "dead-lettered with its reason"
     );
     for &order in good.iter().chain([&early, &twice]) {
-        spy.wait_for::<StockReserved>(order).await;
+        held.spy.wait_for::<StockReserved>(order).await;
     }
     eventually(
         "the early payment applied once its order committed",
         || async {
             count(
-                &env.pool,
+                &held.env.pool,
                 &format!("SELECT count(*) FROM inventory.effects WHERE order_id = '{early}'"),
             )
             .await
@@ -217,20 +256,20 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
     // Two transactions of deliveries: the held one, then everything that waited.
     let http = reqwest::Client::new();
     assert_eq!(
-        metric(&http, &probe.url, "shop_consumer_batch_size_count").await,
+        metric(&http, &held.probe.url, "shop_consumer_batch_size_count").await,
         2
     );
     assert_eq!(
-        metric(&http, &probe.url, "shop_consumer_batch_size_sum").await,
+        metric(&http, &held.probe.url, "shop_consumer_batch_size_sum").await,
         1 + batch.len() as u64
     );
     assert_eq!(
         count(
-            &env.pool,
+            &held.env.pool,
             &format!(
                 "SELECT count(DISTINCT received_at) FROM inventory.inbox
                  WHERE message_id <> '{}' AND NOT (event_type = 'PaymentCompleted' AND correlation_id = '{early}')",
-                held.message_id
+                held.message.message_id
             ),
         )
         .await,
@@ -240,7 +279,7 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
     // The poison left nothing: no effect, no announcement; its batch-mates all stand.
     assert_eq!(
         count(
-            &env.pool,
+            &held.env.pool,
             &format!("SELECT count(*) FROM inventory.effects WHERE order_id = '{poison}'"),
         )
         .await,
@@ -248,7 +287,7 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
     );
     assert_eq!(
         count(
-            &env.pool,
+            &held.env.pool,
             &format!("SELECT count(*) FROM inventory.outbox WHERE correlation_id = '{poison}'"),
         )
         .await,
@@ -256,12 +295,12 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
     );
     // held + 8 placed + 1 paid after its order + early placed and paid + twice once.
     assert_eq!(
-        count(&env.pool, "SELECT count(*) FROM inventory.effects").await,
+        count(&held.env.pool, "SELECT count(*) FROM inventory.effects").await,
         13
     );
     assert_eq!(
         count(
-            &env.pool,
+            &held.env.pool,
             "SELECT count(*) FROM inventory.outbox WHERE event_type = 'StockReserved'"
         )
         .await,
@@ -270,7 +309,7 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
     );
     assert_eq!(
         count(
-            &env.pool,
+            &held.env.pool,
             "SELECT coalesce(sum(duplicates), 0) FROM inventory.inbox"
         )
         .await,
@@ -289,21 +328,21 @@ async fn a_batch_commits_together_and_a_failure_touches_only_its_own_message() {
         ("OrderPlaced", "rejected", 1),
     ] {
         assert_eq!(
-            metric(&http, &probe.url, &series(event, outcome)).await,
+            metric(&http, &held.probe.url, &series(event, outcome)).await,
             expected,
             "{event} {outcome}"
         );
     }
-    assert_eq!(metric(&http, &probe.url, "shop_retries_total").await, 0);
     assert_eq!(
-        count(&env.pool, "SELECT count(*) FROM inventory.parked").await,
+        metric(&http, &held.probe.url, "shop_retries_total").await,
+        0
+    );
+    assert_eq!(
+        count(&held.env.pool, "SELECT count(*) FROM inventory.parked").await,
         0
     );
 
-    probe.stop().await;
-    publisher.close().await;
-    spy.close().await;
-    env.cleanup().await;
+    held.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,35 +384,16 @@ async fn a_lone_message_is_a_batch_of_one_and_waits_for_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_inbox_cannot_hold_fails_alone_in_its_batch() {
-    let env = Env::new().await;
-    let spy = Spy::start(&env.namespace).await;
-    let (gate, holding) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-    let probe = start_gated(&env, &gate, &holding).await;
-    let publisher = TestPublisher::new(&env.namespace).await;
-
-    let held = Envelope::new(
-        &OrderConfirmed {
-            order_id: Uuid::now_v7(),
-        },
-        None,
-    );
-    publisher.publish(OrderConfirmed::ROUTING_KEY, &held).await;
-    holding.notified().await;
+    let held = Held::start().await;
     // Before Postgres's first timestamp (4713 BC): the batch's one inbox insert is refused.
     let (before, unstorable, after) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let mut far = placed(unstorable, "cust-7");
     far.occurred_at = "-5000-01-01T00:00:00Z".parse().expect("a far date");
-    for envelope in [placed(before, "cust-7"), far, placed(after, "cust-7")] {
-        publisher.publish(OrderPlaced::ROUTING_KEY, &envelope).await;
-    }
-    let queue = topology::queue_name(&env.namespace, "inventory");
-    eventually("every message sent to the consumer", || async {
-        publisher.ready(&queue).await == 0
-    })
-    .await;
-    gate.add_permits(1);
+    let batch = [placed(before, "cust-7"), far, placed(after, "cust-7")]
+        .map(|envelope| (OrderPlaced::ROUTING_KEY, envelope));
+    held.release(&batch).await;
 
-    let dead = take_dead_letters(&env.namespace, "inventory", 1).await;
+    let dead = take_dead_letters(&held.env.namespace, "inventory", 1).await;
     assert_eq!(dead[0].envelope().correlation_id, unstorable);
     assert!(
         dead[0]
@@ -382,17 +402,17 @@ async fn a_message_the_inbox_cannot_hold_fails_alone_in_its_batch() {
         "{:?}",
         dead[0].header(headers::DEAD_LETTER_REASON)
     );
-    spy.wait_for::<StockReserved>(before).await;
-    spy.wait_for::<StockReserved>(after).await;
+    held.spy.wait_for::<StockReserved>(before).await;
+    held.spy.wait_for::<StockReserved>(after).await;
     let http = reqwest::Client::new();
     assert_eq!(
-        metric(&http, &probe.url, "shop_consumer_batch_size_count").await,
+        metric(&http, &held.probe.url, "shop_consumer_batch_size_count").await,
         2,
         "the three arrived as one batch"
     );
-    assert_eq!(metric(&http, &probe.url, "shop_retries_total").await, 0);
-    probe.stop().await;
-    publisher.close().await;
-    spy.close().await;
-    env.cleanup().await;
+    assert_eq!(
+        metric(&http, &held.probe.url, "shop_retries_total").await,
+        0
+    );
+    held.stop().await;
 }

@@ -102,14 +102,7 @@ impl<S: Service> Consumer<S> {
                 exhausted: false,
             };
             let moved = self
-                .move_on(
-                    publisher,
-                    &delivery.data,
-                    delivery.properties.clone(),
-                    &vouched,
-                    attempt,
-                    destination,
-                )
+                .move_delivery(publisher, &delivery, &vouched, attempt, destination)
                 .await;
             settle(delivery, moved, &mut to_ack).await;
         }
@@ -153,14 +146,7 @@ impl<S: Service> Consumer<S> {
                 Disposition::Move(destination) => {
                     let outcome = Fate::Move(destination.clone()).outcome();
                     let moved = self
-                        .move_on(
-                            publisher,
-                            &delivery.data,
-                            delivery.properties.clone(),
-                            &vouched,
-                            attempt,
-                            destination,
-                        )
+                        .move_delivery(publisher, &delivery, &vouched, attempt, destination)
                         .instrument(span)
                         .await;
                     settle(delivery, moved, &mut to_ack).await;
@@ -178,6 +164,27 @@ impl<S: Service> Consumer<S> {
         for (order_id, parked_here) in freed {
             self.unpark_order(order_id, publisher, parked_here).await;
         }
+    }
+
+    /// Moves a delivery on (a retry queue, the dead-letter queue), as it came.
+    async fn move_delivery(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        vouched: &Vouched,
+        attempt: u32,
+        destination: Move,
+    ) -> Result<(), PublishError> {
+        let properties = delivery.properties.clone();
+        self.move_on(
+            publisher,
+            &delivery.data,
+            properties,
+            vouched,
+            attempt,
+            destination,
+        )
+        .await
     }
 
     /// Reads and checks a delivery, and opens its span; one that is malformed or that the
