@@ -1,9 +1,9 @@
 //! Batched consumption. The deliveries already waiting in the prefetch window (at most
 //! `CONSUMER_BATCH_MAX`; a lone one is a batch of one, so an idle shop waits for nothing) are
 //! applied in one transaction, in queue order: their inbox rows in one statement, each one's
-//! effect, their outbox rows in one statement. A failure touches only its own message: the batch
-//! is tried again with a savepoint per message, the failed one rolls back to its own and takes
-//! its fate alone (parked in the same transaction; retried or dead-lettered once the batch is
+//! effect, their outbox rows in one statement. A failure touches only its own message: the batch,
+//! first tried without savepoints, is tried again with a savepoint per message, and the failed
+//! one rolls back to its own and takes its fate alone (parked in the same transaction; retried or dead-lettered once the batch is
 //! done); its batch-mates commit together. Nothing is acked before the commit: a crash loses
 //! nothing, the broker redelivers and the inbox absorbs what had committed.
 
