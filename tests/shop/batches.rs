@@ -7,9 +7,9 @@ use std::{sync::Arc, time::Duration};
 
 use service_kit::{HandlerError, Routes, Service, ServiceSpec, headers, topology};
 use shared_events::{
-    Envelope, Event, OrderConfirmed, OrderLine, OrderPlaced, PaymentCompleted, ShippingAddress,
-    StockReserved, participants,
+    Envelope, Event, OrderConfirmed, OrderPlaced, PaymentCompleted, StockReserved, participants,
 };
+use shop_lab::harness::order_placed;
 use shop_tests::{
     Env, RunningService, Spy, TestPublisher, count, eventually, metric, take_dead_letters,
 };
@@ -109,25 +109,8 @@ async fn start_gated(env: &Env, gate: &Arc<Semaphore>, holding: &Arc<Notify>) ->
 }
 
 fn placed(order_id: Uuid, customer: &str) -> Envelope {
-    let event = OrderPlaced {
-        order_id,
-        customer_id: customer.to_owned(),
-        items: vec![OrderLine {
-            sku: "MUG-001".to_owned(),
-            quantity: 1,
-            unit_price_cents: 1250,
-        }],
-        total_cents: 1250,
-        payment_method: "card".to_owned(),
-        shipping_address: ShippingAddress {
-            name: "Grace Hopper".to_owned(),
-            line1: "1 Navy Yard".to_owned(),
-            city: "Arlington".to_owned(),
-            postal_code: "22202".to_owned(),
-            country: "US".to_owned(),
-        },
-        currency: "EUR".to_owned(),
-    };
+    let mut event = order_placed(order_id, "MUG-001", 1);
+    event.customer_id = customer.to_owned();
     Envelope::new(&event, None)
 }
 

@@ -11,36 +11,15 @@ use std::{
 use serde_json::json;
 use service_kit::{HandlerError, Routes, Service, ServiceSpec, headers};
 use shared_events::{
-    Envelope, Event, OrderCancelled, OrderConfirmed, OrderLine, OrderPlaced, PaymentCompleted,
-    ShippingAddress, StockReserved, participants,
+    Envelope, Event, OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCompleted, StockReserved,
+    participants,
 };
+use shop_lab::harness::order_placed;
 use shop_tests::{
     Env, RunningService, Shop, Spy, TestPublisher, count, eventually, insert_outbox_row, metric,
     take_dead_letters,
 };
 use uuid::Uuid;
-
-fn order_placed(order_id: Uuid, sku: &str, quantity: u32) -> OrderPlaced {
-    OrderPlaced {
-        order_id,
-        customer_id: "cust-7".to_owned(),
-        items: vec![OrderLine {
-            sku: sku.to_owned(),
-            quantity,
-            unit_price_cents: 1250,
-        }],
-        total_cents: 1250 * i64::from(quantity),
-        payment_method: "card".to_owned(),
-        shipping_address: ShippingAddress {
-            name: "Grace Hopper".to_owned(),
-            line1: "1 Navy Yard".to_owned(),
-            city: "Arlington".to_owned(),
-            postal_code: "22202".to_owned(),
-            country: "US".to_owned(),
-        },
-        currency: "EUR".to_owned(),
-    }
-}
 
 fn payment_completed(order_id: Uuid, amount_cents: i64) -> PaymentCompleted {
     PaymentCompleted {

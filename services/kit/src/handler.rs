@@ -281,7 +281,7 @@ impl<P: Participant> UnitOfWork<P> {
 /// What a message handler works with: the unit of work its effect commits in (it derefs to
 /// it: `ctx.db()`, `ctx.announce(..)`) and the message being handled.
 pub struct Ctx<P> {
-    pub(crate) work: UnitOfWork<P>,
+    work: UnitOfWork<P>,
     message_id: Uuid,
     causation_id: Option<Uuid>,
     occurred_at: DateTime<Utc>,

@@ -6,7 +6,8 @@
 //!   reachable and says what to start if not.
 //! - [`EventTap`]: records every event published on the namespace's exchange, reconnecting
 //!   through broker restarts, without taking messages from any service.
-//! - [`order_body`], [`set_stock`]: placing orders, and stock to place them against.
+//! - [`order_body`], [`set_stock`]: placing orders, and stock to place them against;
+//!   [`order_placed`]: the event of one, for tests that play orders' part.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -20,7 +21,7 @@ use lapin::{
 };
 use serde_json::{Value, json};
 use service_kit::{CancellationToken, topology};
-use shared_events::Envelope;
+use shared_events::{Envelope, OrderLine, OrderPlaced, ShippingAddress};
 use sqlx::{Connection as _, PgConnection};
 use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
@@ -331,6 +332,30 @@ pub fn order_body(
             "country": country
         }
     })
+}
+
+/// The OrderPlaced that orders would announce for `quantity` of `sku` at 12.50 (customer
+/// `cust-7`, paid by card, shipped to the US), for tests that publish orders' events themselves.
+pub fn order_placed(order_id: Uuid, sku: &str, quantity: u32) -> OrderPlaced {
+    OrderPlaced {
+        order_id,
+        customer_id: "cust-7".to_owned(),
+        items: vec![OrderLine {
+            sku: sku.to_owned(),
+            quantity,
+            unit_price_cents: 1250,
+        }],
+        total_cents: 1250 * i64::from(quantity),
+        payment_method: "card".to_owned(),
+        shipping_address: ShippingAddress {
+            name: "Grace Hopper".to_owned(),
+            line1: "1 Navy Yard".to_owned(),
+            city: "Arlington".to_owned(),
+            postal_code: "22202".to_owned(),
+            country: "US".to_owned(),
+        },
+        currency: "EUR".to_owned(),
+    }
 }
 
 /// A client that calls as an operator of the shop `issuer` signs for (any order is its to

@@ -19,8 +19,9 @@ use service_kit::{
     publisher::envelope_properties,
     topology,
 };
-use shared_events::{Envelope, Event, OrderLine, OrderPlaced, ShippingAddress};
+use shared_events::{Envelope, Event, OrderPlaced};
 use shop_lab::{
+    harness::order_placed,
     process_shop::{Options, ProcessShop},
     proxy::Proxy,
 };
@@ -29,29 +30,6 @@ use uuid::Uuid;
 
 const ORDERS: usize = 20;
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn order_placed(order_id: Uuid) -> Envelope {
-    let event = OrderPlaced {
-        order_id,
-        customer_id: "cust-7".to_owned(),
-        items: vec![OrderLine {
-            sku: "MUG-001".to_owned(),
-            quantity: 1,
-            unit_price_cents: 1250,
-        }],
-        total_cents: 1250,
-        payment_method: "card".to_owned(),
-        shipping_address: ShippingAddress {
-            name: "Grace Hopper".to_owned(),
-            line1: "1 Navy Yard".to_owned(),
-            city: "Arlington".to_owned(),
-            postal_code: "22202".to_owned(),
-            country: "US".to_owned(),
-        },
-        currency: "EUR".to_owned(),
-    };
-    Envelope::new(&event, None)
-}
 
 /// An AMQP URL (`amqp://user:pass@host:port/vhost`) cut around its `host:port`.
 fn around_host(amqp_url: &str) -> (&str, &str, &str) {
@@ -167,7 +145,7 @@ async fn place(shop: &ProcessShop, orders: usize) {
         .expect("confirms");
     let exchange = topology::exchange_name(&shop.sandbox.namespace);
     for _ in 0..orders {
-        let placed = order_placed(Uuid::now_v7());
+        let placed = Envelope::new(&order_placed(Uuid::now_v7(), "MUG-001", 1), None);
         let confirm = channel
             .basic_publish(
                 exchange.as_str().into(),
