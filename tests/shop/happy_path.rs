@@ -222,7 +222,13 @@ async fn every_service_reports_health_readiness_and_metrics() {
         let ready = shop.get_json(&format!("{}/readyz", service.url)).await;
         assert_eq!(
             ready,
-            json!({ "service": service.name, "ready": true, "database": true, "broker": true })
+            json!({
+                "service": service.name,
+                "ready": true,
+                "database": true,
+                "broker": true,
+                "consumer_paused": false
+            })
         );
         assert_eq!(
             metric(&shop.http, &service.url, "shop_broker_sessions_total").await,

@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use service_kit::{ApiContext, ApiError, BackgroundFuture, CancellationToken, Db, requests};
+use service_kit::{
+    ApiContext, ApiError, BackgroundFuture, CancellationToken, Db, Outage, requests,
+};
 use uuid::Uuid;
 
 /// The page: HTML, CSS and script in one small file, served from the binary.
@@ -164,6 +166,7 @@ async fn stream(
         after: resume_from,
         pending: Vec::new(),
         ticks: 0,
+        database: Outage::new("the database, for a console stream"),
     };
     let events = futures_util::stream::unfold(state, |mut state| async move {
         let event = state.next().await;
@@ -178,6 +181,7 @@ struct Streaming {
     after: Option<i64>,
     pending: Vec<SseEvent>,
     ticks: u64,
+    database: Outage,
 }
 
 impl Streaming {
@@ -188,8 +192,10 @@ impl Streaming {
             }
             tokio::time::sleep(STREAM_POLL).await;
             self.ticks += 1;
-            if let Err(e) = self.poll().await {
-                tracing::warn!(error = %e, "console stream cannot read its events");
+            let db = self.db.clone();
+            match db.bounded(self.poll()).await {
+                Ok(()) => self.database.answered(),
+                Err(e) => self.database.failed(&e),
             }
         }
     }

@@ -1,5 +1,5 @@
-//! Capped exponential backoff with equal jitter: the reconnect loop and the migrations' wait
-//! for a database that is still starting share it.
+//! Capped exponential backoff with equal jitter: the reconnect loop, the migrations' wait for a
+//! database that is still starting and the consumer's probe of a silent one share it.
 
 use std::time::Duration;
 
@@ -21,6 +21,15 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Starts at `base`, doubling up to `cap`.
+    pub fn capped(base: Duration, cap: Duration) -> Self {
+        Self {
+            base: base.min(cap),
+            cap,
+            failures: 0,
+        }
+    }
+
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .base

@@ -71,10 +71,26 @@ enum Disposition {
     Move(Move),
 }
 
+/// A batch the database did not take: it stays with the consumer, unacked, its attempts
+/// unspent, until the database answers again (`consumer`'s circuit breaker).
+pub(crate) struct Held {
+    pub(crate) deliveries: Vec<Delivery>,
+    pub(crate) error: sqlx::Error,
+}
+
+/// How a batch's transaction ended: committed with each message's disposition, or lost to an
+/// error with what had been decided without the transaction (a move) so far.
+type Ended = Result<Vec<Disposition>, (Vec<Disposition>, sqlx::Error)>;
+
 impl<S: Service> Consumer<S> {
     /// Applies `deliveries` (in queue order) in one transaction, then settles each: moved on
-    /// (its copy confirmed) or handed back, and the rest acked with one `multiple` ack.
-    pub(crate) async fn handle_batch(&self, deliveries: Vec<Delivery>, publisher: &Publisher) {
+    /// (its copy confirmed) or handed back, and the rest acked with one `multiple` ack. A batch
+    /// the database could not be reached for is handed back whole (`Held`), nothing settled.
+    pub(crate) async fn handle_batch(
+        &self,
+        deliveries: Vec<Delivery>,
+        publisher: &Publisher,
+    ) -> Result<(), Held> {
         self.metrics
             .observe("shop_consumer_batch_size", &[], deliveries.len() as f64);
         let mut taken = Vec::with_capacity(deliveries.len());
@@ -93,16 +109,36 @@ impl<S: Service> Consumer<S> {
                 Err(reason) => refused.push((delivery, vouched, attempt, reason)),
             }
         }
-        let dispositions = self.apply_all(&taken).await;
+        let ended = tokio::time::timeout(self.db.timeout, self.apply_all(&taken))
+            .await
+            .unwrap_or_else(|_| Err((Vec::new(), db::silent(self.db.timeout))));
+        let dispositions = match ended {
+            Ok(dispositions) => {
+                self.database.answered();
+                dispositions
+            }
+            // Not the messages' fault: none of them is tried again until the database answers.
+            Err((_, error)) if db::is_connection_error(&error) => {
+                for (delivery, vouched, attempt, reason) in refused {
+                    let moved = self
+                        .dead_letter_refused(publisher, &delivery, &vouched, attempt, reason)
+                        .await;
+                    let mut alone = None;
+                    settle(delivery, moved, &mut alone).await;
+                    if let Some(delivery) = alone {
+                        ack_alone(&delivery).await;
+                    }
+                }
+                let deliveries = taken.into_iter().map(|taken| taken.delivery).collect();
+                return Err(Held { deliveries, error });
+            }
+            Err((decided, error)) => self.lost(&taken, decided, &error),
+        };
 
         let mut to_ack = None;
         for (delivery, vouched, attempt, reason) in refused {
-            let destination = Move::DeadLetter {
-                reason,
-                exhausted: false,
-            };
             let moved = self
-                .move_delivery(publisher, &delivery, &vouched, attempt, destination)
+                .dead_letter_refused(publisher, &delivery, &vouched, attempt, reason)
                 .await;
             settle(delivery, moved, &mut to_ack).await;
         }
@@ -164,6 +200,24 @@ impl<S: Service> Consumer<S> {
         for (order_id, parked_here) in freed {
             self.unpark_order(order_id, publisher, parked_here).await;
         }
+        Ok(())
+    }
+
+    /// A delivery refused untried (malformed, or not vouched for) goes to the dead-letter queue.
+    async fn dead_letter_refused(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        vouched: &Vouched,
+        attempt: u32,
+        reason: String,
+    ) -> Result<(), PublishError> {
+        let destination = Move::DeadLetter {
+            reason,
+            exhausted: false,
+        };
+        self.move_delivery(publisher, delivery, vouched, attempt, destination)
+            .await
     }
 
     /// Moves a delivery on (a retry queue, the dead-letter queue), as it came.
@@ -219,31 +273,30 @@ impl<S: Service> Consumer<S> {
     /// without savepoints (most batches have no failure, and a savepoint costs a round trip per
     /// message); the first failure rolls it all back and the batch is tried again with a savepoint
     /// per message, so that failure is undone alone. If the transaction itself is lost (the
-    /// database went away, the commit failed), nothing of it stands and every message takes the
-    /// fate of that error.
-    async fn apply_all(&self, batch: &[Taken]) -> Vec<Disposition> {
+    /// database went away, the commit failed), nothing of it stands.
+    async fn apply_all(&self, batch: &[Taken]) -> Ended {
         match self.try_all(batch, Guard::None).await {
-            Some(dispositions) => dispositions,
+            Some(ended) => ended,
             None => self
                 .try_all(batch, Guard::Savepoints)
                 .await
-                .unwrap_or_default(),
+                .unwrap_or_else(|| Ok(Vec::new())),
         }
     }
 
     /// `None` when a message failed with no savepoint to undo it alone (only unguarded).
-    async fn try_all(&self, batch: &[Taken], guard: Guard) -> Option<Vec<Disposition>> {
+    async fn try_all(&self, batch: &[Taken], guard: Guard) -> Option<Ended> {
         let entries: Vec<_> = batch
             .iter()
             .map(|taken| (&taken.envelope, taken.vouched.publisher.as_deref()))
             .collect();
         let mut work = match self.db.begin_batch().await {
             Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
-            Err(e) => return Some(self.lost(batch, Vec::new(), &e)),
+            Err(e) => return Some(Err((Vec::new(), e))),
         };
         let inbox = match inbox::record_batch(work.db(), &entries).await {
             Ok(first) => first.into_iter().map(Inbox::Recorded).collect(),
-            Err(e) if db::is_connection_error(&e) => return Some(self.lost(batch, Vec::new(), &e)),
+            Err(e) if db::is_connection_error(&e) => return Some(Err((Vec::new(), e))),
             // Something in one message the inbox cannot hold: each records its own, so that
             // one fails alone.
             Err(e) => {
@@ -251,7 +304,7 @@ impl<S: Service> Consumer<S> {
                 drop(work);
                 work = match self.db.begin_batch().await {
                     Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
-                    Err(e) => return Some(self.lost(batch, Vec::new(), &e)),
+                    Err(e) => return Some(Err((Vec::new(), e))),
                 };
                 vec![Inbox::OwnTry; batch.len()]
             }
@@ -273,12 +326,12 @@ impl<S: Service> Consumer<S> {
                 }
                 // Dropping the unit of work rolls the transaction back.
                 Ok(None) => return None,
-                Err(e) => return Some(self.lost(batch, dispositions, &e)),
+                Err(e) => return Some(Err((dispositions, e))),
             }
         }
         Some(match work.commit().await {
-            Ok(()) => dispositions,
-            Err(e) => self.lost(batch, dispositions, &e),
+            Ok(()) => Ok(dispositions),
+            Err(e) => Err((dispositions, e)),
         })
     }
 
@@ -364,8 +417,9 @@ impl<S: Service> Consumer<S> {
         }
     }
 
-    /// The batch's transaction was lost to `error`: what was decided without it (a move) stands;
-    /// every other message, tried or not, takes the fate of that error.
+    /// The batch's transaction was lost to `error` (the database answered: a connection error
+    /// holds the batch instead): what was decided without it (a move) stands; every other
+    /// message, tried or not, takes the fate of that error.
     fn lost(
         &self,
         batch: &[Taken],
@@ -405,6 +459,14 @@ async fn settle(
             }
         }
         Err(e) => requeue(&delivery, &e).await,
+    }
+}
+
+/// Acks one delivery alone (its batch-mates are held, unacked).
+async fn ack_alone(delivery: &Delivery) {
+    let acked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()));
+    if !matches!(acked.await, Ok(Ok(_))) {
+        tracing::warn!("ack failed; the broker will redeliver");
     }
 }
 

@@ -19,6 +19,13 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `DB_POOL_SIZE`
     pub db_pool_size: u32,
+    /// `DB_TIMEOUT_MS`: the longest one piece of database work may take (a batch's transaction,
+    /// a sweep's, a connection's check on its way back to the pool, getting a connection)
+    /// before its connection is given up as silent.
+    pub db_timeout: Duration,
+    /// `DB_PROBE_MAX_MS`: while the database does not answer, a paused consumer asks again
+    /// after a backoff growing up to this.
+    pub db_probe_max: Duration,
     /// `CONSUMER_PREFETCH`: deliveries the broker sends a consumer ahead of its acks.
     pub prefetch: u16,
     /// `CONSUMER_BATCH_MAX`: deliveries applied in one transaction at most (a batch takes
@@ -89,6 +96,8 @@ pub const VARIABLES: &[&str] = &[
     "RUST_LOG",
     "LOG_FORMAT",
     "DB_POOL_SIZE",
+    "DB_TIMEOUT_MS",
+    "DB_PROBE_MAX_MS",
     "CONSUMER_PREFETCH",
     "CONSUMER_BATCH_MAX",
     "OUTBOX_SWEEP_MS",
@@ -157,6 +166,8 @@ impl Config {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             http_addr,
             db_pool_size: 10,
+            db_timeout: Duration::from_secs(3),
+            db_probe_max: Duration::from_secs(1),
             prefetch: 32,
             batch_max: 32,
             outbox_sweep_interval: Duration::from_secs(2),
@@ -260,6 +271,12 @@ impl Config {
                 reason: "must not be empty or zero".to_owned(),
             });
         }
+        if self.db_timeout < Duration::from_millis(100) || self.db_probe_max.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "DB_TIMEOUT_MS/DB_PROBE_MAX_MS",
+                reason: "a timeout of at least 100 ms, a probe interval above zero".to_owned(),
+            });
+        }
         if self.http_header_timeout.is_zero()
             || self.http_request_timeout.is_zero()
             || self.http_max_connections == 0
@@ -357,6 +374,8 @@ impl Config {
         for (name, setting) in [
             ("HTTP_HEADER_TIMEOUT_MS", &mut config.http_header_timeout),
             ("HTTP_REQUEST_TIMEOUT_MS", &mut config.http_request_timeout),
+            ("DB_TIMEOUT_MS", &mut config.db_timeout),
+            ("DB_PROBE_MAX_MS", &mut config.db_probe_max),
         ] {
             if let Some(ms) = var(name) {
                 *setting = Duration::from_millis(parse(name, &ms)?);
@@ -505,6 +524,7 @@ mod tests {
             ("RETRY_DELAYS_MS", "10, 20"),
             ("MAX_ATTEMPTS", "3"),
             ("ORDER_DEADLINE_MS", "1000"),
+            ("DB_TIMEOUT_MS", "1500"),
             (
                 "AMQP_URL",
                 "amqp://a:b@node1:5672/%2f, amqp://a:b@node2:5672/%2f",
@@ -512,6 +532,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(config.order_deadline, Duration::from_secs(1));
+        assert_eq!(config.db_timeout, Duration::from_millis(1500));
         assert_eq!(
             config.amqp_urls(),
             vec!["amqp://a:b@node1:5672/%2f", "amqp://a:b@node2:5672/%2f"]
@@ -591,6 +612,8 @@ mod tests {
             ("ORDER_DEADLINE_MS", "999"),
             ("AMQP_URL", "http://not-amqp"),
             ("AMQP_HEARTBEAT_SECS", "0"),
+            ("DB_TIMEOUT_MS", "10"),
+            ("DB_PROBE_MAX_MS", "0"),
         ] {
             let err = from(&[(name, value)]).expect_err(name);
             assert!(

@@ -8,7 +8,13 @@
 //! fact commits; a retry goes to a delay queue; a dead letter goes to the dead-letter queue
 //! with the reason in its headers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
@@ -25,11 +31,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    backoff::Backoff,
+    batch::Held,
     db::Db,
     failure::{Move, Schedule},
     handler::{Ctx, HandlerError, Routes, Service, UnitOfWork},
     inbox,
     metrics::Metrics,
+    outage::Outage,
     parked::ParkingLot,
     provenance::Vouched,
     publisher::{Outgoing, PublishError, Publisher},
@@ -46,6 +55,8 @@ pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long connecting the parked-order listener may hold up the consumer's loop.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first wait before asking a silent database again (it doubles up to `DB_PROBE_MAX_MS`).
+const PROBE_FIRST: Duration = Duration::from_millis(100);
 /// How often the dead-letter queue's depth is sampled for `/metrics` (and a lost parked-order
 /// listener is set up again).
 const DEAD_LETTER_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -95,6 +106,22 @@ pub(crate) struct Consumer<S: Service> {
     pub(crate) users_per_service: bool,
     pub(crate) parking: Arc<ParkingLot>,
     pub(crate) metrics: Metrics,
+    /// The database as this consumer sees it: an outage is logged as it begins and ends.
+    pub(crate) database: Outage,
+    /// The circuit breaker, for `/readyz`: set while a batch waits for the database.
+    pub(crate) paused: Arc<AtomicBool>,
+    /// `DB_PROBE_MAX_MS`: the longest wait between two questions to a silent database.
+    pub(crate) probe_max: Duration,
+}
+
+/// The one piece of work a consumer has in flight.
+enum Step {
+    /// A batch settled.
+    Settled,
+    /// A batch the database did not take (see `Held`).
+    Held(Held),
+    /// The database was asked whether it answers again, a held batch waiting on the answer.
+    Probed(Vec<Delivery>, Result<(), sqlx::Error>),
 }
 
 impl<S: Service> Clone for Consumer<S> {
@@ -110,6 +137,9 @@ impl<S: Service> Clone for Consumer<S> {
             users_per_service: self.users_per_service,
             parking: self.parking.clone(),
             metrics: self.metrics.clone(),
+            database: self.database.clone(),
+            paused: self.paused.clone(),
+            probe_max: self.probe_max,
         }
     }
 }
@@ -126,6 +156,7 @@ impl<S: Service> Consumer<S> {
         failed: &CancellationToken,
     ) -> Result<(), ConsumeError> {
         let tag = format!("{}-{}", self.service, Uuid::now_v7());
+        self.paused.store(false, Ordering::SeqCst);
         let mut deliveries = channel
             .basic_consume(
                 self.topology.queue.as_str().into(),
@@ -137,6 +168,14 @@ impl<S: Service> Consumer<S> {
         // One batch at a time: what arrives meanwhile waits in the prefetch window and makes
         // the next batch, and two batches never hold each other's row locks.
         let mut batch = JoinSet::new();
+        // The circuit breaker: a batch the database did not take is held (unacked, its attempts
+        // unspent) and nothing more is taken until a probe finds the database answering; then
+        // the held batch goes first. The deliveries stay where they are: nothing churns through
+        // the delay queues, nothing is dead-lettered for an outage.
+        let mut held: Option<Vec<Delivery>> = None;
+        let mut probe = Backoff::capped(PROBE_FIRST, self.probe_max);
+        let probe_at = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(probe_at);
         let mut in_flight = JoinSet::new();
         let mut parked_sweep = tokio::time::interval(self.parking.sweep_interval);
         parked_sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -177,21 +216,55 @@ impl<S: Service> Consumer<S> {
                         self.metrics.clone(),
                     ));
                 }
-                _ = parked_sweep.tick() => {
+                _ = parked_sweep.tick(), if held.is_none() => {
                     let consumer = self.clone();
                     let publisher = publisher.clone();
                     in_flight.spawn(async move { consumer.sweep_parked(&publisher).await });
                 }
-                Some(_) = batch.join_next(), if !batch.is_empty() => {
+                Some(step) = batch.join_next(), if !batch.is_empty() => {
                     // Reap finished side work as we go, so the set stays small.
                     while in_flight.try_join_next().is_some() {}
+                    let waiting = match step {
+                        Ok(Step::Settled) => {
+                            probe.reset();
+                            self.paused.store(false, Ordering::SeqCst);
+                            continue;
+                        }
+                        Ok(Step::Held(Held { deliveries, error })) => {
+                            self.database.failed(&error);
+                            deliveries
+                        }
+                        Ok(Step::Probed(deliveries, Ok(()))) => {
+                            // Its listener's connection may be one the outage left stuck.
+                            freed = None;
+                            self.spawn_batch(&mut batch, deliveries, publisher);
+                            continue;
+                        }
+                        Ok(Step::Probed(deliveries, Err(error))) => {
+                            self.database.failed(&error);
+                            deliveries
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "a batch panicked; its deliveries return on reconnect");
+                            break Err(ConsumeError::ConsumerEnded);
+                        }
+                    };
+                    self.paused.store(true, Ordering::SeqCst);
+                    held = Some(waiting);
+                    probe_at.as_mut().reset(tokio::time::Instant::now() + probe.next_delay());
                 }
-                next = deliveries.next(), if batch.is_empty() => match next {
+                () = &mut probe_at, if held.is_some() && batch.is_empty() => {
+                    let deliveries = held.take().unwrap_or_default();
+                    let db = self.db.clone();
+                    batch.spawn(async move {
+                        let answered = db.bounded(db.ping()).await;
+                        Step::Probed(deliveries, answered)
+                    });
+                }
+                next = deliveries.next(), if batch.is_empty() && held.is_none() => match next {
                     Some(Ok(first)) => {
                         let (taken, ended) = take_waiting(first, &mut deliveries, self.batch_max);
-                        let consumer = self.clone();
-                        let publisher = publisher.clone();
-                        batch.spawn(async move { consumer.handle_batch(taken, &publisher).await });
+                        self.spawn_batch(&mut batch, taken, publisher);
                         if let Some(ended) = ended {
                             break Err(ended);
                         }
@@ -230,6 +303,22 @@ impl<S: Service> Consumer<S> {
             in_flight.abort_all();
         }
         ended
+    }
+
+    fn spawn_batch(
+        &self,
+        batch: &mut JoinSet<Step>,
+        deliveries: Vec<Delivery>,
+        publisher: &Publisher,
+    ) {
+        let consumer = self.clone();
+        let publisher = publisher.clone();
+        batch.spawn(async move {
+            match consumer.handle_batch(deliveries, &publisher).await {
+                Ok(()) => Step::Settled,
+                Err(held) => Step::Held(held),
+            }
+        });
     }
 
     /// Listens on `<schema>_parked`, where a commit on any instance names an order whose

@@ -2,13 +2,15 @@
 //! history lives in that schema, and the feed that hands the relay the events a commit added.
 
 use std::{
+    future::Future,
+    io,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use shared_events::Envelope;
 use sqlx::{
-    PgPool, Postgres, Transaction,
+    Connection, PgPool, Postgres, Transaction,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
@@ -43,6 +45,8 @@ pub struct Db {
     connect_options: PgConnectOptions,
     /// The schema this service owns; also the prefix of its outbox and inbox tables.
     pub schema: &'static str,
+    /// `DB_TIMEOUT_MS`: see [`Db::bounded`].
+    pub timeout: Duration,
     feed: mpsc::Sender<Announced>,
     /// Taken by the service's one relay.
     feed_receiver: Arc<Mutex<Option<Feed>>>,
@@ -58,21 +62,48 @@ impl Db {
         let connect_options = options
             .application_name(schema)
             .options([("search_path", schema)]);
+        let timeout = config.db_timeout;
         let pool = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(timeout)
             // No ping before every transaction (a round trip each): a dead connection fails its
             // statement instead, which every caller already treats as "database away, retry".
             .test_before_acquire(false)
+            // A connection comes back to the pool after a ping (sqlx's own, which would wait
+            // for the kernel to give a silent peer up: many minutes). Pinged here first, within
+            // the timeout, a silent one is closed instead, and its pool slot is free at once.
+            .after_release(move |connection, _| {
+                Box::pin(async move {
+                    match tokio::time::timeout(timeout, connection.ping()).await {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(silent(timeout)),
+                    }
+                })
+            })
             .connect_lazy_with(connect_options.clone());
         let (feed, feed_receiver) = mpsc::channel(FEED_CAPACITY);
         Ok(Self {
             pool,
             connect_options,
             schema,
+            timeout,
             feed,
             feed_receiver: Arc::new(Mutex::new(Some(feed_receiver))),
         })
+    }
+
+    /// Runs one piece of database work, giving it up after `DB_TIMEOUT_MS`: a connection whose
+    /// peer went silent (dropped packets, no FIN, no RST) would otherwise wait for the kernel's
+    /// retransmission limit. The error is a connection error ("the database is away"); the
+    /// dropped work's connection is closed on its way back to the pool.
+    pub async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(silent(self.timeout)))
     }
 
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
@@ -184,12 +215,24 @@ impl Db {
     }
 
     pub async fn is_reachable(&self) -> bool {
-        let ping = sqlx::query("SELECT 1").execute(&self.pool);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), ping).await,
-            Ok(Ok(_))
-        )
+        self.bounded(self.ping()).await.is_ok()
     }
+
+    /// A round trip to the database through the pool (unbounded: see [`Db::bounded`]).
+    pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+}
+
+/// The error of work the database did not answer in time.
+pub(crate) fn silent(timeout: Duration) -> sqlx::Error {
+    sqlx::Error::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the database did not answer within {} ms",
+            timeout.as_millis()
+        ),
+    ))
 }
 
 /// Errors that say "the database is away", as opposed to "this statement is wrong".

@@ -44,6 +44,8 @@ pub(crate) struct Health {
     pub(crate) service: &'static str,
     pub(crate) db: Db,
     pub(crate) broker_connected: Arc<AtomicBool>,
+    /// The consumer holds a batch until the database answers (its circuit breaker is open).
+    pub(crate) consumer_paused: Arc<AtomicBool>,
     pub(crate) metrics: Metrics,
     /// Its API guards customers' data but runs with `AUTH_DISABLED=true`: said in `/readyz`.
     pub(crate) unauthenticated: bool,
@@ -63,6 +65,8 @@ struct Readiness {
     ready: bool,
     database: bool,
     broker: bool,
+    /// The consumer takes no deliveries until the database answers again.
+    consumer_paused: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<&'static str>,
 }
@@ -74,7 +78,8 @@ async fn healthz(State(health): State<Health>) -> impl IntoResponse {
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     let database = health.db.is_reachable().await;
     let broker = health.broker_connected.load(Ordering::SeqCst);
-    let ready = database && broker;
+    let consumer_paused = health.consumer_paused.load(Ordering::SeqCst);
+    let ready = database && broker && !consumer_paused;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -85,6 +90,7 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
         ready,
         database,
         broker,
+        consumer_paused,
         warning: health.unauthenticated.then_some(
             "AUTH_DISABLED=true: callers are not authenticated and every one acts as an operator",
         ),
@@ -95,8 +101,8 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     // Sampled when scraped: the relay's lag is what an operator looks at /metrics for. A
     // database that does not answer in time leaves the last sample.
-    let lag = tokio::time::timeout(Duration::from_secs(2), health.db.outbox_lag()).await;
-    if let Ok(Ok((unsent, oldest_seconds))) = lag {
+    let lag = health.db.bounded(health.db.outbox_lag()).await;
+    if let Ok((unsent, oldest_seconds)) = lag {
         health
             .metrics
             .set("shop_outbox_unsent_rows", &[], unsent as f64);
@@ -282,14 +288,16 @@ impl ApiError {
     /// `503` (worth retrying); any other failure is a `500`: retrying the same request would
     /// fail the same way.
     pub fn database(error: &sqlx::Error) -> Self {
-        tracing::error!(%error, "database error while serving a request");
         if db::is_connection_error(error) {
+            // An outage: `/readyz` and the consumer say so once; not a line per request.
+            tracing::debug!(%error, "database away while serving a request");
             Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the service cannot reach its database; try again shortly",
             )
         } else {
+            tracing::error!(%error, "database error while serving a request");
             Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

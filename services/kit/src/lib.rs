@@ -9,7 +9,8 @@
 //! - `session` drives `consumer` (the inbox: idempotent handling, retries, dead letters) and
 //!   `outbox` (events written in the handler's transaction, and the relay that publishes them);
 //! - those stand on [`publisher`] (confirms and `mandatory`), [`topology`] (every exchange and
-//!   queue), `db` (the schema-scoped pool), `backoff`, `metrics` and [`config`].
+//!   queue), `db` (the schema-scoped pool, each piece of work bounded in time), `outage` (a
+//!   dependency's absence logged once, not per try), `backoff`, `metrics` and [`config`].
 //!
 //! [`dead_letters`] is the operator's side: listing and re-driving dead letters.
 //! See `docs/architecture.md` for why each mechanism exists.
@@ -26,6 +27,7 @@ mod handler;
 mod http;
 mod inbox;
 mod metrics;
+mod outage;
 mod outbox;
 mod parked;
 mod provenance;
@@ -44,6 +46,7 @@ pub use db::{Announced, Db};
 pub use handler::{Ctx, Handler, HandlerError, HandlerFuture, Routes, Service, UnitOfWork};
 pub use http::ApiError;
 pub use metrics::Metrics;
+pub use outage::Outage;
 pub use outbox::Outbox;
 pub use service::{ApiContext, BackgroundFuture, BoundService, Error, ServiceSpec, bind};
 pub use shutdown::on_signal as shutdown_on_signal;

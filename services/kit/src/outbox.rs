@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::{
     db::{Announced, Db, Feed},
     metrics::Metrics,
+    outage::Outage,
     publisher::{Outgoing, PublishError, Publisher, envelope_properties},
     telemetry::{self, ErrorChain},
 };
@@ -161,6 +162,9 @@ pub(crate) struct Relay {
     feed: Mutex<Feed>,
     sweep_interval: Duration,
     metrics: Metrics,
+    /// The database as the relay sees it: an outage is logged as it begins and ends, and the
+    /// relay waits for its next sweep meanwhile.
+    database: Outage,
 }
 
 impl Relay {
@@ -173,6 +177,7 @@ impl Relay {
             feed: Mutex::new(feed),
             sweep_interval,
             metrics,
+            database: Outage::new("the database, for the outbox relay"),
         }
     }
 
@@ -265,8 +270,8 @@ impl Relay {
             Err(e) => {
                 self.metrics.inc("shop_outbox_publish_failures_total", &[]);
                 tracing::warn!(error = %ErrorChain(&e), outbox_id = id, "event not published; retrying on a later sweep");
-                if let Err(db) = record_failure(&self.db.pool, id, &e).await {
-                    tracing::warn!(error = %db, "cannot record the publish failure");
+                if let Err(db) = self.db.bounded(record_failure(&self.db.pool, id, &e)).await {
+                    self.database.failed(&db);
                 }
                 Ok(())
             }
@@ -286,10 +291,11 @@ impl Relay {
             }
             let marked = sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
                 .bind(&ids)
-                .execute(&self.db.pool)
-                .await;
-            if let Err(e) = marked {
-                tracing::warn!(error = %e, rows = ids.len(), "cannot mark published rows sent; they will be published again");
+                .execute(&self.db.pool);
+            match self.db.bounded(marked).await {
+                Ok(_) => self.database.answered(),
+                // The rows stay unsent and are published again (consumers absorb the copies).
+                Err(e) => self.database.failed(&e),
             }
             ids.clear();
         }
@@ -304,7 +310,11 @@ impl Relay {
         grace: Duration,
     ) -> Result<(), PublishError> {
         loop {
-            match self.sweep_batch(publisher, exchange, grace).await {
+            let swept = self.sweep_batch(publisher, exchange, grace).await;
+            if swept.is_ok() {
+                self.database.answered();
+            }
+            match swept {
                 Ok(BatchOutcome::Drained) => return Ok(()),
                 Ok(BatchOutcome::More) => {}
                 Ok(BatchOutcome::Failed(e)) if e.is_connection_error() => return Err(e),
@@ -313,7 +323,7 @@ impl Relay {
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay cannot read the database");
+                    self.database.failed(&e);
                     return Ok(());
                 }
             }
@@ -329,16 +339,20 @@ impl Relay {
         exchange: &str,
         grace: Duration,
     ) -> Result<BatchOutcome, sqlx::Error> {
-        let mut tx = self.db.begin().await?;
-        let mut rows: Vec<(i64, String, sqlx::types::Json<Envelope>)> = sqlx::query_as(
-            "SELECT id, routing_key, envelope FROM outbox
-             WHERE sent_at IS NULL AND created_at <= now() - make_interval(secs => $2)
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(BATCH_SIZE)
-        .bind(grace.as_secs_f64())
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut tx = self.db.bounded(self.db.begin()).await?;
+        let mut rows: Vec<(i64, String, sqlx::types::Json<Envelope>)> = self
+            .db
+            .bounded(
+                sqlx::query_as(
+                    "SELECT id, routing_key, envelope FROM outbox
+                     WHERE sent_at IS NULL AND created_at <= now() - make_interval(secs => $2)
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(BATCH_SIZE)
+                .bind(grace.as_secs_f64())
+                .fetch_all(&mut *tx),
+            )
+            .await?;
         if rows.is_empty() {
             return Ok(BatchOutcome::Drained);
         }
@@ -370,16 +384,20 @@ impl Relay {
             match result {
                 Ok(()) => sent.push(*id),
                 Err(e) => {
-                    record_failure(&mut *tx, *id, &e).await?;
+                    self.db.bounded(record_failure(&mut *tx, *id, &e)).await?;
                     first_failure.get_or_insert(e);
                 }
             }
         }
-        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
-            .bind(&sent)
-            .execute(&mut *tx)
+        self.db
+            .bounded(async {
+                sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+                    .bind(&sent)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            })
             .await?;
-        tx.commit().await?;
         self.metrics
             .add("shop_outbox_published_total", &[], sent.len() as u64);
         tracing::info!(

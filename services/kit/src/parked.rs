@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     consumer::{Applied, Consumer},
+    db::Db,
     failure::{self, Failure, Fate, Move, Origin},
     handler::{HandlerError, Service, UnitOfWork},
     provenance::Vouched,
@@ -169,7 +170,7 @@ impl ParkingLot {
 
     /// Orders with parked messages due for another try, longest due first; `None` while
     /// another sweep runs.
-    pub(crate) async fn due(&self, pool: &PgPool) -> Option<Result<Vec<Uuid>, sqlx::Error>> {
+    pub(crate) async fn due(&self, db: &Db) -> Option<Result<Vec<Uuid>, sqlx::Error>> {
         if self.sweeping.swap(true, Ordering::SeqCst) {
             return None;
         }
@@ -178,9 +179,8 @@ impl ParkingLot {
              GROUP BY correlation_id ORDER BY min(next_try_at) LIMIT $1",
         )
         .bind(SWEEP_BATCH)
-        .fetch_all(pool)
-        .await;
-        Some(due)
+        .fetch_all(&db.pool);
+        Some(db.bounded(due).await)
     }
 
     pub(crate) fn sweep_done(&self) {
@@ -287,16 +287,17 @@ impl<S: Service> Consumer<S> {
     /// Tries the parked messages of orders that are due (another instance's, from before a
     /// restart, or those no commit here has freed).
     pub(crate) async fn sweep_parked(&self, publisher: &Publisher) {
-        let Some(due) = self.parking.due(&self.db.pool).await else {
+        let Some(due) = self.parking.due(&self.db).await else {
             return;
         };
         match due {
             Ok(orders) => {
+                self.database.answered();
                 for order_id in orders {
                     self.unpark_order(order_id, publisher, true).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read parked messages"),
+            Err(e) => self.database.failed(&e),
         }
         self.parking.sweep_done();
     }

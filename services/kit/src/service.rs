@@ -31,6 +31,7 @@ use crate::{
     handler::{Routes, Service},
     http::{Health, HttpLimits, health_routes, serve},
     metrics::Metrics,
+    outage::Outage,
     outbox::Relay,
     parked::ParkingLot,
     publisher::broker_user,
@@ -170,11 +171,13 @@ async fn run<S: Service>(
     let service = S::Participant::NAME;
     let metrics = Metrics::default();
     let broker_connected = Arc::new(AtomicBool::new(false));
+    let consumer_paused = Arc::new(AtomicBool::new(false));
 
     let mut router = health_routes(Health {
         service,
         db: db.clone(),
         broker_connected: broker_connected.clone(),
+        consumer_paused: consumer_paused.clone(),
         metrics: metrics.clone(),
         unauthenticated: spec.guards_customer_data && config.auth.is_none(),
     });
@@ -255,6 +258,9 @@ async fn run<S: Service>(
                 users_per_service: broker_user(&config.first_amqp_url()) == service,
                 parking: Arc::new(ParkingLot::new(parked_sweep_interval(&config))),
                 metrics: metrics.clone(),
+                database: Outage::new("the database, for the consumer"),
+                paused: consumer_paused,
+                probe_max: config.db_probe_max,
             },
             relay: announces
                 .then(|| Relay::new(db.clone(), config.outbox_sweep_interval, metrics.clone())),

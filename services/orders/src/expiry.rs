@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use service_kit::{ApiContext, BackgroundFuture, CancellationToken, telemetry::TRACE_TARGET};
+use service_kit::{
+    ApiContext, BackgroundFuture, CancellationToken, Outage, telemetry::TRACE_TARGET,
+};
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -26,17 +28,23 @@ pub fn run(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
         api.metrics.add(ORDERS_EXPIRED, &[], 0);
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let database = Outage::new("the database, for the deadline sweep");
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
             }
             loop {
-                match expire_due(&api).await {
-                    Ok(expired) if expired < BATCH as usize => break,
-                    Ok(_) => {}
+                match api.db.bounded(expire_due(&api)).await {
+                    Ok(expired) => {
+                        database.answered();
+                        if expired < BATCH as usize {
+                            break;
+                        }
+                    }
+                    // Waits for the next tick; the outage is logged once, not per tick.
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot expire orders past their deadline; retrying");
+                        database.failed(&e);
                         break;
                     }
                 }
