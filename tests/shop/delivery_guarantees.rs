@@ -524,6 +524,104 @@ async fn a_message_parked_by_one_instance_is_freed_by_another_instances_commit()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_grouped_by_cause_and_one_cause_is_redriven_and_recorded() {
+    use service_kit::dead_letters::{self, Selection};
+    let shop = Shop::start_with(&["inventory"], |config| config.max_attempts = 2).await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let amqp_url = shop_tests::amqp_url();
+    let namespace = shop.env.namespace.clone();
+
+    // One cause in three orders: paid, but the order never came within two tries.
+    let orders: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let mut paid = Vec::new();
+    for order_id in &orders {
+        let payment = Envelope::new(&payment_completed(*order_id, 2500), None);
+        publisher
+            .publish(PaymentCompleted::ROUTING_KEY, &payment)
+            .await;
+        paid.push(payment.message_id);
+    }
+    // Another, twice: a type inventory does not know.
+    for _ in 0..2 {
+        let mut unknown = Envelope::new(&order_placed(Uuid::now_v7(), "MUG-001", 1), None);
+        unknown.event_type = "OrderTeleported".to_owned();
+        publisher.publish(OrderPlaced::ROUTING_KEY, &unknown).await;
+    }
+    let letters = async || {
+        dead_letters::list(&amqp_url, &namespace, "inventory")
+            .await
+            .expect("list")
+    };
+    eventually("five dead letters", || async { letters().await.len() == 5 }).await;
+
+    let groups = dead_letters::group("inventory", &letters().await);
+    let shape: Vec<(&str, usize)> = groups
+        .iter()
+        .map(|g| (g.event_type.as_str(), g.count))
+        .collect();
+    assert_eq!(
+        shape,
+        [(PaymentCompleted::TYPE, 3), ("OrderTeleported", 2)],
+        "{groups:#?}"
+    );
+    let waited = &groups[0];
+    assert!(
+        waited.reason.contains("OrderPlaced not seen yet")
+            && !waited.reason.contains(&orders[0].to_string()),
+        "one reason for every order, its particulars taken out: {}",
+        waited.reason
+    );
+    assert!(
+        waited.first_seen.is_some() && waited.first_seen <= waited.last_seen,
+        "{waited:?}"
+    );
+
+    // The orders arrive; the operator re-drives that cause, and only that cause.
+    for order_id in &orders {
+        publisher
+            .publish(
+                OrderPlaced::ROUTING_KEY,
+                &Envelope::new(&order_placed(*order_id, "MUG-001", 1), None),
+            )
+            .await;
+    }
+    let selection = Selection::Cause(waited.cause.clone());
+    let window = shop.env.config().dead_letter_max_age;
+    let redriven = dead_letters::redrive(&amqp_url, &namespace, "inventory", &selection, window)
+        .await
+        .expect("redrive");
+    assert_eq!(redriven.moved, 3);
+    let mut moved = redriven.message_ids.clone();
+    moved.sort();
+    paid.sort();
+    assert_eq!(moved, paid, "exactly the cause's messages");
+    for order_id in &orders {
+        shop.spy.wait_for::<StockReserved>(*order_id).await;
+    }
+    let left = dead_letters::group("inventory", &letters().await);
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].event_type.as_str(), left[0].count),
+        ("OrderTeleported", 2)
+    );
+
+    dead_letters::record(&shop.env.pool, "inventory", "tester", &selection, &redriven)
+        .await
+        .expect("recorded");
+    let history = dead_letters::history(&shop.env.pool, "inventory")
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].redriven_by, "tester");
+    assert_eq!(history[0].selection, format!("cause {}", waited.cause));
+    let mut recorded = history[0].message_ids.clone();
+    recorded.sort();
+    assert_eq!(recorded, paid);
+    publisher.close().await;
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unsupported_messages_are_dead_lettered_and_the_consumer_goes_on() {
     let shop = Shop::start_only(&["payment"]).await;
     let publisher = TestPublisher::new(&shop.env.namespace).await;
@@ -669,7 +767,7 @@ async fn a_message_out_of_tries_is_dead_lettered_and_can_be_redriven() {
         &amqp_url,
         &namespace,
         "inventory",
-        None,
+        &service_kit::dead_letters::Selection::All,
         Duration::ZERO,
     )
     .await
@@ -678,10 +776,15 @@ async fn a_message_out_of_tries_is_dead_lettered_and_can_be_redriven() {
     assert_eq!(refused.too_old.len(), 1);
     assert_eq!(refused.too_old[0].message_id, Some(paid.message_id));
     let window = shop.env.config().dead_letter_max_age;
-    let redriven =
-        service_kit::dead_letters::redrive(&amqp_url, &namespace, "inventory", None, window)
-            .await
-            .expect("redrive");
+    let redriven = service_kit::dead_letters::redrive(
+        &amqp_url,
+        &namespace,
+        "inventory",
+        &service_kit::dead_letters::Selection::All,
+        window,
+    )
+    .await
+    .expect("redrive");
     assert_eq!(redriven.moved, 1);
     assert!(redriven.too_old.is_empty());
     let reserved = shop.spy.wait_for::<StockReserved>(order_id).await;

@@ -94,7 +94,7 @@ async fn version_1_messages_left_in_queues_are_upgraded_and_a_future_version_is_
         &amqp_url(),
         &namespace,
         "payment",
-        None,
+        &dead_letters::Selection::All,
         std::time::Duration::from_secs(3600),
     )
     .await

@@ -81,6 +81,8 @@ pub mod headers {
     /// The broker user that first published it (a copy is published by this service).
     pub const ORIGINAL_PUBLISHER: &str = "x-shop-original-publisher";
     pub const DEAD_LETTER_REASON: &str = "x-shop-dead-letter-reason";
+    /// When it was dead-lettered (RFC 3339), for grouping dead letters by cause over time.
+    pub const DEAD_LETTERED_AT: &str = "x-shop-dead-lettered-at";
     pub const LAST_ERROR: &str = "x-shop-last-error";
 }
 
@@ -451,6 +453,10 @@ impl<S: Service> Consumer<S> {
                     AMQPValue::LongLongInt(attempt.into()),
                 );
                 headers.insert(headers::DEAD_LETTER_REASON.into(), text(reason));
+                headers.insert(
+                    headers::DEAD_LETTERED_AT.into(),
+                    text(&chrono::Utc::now().to_rfc3339()),
+                );
                 (
                     self.topology.dead_letter_queue.as_str(),
                     "shop_dead_letters_total",

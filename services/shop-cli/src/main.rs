@@ -6,8 +6,11 @@
 //! - `shop service <name>` runs one service in the foreground.
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
 //! - `shop audit` checks the shop's invariants (docs/architecture.md) over its data and queues.
+//! - `shop dead-letters` lists dead letters by cause, re-drives them and shows past re-drives.
 //! - With the `lab` feature (the default; not in the service image): `shop chaos` runs the
 //!   shop under faults, `shop bench` measures its speed.
+
+mod dead_letters;
 
 use shop::{
     ServiceEntry, asyncapi, audit,
@@ -42,10 +45,11 @@ enum Commands {
         #[arg(value_parser = service_entry)]
         service: &'static ServiceEntry,
     },
-    /// List a service's dead letters with their reasons, or move them back for another try.
+    /// Dead letters grouped by cause; re-drive a cause (or one message, or all) and see the
+    /// history of re-drives.
     DeadLetters {
         #[command(subcommand)]
-        action: DeadLetterAction,
+        action: dead_letters::Action,
     },
     /// Run the shop under faults (kills, broker and database restarts, duplicate deliveries),
     /// then audit it and print what happened. Needs rabbitmqctl and pg_ctlcluster rights.
@@ -98,24 +102,8 @@ enum Commands {
     },
 }
 
-#[derive(Subcommand)]
-enum DeadLetterAction {
-    /// Show what is in the dead-letter queues (all services, or one), leaving it there.
-    List {
-        #[arg(value_parser = service_entry)]
-        service: Option<&'static ServiceEntry>,
-    },
-    /// Move a service's dead letters (all, or one message id) back to its work queue.
-    Redrive {
-        #[arg(value_parser = service_entry)]
-        service: &'static ServiceEntry,
-        #[arg(long)]
-        message_id: Option<uuid::Uuid>,
-    },
-}
-
 /// A service of the registry, by name (for clap).
-fn service_entry(name: &str) -> Result<&'static ServiceEntry, String> {
+pub(crate) fn service_entry(name: &str) -> Result<&'static ServiceEntry, String> {
     registry::find(name).ok_or_else(|| {
         let known: Vec<_> = registry::names().collect();
         format!("no service {name:?}; one of: {}", known.join(", "))
@@ -166,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Commands::DeadLetters { action } => dead_letters(action).await,
+        Commands::DeadLetters { action } => dead_letters::run(action).await,
         Commands::Token {
             customer,
             operator,
@@ -221,75 +209,6 @@ async fn service(entry: &'static ServiceEntry) -> anyhow::Result<()> {
     let (config, shutdown, _telemetry) =
         service_kit::process_setup(entry.name, entry.default_addr)?;
     (entry.bind)(config).await?.run(shutdown).await?;
-    Ok(())
-}
-
-async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<()> {
-    use service_kit::dead_letters;
-    let config = service_kit::Config::from_env(registry::orders().default_addr)?;
-    match action {
-        DeadLetterAction::List { service } => {
-            let services = match service {
-                Some(one) => vec![one],
-                None => shop::SERVICES.iter().collect(),
-            };
-            for service in services {
-                let letters =
-                    dead_letters::list(&config.first_amqp_url(), &config.namespace, service.name)
-                        .await?;
-                println!("{}: {} dead letters", service.name, letters.len());
-                for letter in letters {
-                    let show = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
-                    println!(
-                        "  message {}  {}  order {}  attempts {}  key {}\n    reason: {}",
-                        show(letter.message_id.map(|id| id.to_string())),
-                        show(letter.event_type),
-                        show(letter.order_id.map(|id| id.to_string())),
-                        show(letter.attempts.map(|n| n.to_string())),
-                        show(letter.original_routing_key),
-                        letter.reason
-                    );
-                }
-            }
-        }
-        DeadLetterAction::Redrive {
-            service,
-            message_id,
-        } => {
-            let redriven = dead_letters::redrive(
-                &config.first_amqp_url(),
-                &config.namespace,
-                service.name,
-                message_id,
-                config.dead_letter_max_age,
-            )
-            .await?;
-            println!(
-                "{} dead letters of {} moved back to its queue",
-                redriven.moved, service.name
-            );
-            if !redriven.too_old.is_empty() {
-                for letter in &redriven.too_old {
-                    eprintln!(
-                        "  left: message {} occurred {}",
-                        letter
-                            .message_id
-                            .map_or("?".to_owned(), |id| id.to_string()),
-                        letter
-                            .occurred_at
-                            .map_or("?".to_owned(), |at| at.to_rfc3339()),
-                    );
-                }
-                bail!(
-                    "{} dead letters are older than DEAD_LETTER_MAX_AGE_SECS ({}s) and were left \
-                     in the queue: the inbox remembers message ids for INBOX_RETENTION_SECS only, \
-                     so re-driving them could apply one twice",
-                    redriven.too_old.len(),
-                    config.dead_letter_max_age.as_secs()
-                );
-            }
-        }
-    }
     Ok(())
 }
 
