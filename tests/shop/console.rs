@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use shared_events::CATALOG;
+use shared_events::{CATALOG, Event, OrderPlaced};
 use shop_tests::{Shop, eventually};
 use uuid::Uuid;
 
@@ -129,4 +129,36 @@ async fn the_console_hears_every_event_streams_it_and_places_orders_through_the_
     shop.start_service("payment").await;
     shop.settled_order(open.parse().expect("uuid")).await;
     shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_each_services_dead_letters_by_cause() {
+    let shop = Shop::start_only(&["payment", "console"]).await;
+    let publisher = shop_tests::TestPublisher::new(&shop.env.namespace).await;
+    for _ in 0..2 {
+        publisher
+            .publish_raw(
+                OrderPlaced::ROUTING_KEY,
+                b"{ this is not json",
+                Default::default(),
+            )
+            .await;
+    }
+    let url = format!("{}/api/dead-letters", shop.url("console"));
+    let payment = async || -> Option<Value> {
+        let seen: Vec<Value> = shop.http.get(&url).send().await.ok()?.json().await.ok()?;
+        seen.into_iter().find(|s| s["service"] == "payment")
+    };
+    eventually("payment's dead letters shown", || async {
+        payment().await.is_some_and(|p| p["depth"] == 2)
+    })
+    .await;
+    let payment = payment().await.expect("payment's entry");
+    let groups = payment["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "one cause, twice: {payment}");
+    assert_eq!(groups[0]["count"], 2);
+    assert!(groups[0]["cause"].as_str().is_some_and(|c| c.len() == 12));
+    assert!(groups[0]["last_seen"].is_string(), "{payment}");
+    publisher.close().await;
+    shop.stop().await;
 }

@@ -49,6 +49,7 @@ pub fn routes(api: ApiContext) -> Router {
     {
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
     }
+    let dead_letters = crate::dead_letters::Watch::new(&api.config, FLOW);
     let state = Console {
         db: api.db,
         orders_url: api.config.orders_url.clone(),
@@ -66,6 +67,10 @@ pub fn routes(api: ApiContext) -> Router {
         .route("/api/stream", get(stream))
         .route("/api/place/{kind}", post(place))
         .route("/api/orders/{id}/cancel", post(cancel))
+        .route(
+            "/api/dead-letters",
+            get(crate::dead_letters::current).with_state(dead_letters),
+        )
         .with_state(state)
 }
 

@@ -4,13 +4,15 @@
 //!   [`shared_events::visit_catalog`], so an event added later is picked up by itself).
 //! - **Owns** `console.events`: what it heard, its only source. It never reads another
 //!   service's schema and calls no service, except the public Orders API when a visitor presses
-//!   a button (placing or cancelling an order, as any client would).
+//!   a button (placing or cancelling an order, as any client would). It peeks at every
+//!   service's dead-letter queue (leaving each message there) to show their causes.
 //! - **Announces** nothing.
 //! - **Serves** the live page at `/`: the flow map lighting up, recent orders filling in, one
 //!   order's timeline, buttons for every kind of order, events per second
 //!   (`services/console/src/page.html`, embedded; no internet needed).
 
 mod api;
+mod dead_letters;
 
 pub use api::DEMO_CUSTOMER;
 

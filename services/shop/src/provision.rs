@@ -37,14 +37,23 @@ pub struct BrokerPermissions {
     pub topic_read: String,
 }
 
+/// Services that may also read every service's dead-letter queue: the console shows their
+/// causes (it peeks: each message stays where it was).
+const DEAD_LETTER_READERS: &[&str] = &["console"];
+
 pub fn broker_permissions(namespace: &str, service: &str) -> BrokerPermissions {
     let ns = regex_escape(namespace);
     let svc = regex_escape(service);
     let own = format!("^{ns}\\.(events|{svc}|{svc}\\..+)$");
+    let read = if DEAD_LETTER_READERS.contains(&service) {
+        format!("^{ns}\\.(events|{svc}|{svc}\\..+|[^.]+\\.dlq)$")
+    } else {
+        own.clone()
+    };
     BrokerPermissions {
         configure: own.clone(),
-        write: own.clone(),
-        read: own,
+        write: own,
+        read,
         topic_exchange: service_kit::topology::exchange_name(namespace),
         topic_write: format!("^{svc}\\."),
         topic_read: ".*".to_owned(),
@@ -237,6 +246,12 @@ mod tests {
         assert_eq!(rules.configure, r"^shop\.(events|payment|payment\..+)$");
         assert_eq!(rules.topic_exchange, "shop.events");
         assert_eq!(rules.topic_write, r"^payment\.");
+        assert_eq!(
+            broker_permissions("shop", "console").read,
+            r"^shop\.(events|console|console\..+|[^.]+\.dlq)$",
+            "the console may read every dead-letter queue, and write none"
+        );
+        assert_eq!(rules.read, rules.write, "a service reads only its own");
         let namespace_escaped = broker_permissions("test-1", "orders");
         assert!(namespace_escaped.read.starts_with(r"^test\-1\."));
     }
