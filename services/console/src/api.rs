@@ -171,7 +171,7 @@ async fn stream(
         after: resume_from,
         pending: Vec::new(),
         ticks: 0,
-        database: Outage::new("the database, for a console stream"),
+        database: Outage::new("the database (as a console stream sees it)"),
     };
     let events = futures_util::stream::unfold(state, |mut state| async move {
         let event = state.next().await;

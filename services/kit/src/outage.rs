@@ -13,7 +13,7 @@ const REMINDER: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Outage {
-    /// What does not answer, and whose view this is: "the database, for the relay".
+    /// What does not answer, and whose view this is: "the database (as the relay sees it)".
     what: &'static str,
     down: Arc<Mutex<Option<Down>>>,
 }

@@ -177,7 +177,7 @@ impl Relay {
             feed: Mutex::new(feed),
             sweep_interval,
             metrics,
-            database: Outage::new("the database, for the outbox relay"),
+            database: Outage::new("the database (as the outbox relay sees it)"),
         }
     }
 

@@ -258,7 +258,7 @@ async fn run<S: Service>(
                 users_per_service: broker_user(&config.first_amqp_url()) == service,
                 parking: Arc::new(ParkingLot::new(parked_sweep_interval(&config))),
                 metrics: metrics.clone(),
-                database: Outage::new("the database, for the consumer"),
+                database: Outage::new("the database (as the consumer sees it)"),
                 paused: consumer_paused,
                 probe_max: config.db_probe_max,
             },

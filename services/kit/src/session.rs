@@ -29,7 +29,7 @@ use crate::{
 enum SessionError {
     #[error("cannot connect or declare the topology")]
     Setup(#[from] lapin::Error),
-    #[error("connecting and declaring the topology took over {0:?}")]
+    #[error("connecting (or declaring the topology) took over {0:?}")]
     SetupTimedOut(Duration),
     #[error("the connection to the broker was lost")]
     ConnectionLost,
@@ -43,6 +43,12 @@ enum SessionError {
 const CONNECTION_CHECK: Duration = Duration::from_millis(250);
 /// Connecting, declaring the topology and opening channels.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// One connection's handshake: on a network that drops packets it would wait for the whole
+/// setup's time, and a heal in the meantime would wait with it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait between two sessions (so a broker back, or a network healed, is found
+/// within this plus a handshake).
+const RECONNECT_CAP: Duration = Duration::from_secs(3);
 /// Closing a connection the broker may no longer answer on.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -64,7 +70,7 @@ pub(crate) struct Supervisor<S: Service> {
 impl<S: Service> Supervisor<S> {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let service = self.consumer.service;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::capped(Duration::from_millis(100), RECONNECT_CAP);
         while !shutdown.is_cancelled() {
             let result = self.session(&shutdown, &mut backoff).await;
             self.connected.store(false, Ordering::SeqCst);
@@ -94,10 +100,13 @@ impl<S: Service> Supervisor<S> {
         let service = self.consumer.service;
         let node = self.node.load(Ordering::SeqCst) % self.amqp_urls.len().max(1);
         let amqp_url = self.amqp_urls.get(node).map_or("", String::as_str);
-        let connect = |role: &str| {
+        let connect = async |role: &str| {
             let properties = ConnectionProperties::default()
                 .with_connection_name(format!("{service}-{role}").into());
-            Connection::connect(amqp_url, properties)
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(amqp_url, properties))
+                .await
+                .map_err(|_| SessionError::SetupTimedOut(CONNECT_TIMEOUT))?
+                .map_err(SessionError::from)
         };
         // Publishing and consuming on separate connections: a broker that blocks publishers
         // (resource alarm) would otherwise also stall the consumer's acks. A broker that
@@ -112,7 +121,7 @@ impl<S: Service> Supervisor<S> {
                 .basic_qos(self.prefetch, BasicQosOptions { global: false })
                 .await?;
             let publisher = Publisher::open(&publish_connection, amqp_url).await?;
-            Ok::<_, lapin::Error>((publish_connection, consume_connection, channel, publisher))
+            Ok::<_, SessionError>((publish_connection, consume_connection, channel, publisher))
         };
         let (publish_connection, consume_connection, channel, publisher) =
             tokio::time::timeout(SETUP_TIMEOUT, setup)

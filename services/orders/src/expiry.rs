@@ -28,7 +28,7 @@ pub fn run(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
         api.metrics.add(ORDERS_EXPIRED, &[], 0);
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let database = Outage::new("the database, for the deadline sweep");
+        let database = Outage::new("the database (as the deadline sweep sees it)");
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

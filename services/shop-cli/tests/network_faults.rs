@@ -12,7 +12,7 @@
 //!   payment reports not ready; after the heal every order is charged once, and a poison
 //!   message is still dead-lettered.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use lapin::{
     Connection, ConnectionProperties,
@@ -27,7 +27,7 @@ use shared_events::{Envelope, Event, OrderPlaced};
 use shop_lab::{
     harness::order_placed,
     process_shop::{Options, ProcessShop},
-    proxy::Proxy,
+    proxy::{self, Proxy},
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -35,16 +35,6 @@ use uuid::Uuid;
 const ORDERS: usize = 20;
 const PATIENCE: Duration = Duration::from_secs(60);
 const CHARGED: &str = "SELECT count(*) FROM payment.payments";
-
-/// A URL (`scheme://user:pass@host:port/path`) cut around its `host:port`.
-fn around_host(url: &str) -> (&str, &str, &str) {
-    let after_scheme = url.find("://").map_or(0, |at| at + 3);
-    let start = url[after_scheme..]
-        .find('@')
-        .map_or(after_scheme, |at| after_scheme + at + 1);
-    let end = url[start..].find('/').map_or(url.len(), |at| start + at);
-    (&url[..start], &url[start..end], &url[end..])
-}
 
 /// What payment reaches through the proxy.
 #[derive(Clone, Copy)]
@@ -71,19 +61,6 @@ impl Behind {
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or(default.to_owned())
-}
-
-fn address_of(url: &str, behind: Behind) -> SocketAddr {
-    let (_, host, _) = around_host(url);
-    let with_port = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:{}", behind.default_port())
-    };
-    std::net::ToSocketAddrs::to_socket_addrs(&with_port)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .expect("the broker's address resolves")
 }
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
@@ -136,11 +113,10 @@ async fn with_payment_behind<F>(
         Behind::Broker => amqp_url,
         Behind::Database => shop.databases["payment"].clone(),
     };
-    let (before, _, after) = around_host(&direct);
     shop.fleet.set_for(
         "payment",
         behind.variable(),
-        format!("{before}{}{after}", proxy.addr()),
+        proxy::through(&direct, proxy.addr()),
     );
     let http = reqwest::Client::new();
     let outcome = std::panic::AssertUnwindSafe(async {
@@ -169,9 +145,8 @@ async fn start_proxy(behind: Behind) -> Proxy {
         Behind::Broker => setting("TEST_AMQP_URL", DEFAULT_AMQP_URL),
         Behind::Database => setting("TEST_ADMIN_DATABASE_URL", DEFAULT_DATABASE_URL),
     };
-    Proxy::start(address_of(&url, behind))
-        .await
-        .expect("the proxy listens")
+    let upstream = proxy::address_of(&url, behind.default_port()).expect("the upstream resolves");
+    Proxy::start(upstream).await.expect("the proxy listens")
 }
 
 fn payment_url(shop: &ProcessShop) -> String {

@@ -12,16 +12,39 @@ impl ChaosRun {
         tap: &EventTap,
     ) -> anyhow::Result<Faults> {
         let load_duration = Duration::from_secs_f64(options.orders as f64 / options.rate);
-        let steps = options.kills + 2;
-        let step = load_duration / u32::try_from(steps + 1).unwrap_or(1);
+        let network_faults = if options.network_faults {
+            network::SCHEDULE.as_slice()
+        } else {
+            &[]
+        };
+        let steps = options.kills + 2 + network_faults.len();
+        let hold = Duration::from_secs(options.fault_seconds);
+        // A network fault lasts its hold and its recovery: the other steps share what is left
+        // of the load, so every fault happens under load (given a load long enough).
+        let network_busy =
+            (hold + network::RECOVERY_ALLOWANCE) * u32::try_from(network_faults.len()).unwrap_or(0);
+        let step =
+            load_duration.saturating_sub(network_busy) / u32::try_from(steps + 1).unwrap_or(1);
         let broker_at = steps / 3;
         let database_at = 2 * steps / 3;
+        // Spread between the others, never on the restarts' steps.
+        let network_at: Vec<usize> = (0..network_faults.len())
+            .map(|i| {
+                let at = (2 * i + 1) * steps / (2 * network_faults.len());
+                if at == broker_at || at == database_at {
+                    at + 1
+                } else {
+                    at
+                }
+            })
+            .collect();
         let mut faults = Faults {
             broker_recovery: None,
             node_losses: Vec::new(),
             probes: Vec::new(),
             database_restarted: false,
             duplicates_injected: 0,
+            network: Vec::new(),
         };
         for n in 0..steps {
             tokio::time::sleep(step).await;
@@ -32,7 +55,11 @@ impl ChaosRun {
                     .journal
                     .note(format!("duplicate injection failed: {e}")),
             }
-            if n == broker_at && self.cluster.is_some() {
+            if let Some(i) = network_at.iter().position(|&at| at == n) {
+                let (observed, probe) = self.network_fault(network_faults[i], hold).await?;
+                faults.network.push(observed);
+                faults.probes.push(probe);
+            } else if n == broker_at && self.cluster.is_some() {
                 self.lose_nodes(&mut faults).await?;
             } else if n == broker_at && !options.no_broker_restart {
                 let (recovery, probe) = self.restart_broker().await?;

@@ -42,6 +42,7 @@ const CONFIRMING_SKU: &str = "STICKER-001";
 
 mod faults;
 mod load;
+mod network;
 mod report;
 mod verdict;
 
@@ -90,6 +91,14 @@ pub struct ChaosOptions {
     /// the node most services are connected to, each brought back).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=3))]
     pub broker_nodes: u16,
+    /// Put a proxy in front of every service's broker and database connections and, one
+    /// service at a time under the load, make one silent, slow or reset, then heal it (see
+    /// docs/operations.md). Not with `--broker-nodes 3`.
+    #[arg(long)]
+    pub network_faults: bool,
+    /// How long a silent or slow network fault lasts.
+    #[arg(long, default_value_t = 10)]
+    pub fault_seconds: u64,
     /// Keep the database, queues and logs afterwards for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -150,6 +159,23 @@ pub async fn run(exe: &Path, options: ChaosOptions) -> anyhow::Result<()> {
             bail!("--broker-nodes {n}: a quorum needs 1 or 3 nodes here")
         }
     };
+    let proxies = if options.network_faults {
+        let put = match cluster {
+            Some(_) => Err(anyhow::anyhow!(
+                "--network-faults runs on this machine's broker, not --broker-nodes 3"
+            )),
+            None => network::Proxies::put_in_front(&mut shop).await,
+        };
+        match put {
+            Ok(proxies) => Some(proxies),
+            Err(e) => {
+                shop.remove().await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let http = match harness::operator_client(&shop.issuer) {
         Ok(http) => http,
         Err(e) => {
@@ -163,6 +189,7 @@ pub async fn run(exe: &Path, options: ChaosOptions) -> anyhow::Result<()> {
         journal: Journal(Instant::now()),
         stops: BTreeMap::new(),
         cluster,
+        proxies,
     };
     // Ctrl-C or SIGTERM still stops the services (and keeps the rest for inspection).
     let interrupted = service_kit::shutdown_on_signal();
@@ -206,6 +233,8 @@ struct ChaosRun {
     stops: BTreeMap<&'static str, (usize, usize)>,
     /// The RabbitMQ cluster of a `--broker-nodes 3` run.
     cluster: Option<LocalCluster>,
+    /// The proxies of a `--network-faults` run.
+    proxies: Option<network::Proxies>,
 }
 
 impl ChaosRun {

@@ -15,6 +15,8 @@ pub(super) struct Faults {
     pub(super) probes: Vec<Placed>,
     pub(super) database_restarted: bool,
     pub(super) duplicates_injected: usize,
+    /// The network faults of a `--network-faults` run, in order.
+    pub(super) network: Vec<network::Observed>,
 }
 
 /// What happened, and whether the shop kept its promises.
@@ -94,6 +96,21 @@ impl fmt::Display for Report {
             "skipped"
         };
         writeln!(f, "database restart:         {database}")?;
+        for observed in &self.faults.network {
+            let noticed = observed.noticed.map_or("not reported".to_owned(), |after| {
+                format!("not ready after {:.1}s", after.as_secs_f64())
+            });
+            writeln!(
+                f,
+                "network fault:            {} for {:.0}s: {noticed}; healed -> every earlier order \
+                 settled in {:.1}s, a new one {} in {:.1}s",
+                observed.fault,
+                observed.held.as_secs_f64(),
+                observed.settled.as_secs_f64(),
+                observed.outcome,
+                observed.recovered.as_secs_f64()
+            )?;
+        }
         writeln!(
             f,
             "duplicates injected:      {}",
@@ -139,7 +156,7 @@ impl fmt::Display for Report {
         }
         writeln!(f, "effects applied twice:    {}", self.applied_twice())?;
         let probe = if !self.faults.probes.is_empty() {
-            " (the load's orders and the probes placed after the broker faults)"
+            " (the load's orders and the probes placed after the broker and network faults)"
         } else {
             " (the load's orders)"
         };
