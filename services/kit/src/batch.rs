@@ -85,11 +85,13 @@ type Ended = Result<Vec<Disposition>, (Vec<Disposition>, sqlx::Error)>;
 impl<S: Service> Consumer<S> {
     /// Applies `deliveries` (in queue order) in one transaction, then settles each: moved on
     /// (its copy confirmed) or handed back, and the rest acked with one `multiple` ack. A batch
-    /// the database could not be reached for is handed back whole (`Held`), nothing settled.
+    /// the database could not be reached for, or that took longer than `bound`, is handed back
+    /// whole (`Held`), nothing settled.
     pub(crate) async fn handle_batch(
         &self,
         deliveries: Vec<Delivery>,
         publisher: &Publisher,
+        bound: Duration,
     ) -> Result<(), Held> {
         self.metrics
             .observe("shop_consumer_batch_size", &[], deliveries.len() as f64);
@@ -109,9 +111,9 @@ impl<S: Service> Consumer<S> {
                 Err(reason) => refused.push((delivery, vouched, attempt, reason)),
             }
         }
-        let ended = tokio::time::timeout(self.db.timeout, self.apply_all(&taken))
+        let ended = tokio::time::timeout(bound, self.apply_all(&taken))
             .await
-            .unwrap_or_else(|_| Err((Vec::new(), db::silent(self.db.timeout))));
+            .unwrap_or_else(|_| Err((Vec::new(), self.db.went_unanswered(bound))));
         let dispositions = match ended {
             Ok(dispositions) => {
                 self.database.answered();

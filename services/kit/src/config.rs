@@ -11,6 +11,12 @@ pub struct Config {
     /// `AMQP_HEARTBEAT_SECS`: the AMQP heartbeat asked of the broker; a connection silent for
     /// twice this long is given up (a half-open one included) and the session reconnects.
     pub amqp_heartbeat: Duration,
+    /// `AMQP_CONNECT_TIMEOUT_MS`: the longest a connection's handshake may take (on a network
+    /// that drops packets it would otherwise wait for the whole session set-up).
+    pub amqp_connect_timeout: Duration,
+    /// `AMQP_RECONNECT_MAX_MS`: the longest wait between two broker sessions (the backoff's
+    /// cap), so a broker back or a network healed is found within this plus a handshake.
+    pub amqp_reconnect_max: Duration,
     /// `DATABASE_URL`
     pub database_url: String,
     /// `SHOP_NAMESPACE`: prefix of the exchange and of every queue.
@@ -90,6 +96,8 @@ pub enum ConfigError {
 pub const VARIABLES: &[&str] = &[
     "AMQP_URL",
     "AMQP_HEARTBEAT_SECS",
+    "AMQP_CONNECT_TIMEOUT_MS",
+    "AMQP_RECONNECT_MAX_MS",
     "DATABASE_URL",
     "SHOP_NAMESPACE",
     "HTTP_ADDR",
@@ -162,6 +170,8 @@ impl Config {
         Self {
             amqp_url: DEFAULT_AMQP_URL.to_owned(),
             amqp_heartbeat: Duration::from_secs(3),
+            amqp_connect_timeout: Duration::from_secs(5),
+            amqp_reconnect_max: Duration::from_secs(3),
             database_url: DEFAULT_DATABASE_URL.to_owned(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
             http_addr,
@@ -277,6 +287,14 @@ impl Config {
                 reason: "a timeout of at least 100 ms, a probe interval above zero".to_owned(),
             });
         }
+        if self.amqp_connect_timeout < Duration::from_millis(100)
+            || self.amqp_reconnect_max.is_zero()
+        {
+            return Err(ConfigError::Invalid {
+                name: "AMQP_CONNECT_TIMEOUT_MS/AMQP_RECONNECT_MAX_MS",
+                reason: "a timeout of at least 100 ms, a reconnect interval above zero".to_owned(),
+            });
+        }
         if self.http_header_timeout.is_zero()
             || self.http_request_timeout.is_zero()
             || self.http_max_connections == 0
@@ -376,6 +394,8 @@ impl Config {
             ("HTTP_REQUEST_TIMEOUT_MS", &mut config.http_request_timeout),
             ("DB_TIMEOUT_MS", &mut config.db_timeout),
             ("DB_PROBE_MAX_MS", &mut config.db_probe_max),
+            ("AMQP_CONNECT_TIMEOUT_MS", &mut config.amqp_connect_timeout),
+            ("AMQP_RECONNECT_MAX_MS", &mut config.amqp_reconnect_max),
         ] {
             if let Some(ms) = var(name) {
                 *setting = Duration::from_millis(parse(name, &ms)?);
@@ -614,6 +634,7 @@ mod tests {
             ("AMQP_HEARTBEAT_SECS", "0"),
             ("DB_TIMEOUT_MS", "10"),
             ("DB_PROBE_MAX_MS", "0"),
+            ("AMQP_CONNECT_TIMEOUT_MS", "5"),
         ] {
             let err = from(&[(name, value)]).expect_err(name);
             assert!(

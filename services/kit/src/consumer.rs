@@ -55,6 +55,8 @@ pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long connecting the parked-order listener may hold up the consumer's loop.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a batch may take once the database answers probes but the batch kept timing out.
+const SLOW_BATCH_BOUND: Duration = Duration::from_secs(60);
 /// The first wait before asking a silent database again (it doubles up to `DB_PROBE_MAX_MS`).
 const PROBE_FIRST: Duration = Duration::from_millis(100);
 /// How often the dead-letter queue's depth is sampled for `/metrics` (and a lost parked-order
@@ -176,6 +178,9 @@ impl<S: Service> Consumer<S> {
         // the delay queues, nothing is dead-lettered for an outage.
         let mut held: Option<Vec<Delivery>> = None;
         let mut probe = Backoff::capped(PROBE_FIRST, self.probe_max);
+        // How long a batch may take: `DB_TIMEOUT_MS`, unless a batch timed out while the
+        // database kept answering probes (slow, not silent): then each try gets twice as long.
+        let mut bound = self.db.timeout;
         let probe_at = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(probe_at);
         let mut in_flight = JoinSet::new();
@@ -229,6 +234,7 @@ impl<S: Service> Consumer<S> {
                     let waiting = match step {
                         Ok(Step::Settled) => {
                             probe.reset();
+                            bound = self.db.timeout;
                             self.paused.store(false, Ordering::SeqCst);
                             continue;
                         }
@@ -239,7 +245,8 @@ impl<S: Service> Consumer<S> {
                         Ok(Step::Probed(deliveries, Ok(()))) => {
                             // Its listener's connection may be one the outage left stuck.
                             freed = None;
-                            self.spawn_batch(&mut batch, deliveries, publisher);
+                            self.spawn_batch(&mut batch, deliveries, publisher, bound);
+                            bound = (bound * 2).min(SLOW_BATCH_BOUND);
                             continue;
                         }
                         Ok(Step::Probed(deliveries, Err(error))) => {
@@ -266,7 +273,7 @@ impl<S: Service> Consumer<S> {
                 next = deliveries.next(), if batch.is_empty() && held.is_none() => match next {
                     Some(Ok(first)) => {
                         let (taken, ended) = take_waiting(first, &mut deliveries, self.batch_max);
-                        self.spawn_batch(&mut batch, taken, publisher);
+                        self.spawn_batch(&mut batch, taken, publisher, bound);
                         if let Some(ended) = ended {
                             break Err(ended);
                         }
@@ -312,11 +319,12 @@ impl<S: Service> Consumer<S> {
         batch: &mut JoinSet<Step>,
         deliveries: Vec<Delivery>,
         publisher: &Publisher,
+        bound: Duration,
     ) {
         let consumer = self.clone();
         let publisher = publisher.clone();
         batch.spawn(async move {
-            match consumer.handle_batch(deliveries, &publisher).await {
+            match consumer.handle_batch(deliveries, &publisher, bound).await {
                 Ok(()) => Step::Settled,
                 Err(held) => Step::Held(held),
             }

@@ -241,6 +241,8 @@ async fn run<S: Service>(
             node: AtomicUsize::new(fastrand::usize(..config.amqp_urls().len().max(1))),
             amqp_urls: config.amqp_urls_with_heartbeat(),
             prefetch: config.prefetch,
+            connect_timeout: config.amqp_connect_timeout,
+            reconnect_max: config.amqp_reconnect_max,
             topology: topology.clone(),
             consumer: Consumer {
                 service,

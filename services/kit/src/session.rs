@@ -43,12 +43,6 @@ enum SessionError {
 const CONNECTION_CHECK: Duration = Duration::from_millis(250);
 /// Connecting, declaring the topology and opening channels.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// One connection's handshake: on a network that drops packets it would wait for the whole
-/// setup's time, and a heal in the meantime would wait with it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest wait between two sessions (so a broker back, or a network healed, is found
-/// within this plus a handshake).
-const RECONNECT_CAP: Duration = Duration::from_secs(3);
 /// Closing a connection the broker may no longer answer on.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -59,6 +53,11 @@ pub(crate) struct Supervisor<S: Service> {
     /// Which of them the next session tries.
     pub(crate) node: AtomicUsize,
     pub(crate) prefetch: u16,
+    /// `AMQP_CONNECT_TIMEOUT_MS`: one connection's handshake; on a network that drops packets
+    /// it would wait for the whole set-up, and a heal meanwhile would wait with it.
+    pub(crate) connect_timeout: Duration,
+    /// `AMQP_RECONNECT_MAX_MS`: the longest wait between two sessions.
+    pub(crate) reconnect_max: Duration,
     pub(crate) topology: Arc<Topology>,
     pub(crate) consumer: Consumer<S>,
     /// `None` for a service that announces nothing.
@@ -70,7 +69,7 @@ pub(crate) struct Supervisor<S: Service> {
 impl<S: Service> Supervisor<S> {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let service = self.consumer.service;
-        let mut backoff = Backoff::capped(Duration::from_millis(100), RECONNECT_CAP);
+        let mut backoff = Backoff::capped(Duration::from_millis(100), self.reconnect_max);
         while !shutdown.is_cancelled() {
             let result = self.session(&shutdown, &mut backoff).await;
             self.connected.store(false, Ordering::SeqCst);
@@ -103,10 +102,13 @@ impl<S: Service> Supervisor<S> {
         let connect = async |role: &str| {
             let properties = ConnectionProperties::default()
                 .with_connection_name(format!("{service}-{role}").into());
-            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(amqp_url, properties))
-                .await
-                .map_err(|_| SessionError::SetupTimedOut(CONNECT_TIMEOUT))?
-                .map_err(SessionError::from)
+            tokio::time::timeout(
+                self.connect_timeout,
+                Connection::connect(amqp_url, properties),
+            )
+            .await
+            .map_err(|_| SessionError::SetupTimedOut(self.connect_timeout))?
+            .map_err(SessionError::from)
         };
         // Publishing and consuming on separate connections: a broker that blocks publishers
         // (resource alarm) would otherwise also stall the consumer's acks. A broker that
