@@ -61,7 +61,9 @@ pub fn process_setup(
     name: &str,
     default_http_addr: std::net::SocketAddr,
 ) -> Result<(Config, CancellationToken, Telemetry), config::ConfigError> {
-    let telemetry = telemetry::init(name, "info");
+    // lapin logs every failed connection itself, three lines at error per attempt to
+    // reconnect; the session reports the same failure once, with its context.
+    let telemetry = telemetry::init(name, "info,lapin=off");
     let config = Config::from_env(default_http_addr)?;
     Ok((config, shutdown::on_signal(), telemetry))
 }

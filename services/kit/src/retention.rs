@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{db::Db, metrics::Metrics};
+use crate::{
+    db::{self, Db},
+    metrics::Metrics,
+    outage::Outage,
+};
 
 /// Rows deleted per statement: small enough for a short transaction.
 const BATCH: i64 = 2_000;
@@ -50,9 +54,14 @@ const INBOX: Table = Table {
 /// Prunes both tables every `retention.interval` until `shutdown`. A database that is away is
 /// simply tried again next time: nothing depends on pruning being prompt.
 pub async fn run(db: Db, retention: Retention, metrics: Metrics, shutdown: CancellationToken) {
+    let database = Outage::new("the database (as retention sees it)");
     loop {
         for (table, window) in [(&OUTBOX, retention.outbox), (&INBOX, retention.inbox)] {
-            match prune(&db, table, window, &shutdown).await {
+            let pruned = prune(&db, table, window, &shutdown).await;
+            if pruned.is_ok() {
+                database.answered();
+            }
+            match pruned {
                 Ok(0) => {}
                 Ok(deleted) => {
                     metrics.add("shop_rows_pruned_total", &[("table", table.name)], deleted);
@@ -63,6 +72,7 @@ pub async fn run(db: Db, retention: Retention, metrics: Metrics, shutdown: Cance
                         tracing::warn!(table = table.name, error = %e, "vacuum after pruning failed");
                     }
                 }
+                Err(e) if db::is_connection_error(&e) => database.failed(&e),
                 Err(e) => tracing::warn!(table = table.name, error = %e, "pruning failed"),
             }
         }
@@ -82,12 +92,11 @@ async fn prune(
 ) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
     while !shutdown.is_cancelled() {
-        let batch = sqlx::query(table.delete_batch)
+        let delete = sqlx::query(table.delete_batch)
             .bind(window.as_secs_f64())
             .bind(BATCH)
-            .execute(&db.pool)
-            .await?
-            .rows_affected();
+            .execute(&db.pool);
+        let batch = db.bounded(delete).await?.rows_affected();
         deleted += batch;
         if batch < u64::try_from(BATCH).unwrap_or(u64::MAX) {
             break;

@@ -18,6 +18,7 @@ use crate::{
     consumer::{ConsumeError, Consumer},
     handler::Service,
     metrics::Metrics,
+    outage::Outage,
     outbox::Relay,
     publisher::{PublishError, Publisher},
     telemetry::ErrorChain,
@@ -70,8 +71,10 @@ impl<S: Service> Supervisor<S> {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let service = self.consumer.service;
         let mut backoff = Backoff::capped(Duration::from_millis(100), self.reconnect_max);
+        // Logged as it begins, once a minute and as it ends, not per attempt to reconnect.
+        let broker = Outage::new("the broker");
         while !shutdown.is_cancelled() {
-            let result = self.session(&shutdown, &mut backoff).await;
+            let result = self.session(&shutdown, &mut backoff, &broker).await;
             self.connected.store(false, Ordering::SeqCst);
             match result {
                 Ok(()) => break,
@@ -79,7 +82,8 @@ impl<S: Service> Supervisor<S> {
                     // Its node may be the one that was lost: the next session tries another.
                     self.node.fetch_add(1, Ordering::SeqCst);
                     let delay = backoff.next_delay();
-                    tracing::warn!(service, error = %ErrorChain(&e), ?delay, "broker session ended; reconnecting");
+                    broker.failed(&ErrorChain(&e));
+                    tracing::debug!(service, error = %ErrorChain(&e), ?delay, "broker session ended; reconnecting");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
@@ -95,6 +99,7 @@ impl<S: Service> Supervisor<S> {
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
+        broker: &Outage,
     ) -> Result<(), SessionError> {
         let service = self.consumer.service;
         let node = self.node.load(Ordering::SeqCst) % self.amqp_urls.len().max(1);
@@ -133,6 +138,7 @@ impl<S: Service> Supervisor<S> {
         self.connected.store(true, Ordering::SeqCst);
         self.metrics.inc("shop_broker_sessions_total", &[]);
         backoff.reset();
+        broker.answered();
         tracing::info!(service, queue = %self.topology.queue, node, "connected to the broker; consuming");
 
         // Shutdown stops both halves, each finishing its in-flight work. A failing half stops
