@@ -111,14 +111,20 @@ impl<S: Service> Consumer<S> {
                 Err(reason) => refused.push((delivery, vouched, attempt, reason)),
             }
         }
-        let ended = tokio::time::timeout(bound, self.apply_all(&taken))
-            .await
-            .unwrap_or_else(|_| Err((Vec::new(), self.db.went_unanswered(bound))));
-        let dispositions = match ended {
-            Ok(dispositions) => {
+        // A batch refused whole needs no transaction (and no database).
+        let ended = if taken.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let ended = tokio::time::timeout(bound, self.apply_all(&taken))
+                .await
+                .unwrap_or_else(|_| Err((Vec::new(), self.db.went_unanswered(bound))));
+            if ended.is_ok() {
                 self.database.answered();
-                dispositions
             }
+            ended
+        };
+        let dispositions = match ended {
+            Ok(dispositions) => dispositions,
             // Not the messages' fault: none of them is tried again until the database answers.
             Err((_, error)) if db::is_connection_error(&error) => {
                 for (delivery, vouched, attempt, reason) in refused {
