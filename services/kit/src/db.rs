@@ -212,7 +212,7 @@ impl Db {
     pub(crate) async fn listen(&self, channels: &[&str]) -> Result<PgListener, sqlx::Error> {
         let own = PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(self.timeout)
             .connect_lazy_with(self.connect_options.clone());
         let mut listener = PgListener::connect_with(&own).await?;
         listener.listen_all(channels.iter().copied()).await?;

@@ -27,17 +27,16 @@ impl ChaosRun {
             load_duration.saturating_sub(network_busy) / u32::try_from(steps + 1).unwrap_or(1);
         let broker_at = steps / 3;
         let database_at = 2 * steps / 3;
-        // Spread between the others, never on the restarts' steps.
-        let network_at: Vec<usize> = (0..network_faults.len())
-            .map(|i| {
-                let at = (2 * i + 1) * steps / (2 * network_faults.len());
-                if at == broker_at || at == database_at {
-                    at + 1
-                } else {
-                    at
-                }
-            })
-            .collect();
+        // Spread between the others, each on a step of its own: a taken step passes it on to
+        // the next free one (there are enough: the restarts and the faults are all counted).
+        let mut network_at = Vec::with_capacity(network_faults.len());
+        for i in 0..network_faults.len() {
+            let mut at = (2 * i + 1) * steps / (2 * network_faults.len());
+            while at == broker_at || at == database_at || network_at.contains(&at) {
+                at = (at + 1) % steps;
+            }
+            network_at.push(at);
+        }
         let mut faults = Faults {
             broker_recovery: None,
             node_losses: Vec::new(),
