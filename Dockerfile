@@ -21,7 +21,7 @@ COPY . .
 # `shop` with the operator's commands only: the lab (chaos, bench) stays out of the image.
 RUN cargo build --release --locked \
         --bin orders --bin payment --bin inventory --bin shipping --bin notifications \
-        --bin console \
+        --bin console --bin order-saga \
  && cargo build --release --locked -p shop-cli --no-default-features --bin shop
 
 # ---- Run: a small image, no compiler, no shell tools needed, not root ----------------------
@@ -38,6 +38,7 @@ COPY --from=builder \
     /src/target/release/shipping \
     /src/target/release/notifications \
     /src/target/release/console \
+    /src/target/release/order-saga \
     /src/target/release/shop \
     /usr/local/bin/
 USER 10001:10001

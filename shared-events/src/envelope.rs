@@ -2,7 +2,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::Event;
+use crate::Message;
 
 /// The CloudEvents version of every message on the wire.
 pub const CLOUDEVENTS_SPEC_VERSION: &str = "1.0";
@@ -188,7 +188,7 @@ pub enum DecodeError {
 
 impl Envelope {
     /// Wraps a new fact. `causation_id` is the message that led to it, if any.
-    pub fn new<E: Event>(event: &E, causation_id: Option<Uuid>) -> Self {
+    pub fn new<E: Message>(event: &E, causation_id: Option<Uuid>) -> Self {
         Self {
             message_id: Uuid::now_v7(),
             event_type: E::TYPE.to_owned(),
@@ -221,7 +221,7 @@ impl Envelope {
     }
 
     /// The typed payload, if this envelope carries a readable `E`.
-    pub fn decode<E: Event>(&self) -> Result<E, DecodeError> {
+    pub fn decode<E: Message>(&self) -> Result<E, DecodeError> {
         if self.event_type != E::TYPE {
             return Err(DecodeError::WrongType {
                 expected: E::TYPE,

@@ -2,7 +2,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Event, EventInfo, participants};
+use crate::{Event, Kind, Message, MessageInfo, participants};
 
 /// Declares the catalog once: every event's type name, producer and routing key, and the
 /// `CATALOG` listing them, so the three can never disagree.
@@ -10,10 +10,13 @@ macro_rules! catalog {
     ($($event:ident => $producer:ident, $routing_key:literal
        $(, version $version:literal reading from $oldest:literal through $upgrade:path)?;)+) => {
         $(
-            impl Event for $event {
+            impl Event for $event {}
+
+            impl Message for $event {
                 const TYPE: &'static str = stringify!($event);
                 type Producer = participants::$producer;
                 const ROUTING_KEY: &'static str = $routing_key;
+                const KIND: Kind = Kind::Event;
                 $(
                     const VERSION: u32 = $version;
                     const OLDEST_READ: u32 = $oldest;
@@ -40,13 +43,13 @@ macro_rules! catalog {
         }
 
         /// Every event of the shop, in saga order.
-        pub const CATALOG: &[EventInfo] = &[
-            $(<$event as Event>::INFO,)+
+        pub const CATALOG: &[MessageInfo] = &[
+            $(<$event as Message>::INFO,)+
         ];
 
         /// Calls `visitor` with every event type of the catalog: how a listener that wants
         /// them all (the console) subscribes to each, including events added later.
-        pub fn visit_catalog(visitor: &mut impl EventVisitor) {
+        pub fn visit_catalog(visitor: &mut impl MessageVisitor) {
             $(visitor.visit::<$event>();)+
         }
     };
@@ -71,9 +74,10 @@ catalog! {
     ShipmentVoided => Shipping, "shipping.shipment_voided";
 }
 
-/// Something done once per event type of the catalog (see [`visit_catalog`]).
-pub trait EventVisitor {
-    fn visit<E: Event>(&mut self);
+/// Something done once per message type of a catalog (see [`visit_catalog`] and
+/// [`crate::visit_commands`]).
+pub trait MessageVisitor {
+    fn visit<M: Message>(&mut self);
 }
 
 /// The JSON Schema of `version` of an event's payload: the current one, or an older one

@@ -11,7 +11,7 @@ fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn round_trip<E: Event + Serialize + PartialEq + std::fmt::Debug>() {
+fn round_trip<E: Message + Serialize + PartialEq + std::fmt::Debug>() {
     let json = fixture(E::TYPE);
     let envelope: Envelope = serde_json::from_value(json.clone()).expect("envelope parses");
     assert_eq!(envelope.producer, E::PRODUCER);
@@ -48,6 +48,24 @@ fn every_catalog_event_round_trips_through_its_fixture() {
         CATALOG.len(),
         15,
         "a new event needs a fixture and a line above"
+    );
+}
+
+#[test]
+fn every_command_round_trips_through_its_fixture() {
+    round_trip::<ChargePayment>();
+    round_trip::<ReserveStock>();
+    round_trip::<BookShipment>();
+    round_trip::<RefundPayment>();
+    round_trip::<ReleaseStock>();
+    round_trip::<CancelShipment>();
+    round_trip::<ConfirmOrder>();
+    round_trip::<CancelOrder>();
+    round_trip::<SettleOrder>();
+    assert_eq!(
+        COMMANDS.len(),
+        9,
+        "a new command needs a fixture and a line above"
     );
 }
 

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use service_kit::{HandlerError, Routes, Service, ServiceSpec, headers, topology};
 use shared_events::{
-    Envelope, Event, OrderConfirmed, OrderPlaced, PaymentCompleted, StockReserved, participants,
+    Envelope, Message, OrderConfirmed, OrderPlaced, PaymentCompleted, StockReserved, participants,
 };
 use shop_lab::harness::order_placed;
 use shop_tests::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use service_kit::Config;
 use shared_events::{
-    Event, OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentRefunded, PaymentVoided,
+    Message, OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentRefunded, PaymentVoided,
     ReservationVoided, ShipmentBooked, ShipmentCancelled, ShipmentVoided, StockReleased,
     StockReserved,
 };

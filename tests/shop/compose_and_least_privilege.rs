@@ -23,8 +23,8 @@ use lapin::{
     types::FieldTable,
 };
 use serde_norway::Value;
-use service_kit::{Config, headers, publisher::envelope_properties};
-use shared_events::{Envelope, Event, OrderCancelled, PaymentCompleted};
+use service_kit::{Config, Style, headers, publisher::envelope_properties};
+use shared_events::{Envelope, Message, OrderCancelled, PaymentCompleted};
 use shop::SERVICES;
 use shop::provision::{Management, Settings};
 use shop_tests::{
@@ -35,11 +35,44 @@ use sqlx::Connection as _;
 use uuid::Uuid;
 
 fn compose() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
-    let text = std::fs::read_to_string(path).expect("docker-compose.yml at the workspace root");
+    compose_file("docker-compose.yml")
+}
+
+fn compose_file(name: &str) -> Value {
+    let path = format!("{}/../{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut compose: Value = serde_norway::from_str(&text).expect("valid YAML");
     compose.apply_merge().expect("merge keys resolve");
     compose
+}
+
+/// What `docker compose` runs in `style`: the orchestrated twin is docker-compose.yml with
+/// docker-compose.orchestration.yml over it (mappings merged, other values replaced).
+fn compose_in(style: Style) -> Value {
+    let mut compose = compose();
+    if style == Style::Orchestration {
+        merge(
+            &mut compose,
+            compose_file("docker-compose.orchestration.yml"),
+        );
+    }
+    compose
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(base), Value::Mapping(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
 }
 
 fn text(value: &Value) -> String {
@@ -81,16 +114,27 @@ fn with_defaults(value: &str) -> String {
 
 #[test]
 fn the_compose_file_sets_only_what_the_services_read_on_the_ports_they_serve() {
-    let compose = compose();
-    for entry in &SERVICES {
+    for style in Style::ALL {
+        compose_services_are_confined_and_probed(style);
+    }
+}
+
+fn compose_services_are_confined_and_probed(style: Style) {
+    let compose = compose_in(style);
+    for entry in SERVICES.iter().filter(|entry| entry.runs_in(style)) {
         let (service, default_addr) = (entry.name, entry.default_addr);
         let spec = &compose["services"][service];
         assert_eq!(
             text(&spec["command"][0]),
-            service,
+            entry.binary,
             "{service} runs its own binary"
         );
         let env = environment(&compose, service);
+        assert_eq!(
+            env.get("SHOP_STYLE").map_or("choreography", String::as_str),
+            style.name(),
+            "{service} runs in {style} style"
+        );
         for key in env.keys() {
             assert!(
                 service_kit::config::VARIABLES.contains(&key.as_str()),
@@ -164,6 +208,9 @@ fn the_compose_file_sets_only_what_the_services_read_on_the_ports_they_serve() {
             "provision: {key} is not read"
         );
     }
+    if style == Style::Orchestration {
+        return;
+    }
     for dependency in ["postgres", "rabbitmq"] {
         assert!(
             !text(&compose["services"][dependency]["healthcheck"]["test"][0]).is_empty(),
@@ -199,8 +246,11 @@ fn the_image_carries_every_binary_compose_runs_and_runs_them_as_non_root() {
         .expect("Dockerfile at the workspace root");
     let compose = compose();
     let mut binaries: Vec<String> = vec!["shop".to_owned()];
-    for service in shop::registry::names() {
-        binaries.push(text(&compose["services"][service]["command"][0]));
+    let orchestrated = compose_in(Style::Orchestration);
+    for entry in &SERVICES {
+        let command = text(&orchestrated["services"][entry.name]["command"][0]);
+        assert_eq!(command, entry.binary);
+        binaries.push(command);
     }
     binaries.push(text(&compose["services"]["provision"]["command"][0]));
     for binary in binaries {
@@ -272,7 +322,16 @@ impl Drop for VhostGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined() {
-    let compose = compose();
+    runs_confined(Style::Choreography).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrated_twin_runs_with_its_compose_override_and_only_the_saga_commands() {
+    runs_confined(Style::Orchestration).await;
+}
+
+async fn runs_confined(style: Style) {
+    let compose = compose_in(style);
     let env = Env::new().await;
     ensure_management_api().await;
     let vhost = format!("test-{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -321,7 +380,7 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
     // tests can run in parallel; the compose ports are checked above).
     let mut running = Vec::new();
     let mut service_env = BTreeMap::new();
-    for entry in &SERVICES {
+    for entry in SERVICES.iter().filter(|entry| entry.runs_in(style)) {
         let (service, default_addr) = (entry.name, entry.default_addr);
         let mut vars: BTreeMap<String, String> = environment(&compose, service)
             .into_iter()
@@ -429,11 +488,38 @@ async fn the_shop_runs_with_the_compose_environment_and_each_service_is_confined
         reading.to_string().contains("ACCESS_REFUSED") || reading.to_string().contains("access"),
         "{reading}"
     );
+    if style == Style::Orchestration {
+        // Only the saga sends commands: a participant's user may not write to the exchange.
+        let channel = connection.create_channel().await.expect("a new channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let commanding = channel
+            .basic_publish(
+                "shop.commands".into(),
+                "payment.refund_payment".into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                BasicProperties::default(),
+            )
+            .await;
+        let refused = match commanding {
+            Ok(confirm) => confirm.await.err(),
+            Err(e) => Some(e),
+        };
+        assert!(
+            refused.is_some_and(|e| e.to_string().contains("ACCESS_REFUSED")),
+            "inventory may not send a command"
+        );
+    }
     let _ = connection.close(200, "done".into()).await;
 
     let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
     let order_id: Uuid = order_id.parse().expect("an order id");
-    forged_events_are_not_believed(&service_env, &running, &amqp_url, order_id).await;
+    if style == Style::Choreography {
+        forged_events_are_not_believed(&service_env, &running, &amqp_url, order_id).await;
+    }
     received_events_name_their_producers_user(&http, orders_url, order_id).await;
 
     let broker = shop::audit::Broker {
@@ -666,7 +752,11 @@ fn the_cluster_profile_gives_every_service_all_three_nodes() {
             "{node} is a node of its own"
         );
     }
-    for entry in &SERVICES {
+    // The saga is the orchestration override's (docker-compose.orchestration.yml).
+    for entry in SERVICES
+        .iter()
+        .filter(|entry| entry.runs_in(Style::Choreography))
+    {
         let service = entry.name;
         let urls = with_defaults(&text(
             &cluster["services"][service]["environment"]["AMQP_URL"],

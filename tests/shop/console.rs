@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use shared_events::{CATALOG, Event, OrderPlaced};
+use shared_events::{CATALOG, Message, OrderPlaced};
 use shop_tests::{Shop, eventually};
 use uuid::Uuid;
 

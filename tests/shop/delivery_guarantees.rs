@@ -11,8 +11,8 @@ use std::{
 use serde_json::json;
 use service_kit::{HandlerError, Routes, Service, ServiceSpec, headers};
 use shared_events::{
-    Envelope, Event, OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCompleted, StockReserved,
-    participants,
+    Envelope, Message, OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCompleted,
+    StockReserved, participants,
 };
 use shop_lab::harness::order_placed;
 use shop_tests::{

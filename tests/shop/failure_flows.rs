@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use shared_events::{
-    Envelope, Event, OrderCancelled, OrderLine, OrderPlaced, PaymentCompleted, PaymentFailed,
+    Envelope, Message, OrderCancelled, OrderLine, OrderPlaced, PaymentCompleted, PaymentFailed,
     PaymentRefunded, PaymentVoided, ReservationVoided, ShipmentBooked, ShipmentFailed,
     ShipmentVoided, ShippingAddress, StockLine, StockReleased, StockReservationFailed,
     StockReserved,
@@ -402,7 +402,7 @@ async fn the_auditor_names_the_order_behind_each_broken_invariant() {
     // Break the books behind the services' backs, one invariant at a time, with the services
     // stopped: a running relay would re-publish the outbox rows marked unsent below before the
     // auditor could see them.
-    for service in shop::registry::names() {
+    for service in shop::registry::names_in(service_kit::Style::Choreography) {
         shop.stop_service(service).await;
     }
     let pool = &shop.env.pool;

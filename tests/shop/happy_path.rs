@@ -4,7 +4,7 @@
 
 use serde_json::json;
 use shared_events::{
-    Event, OrderConfirmed, OrderPlaced, PaymentCompleted, ShipmentBooked, StockReserved,
+    Message, OrderConfirmed, OrderPlaced, PaymentCompleted, ShipmentBooked, StockReserved,
 };
 use shop_tests::{Seen, Shop, eventually, metric, metrics_text, order_body};
 

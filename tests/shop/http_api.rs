@@ -347,9 +347,14 @@ async fn a_full_backlog_sheds_new_orders_with_retry_after_until_it_drains() {
     // is declared first (as `shop up` does), so the others find those orders when they start.
     let mut shop = Shop::start_with(&["orders"], |config| config.max_pending_orders = 3).await;
     let config = shop.env.config();
-    shop::provision::declare_topologies(&config.amqp_url, &config.namespace, &config.retry_delays)
-        .await
-        .expect("every queue declared");
+    shop::provision::declare_topologies(
+        &config.amqp_url,
+        &config.namespace,
+        config.style,
+        &config.retry_delays,
+    )
+    .await
+    .expect("every queue declared");
     let (http, url) = (shop.http.clone(), format!("{}/orders", shop.url("orders")));
     let post = move |key: String| {
         http.post(&url)
@@ -409,7 +414,7 @@ async fn a_full_backlog_sheds_new_orders_with_retry_after_until_it_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offered_far_more_than_it_settles_the_shop_sheds_some_and_settles_every_order_it_accepted()
 {
-    let shop = Shop::start_with(&shop::registry::names().collect::<Vec<_>>(), |config| {
+    let shop = Shop::start_in_with(service_kit::Style::Choreography, |config| {
         config.max_pending_orders = 10;
     })
     .await;

@@ -15,5 +15,6 @@ mod http_api;
 mod http_edge;
 mod kubernetes;
 mod observability;
+mod orchestration;
 mod two_databases;
 mod versions;

@@ -84,7 +84,7 @@ async fn the_shop_runs_and_audits_across_two_postgres_servers() {
         .expect("a database on the second server");
     let second_url = service_kit::config::with_database(&second.admin_url(), &database);
 
-    for name in shop::registry::names() {
+    for name in shop::registry::names_in(service_kit::Style::Choreography) {
         if ON_THE_SECOND.contains(&name) {
             shop.start_service_on(name, &second_url).await;
         } else {
@@ -104,7 +104,7 @@ async fn the_shop_runs_and_audits_across_two_postgres_servers() {
 
     // Each schema is where it was put, and only there.
     let second_pool = PgPool::connect(&second_url).await.expect("second pool");
-    for schema in shop::registry::names() {
+    for schema in shop::registry::names_in(service_kit::Style::Choreography) {
         let on_first: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
                 .bind(schema)
@@ -154,7 +154,7 @@ async fn the_shop_runs_and_audits_across_two_postgres_servers() {
     );
 
     second_pool.close().await;
-    for service in shop::registry::names() {
+    for service in shop::registry::names_in(service_kit::Style::Choreography) {
         shop.stop_service(service).await;
     }
     shop.stop().await;

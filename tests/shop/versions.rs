@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 use service_kit::{dead_letters, topology::Topology};
-use shared_events::{Envelope, Event, OrderPlaced, PaymentCompleted};
+use shared_events::{Envelope, Message, OrderPlaced, PaymentCompleted};
 use shop_tests::{
     Shop, TakenMessage, TestPublisher, amqp_url, eventually, order_body, take_dead_letters,
     take_queued,

@@ -81,7 +81,7 @@ impl Spy {
     }
 
     /// Waits until the spy has seen an `E` for the order; returns it.
-    pub async fn wait_for<E: Event>(&self, order_id: Uuid) -> Seen {
+    pub async fn wait_for<E: Message>(&self, order_id: Uuid) -> Seen {
         let event_type = E::TYPE;
         eventually(&format!("{event_type} for {order_id}"), || async {
             self.for_order(order_id)

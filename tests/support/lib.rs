@@ -21,11 +21,11 @@ use lapin::{
 };
 use serde_json::{Value, json};
 use service_kit::{
-    BoundService, CancellationToken, Config, ErrorChain, Outbox, headers,
+    BoundService, CancellationToken, Config, ErrorChain, Outbox, Style, headers,
     publisher::{envelope_properties, header_text},
     topology,
 };
-use shared_events::{CATALOG, Envelope, Event};
+use shared_events::{CATALOG, Envelope, Event, Message};
 pub use shop_lab::harness::Seen;
 use shop_lab::harness::{EventTap, Sandbox};
 use sqlx::PgPool;

@@ -81,9 +81,20 @@ pub struct Shop {
 }
 
 impl Shop {
+    /// Every service of the (default) choreographed shop.
     pub async fn start() -> Self {
-        let all: Vec<&str> = shop::registry::names().collect();
-        Self::start_only(&all).await
+        Self::start_in(Style::Choreography).await
+    }
+
+    /// Every service of a shop of `style` (the orchestrated one runs the saga too).
+    pub async fn start_in(style: Style) -> Self {
+        Self::start_in_with(style, |_| {}).await
+    }
+
+    /// [`Shop::start_in`], each service's test configuration adjusted by `tweak`.
+    pub async fn start_in_with(style: Style, tweak: fn(&mut Config)) -> Self {
+        let all: Vec<&str> = shop::registry::names_in(style).collect();
+        Self::start_styled(style, &all, tweak).await
     }
 
     pub async fn start_only(names: &[&str]) -> Self {
@@ -92,7 +103,12 @@ impl Shop {
 
     /// Starts `names` with their test configuration adjusted by `tweak`.
     pub async fn start_with(names: &[&str], tweak: fn(&mut Config)) -> Self {
-        let env = Env::new().await;
+        Self::start_styled(Style::Choreography, names, tweak).await
+    }
+
+    async fn start_styled(style: Style, names: &[&str], tweak: fn(&mut Config)) -> Self {
+        let mut env = Env::new().await;
+        env.style = style;
         // The spy first: it declares the exchange and sees every event from the start.
         let spy = Spy::start(&env.namespace).await;
         let mut shop = Self {

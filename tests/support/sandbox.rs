@@ -40,6 +40,8 @@ impl HangGuard {
 /// (or when dropped, if the test failed first).
 pub struct Env {
     pub namespace: String,
+    /// The style its services run in (`config().style`).
+    pub style: Style,
     pub database: String,
     pub database_url: String,
     pub pool: PgPool,
@@ -62,6 +64,7 @@ impl Env {
             .expect("connect to the test database");
         Self {
             namespace: sandbox.namespace.clone(),
+            style: Style::Choreography,
             database: sandbox.database.clone(),
             database_url: sandbox.database_url.clone(),
             pool,
@@ -77,6 +80,7 @@ impl Env {
         config.amqp_url = amqp_url();
         config.database_url = self.database_url.clone();
         config.namespace = self.namespace.clone();
+        config.style = self.style;
         config.db_pool_size = 3;
         config.prefetch = 16;
         config.outbox_sweep_interval = Duration::from_millis(500);

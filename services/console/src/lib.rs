@@ -1,7 +1,8 @@
 //! # Console
 //!
 //! - **Subscribes to** every event of the catalog (each one it is given by
-//!   [`shared_events::visit_catalog`], so an event added later is picked up by itself).
+//!   [`shared_events::visit_catalog`], so an event added later is picked up by itself), and in
+//!   the orchestrated style to every command as it passes.
 //! - **Owns** `console.events`: what it heard, its only source. It never reads another
 //!   service's schema and calls no service, except the public Orders API when a visitor presses
 //!   a button (placing or cancelling an order, as any client would). It peeks at every
@@ -18,33 +19,36 @@ pub use api::DEMO_CUSTOMER;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
-use shared_events::{Event, EventVisitor, participants, visit_catalog};
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec, Style};
+use shared_events::{Message, MessageVisitor, participants, visit_catalog, visit_commands};
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8085);
 
 /// What the console reacts to: everything, the same way. This table also declares the
 /// queue's bindings.
-pub fn routes() -> Routes<Console> {
-    struct EveryEvent(Routes<Console>);
+pub fn routes(style: Style) -> Routes<Console> {
+    struct Everything(Routes<Console>);
 
-    impl EventVisitor for EveryEvent {
-        fn visit<E: Event>(&mut self) {
+    impl MessageVisitor for Everything {
+        fn visit<M: Message>(&mut self) {
             let routes = std::mem::take(&mut self.0);
-            self.0 = routes.on::<E>(|console, ctx, event| Box::pin(console.record(ctx, event)));
+            self.0 = routes.on::<M>(|console, ctx, message| Box::pin(console.record(ctx, message)));
         }
     }
 
-    let mut every = EveryEvent(Routes::new());
-    visit_catalog(&mut every);
-    every.0
+    let mut everything = Everything(Routes::new());
+    visit_catalog(&mut everything);
+    if style == Style::Orchestration {
+        visit_commands(&mut everything);
+    }
+    everything.0
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/console"),
-        routes: routes(),
+        routes: routes(config.style),
         state: Console,
         http: Some(api::routes),
         guards_customer_data: false,
@@ -64,7 +68,7 @@ type Ctx = service_kit::Ctx<participants::Console>;
 
 impl Console {
     /// Keeps the event as heard, for the page.
-    async fn record<E: Event>(&self, ctx: &mut Ctx, event: E) -> Result<(), HandlerError> {
+    async fn record<E: Message>(&self, ctx: &mut Ctx, event: E) -> Result<(), HandlerError> {
         let payload = serde_json::to_value(&event)
             .map_err(|e| HandlerError::Rejected(format!("payload not serializable: {e}")))?;
         let payload = without_personal_data(payload);

@@ -1,8 +1,10 @@
 //! # Inventory
 //!
-//! - **Subscribes to** OrderPlaced (remember what the order contains), PaymentCompleted
-//!   (reserve it, all or nothing), ShipmentFailed (release what was reserved), OrderCancelled
-//!   (release what is held, or make sure nothing ever is, and say which).
+//! - **Subscribes to** (choreography) OrderPlaced (remember what the order contains),
+//!   PaymentCompleted (reserve it, all or nothing), ShipmentFailed (release what was reserved),
+//!   OrderCancelled (release what is held, or make sure nothing ever is, and say which).
+//! - **Handles** (orchestration) ReserveStock (remember and reserve) and ReleaseStock (the
+//!   cancellation's undo): the same decisions.
 //! - **Owns** `inventory.stock`, `inventory.order_items`, `inventory.reservations`; serves
 //!   `GET /stock` so stock can be watched from outside.
 //! - **Announces** StockReserved, StockReservationFailed, StockReleased, ReservationVoided.
@@ -17,34 +19,51 @@ use std::{
 use axum::{Json, Router, extract::State, routing::get};
 use domain::{Release, ReservationStatus, Undo};
 use serde::Serialize;
-use service_kit::{ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec};
+use service_kit::{
+    ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec, Style,
+};
 use shared_events::{
-    OrderCancelled, OrderPlaced, PaymentCompleted, ReservationVoided, ShipmentFailed, StockLine,
-    StockReleased, StockReservationFailed, StockReserved, participants,
+    OrderCancelled, OrderLine, OrderPlaced, PaymentCompleted, ReleaseStock, ReservationVoided,
+    ReserveStock, ShipmentFailed, StockLine, StockReleased, StockReservationFailed, StockReserved,
+    participants,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
 
-/// What inventory reacts to, and how. This table also declares the queue's bindings.
-pub fn routes() -> Routes<Inventory> {
-    Routes::<Inventory>::new()
-        .on::<OrderPlaced>(|inventory, ctx, event| Box::pin(inventory.remember_items(ctx, event)))
-        .on::<PaymentCompleted>(|inventory, ctx, event| {
-            Box::pin(inventory.reserve(ctx, event.order_id))
-        })
-        .on::<ShipmentFailed>(|inventory, ctx, event| {
-            Box::pin(inventory.release(ctx, event.order_id))
-        })
-        .on::<OrderCancelled>(|inventory, ctx, event| Box::pin(inventory.undo(ctx, event.order_id)))
+/// What inventory reacts to (or, orchestrated, is told to do), and how. This table also
+/// declares the queue's bindings.
+pub fn routes(style: Style) -> Routes<Inventory> {
+    match style {
+        Style::Choreography => Routes::<Inventory>::new()
+            .on::<OrderPlaced>(|inventory, ctx, event| {
+                Box::pin(inventory.remember_items(ctx, event.order_id, event.items))
+            })
+            .on::<PaymentCompleted>(|inventory, ctx, event| {
+                Box::pin(inventory.reserve(ctx, event.order_id))
+            })
+            .on::<ShipmentFailed>(|inventory, ctx, event| {
+                Box::pin(inventory.release(ctx, event.order_id))
+            })
+            .on::<OrderCancelled>(|inventory, ctx, event| {
+                Box::pin(inventory.undo(ctx, event.order_id))
+            }),
+        Style::Orchestration => Routes::<Inventory>::new()
+            .on::<ReserveStock>(|inventory, ctx, command| {
+                Box::pin(inventory.remember_and_reserve(ctx, command))
+            })
+            .on::<ReleaseStock>(|inventory, ctx, command| {
+                Box::pin(inventory.undo(ctx, command.order_id))
+            }),
+    }
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/inventory"),
-        routes: routes(),
+        routes: routes(config.style),
         state: Inventory,
         http: Some(|api| Router::new().route("/stock", get(stock)).with_state(api.db)),
         guards_customer_data: false,
@@ -63,19 +82,36 @@ impl Service for Inventory {
 type Ctx = service_kit::Ctx<participants::Inventory>;
 
 impl Inventory {
-    async fn remember_items(&self, ctx: &mut Ctx, order: OrderPlaced) -> Result<(), HandlerError> {
-        for line in domain::quantities_by_sku(&order.items) {
+    async fn remember_items(
+        &self,
+        ctx: &mut Ctx,
+        order_id: Uuid,
+        items: Vec<OrderLine>,
+    ) -> Result<(), HandlerError> {
+        for line in domain::quantities_by_sku(&items) {
             sqlx::query(
                 "INSERT INTO inventory.order_items (order_id, sku, quantity) VALUES ($1, $2, $3)
                  ON CONFLICT (order_id, sku) DO NOTHING",
             )
-            .bind(order.order_id)
+            .bind(order_id)
             .bind(&line.sku)
             .bind(quantity(&line)?)
             .execute(ctx.db())
             .await?;
         }
         Ok(())
+    }
+
+    /// The saga's ReserveStock carries the lines: what OrderPlaced and PaymentCompleted do in
+    /// the choreography, in one step.
+    async fn remember_and_reserve(
+        &self,
+        ctx: &mut Ctx,
+        command: ReserveStock,
+    ) -> Result<(), HandlerError> {
+        self.remember_items(ctx, command.order_id, command.items)
+            .await?;
+        self.reserve(ctx, command.order_id).await
     }
 
     async fn reserve(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::auth::AuthSettings;
+use crate::{auth::AuthSettings, style::Style};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,6 +21,9 @@ pub struct Config {
     pub database_url: String,
     /// `SHOP_NAMESPACE`: prefix of the exchange and of every queue.
     pub namespace: String,
+    /// `SHOP_STYLE`: `choreography` (the default: services react to each other's events) or
+    /// `orchestration` (the saga sends commands); every service of a shop must share it.
+    pub style: Style,
     /// `HTTP_ADDR`: where this process serves health, metrics and its API.
     pub http_addr: SocketAddr,
     /// `DB_POOL_SIZE`
@@ -100,6 +103,7 @@ pub const VARIABLES: &[&str] = &[
     "AMQP_RECONNECT_MAX_MS",
     "DATABASE_URL",
     "SHOP_NAMESPACE",
+    "SHOP_STYLE",
     "HTTP_ADDR",
     "RUST_LOG",
     "LOG_FORMAT",
@@ -174,6 +178,7 @@ impl Config {
             amqp_reconnect_max: Duration::from_secs(3),
             database_url: DEFAULT_DATABASE_URL.to_owned(),
             namespace: DEFAULT_NAMESPACE.to_owned(),
+            style: Style::default(),
             http_addr,
             db_pool_size: 10,
             db_timeout: Duration::from_secs(3),
@@ -361,6 +366,9 @@ impl Config {
         }
         if let Some(namespace) = var("SHOP_NAMESPACE") {
             config.namespace = namespace;
+        }
+        if let Some(style) = var("SHOP_STYLE") {
+            config.style = parse("SHOP_STYLE", &style)?;
         }
         if let Some(addr) = var("HTTP_ADDR") {
             config.http_addr = parse("HTTP_ADDR", &addr)?;

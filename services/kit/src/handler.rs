@@ -5,7 +5,7 @@
 use std::{future::Future, marker::PhantomData, pin::Pin};
 
 use chrono::{DateTime, Utc};
-use shared_events::{DecodeError, Envelope, Event, EventInfo, Participant};
+use shared_events::{Command, DecodeError, Envelope, Event, Message, MessageInfo, Participant};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -37,7 +37,7 @@ pub enum HandlerError {
 
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
 
-/// A handler for one event type: the service state, the transaction context, the event.
+/// A handler for one message type: the service state, the transaction context, the message.
 pub type Handler<S, E> =
     for<'a> fn(&'a S, &'a mut Ctx<<S as Service>::Participant>, E) -> HandlerFuture<'a>;
 
@@ -52,14 +52,15 @@ type ErasedHandler<S> = Box<
 >;
 
 struct Route<S: Service> {
-    event: EventInfo,
+    event: MessageInfo,
     /// Whether the handler can read this envelope (any version it claims, upgraded).
     read: fn(&Envelope) -> Result<(), DecodeError>,
     handle: ErasedHandler<S>,
 }
 
-/// The subscription table of a service: which events it reacts to and with what. The same
-/// table dispatches deliveries and declares the queue bindings, so they cannot drift apart.
+/// The subscription table of a service: which events it reacts to (and, in the orchestrated
+/// style, which commands it handles) and with what. The same table dispatches deliveries and
+/// declares the queue bindings, so they cannot drift apart.
 pub struct Routes<S: Service> {
     routes: Vec<Route<S>>,
 }
@@ -75,8 +76,8 @@ impl<S: Service> Routes<S> {
         Self::default()
     }
 
-    /// Subscribes to `E`, handled by `handler`.
-    pub fn on<E: Event>(mut self, handler: Handler<S, E>) -> Self {
+    /// Subscribes to `E` (an event, or a command sent to this service), handled by `handler`.
+    pub fn on<E: Message>(mut self, handler: Handler<S, E>) -> Self {
         assert!(
             self.find(E::TYPE).is_none(),
             "{} is subscribed twice",
@@ -96,7 +97,7 @@ impl<S: Service> Routes<S> {
     }
 
     /// The events subscribed to, in the order they were added.
-    pub fn subscriptions(&self) -> Vec<EventInfo> {
+    pub fn subscriptions(&self) -> Vec<MessageInfo> {
         self.routes.iter().map(|r| r.event).collect()
     }
 
@@ -109,8 +110,22 @@ impl<S: Service> Routes<S> {
         (route.read)(envelope).map_err(|e| e.to_string())
     }
 
-    pub(crate) fn routing_keys(&self) -> Vec<&'static str> {
-        self.routes.iter().map(|r| r.event.routing_key).collect()
+    /// The routing keys of the events subscribed to (on the events exchange).
+    pub(crate) fn event_keys(&self) -> Vec<&'static str> {
+        self.keys(false)
+    }
+
+    /// The routing keys of the commands handled (on the commands exchange).
+    pub(crate) fn command_keys(&self) -> Vec<&'static str> {
+        self.keys(true)
+    }
+
+    fn keys(&self, commands: bool) -> Vec<&'static str> {
+        self.routes
+            .iter()
+            .filter(|r| r.event.is_command() == commands)
+            .map(|r| r.event.routing_key)
+            .collect()
     }
 
     /// Hands the envelope to the handler of its type, if the service subscribes to it.
@@ -263,6 +278,13 @@ impl<P: Participant> UnitOfWork<P> {
     pub async fn announce<E: Event<Producer = P>>(&mut self, event: &E) -> Result<(), sqlx::Error> {
         self.announced.push(Pending::new(event, self.cause));
         Ok(())
+    }
+
+    /// Sends `command` to the service that handles it (caused by the message being handled,
+    /// if any), through the outbox like an event: only if the unit of work commits. Only the
+    /// commands' producer, the saga, can send one.
+    pub fn send<C: Command<Producer = P>>(&mut self, command: &C) {
+        self.announced.push(Pending::new(command, self.cause));
     }
 
     /// Writes what was announced to the outbox (one statement for all) and commits, then hands

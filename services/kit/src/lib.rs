@@ -37,6 +37,7 @@ mod retention;
 mod service;
 mod session;
 mod shutdown;
+pub mod style;
 pub mod telemetry;
 pub mod topology;
 
@@ -50,6 +51,7 @@ pub use outage::Outage;
 pub use outbox::Outbox;
 pub use service::{ApiContext, BackgroundFuture, BoundService, Error, ServiceSpec, bind};
 pub use shutdown::on_signal as shutdown_on_signal;
+pub use style::Style;
 pub use telemetry::{ErrorChain, Telemetry, init_logs};
 pub use tokio_util::sync::CancellationToken;
 

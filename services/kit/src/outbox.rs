@@ -8,7 +8,7 @@ use std::{collections::HashMap, marker::PhantomData, time::Duration};
 
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use opentelemetry_semantic_conventions::attribute as semconv;
-use shared_events::{Envelope, Event, Participant};
+use shared_events::{Envelope, Event, Message, Participant};
 use sqlx::PgConnection;
 use tokio::{
     sync::{Mutex, mpsc},
@@ -25,6 +25,7 @@ use crate::{
     outage::Outage,
     publisher::{Outgoing, PublishError, Publisher, envelope_properties},
     telemetry::{self, ErrorChain},
+    topology::Topology,
 };
 
 /// Rows a sweep publishes per transaction: bounded so a backlog drains in steps that each commit.
@@ -72,7 +73,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub(crate) fn new<E: Event>(event: &E, causation_id: Option<Uuid>) -> Self {
+    pub(crate) fn new<E: Message>(event: &E, causation_id: Option<Uuid>) -> Self {
         let mut envelope = Envelope::new(event, causation_id);
         // The row keeps the announcing span's trace context: a publish seconds later, or after
         // a crash, still joins the trace it belongs to.
@@ -187,7 +188,7 @@ impl Relay {
     pub(crate) async fn run(
         &self,
         publisher: &Publisher,
-        exchange: &str,
+        topology: &Topology,
         stop: &CancellationToken,
     ) -> Result<(), PublishError> {
         let mut feed = self.feed.lock().await;
@@ -196,7 +197,7 @@ impl Relay {
         while feed.try_recv().is_ok() {}
         let (confirmed, to_mark) = mpsc::unbounded_channel();
         let publishing = async move {
-            self.publish(&mut feed, publisher, exchange, stop, confirmed)
+            self.publish(&mut feed, publisher, topology, stop, confirmed)
                 .await
         };
         let (result, ()) = tokio::join!(publishing, self.mark_sent(to_mark));
@@ -207,7 +208,7 @@ impl Relay {
         &self,
         feed: &mut Feed,
         publisher: &Publisher,
-        exchange: &str,
+        topology: &Topology,
         stop: &CancellationToken,
         confirmed: mpsc::UnboundedSender<i64>,
     ) -> Result<(), PublishError> {
@@ -224,6 +225,7 @@ impl Relay {
                 () = stop.cancelled(), if in_flight.is_empty() => return Ok(()),
                 Some(event) = feed.recv(), if !stop.is_cancelled() => {
                     let Announced { id, routing_key, mut envelope } = event;
+                    let exchange = topology.exchange_for(&envelope.event_type);
                     let span = publish_span(exchange, routing_key, &mut envelope);
                     let body = envelope.to_json();
                     let message = Outgoing {
@@ -245,7 +247,7 @@ impl Relay {
                     }
                 }
                 _ = sweep.tick(), if in_flight.is_empty() && !stop.is_cancelled() => {
-                    self.sweep(publisher, exchange, grace).await?;
+                    self.sweep(publisher, topology, grace).await?;
                     grace = SWEEP_GRACE;
                 }
             }
@@ -306,11 +308,11 @@ impl Relay {
     async fn sweep(
         &self,
         publisher: &Publisher,
-        exchange: &str,
+        topology: &Topology,
         grace: Duration,
     ) -> Result<(), PublishError> {
         loop {
-            let swept = self.sweep_batch(publisher, exchange, grace).await;
+            let swept = self.sweep_batch(publisher, topology, grace).await;
             if swept.is_ok() {
                 self.database.answered();
             }
@@ -336,7 +338,7 @@ impl Relay {
     async fn sweep_batch(
         &self,
         publisher: &Publisher,
-        exchange: &str,
+        topology: &Topology,
         grace: Duration,
     ) -> Result<BatchOutcome, sqlx::Error> {
         let mut tx = self.db.bounded(self.db.begin()).await?;
@@ -359,7 +361,13 @@ impl Relay {
 
         let spans: Vec<Span> = rows
             .iter_mut()
-            .map(|(_, routing_key, envelope)| publish_span(exchange, routing_key, envelope))
+            .map(|(_, routing_key, envelope)| {
+                publish_span(
+                    topology.exchange_for(&envelope.event_type),
+                    routing_key,
+                    envelope,
+                )
+            })
             .collect();
         let bodies: Vec<Vec<u8>> = rows
             .iter()
@@ -369,7 +377,7 @@ impl Relay {
             .iter()
             .zip(&bodies)
             .map(|((_, routing_key, envelope), body)| Outgoing {
-                exchange,
+                exchange: topology.exchange_for(&envelope.event_type),
                 routing_key,
                 body,
                 properties: envelope_properties(envelope),

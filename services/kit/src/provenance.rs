@@ -7,7 +7,7 @@
 //! dead-lettered at once with what did not match.
 
 use lapin::message::Delivery;
-use shared_events::{CATALOG, Envelope};
+use shared_events::{Envelope, message_info};
 
 use crate::{consumer::headers, publisher::header_text, topology::Topology};
 
@@ -54,10 +54,8 @@ pub(crate) fn check(
     vouched: &Vouched,
     users_per_service: bool,
 ) -> Result<(), String> {
-    let Some(event) = CATALOG
-        .iter()
-        .find(|event| event.event_type == envelope.event_type)
-    else {
+    // An event's producer announces it; a command's, the saga, sends it.
+    let Some(event) = message_info(&envelope.event_type) else {
         return Ok(());
     };
     let (event_type, producer) = (event.event_type, event.producer);
@@ -84,7 +82,7 @@ pub(crate) fn check(
 
 #[cfg(test)]
 mod tests {
-    use shared_events::{Event, OrderCancelled, OrderConfirmed};
+    use shared_events::{ChargePayment, Message, OrderCancelled, OrderConfirmed};
     use uuid::Uuid;
 
     use super::*;
@@ -151,5 +149,25 @@ mod tests {
             );
             assert_eq!(check(&envelope, &under_its_key, false), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_command_is_believed_only_from_the_saga() {
+        let charge = Envelope::new(
+            &ChargePayment {
+                order_id: Uuid::now_v7(),
+                total_cents: 1250,
+                currency: "EUR".to_owned(),
+                payment_method: "card".to_owned(),
+            },
+            None,
+        );
+        let from_the_saga = vouched(ChargePayment::ROUTING_KEY, Some("saga"));
+        assert_eq!(check(&charge, &from_the_saga, true), Ok(()));
+        let from_payment = vouched(ChargePayment::ROUTING_KEY, Some("payment"));
+        assert!(
+            check(&charge, &from_payment, true)
+                .is_err_and(|reason| reason.contains("only saga announces it"))
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use axum::{Router, extract::FromRef};
-use shared_events::{CATALOG, Participant};
+use shared_events::{CATALOG, COMMANDS, Participant};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ use crate::{
     publisher::broker_user,
     retention::{self, Retention},
     session::Supervisor,
+    style::{Style, StyleConflict},
     topology::Topology,
 };
 
@@ -97,6 +98,10 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Style(#[from] StyleConflict),
+    #[error("{service} does not run in {style} style")]
+    NotInStyle { service: &'static str, style: Style },
     #[error(
         "no identity provider: set AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE (or, on a \
          laptop only, AUTH_DISABLED=true)"
@@ -227,15 +232,22 @@ async fn run<S: Service>(
             shutdown.clone(),
         ));
 
-        let topology = Arc::new(Topology::new(
+        let mut topology = Topology::new(
             &config.namespace,
             service,
-            spec.routes.routing_keys(),
+            spec.routes.event_keys(),
             &config.retry_delays,
-        ));
-        // The catalog says what this participant announces; with nothing to announce, no
-        // relay runs.
-        let announces = CATALOG.iter().any(|event| event.producer == service);
+        );
+        if config.style == Style::Orchestration {
+            topology = topology.with_commands(spec.routes.command_keys());
+        }
+        let topology = Arc::new(topology);
+        // The catalog says what this participant announces or sends; with nothing to
+        // announce, no relay runs.
+        let announces = CATALOG
+            .iter()
+            .chain(COMMANDS)
+            .any(|message| message.producer == service);
         let supervisor = Supervisor {
             // Processes of a fleet start on different nodes of a cluster, not all on the first.
             node: AtomicUsize::new(fastrand::usize(..config.amqp_urls().len().max(1))),
@@ -244,6 +256,8 @@ async fn run<S: Service>(
             connect_timeout: config.amqp_connect_timeout,
             reconnect_max: config.amqp_reconnect_max,
             topology: topology.clone(),
+            style: config.style,
+            namespace: config.namespace.clone(),
             consumer: Consumer {
                 service,
                 state: Arc::new(spec.state),
@@ -269,13 +283,13 @@ async fn run<S: Service>(
             connected: broker_connected,
             metrics,
         };
-        supervisor.run(shutdown.clone()).await;
+        let supervised = supervisor.run(shutdown.clone()).await;
         shutdown.cancel();
         let _ = pruner.await;
         if let Some(background) = background {
             let _ = background.await;
         }
-        Ok(())
+        Ok(supervised?)
     }
     .await;
 

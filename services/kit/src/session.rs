@@ -21,6 +21,7 @@ use crate::{
     outage::Outage,
     outbox::Relay,
     publisher::{PublishError, Publisher},
+    style::{self, MarkerError, Style, StyleConflict},
     telemetry::ErrorChain,
     topology::Topology,
 };
@@ -38,6 +39,18 @@ enum SessionError {
     Consume(#[from] ConsumeError),
     #[error("outbox relay stopped")]
     Relay(#[from] PublishError),
+    /// Not a reason to reconnect: the service stops.
+    #[error(transparent)]
+    Style(StyleConflict),
+}
+
+impl From<MarkerError> for SessionError {
+    fn from(error: MarkerError) -> Self {
+        match error {
+            MarkerError::Broker(e) => Self::Setup(e),
+            MarkerError::Conflict(conflict) => Self::Style(conflict),
+        }
+    }
 }
 
 /// How often the session checks that both connections are still up.
@@ -60,6 +73,9 @@ pub(crate) struct Supervisor<S: Service> {
     /// `AMQP_RECONNECT_MAX_MS`: the longest wait between two sessions.
     pub(crate) reconnect_max: Duration,
     pub(crate) topology: Arc<Topology>,
+    /// `SHOP_STYLE`, held as a marker queue for the session's lifetime.
+    pub(crate) style: Style,
+    pub(crate) namespace: String,
     pub(crate) consumer: Consumer<S>,
     /// `None` for a service that announces nothing.
     pub(crate) relay: Option<Relay>,
@@ -68,7 +84,8 @@ pub(crate) struct Supervisor<S: Service> {
 }
 
 impl<S: Service> Supervisor<S> {
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
+    /// Runs sessions until `shutdown`; fails only if the shop runs in another style.
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), StyleConflict> {
         let service = self.consumer.service;
         let mut backoff = Backoff::capped(Duration::from_millis(100), self.reconnect_max);
         // Logged as it begins, once a minute and as it ends, not per attempt to reconnect.
@@ -78,6 +95,10 @@ impl<S: Service> Supervisor<S> {
             self.connected.store(false, Ordering::SeqCst);
             match result {
                 Ok(()) => break,
+                Err(SessionError::Style(conflict)) => {
+                    tracing::error!(service, error = %conflict, "refusing to run");
+                    return Err(conflict);
+                }
                 Err(e) => {
                     // Its node may be the one that was lost: the next session tries another.
                     self.node.fetch_add(1, Ordering::SeqCst);
@@ -92,6 +113,7 @@ impl<S: Service> Supervisor<S> {
             }
         }
         tracing::info!(service, "broker supervisor stopped");
+        Ok(())
     }
 
     /// One connected lifetime: returns `Ok` only when `shutdown` ended it.
@@ -122,15 +144,30 @@ impl<S: Service> Supervisor<S> {
             let publish_connection = connect("publish").await?;
             let consume_connection = connect("consume").await?;
             let channel = consume_connection.create_channel().await?;
+            let marker = style::hold_marker(
+                &consume_connection,
+                &channel,
+                &self.namespace,
+                self.style,
+                &format!("{service}-style"),
+            )
+            .await?;
             self.topology.declare(&channel).await?;
             // Per-consumer prefetch: `global` QoS is not implemented for quorum queues.
             channel
                 .basic_qos(self.prefetch, BasicQosOptions { global: false })
                 .await?;
             let publisher = Publisher::open(&publish_connection, amqp_url).await?;
-            Ok::<_, SessionError>((publish_connection, consume_connection, channel, publisher))
+            Ok::<_, SessionError>((
+                publish_connection,
+                consume_connection,
+                channel,
+                publisher,
+                marker,
+            ))
         };
-        let (publish_connection, consume_connection, channel, publisher) =
+        // The style's marker is held for as long as this session lives.
+        let (publish_connection, consume_connection, channel, publisher, _marker) =
             tokio::time::timeout(SETUP_TIMEOUT, setup)
                 .await
                 .map_err(|_| SessionError::SetupTimedOut(SETUP_TIMEOUT))??;
@@ -169,7 +206,7 @@ impl<S: Service> Supervisor<S> {
                 return Ok(());
             };
             let result = tokio::select! {
-                result = relay.run(&publisher, &self.topology.exchange, &stop) => result.map_err(SessionError::from),
+                result = relay.run(&publisher, &self.topology, &stop) => result.map_err(SessionError::from),
                 () = failed.cancelled() => Ok(()),
             };
             if let Err(e) = &result {

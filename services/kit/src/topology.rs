@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <ns>.events (topic) --routing keys from Routes--> <ns>.<service> (quorum work queue)
+//! <ns>.commands (topic; orchestrated style) --the commands it handles--> the same work queue
 //!
 //! <ns>.<service>.private (direct; only this service publishes to it)
 //!     --<ns>.<service>.retry.<ms>ms--> delay queue (quorum, TTL) --expired--> back to the work queue
@@ -33,6 +34,11 @@ pub fn exchange_name(namespace: &str) -> String {
     format!("{namespace}.events")
 }
 
+/// Where the saga sends commands in the orchestrated style; only its broker user may write here.
+pub fn commands_exchange_name(namespace: &str) -> String {
+    format!("{namespace}.commands")
+}
+
 pub fn queue_name(namespace: &str, service: &str) -> String {
     format!("{namespace}.{service}")
 }
@@ -48,6 +54,9 @@ pub fn private_exchange_name(namespace: &str, service: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub exchange: String,
+    pub commands_exchange: String,
+    /// Whether this service uses the commands exchange (the orchestrated style).
+    pub uses_commands: bool,
     /// Where retries, dead letters and re-driven messages are published.
     pub private_exchange: String,
     pub queue: String,
@@ -56,6 +65,8 @@ pub struct Topology {
     /// new queues instead of clashing with the old ones.
     pub retry_queues: Vec<(String, Duration)>,
     pub routing_keys: Vec<&'static str>,
+    /// The commands it handles, bound on the commands exchange.
+    pub command_keys: Vec<&'static str>,
 }
 
 impl Topology {
@@ -72,11 +83,30 @@ impl Topology {
             .collect();
         Self {
             exchange: exchange_name(namespace),
+            commands_exchange: commands_exchange_name(namespace),
+            uses_commands: false,
+            command_keys: Vec::new(),
             private_exchange: private_exchange_name(namespace, service),
             dead_letter_queue: dead_letter_queue_name(namespace, service),
             queue,
             retry_queues,
             routing_keys,
+        }
+    }
+
+    /// In the orchestrated style: declares the commands exchange and binds `command_keys`.
+    pub fn with_commands(mut self, command_keys: Vec<&'static str>) -> Self {
+        self.uses_commands = true;
+        self.command_keys = command_keys;
+        self
+    }
+
+    /// The exchange a message of this type is published to: commands to the commands
+    /// exchange, events to the events exchange.
+    pub fn exchange_for(&self, message_type: &str) -> &str {
+        match shared_events::message_info(message_type) {
+            Some(info) if info.is_command() => &self.commands_exchange,
+            _ => &self.exchange,
         }
     }
 
@@ -128,6 +158,12 @@ impl Topology {
 
         for routing_key in &self.routing_keys {
             bind(channel, &self.queue, &self.exchange, routing_key).await?;
+        }
+        if self.uses_commands {
+            declare_exchange(channel, &self.commands_exchange).await?;
+        }
+        for routing_key in &self.command_keys {
+            bind(channel, &self.queue, &self.commands_exchange, routing_key).await?;
         }
         // Each queue of the service is reachable on the private exchange under its own name.
         let own_queues = std::iter::once(&self.queue)
@@ -189,7 +225,7 @@ impl Topology {
     }
 }
 
-/// The shop's durable topic exchange of events (`<ns>.events`).
+/// A durable topic exchange: the shop's events (`<ns>.events`), or its commands.
 pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -205,10 +241,11 @@ pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), l
         .await
 }
 
-/// An exclusive, auto-deleted queue bound to every routing key of the events exchange, consumed
-/// at once: how tools (the tests' spy, the chaos run) watch the flow without taking messages
-/// from any service. The queue goes away with the channel.
-pub async fn tap(channel: &Channel, exchange: &str, tag: &str) -> Result<Consumer, lapin::Error> {
+/// An exclusive, auto-deleted queue bound to every routing key of the events exchange and of
+/// the commands exchange (both declared if need be), consumed at once: how tools (the tests'
+/// spy, the chaos run) watch the flow without taking messages from any service. The queue goes
+/// away with the channel.
+pub async fn tap(channel: &Channel, namespace: &str, tag: &str) -> Result<Consumer, lapin::Error> {
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
@@ -217,7 +254,10 @@ pub async fn tap(channel: &Channel, exchange: &str, tag: &str) -> Result<Consume
     let queue = channel
         .queue_declare("".into(), exclusive, FieldTable::default())
         .await?;
-    bind(channel, queue.name().as_str(), exchange, "#").await?;
+    for exchange in [exchange_name(namespace), commands_exchange_name(namespace)] {
+        declare_exchange(channel, &exchange).await?;
+        bind(channel, queue.name().as_str(), &exchange, "#").await?;
+    }
     channel
         .basic_consume(
             queue.name().clone(),
@@ -270,6 +310,9 @@ mod tests {
             &[Duration::from_millis(100), Duration::from_secs(2)],
         );
         assert_eq!(topology.exchange, "t1.events");
+        assert_eq!(topology.commands_exchange, "t1.commands");
+        assert_eq!(topology.exchange_for("ChargePayment"), "t1.commands");
+        assert_eq!(topology.exchange_for("PaymentCompleted"), "t1.events");
         assert_eq!(topology.private_exchange, "t1.payment.private");
         assert_eq!(topology.queue, "t1.payment");
         assert_eq!(topology.dead_letter_queue, "t1.payment.dlq");

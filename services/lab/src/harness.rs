@@ -131,12 +131,14 @@ impl Sandbox {
                         .await;
                 }
             }
-            let _ = channel
-                .exchange_delete(
-                    topology::exchange_name(&self.namespace).as_str().into(),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await;
+            for exchange in [
+                topology::exchange_name(&self.namespace),
+                topology::commands_exchange_name(&self.namespace),
+            ] {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
             let _ = connection.close(200, "sandbox removed".into()).await;
         }
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
@@ -168,7 +170,8 @@ enum Sink {
     Forward(mpsc::UnboundedSender<Seen>),
 }
 
-/// Records everything published on a namespace's exchange (an exclusive queue bound `#`),
+/// Records everything published on a namespace's exchanges, events and commands (an exclusive
+/// queue bound `#` to both),
 /// reconnecting when the broker goes away. Bodies that are not envelopes are skipped.
 pub struct EventTap {
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -200,12 +203,11 @@ impl EventTap {
         seen: Arc<Mutex<Vec<Seen>>>,
         sink: Sink,
     ) -> Result<Self, lapin::Error> {
-        let exchange = topology::exchange_name(namespace);
         let stop = CancellationToken::new();
-        let first = Self::session(amqp_url, &exchange).await?;
+        let first = Self::session(amqp_url, namespace).await?;
         let task = tokio::spawn(Self::record(
             amqp_url.to_owned(),
-            exchange,
+            namespace.to_owned(),
             first,
             sink,
             stop.clone(),
@@ -215,18 +217,17 @@ impl EventTap {
 
     async fn session(
         amqp_url: &str,
-        exchange: &str,
+        namespace: &str,
     ) -> Result<(Connection, lapin::Consumer), lapin::Error> {
         let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        topology::declare_exchange(&channel, exchange).await?;
-        let consumer = topology::tap(&channel, exchange, "event-tap").await?;
+        let consumer = topology::tap(&channel, namespace, "event-tap").await?;
         Ok((connection, consumer))
     }
 
     async fn record(
         amqp_url: String,
-        exchange: String,
+        namespace: String,
         first: (Connection, lapin::Consumer),
         sink: Sink,
         stop: CancellationToken,
@@ -235,7 +236,7 @@ impl EventTap {
         while !stop.is_cancelled() {
             let (connection, mut deliveries) = match session.take() {
                 Some(session) => session,
-                None => match Self::session(&amqp_url, &exchange).await {
+                None => match Self::session(&amqp_url, &namespace).await {
                     Ok(session) => session,
                     Err(_) => {
                         tokio::select! {

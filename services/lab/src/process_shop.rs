@@ -7,6 +7,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
+use service_kit::Style;
 use shop::{
     SERVICES,
     fleet::{self, Fleet, FleetError, Output, Ports},
@@ -52,6 +53,8 @@ pub struct Options {
     pub retry_delays: Vec<Duration>,
     /// Processes per service.
     pub replicas: usize,
+    /// `SHOP_STYLE`: which services run, and how they coordinate.
+    pub style: Style,
     /// Settings every service gets beside the sandbox's.
     pub settings: Vec<(&'static str, String)>,
 }
@@ -112,6 +115,7 @@ impl ProcessShop {
             ("DATABASE_URL", sandbox.database_url.clone()),
             ("AMQP_URL", sandbox.amqp_url.clone()),
             ("SHOP_NAMESPACE", sandbox.namespace.clone()),
+            ("SHOP_STYLE", options.style.to_string()),
             ("DB_POOL_SIZE", pool_size.to_string()),
             (
                 "RETRY_DELAYS_MS",
@@ -160,6 +164,7 @@ impl ProcessShop {
         provision::declare_topologies_of(
             &self.sandbox.amqp_url,
             &self.sandbox.namespace,
+            self.fleet.style(),
             &self.retry_delays,
             wanted,
         )

@@ -70,6 +70,8 @@ pub enum Fact {
     ReservationVoided,
     /// Shipping's: the booking cancelled, or none made.
     ShipmentUndone,
+    /// The saga's word (orchestrated style) that every step that ran was walked back.
+    WalkedBack,
 }
 
 /// What orders announces as a consequence.
@@ -96,6 +98,7 @@ pub struct Order {
     pub release_seen: bool,
     pub reservation_voided: bool,
     pub shipment_undone: bool,
+    pub walked_back: bool,
 }
 
 impl Order {
@@ -109,6 +112,7 @@ impl Order {
             release_seen: false,
             reservation_voided: false,
             shipment_undone: false,
+            walked_back: false,
         }
     }
 
@@ -133,6 +137,7 @@ impl Order {
             Fact::StockReleased => self.release_seen = true,
             Fact::ReservationVoided => self.reservation_voided = true,
             Fact::ShipmentUndone => self.shipment_undone = true,
+            Fact::WalkedBack => self.walked_back = true,
         }
         None
     }
@@ -163,11 +168,13 @@ impl Order {
     }
 
     /// No further event is expected: confirmed, or cancelled and every participant has said
-    /// what it undid. Orders cannot see whether payment had charged or inventory had reserved
-    /// when the cancellation reached them, so it waits for their answers rather than guess.
+    /// what it undid (or, orchestrated, the saga has). Orders cannot see whether payment had
+    /// charged or inventory had reserved when the cancellation reached them, so it waits for
+    /// their answers rather than guess.
     pub fn settled(&self) -> bool {
         match self.status {
             Status::Confirmed => true,
+            Status::Cancelled if self.walked_back => true,
             Status::Cancelled => {
                 (self.refund_seen || self.payment_voided)
                     && (self.release_seen || self.reservation_voided)
@@ -451,6 +458,20 @@ mod tests {
             None,
             "confirmed only once"
         );
+    }
+
+    #[test]
+    fn orchestrated_a_cancelled_order_settles_on_the_sagas_word_and_a_confirmed_one_ignores_it() {
+        let mut order = Order::placed();
+        order.apply(failed(Cause::ShipmentFailed));
+        assert!(!order.settled());
+        assert_eq!(order.apply(Fact::WalkedBack), None);
+        assert!(order.settled());
+
+        let mut confirmed = Order::placed();
+        confirmed.apply(Fact::ShipmentBooked);
+        confirmed.apply(Fact::WalkedBack);
+        assert_eq!(confirmed.status, Status::Confirmed);
     }
 
     #[test]

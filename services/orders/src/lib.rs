@@ -1,13 +1,15 @@
 //! # Orders
 //!
 //! - **Serves** the shop's HTTP API: place an order, cancel it, read orders, list the catalog.
-//! - **Subscribes to** every outcome of the saga: PaymentCompleted, StockReserved,
-//!   ShipmentBooked (progress), PaymentFailed, StockReservationFailed, ShipmentFailed
-//!   (cancel), and each participant's answer to a cancellation: PaymentRefunded or
-//!   PaymentVoided, StockReleased or ReservationVoided, ShipmentCancelled or ShipmentVoided
+//! - **Subscribes to** (choreography) every outcome of the saga: PaymentCompleted,
+//!   StockReserved, ShipmentBooked (progress), PaymentFailed, StockReservationFailed,
+//!   ShipmentFailed (cancel), and each participant's answer to a cancellation: PaymentRefunded
+//!   or PaymentVoided, StockReleased or ReservationVoided, ShipmentCancelled or ShipmentVoided
 //!   (all three seen: settled).
+//! - **Handles** (orchestration) the saga's ConfirmOrder, CancelOrder and SettleOrder: the
+//!   same facts, told instead of heard.
 //! - **Expires** orders still open at their deadline (`ORDER_DEADLINE_MS`), as if the customer
-//!   had cancelled them.
+//!   had cancelled them (choreography; orchestrated, the deadline is the saga's).
 //! - **Owns** `orders.products` (the catalog and its prices), `orders.orders` (with each
 //!   order's deadline), `orders.order_items`.
 //! - **Announces** OrderPlaced, OrderConfirmed, OrderCancelled.
@@ -20,19 +22,45 @@ pub mod expiry;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use domain::{Announcement, Cause, Fact, Order, Status};
-use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec, Style};
 use shared_events::{
-    OrderCancelled, OrderConfirmed, PaymentCompleted, PaymentFailed, PaymentRefunded,
-    PaymentVoided, ReservationVoided, ShipmentBooked, ShipmentCancelled, ShipmentFailed,
-    ShipmentVoided, StockReleased, StockReservationFailed, StockReserved, participants,
+    CancelCause, CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, PaymentCompleted,
+    PaymentFailed, PaymentRefunded, PaymentVoided, ReservationVoided, SettleOrder, ShipmentBooked,
+    ShipmentCancelled, ShipmentFailed, ShipmentVoided, StockReleased, StockReservationFailed,
+    StockReserved, participants,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
-/// What orders reacts to, and how. This table also declares the queue's bindings.
-pub fn routes() -> Routes<Orders> {
+/// What orders reacts to (or, orchestrated, is told), and how. This table also declares the
+/// queue's bindings.
+pub fn routes(style: Style) -> Routes<Orders> {
+    match style {
+        Style::Choreography => reactions(),
+        Style::Orchestration => Routes::<Orders>::new()
+            // The saga's word that the last step, the shipment, is booked.
+            .on::<ConfirmOrder>(|o, ctx, c| {
+                Box::pin(o.record(ctx, c.order_id, Fact::ShipmentBooked))
+            })
+            .on::<CancelOrder>(|o, ctx, c| {
+                Box::pin(o.record(ctx, c.order_id, failed(cause_of(c.cause), c.reason)))
+            })
+            .on::<SettleOrder>(|o, ctx, c| Box::pin(o.record(ctx, c.order_id, Fact::WalkedBack))),
+    }
+}
+
+fn cause_of(cause: CancelCause) -> Cause {
+    match cause {
+        CancelCause::PaymentFailed => Cause::PaymentFailed,
+        CancelCause::StockReservationFailed => Cause::StockReservationFailed,
+        CancelCause::ShipmentFailed => Cause::ShipmentFailed,
+        CancelCause::DeadlineExceeded => Cause::DeadlineExceeded,
+    }
+}
+
+fn reactions() -> Routes<Orders> {
     Routes::<Orders>::new()
         .on::<PaymentCompleted>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::Paid)))
         .on::<StockReserved>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::StockReserved)))
@@ -66,11 +94,12 @@ pub fn routes() -> Routes<Orders> {
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/orders"),
-        routes: routes(),
+        routes: routes(config.style),
         state: Orders,
         http: Some(api::routes),
         guards_customer_data: true,
-        background: Some(expiry::run),
+        // Orchestrated, the saga keeps the deadline.
+        background: (config.style == Style::Choreography).then_some(expiry::run),
     };
     service_kit::bind(config, spec).await
 }
@@ -86,11 +115,12 @@ pub(crate) struct Progress {
     release_seen: bool,
     reservation_voided: bool,
     shipment_undone: bool,
+    walked_back: bool,
 }
 
 /// [`Progress`]'s columns, for a `SELECT`.
 pub(crate) const PROGRESS_COLUMNS: &str = "status, cancelled_by, cancellation_reason, \
-     refund_seen, payment_voided, release_seen, reservation_voided, shipment_undone";
+     refund_seen, payment_voided, release_seen, reservation_voided, shipment_undone, walked_back";
 
 impl Progress {
     pub(crate) fn order(&self) -> Order {
@@ -103,6 +133,7 @@ impl Progress {
             release_seen: self.release_seen,
             reservation_voided: self.reservation_voided,
             shipment_undone: self.shipment_undone,
+            walked_back: self.walked_back,
         }
     }
 }
@@ -160,7 +191,7 @@ async fn save_order(
         "UPDATE orders.orders
          SET status = $2, cancelled_by = $3, cancellation_reason = $4, refund_seen = $5,
              payment_voided = $6, release_seen = $7, reservation_voided = $8,
-             shipment_undone = $9, settled = $10, updated_at = now()
+             shipment_undone = $9, walked_back = $11, settled = $10, updated_at = now()
          WHERE id = $1
          RETURNING extract(epoch FROM now() - created_at)::float8",
     )
@@ -174,6 +205,7 @@ async fn save_order(
     .bind(order.reservation_voided)
     .bind(order.shipment_undone)
     .bind(order.settled())
+    .bind(order.walked_back)
     .fetch_one(conn)
     .await
 }

@@ -1,8 +1,9 @@
 //! # Payment
 //!
-//! - **Subscribes to** OrderPlaced (charge the order), StockReservationFailed and
-//!   ShipmentFailed (refund it: a later step failed, so the money goes back), OrderCancelled
-//!   (refund a charge, or make sure none is ever made, and say which).
+//! - **Subscribes to** (choreography) OrderPlaced (charge the order), StockReservationFailed
+//!   and ShipmentFailed (refund it: a later step failed, so the money goes back),
+//!   OrderCancelled (refund a charge, or make sure none is ever made, and say which).
+//! - **Handles** (orchestration) ChargePayment and RefundPayment, the same two decisions.
 //! - **Owns** `payment.payments`: one row per order, charged, declined, refunded or voided.
 //! - **Announces** PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided.
 
@@ -11,32 +12,46 @@ pub mod domain;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use domain::{Charge, PaymentStatus, Refund, Undo};
-use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec, Style};
 use shared_events::{
-    OrderCancelled, OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentVoided,
-    ShipmentFailed, StockReservationFailed, participants,
+    ChargePayment, OrderCancelled, OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded,
+    PaymentVoided, RefundPayment, ShipmentFailed, StockReservationFailed, participants,
 };
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
 
-/// What payment reacts to, and how. This table also declares the queue's bindings.
-pub fn routes() -> Routes<Payment> {
-    Routes::<Payment>::new()
-        .on::<OrderPlaced>(|payment, ctx, event| Box::pin(payment.charge(ctx, event)))
-        .on::<StockReservationFailed>(|payment, ctx, event| {
-            Box::pin(payment.refund(ctx, event.order_id))
-        })
-        .on::<ShipmentFailed>(|payment, ctx, event| Box::pin(payment.refund(ctx, event.order_id)))
-        .on::<OrderCancelled>(|payment, ctx, event| Box::pin(payment.undo(ctx, event.order_id)))
+/// What payment reacts to (or, orchestrated, is told to do), and how. This table also
+/// declares the queue's bindings.
+pub fn routes(style: Style) -> Routes<Payment> {
+    match style {
+        Style::Choreography => Routes::<Payment>::new()
+            .on::<OrderPlaced>(|payment, ctx, event| {
+                Box::pin(payment.charge(ctx, ChargePayment::for_order(&event)))
+            })
+            .on::<StockReservationFailed>(|payment, ctx, event| {
+                Box::pin(payment.refund(ctx, event.order_id))
+            })
+            .on::<ShipmentFailed>(|payment, ctx, event| {
+                Box::pin(payment.refund(ctx, event.order_id))
+            })
+            .on::<OrderCancelled>(|payment, ctx, event| {
+                Box::pin(payment.undo(ctx, event.order_id))
+            }),
+        Style::Orchestration => Routes::<Payment>::new()
+            .on::<ChargePayment>(|payment, ctx, command| Box::pin(payment.charge(ctx, command)))
+            .on::<RefundPayment>(|payment, ctx, command| {
+                Box::pin(payment.undo(ctx, command.order_id))
+            }),
+    }
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/payment"),
-        routes: routes(),
+        routes: routes(config.style),
         state: Payment,
         http: None,
         guards_customer_data: false,
@@ -55,7 +70,7 @@ impl Service for Payment {
 type Ctx = service_kit::Ctx<participants::Payment>;
 
 impl Payment {
-    async fn charge(&self, ctx: &mut Ctx, order: OrderPlaced) -> Result<(), HandlerError> {
+    async fn charge(&self, ctx: &mut Ctx, order: ChargePayment) -> Result<(), HandlerError> {
         let existing: Option<PaymentStatus> =
             sqlx::query_scalar("SELECT status FROM payment.payments WHERE order_id = $1")
                 .bind(order.order_id)

@@ -1,8 +1,10 @@
 //! # Shipping
 //!
-//! - **Subscribes to** OrderPlaced (remember where the order goes), StockReserved (book a
-//!   courier: the goods are set aside and paid for), OrderCancelled (cancel the booking, or
-//!   make sure none is ever made, and say which).
+//! - **Subscribes to** (choreography) OrderPlaced (remember where the order goes),
+//!   StockReserved (book a courier: the goods are set aside and paid for), OrderCancelled
+//!   (cancel the booking, or make sure none is ever made, and say which).
+//! - **Handles** (orchestration) BookShipment (remember and book) and CancelShipment (the
+//!   cancellation's undo): the same decisions.
 //! - **Owns** `shipping.destinations`, `shipping.carrier_coverage`, `shipping.shipments`.
 //! - **Announces** ShipmentBooked, ShipmentFailed, ShipmentCancelled, ShipmentVoided.
 
@@ -11,30 +13,44 @@ pub mod domain;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use domain::{Booking, ShipmentStatus, Undo};
-use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec};
+use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec, Style};
 use shared_events::{
-    OrderCancelled, OrderPlaced, ShipmentBooked, ShipmentCancelled, ShipmentFailed, ShipmentVoided,
-    StockReserved, participants,
+    BookShipment, CancelShipment, OrderCancelled, OrderPlaced, ShipmentBooked, ShipmentCancelled,
+    ShipmentFailed, ShipmentVoided, ShippingAddress, StockReserved, participants,
 };
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8083);
 
-/// What shipping reacts to, and how. This table also declares the queue's bindings.
-pub fn routes() -> Routes<Shipping> {
-    Routes::<Shipping>::new()
-        .on::<OrderPlaced>(|shipping, ctx, event| {
-            Box::pin(shipping.remember_destination(ctx, event))
-        })
-        .on::<StockReserved>(|shipping, ctx, event| Box::pin(shipping.book(ctx, event.order_id)))
-        .on::<OrderCancelled>(|shipping, ctx, event| Box::pin(shipping.undo(ctx, event.order_id)))
+/// What shipping reacts to (or, orchestrated, is told to do), and how. This table also
+/// declares the queue's bindings.
+pub fn routes(style: Style) -> Routes<Shipping> {
+    match style {
+        Style::Choreography => Routes::<Shipping>::new()
+            .on::<OrderPlaced>(|shipping, ctx, event| {
+                Box::pin(shipping.remember_destination(ctx, event.order_id, event.shipping_address))
+            })
+            .on::<StockReserved>(|shipping, ctx, event| {
+                Box::pin(shipping.book(ctx, event.order_id))
+            })
+            .on::<OrderCancelled>(|shipping, ctx, event| {
+                Box::pin(shipping.undo(ctx, event.order_id))
+            }),
+        Style::Orchestration => Routes::<Shipping>::new()
+            .on::<BookShipment>(|shipping, ctx, command| {
+                Box::pin(shipping.remember_and_book(ctx, command))
+            })
+            .on::<CancelShipment>(|shipping, ctx, command| {
+                Box::pin(shipping.undo(ctx, command.order_id))
+            }),
+    }
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/shipping"),
-        routes: routes(),
+        routes: routes(config.style),
         state: Shipping,
         http: None,
         guards_customer_data: false,
@@ -56,14 +72,14 @@ impl Shipping {
     async fn remember_destination(
         &self,
         ctx: &mut Ctx,
-        order: OrderPlaced,
+        order_id: Uuid,
+        address: ShippingAddress,
     ) -> Result<(), HandlerError> {
-        let address = &order.shipping_address;
         sqlx::query(
             "INSERT INTO shipping.destinations (order_id, name, line1, city, postal_code, country)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING",
         )
-        .bind(order.order_id)
+        .bind(order_id)
         .bind(&address.name)
         .bind(&address.line1)
         .bind(&address.city)
@@ -72,6 +88,18 @@ impl Shipping {
         .execute(ctx.db())
         .await?;
         Ok(())
+    }
+
+    /// The saga's BookShipment carries the address: what OrderPlaced and StockReserved do in
+    /// the choreography, in one step.
+    async fn remember_and_book(
+        &self,
+        ctx: &mut Ctx,
+        command: BookShipment,
+    ) -> Result<(), HandlerError> {
+        self.remember_destination(ctx, command.order_id, command.shipping_address)
+            .await?;
+        self.book(ctx, command.order_id).await
     }
 
     async fn book(&self, ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {

@@ -1,8 +1,9 @@
 //! `shop`: the operator's command-line tool.
 //!
-//! - `shop up` starts the six services as separate processes (each one `shop service <name>`,
+//! - `shop up` starts the services as separate processes (each one `shop service <name>`,
 //!   the same code as the `orders`, `payment`, … binaries), prefixes their logs with the
-//!   service name, and stops them all on Ctrl-C or SIGTERM.
+//!   service name, and stops them all on Ctrl-C or SIGTERM. `--style orchestration` runs the
+//!   orchestrated twin (the saga too).
 //! - `shop service <name>` runs one service in the foreground.
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
 //! - `shop audit` checks the shop's invariants (docs/architecture.md) over its data and queues.
@@ -23,6 +24,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use service_kit::Style;
 
 #[derive(Parser)]
 #[command(name = "shop", about = "Run and operate the choreographed shop")]
@@ -33,12 +35,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Start all six services, each its own process, on their default ports (8080-8085).
+    /// Start every service, each its own process, on their default ports (8080-8086).
     Up {
         /// Processes per service. Replica k (from 0) listens on its service's port + 100 k
         /// (orders: 8080, 8180, …); all consume the same queue and share the schema.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
         replicas: u16,
+        /// How the services coordinate: `choreography` (events) or `orchestration` (the saga
+        /// sends commands; docs/choosing.md).
+        #[arg(long, env = "SHOP_STYLE", default_value_t = Style::Choreography)]
+        style: Style,
     },
     /// Run one service in this process.
     Service {
@@ -59,6 +65,12 @@ enum Commands {
     /// CPU and memory per process, and the machine's ceilings in the same run.
     #[cfg(feature = "lab")]
     Bench(shop_lab::bench::BenchOptions),
+    /// Run both styles, choreography and orchestration, on one workload in one run (rounds
+    /// alternate which goes first) and print one table: throughput, latency, messages and
+    /// transactions per order, CPU and memory per service, recovery from a broker restart,
+    /// and what each service knows.
+    #[cfg(feature = "lab")]
+    Compare(shop_lab::bench::CompareOptions),
     /// Create each service's Postgres role and RabbitMQ user with least privilege (compose runs
     /// this before the services start). DATABASE_URL and AMQP_URL must be administrators'.
     Provision,
@@ -116,13 +128,15 @@ const PROVISION_PATIENCE: Duration = Duration::from_secs(120);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Commands::Up { replicas } => up(usize::from(replicas)).await,
+        Commands::Up { replicas, style } => up(usize::from(replicas), style).await,
         Commands::Service { service: entry } => service(entry).await,
         Commands::Audit { wait } => run_audit(wait).await,
         #[cfg(feature = "lab")]
         Commands::Chaos(options) => shop_lab::chaos::run(&current_exe()?, options).await,
         #[cfg(feature = "lab")]
         Commands::Bench(options) => shop_lab::bench::run(&current_exe()?, options).await,
+        #[cfg(feature = "lab")]
+        Commands::Compare(options) => shop_lab::bench::compare(&current_exe()?, options).await,
         Commands::Provision => {
             service_kit::init_logs();
             let settings = shop::provision::Settings::from_lookup(|name| std::env::var(name).ok())
@@ -254,19 +268,20 @@ fn current_exe() -> anyhow::Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot find the shop executable")
 }
 
-async fn up(replicas: usize) -> anyhow::Result<()> {
+async fn up(replicas: usize, style: Style) -> anyhow::Result<()> {
     // Every queue exists before any service publishes: an order placed in the first second
     // must not miss a subscriber that is still starting.
     let config = service_kit::Config::from_env(registry::orders().default_addr)?;
     shop::provision::declare_topologies(
         &config.first_amqp_url(),
         &config.namespace,
+        style,
         &config.retry_delays,
     )
     .await
     .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;
     // The services read the rest of their settings from this environment, as this did.
-    let mut settings = Vec::new();
+    let mut settings = vec![("SHOP_STYLE", style.to_string())];
     // Authentication is on: unless the environment names an identity provider (or disables
     // it), the development issuer is served here and every service trusts it.
     let _issuer = if std::env::var_os("AUTH_JWKS_URL").is_none()
@@ -316,7 +331,7 @@ async fn up(replicas: usize) -> anyhow::Result<()> {
     }
     if started.is_some() {
         println!(
-            "shop is up: {replicas} process(es) per service, orders API on \
+            "shop is up ({style}): {replicas} process(es) per service, orders API on \
              http://127.0.0.1:{}, console on http://127.0.0.1:{} (Ctrl-C stops everything)",
             registry::orders().default_addr.port(),
             registry::find("console").map_or(0, |console| console.default_addr.port()),

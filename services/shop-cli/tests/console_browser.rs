@@ -22,7 +22,7 @@ async fn the_console_page_shows_the_choreography_live_in_chromium() {
         |_| std::env::temp_dir().join("shop-console.png"),
         PathBuf::from,
     );
-    let shop = start_shop("shop_browser", Vec::new())
+    let shop = start_shop("shop_browser", service_kit::Style::Choreography, Vec::new())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let outcome = async {

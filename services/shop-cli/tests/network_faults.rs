@@ -19,11 +19,12 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use service_kit::{
+    Style,
     config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, default_retry_delays},
     publisher::envelope_properties,
     topology,
 };
-use shared_events::{Envelope, Event, OrderPlaced};
+use shared_events::{Envelope, Message, OrderPlaced};
 use shop_lab::{
     harness::order_placed,
     process_shop::{Options, ProcessShop},
@@ -106,6 +107,7 @@ async fn with_payment_behind<F>(
         amqp_url: amqp_url.clone(),
         retry_delays: retry_delays.clone(),
         replicas: 1,
+        style: Style::Choreography,
         settings: vec![("DB_POOL_SIZE", "3".to_owned())],
     };
     let mut shop = ProcessShop::create(options).await.expect("a sandbox");
@@ -123,6 +125,7 @@ async fn with_payment_behind<F>(
         shop::provision::declare_topologies_of(
             &shop.sandbox.amqp_url,
             &shop.sandbox.namespace,
+            Style::Choreography,
             &retry_delays,
             |_| true,
         )

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use serde_json::Value as Json;
-use service_kit::topology;
+use service_kit::{Style, topology};
 use shop::SERVICES;
 use shop_lab::{harness, process_shop::ProcessShop};
 use tokio::net::TcpListener;
@@ -123,9 +123,19 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_order_is_one_trace_across_every_service() {
+    one_order_is_one_trace(Style::Choreography).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_orchestrated_order_is_one_trace_through_the_saga() {
+    one_order_is_one_trace(Style::Orchestration).await;
+}
+
+async fn one_order_is_one_trace(style: Style) {
     let (endpoint, spans) = start_receiver().await;
     let shop = start_shop(
         "shop_traces",
+        style,
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
@@ -134,7 +144,7 @@ async fn one_order_is_one_trace_across_every_service() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     // A failed assertion must not leave the run's database, queues and logs behind.
-    let result = AssertUnwindSafe(check_one_order(&shop, &spans))
+    let result = AssertUnwindSafe(check_one_order(&shop, style, &spans))
         .catch_unwind()
         .await;
     shop.remove().await;
@@ -145,7 +155,7 @@ async fn one_order_is_one_trace_across_every_service() {
     }
 }
 
-async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String> {
+async fn check_one_order(shop: &ProcessShop, style: Style, spans: &Spans) -> Result<(), String> {
     let sandbox = &shop.sandbox;
     let orders = shop
         .orders_urls()
@@ -171,20 +181,38 @@ async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String
         .map_err(|e| e.to_string())?;
     let order_id = placed["order_id"].as_str().ok_or("no order id")?.to_owned();
 
-    // Every delivery the happy path makes: each event of the chain, once per subscriber.
-    let chain = [
-        "OrderPlaced",
-        "PaymentCompleted",
-        "StockReserved",
-        "ShipmentBooked",
-        "OrderConfirmed",
-    ];
+    // Every delivery the happy path makes: each message of the chain, once per subscriber.
+    let chain: &[&str] = match style {
+        Style::Choreography => &[
+            "OrderPlaced",
+            "PaymentCompleted",
+            "StockReserved",
+            "ShipmentBooked",
+            "OrderConfirmed",
+        ],
+        Style::Orchestration => &[
+            "OrderPlaced",
+            "ChargePayment",
+            "PaymentCompleted",
+            "ReserveStock",
+            "StockReserved",
+            "BookShipment",
+            "ShipmentBooked",
+            "ConfirmOrder",
+            "OrderConfirmed",
+        ],
+    };
     let deliveries: usize = chain
         .iter()
-        .map(|event| {
+        .map(|message| {
             SERVICES
                 .iter()
-                .filter(|s| (s.subscriptions)().iter().any(|e| e.event_type == *event))
+                .filter(|s| s.runs_in(style))
+                .filter(|s| {
+                    (s.subscriptions)(style)
+                        .iter()
+                        .any(|e| e.event_type == *message)
+                })
                 .count()
         })
         .sum();
@@ -214,7 +242,7 @@ async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String
     };
 
     let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
-    let expected: BTreeSet<&str> = SERVICES.iter().map(|s| s.name).collect();
+    let expected: BTreeSet<&str> = shop::registry::names_in(style).collect();
     assert_eq!(services, expected, "every service took part in the trace");
 
     let by_id: BTreeMap<&str, &Received> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
@@ -250,9 +278,13 @@ async fn check_one_order(shop: &ProcessShop, spans: &Spans) -> Result<(), String
         );
         let key = producer.attribute("messaging.rabbitmq.destination.routing_key");
         assert!(!key.is_empty(), "{producer:#?}");
+        let exchange = match shared_events::message_info(producer.attribute("event_type")) {
+            Some(info) if info.is_command() => topology::commands_exchange_name(&sandbox.namespace),
+            _ => topology::exchange_name(&sandbox.namespace),
+        };
         assert_eq!(
             producer.attribute("messaging.destination.name"),
-            format!("{}:{key}", topology::exchange_name(&sandbox.namespace)),
+            format!("{exchange}:{key}"),
         );
         assert_eq!(
             producer.name,

@@ -14,6 +14,8 @@ use tokio::{
     process::{Child, Command},
 };
 
+use service_kit::Style;
+
 use crate::{SERVICES, registry};
 
 /// How long a service may take to report ready.
@@ -103,13 +105,22 @@ impl Fleet {
         self.env.push((variable, value));
     }
 
+    /// The style the services run in: their `SHOP_STYLE` setting.
+    pub fn style(&self) -> Style {
+        self.env
+            .iter()
+            .find(|(name, _)| *name == "SHOP_STYLE")
+            .and_then(|(_, style)| style.parse().ok())
+            .unwrap_or_default()
+    }
+
     /// Gives `service` its own `variable` (its own database, say), over the shared setting.
     pub fn set_for(&mut self, service: &'static str, variable: &'static str, value: String) {
         self.service_env.push((service, variable, value));
     }
 
-    /// Starts `replicas` processes of each service `wanted` picks from the registry, all at
-    /// once (replicas of one service race through their start-up, migrations included), and
+    /// Starts `replicas` processes of each service of its style `wanted` picks from the
+    /// registry, all at once (replicas of one service race through their start-up, migrations included), and
     /// waits until all are ready.
     pub async fn start(
         &mut self,
@@ -117,7 +128,11 @@ impl Fleet {
         replicas: usize,
         wanted: fn(&str) -> bool,
     ) -> Result<(), FleetError> {
-        for entry in SERVICES.iter().filter(|entry| wanted(entry.name)) {
+        let style = self.style();
+        for entry in SERVICES
+            .iter()
+            .filter(|entry| entry.runs_in(style) && wanted(entry.name))
+        {
             for replica in 0..replicas {
                 let port = match self.ports {
                     Ports::Defaults => {

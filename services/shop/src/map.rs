@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use service_kit::Style;
 use shared_events::CATALOG;
 
 use crate::registry::{self, SERVICES};
@@ -11,8 +12,9 @@ use crate::registry::{self, SERVICES};
 fn consumers(event_type: &str) -> Vec<&'static str> {
     SERVICES
         .iter()
+        .filter(|service| service.runs_in(Style::Choreography))
         .filter(|service| {
-            (service.subscriptions)()
+            (service.subscriptions)(Style::Choreography)
                 .iter()
                 .any(|e| e.event_type == event_type)
         })
@@ -38,7 +40,7 @@ pub fn render_json() -> String {
         })
         .collect();
     let document = serde_json::json!({
-        "services": registry::names().collect::<Vec<_>>(),
+        "services": registry::names_in(Style::Choreography).collect::<Vec<_>>(),
         "edges": edges,
     });
     let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();

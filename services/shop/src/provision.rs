@@ -5,8 +5,11 @@
 //!   the database is closed to everyone else.
 //! - RabbitMQ: one user per service, which may configure, write and read only the events
 //!   exchange and its own names (`<ns>.<service>`, `<ns>.<service>.*`), and publish on the
-//!   events exchange only its own routing keys (`<service>.*`, a topic permission).
+//!   events exchange only its own routing keys (`<service>.*`, a topic permission). Each may
+//!   declare and bind to the commands exchange and hold its style's marker queue
+//!   (`<ns>.style.*`); only the saga's user may write to the commands exchange.
 
+use service_kit::Style;
 use sqlx::PgConnection;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,18 +44,29 @@ pub struct BrokerPermissions {
 /// causes (it peeks: each message stays where it was).
 const DEAD_LETTER_READERS: &[&str] = &["console"];
 
+/// The only service that may send commands (write to `<ns>.commands`).
+const COMMAND_SENDERS: &[&str] =
+    &[<shared_events::participants::Saga as shared_events::Participant>::NAME];
+
 pub fn broker_permissions(namespace: &str, service: &str) -> BrokerPermissions {
     let ns = regex_escape(namespace);
     let svc = regex_escape(service);
-    let own = format!("^{ns}\\.(events|{svc}|{svc}\\..+)$");
-    let read = if DEAD_LETTER_READERS.contains(&service) {
-        format!("^{ns}\\.(events|{svc}|{svc}\\..+|[^.]+\\.dlq)$")
+    let own = format!("events|{svc}|{svc}\\..+");
+    // Declared by every service of the orchestrated style; the marker queues by all.
+    let shared = "commands|style\\.[a-z]+";
+    let write = if COMMAND_SENDERS.contains(&service) {
+        format!("^{ns}\\.({own}|commands)$")
     } else {
-        own.clone()
+        format!("^{ns}\\.({own})$")
+    };
+    let read = if DEAD_LETTER_READERS.contains(&service) {
+        format!("^{ns}\\.({own}|{shared}|[^.]+\\.dlq)$")
+    } else {
+        format!("^{ns}\\.({own}|{shared})$")
     };
     BrokerPermissions {
-        configure: own.clone(),
-        write: own,
+        configure: format!("^{ns}\\.({own}|{shared})$"),
+        write,
         read,
         topic_exchange: service_kit::topology::exchange_name(namespace),
         topic_write: format!("^{svc}\\."),
@@ -243,15 +257,27 @@ mod tests {
     #[test]
     fn a_service_may_touch_only_its_own_names_and_publish_only_its_own_keys() {
         let rules = broker_permissions("shop", "payment");
-        assert_eq!(rules.configure, r"^shop\.(events|payment|payment\..+)$");
+        assert_eq!(
+            rules.configure,
+            r"^shop\.(events|payment|payment\..+|commands|style\.[a-z]+)$"
+        );
+        assert_eq!(rules.write, r"^shop\.(events|payment|payment\..+)$");
         assert_eq!(rules.topic_exchange, "shop.events");
         assert_eq!(rules.topic_write, r"^payment\.");
         assert_eq!(
             broker_permissions("shop", "console").read,
-            r"^shop\.(events|console|console\..+|[^.]+\.dlq)$",
+            r"^shop\.(events|console|console\..+|commands|style\.[a-z]+|[^.]+\.dlq)$",
             "the console may read every dead-letter queue, and write none"
         );
-        assert_eq!(rules.read, rules.write, "a service reads only its own");
+        assert_eq!(
+            rules.read, rules.configure,
+            "a service reads only its own, and the commands bound to it"
+        );
+        assert_eq!(
+            broker_permissions("shop", "saga").write,
+            r"^shop\.(events|saga|saga\..+|commands)$",
+            "only the saga sends commands"
+        );
         let namespace_escaped = broker_permissions("test-1", "orders");
         assert!(namespace_escaped.read.starts_with(r"^test\-1\."));
     }
@@ -278,6 +304,8 @@ pub struct Settings {
     pub amqp_url: String,
     /// `SHOP_NAMESPACE`
     pub namespace: String,
+    /// `SHOP_STYLE`: which services' queues to declare.
+    pub style: Style,
     /// Per service: `<SERVICE>_DB_PASSWORD` and `<SERVICE>_AMQP_PASSWORD`.
     pub passwords: Vec<ServicePasswords>,
 }
@@ -329,6 +357,11 @@ impl Settings {
             amqp_url: amqp_url.clone(),
             namespace: var("SHOP_NAMESPACE")
                 .unwrap_or_else(|| service_kit::config::DEFAULT_NAMESPACE.to_owned()),
+            style: var("SHOP_STYLE")
+                .map(|style| style.parse())
+                .transpose()
+                .map_err(|e| format!("SHOP_STYLE: {e}"))?
+                .unwrap_or_default(),
             passwords,
         })
     }
@@ -340,6 +373,7 @@ impl Settings {
             "AMQP_URL",
             "RABBITMQ_MANAGEMENT_URL",
             "SHOP_NAMESPACE",
+            "SHOP_STYLE",
             "RUST_LOG",
         ];
         let passwords = crate::registry::names().flat_map(|service| {
@@ -364,9 +398,10 @@ impl Settings {
 pub async fn declare_topologies(
     amqp_url: &str,
     namespace: &str,
+    style: Style,
     retry_delays: &[std::time::Duration],
 ) -> Result<(), ProvisionError> {
-    declare_topologies_of(amqp_url, namespace, retry_delays, |_| true).await
+    declare_topologies_of(amqp_url, namespace, style, retry_delays, |_| true).await
 }
 
 /// Like [`declare_topologies`], for the services `wanted` picks (a queue nobody consumes
@@ -374,6 +409,7 @@ pub async fn declare_topologies(
 pub async fn declare_topologies_of(
     amqp_url: &str,
     namespace: &str,
+    style: Style,
     retry_delays: &[std::time::Duration],
     wanted: fn(&str) -> bool,
 ) -> Result<(), ProvisionError> {
@@ -382,16 +418,12 @@ pub async fn declare_topologies_of(
     let channel = connection.create_channel().await?;
     for service in crate::SERVICES
         .iter()
-        .filter(|service| wanted(service.name))
+        .filter(|service| service.runs_in(style) && wanted(service.name))
     {
-        service_kit::topology::Topology::new(
-            namespace,
-            service.name,
-            service.routing_keys(),
-            retry_delays,
-        )
-        .declare(&channel)
-        .await?;
+        service
+            .topology(namespace, style, retry_delays)
+            .declare(&channel)
+            .await?;
     }
     let _ = connection.close(200, "declared".into()).await;
     Ok(())
@@ -415,13 +447,28 @@ pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
         let options: sqlx::postgres::PgConnectOptions = admin_url.parse()?;
         let database = options.get_database().unwrap_or("postgres").to_owned();
         let mut admin = PgConnection::connect_with(&options).await?;
-        database_role(
-            &mut admin,
-            &database,
-            passwords.service,
-            &passwords.database,
-        )
-        .await?;
+        // Roles are global to the server: another provisioning of the same roles (another
+        // database's) may update one at the same moment, and Postgres then refuses one of the
+        // two updates; done again, it succeeds.
+        let mut tries = 0;
+        loop {
+            match database_role(
+                &mut admin,
+                &database,
+                passwords.service,
+                &passwords.database,
+            )
+            .await
+            {
+                Err(ProvisionError::Database(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("XX000") && tries < 10 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                }
+                result => break result?,
+            }
+        }
         let _ = admin.close().await;
         management
             .service_user(
@@ -436,6 +483,7 @@ pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
     declare_topologies(
         &settings.amqp_url,
         &settings.namespace,
+        settings.style,
         &service_kit::config::default_retry_delays(),
     )
     .await

@@ -34,7 +34,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use serde_json::{Value, json};
-use service_kit::Config;
+use service_kit::{Config, Style};
 use shop::{
     issuer::{self, DevIssuer, IssuerError},
     registry,
@@ -50,12 +50,15 @@ use crate::{
 
 mod batches;
 mod ceilings;
+mod compare;
 mod load;
 mod processes;
 mod report;
 mod saturation;
 mod target;
 mod tracker;
+
+pub use compare::{CompareOptions, run as compare};
 
 use batches::*;
 use ceilings::*;
@@ -68,6 +71,9 @@ use tracker::*;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// How the services coordinate: `choreography` (events) or `orchestration` (the saga).
+    #[arg(long, default_value_t = Style::Choreography)]
+    pub style: Style,
     /// Orders offered per second.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,

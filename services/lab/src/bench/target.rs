@@ -67,6 +67,7 @@ impl Target {
             amqp_url: base.first_amqp_url(),
             retry_delays,
             replicas,
+            style: options.style,
             settings,
         })
         .await?;
@@ -100,7 +101,7 @@ impl Target {
 
     pub(super) fn services(&self) -> Vec<Measured> {
         match &self.own {
-            Some(shop) => registry::names()
+            Some(shop) => registry::names_in(shop.fleet.style())
                 .filter(|name| measured(name))
                 .map(|name| Measured {
                     name: name.to_owned(),

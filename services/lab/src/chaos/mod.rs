@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use service_kit::{
-    Config,
+    Config, Style,
     publisher::{Outgoing, Publisher},
 };
 use shop::{audit, fleet, issuer::DevIssuer, registry};
@@ -52,6 +52,9 @@ use verdict::*;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosOptions {
+    /// How the services coordinate: `choreography` (events) or `orchestration` (the saga).
+    #[arg(long, default_value_t = Style::Choreography)]
+    pub style: Style,
     /// Orders to place.
     #[arg(long, default_value_t = 300)]
     pub orders: usize,
@@ -127,6 +130,7 @@ pub async fn run(exe: &Path, options: ChaosOptions) -> anyhow::Result<()> {
         amqp_url: base.first_amqp_url(),
         retry_delays: RETRY_DELAYS_MS.map(Duration::from_millis).to_vec(),
         replicas: usize::from(options.replicas),
+        style: options.style,
         settings: vec![
             ("OUTBOX_SWEEP_MS", "500".to_owned()),
             ("MAX_ATTEMPTS", "30".to_owned()),
@@ -280,7 +284,7 @@ impl ChaosRun {
             replicas: options.replicas,
             placed: placed.len(),
             retried_posts: placed.iter().map(|p| p.tries - 1).sum(),
-            stops: registry::names()
+            stops: registry::names_in(self.shop.fleet.style())
                 .map(|name| {
                     let (kills, terms) = self.stops.get(name).copied().unwrap_or_default();
                     (name, kills, terms)
@@ -383,7 +387,7 @@ impl ChaosRun {
     /// Duplicate deliveries each service's inbox absorbed (it counts them durably).
     async fn absorbed_duplicates(&self) -> anyhow::Result<BTreeMap<&'static str, i64>> {
         let mut absorbed = BTreeMap::new();
-        for schema in registry::names() {
+        for schema in registry::names_in(self.shop.fleet.style()) {
             let pool = PgPool::connect(&self.database_of(schema)).await?;
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT COALESCE(sum(duplicates), 0)::bigint FROM {schema}.inbox"

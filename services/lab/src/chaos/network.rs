@@ -93,7 +93,7 @@ impl Proxies {
     pub(super) async fn put_in_front(shop: &mut ProcessShop) -> anyhow::Result<Self> {
         let amqp_url = shop.sandbox.amqp_url.clone();
         let mut proxies = BTreeMap::new();
-        for name in registry::names() {
+        for name in registry::names_in(shop.fleet.style()) {
             let database_url = shop.databases[name].clone();
             for (dependency, url, variable, port) in [
                 (Dependency::Broker, &amqp_url, "AMQP_URL", 5672),

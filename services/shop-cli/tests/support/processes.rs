@@ -2,14 +2,15 @@
 //! tests' broker and database (`TEST_AMQP_URL`, `TEST_ADMIN_DATABASE_URL`).
 
 use service_kit::{
-    ErrorChain,
+    ErrorChain, Style,
     config::{DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, default_retry_delays},
 };
 use shop_lab::process_shop::{Options, ProcessShop};
 
-/// Starts every service as a process, with `settings` beside the sandbox's.
+/// Starts every service of `style` as a process, with `settings` beside the sandbox's.
 pub async fn start_shop(
     prefix: &'static str,
+    style: Style,
     settings: Vec<(&'static str, String)>,
 ) -> Result<ProcessShop, String> {
     let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
@@ -22,6 +23,7 @@ pub async fn start_shop(
         amqp_url: setting("TEST_AMQP_URL", DEFAULT_AMQP_URL),
         retry_delays: default_retry_delays(),
         replicas: 1,
+        style,
         settings: all,
     };
     ProcessShop::run(options, &reqwest::Client::new())

@@ -1,0 +1,323 @@
+//! The same flows, orchestrated (`SHOP_STYLE=orchestration`, docs/choosing.md): the saga
+//! sends a command per step, each service answers with the event the choreography uses, and on
+//! a failure the saga walks back what ran, last first. Each scenario checks the exact messages
+//! of the order (events and commands), who caused each, the same HTTP answers and notices as
+//! the choreography, and ends with a clean audit.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use service_kit::{Config, Style};
+use shared_events::{
+    BookShipment, CancelOrder, CancelShipment, ChargePayment, ConfirmOrder, Message,
+    OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded,
+    RefundPayment, ReleaseStock, ReserveStock, SettleOrder, ShipmentBooked, ShipmentFailed,
+    StockReleased, StockReservationFailed, StockReserved,
+};
+use shop_tests::{Seen, Shop, eventually, order_body};
+use uuid::Uuid;
+
+/// The messages of one order, checked to be exactly `expected` (each once, any order) and
+/// correlated by the order id; returned by type for causation checks.
+async fn exact_messages(shop: &Shop, order_id: Uuid, expected: &[&str]) -> BTreeMap<String, Seen> {
+    eventually(&format!("{expected:?} for {order_id}"), || async {
+        distinct(shop, order_id).len() >= expected.len()
+    })
+    .await;
+    // Anything extra (a second command, a wrong undo) would show up within this pause.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let seen = distinct(shop, order_id);
+    let mut types: Vec<&str> = seen
+        .values()
+        .map(|s| s.envelope.event_type.as_str())
+        .collect();
+    types.sort_unstable();
+    let mut want = expected.to_vec();
+    want.sort_unstable();
+    assert_eq!(types, want, "messages of {order_id}");
+    seen.into_values()
+        .inspect(|s| assert_eq!(s.envelope.correlation_id, order_id))
+        .map(|s| (s.envelope.event_type.clone(), s))
+        .collect()
+}
+
+/// The order's messages, one per message id (the relay publishes at least once).
+fn distinct(shop: &Shop, order_id: Uuid) -> BTreeMap<Uuid, Seen> {
+    shop.spy
+        .for_order(order_id)
+        .into_iter()
+        .map(|seen| (seen.envelope.message_id, seen))
+        .collect()
+}
+
+/// `effect` was caused by `cause`; and each of a chain by the one before it.
+fn chain(messages: &BTreeMap<String, Seen>, types: &[&str]) {
+    for pair in types.windows(2) {
+        assert_eq!(
+            messages[pair[1]].envelope.causation_id,
+            Some(messages[pair[0]].envelope.message_id),
+            "{} is caused by {}",
+            pair[1],
+            pair[0]
+        );
+    }
+}
+
+async fn orchestrated() -> Shop {
+    Shop::start_in(Style::Orchestration).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_takes_each_step_by_command_and_orders_confirms() {
+    let shop = orchestrated().await;
+    let order_id = shop.place(&order_body("MUG-001", 2, "card", "GB")).await;
+
+    let order = shop.settled_order(order_id).await;
+    assert_eq!(order["status"], "confirmed");
+    let flow = [
+        OrderPlaced::TYPE,
+        ChargePayment::TYPE,
+        PaymentCompleted::TYPE,
+        ReserveStock::TYPE,
+        StockReserved::TYPE,
+        BookShipment::TYPE,
+        ShipmentBooked::TYPE,
+        ConfirmOrder::TYPE,
+        OrderConfirmed::TYPE,
+    ];
+    let messages = exact_messages(&shop, order_id, &flow).await;
+    chain(&messages, &flow);
+    for (command, routing_key) in [
+        (ChargePayment::TYPE, "payment.charge_payment"),
+        (ReserveStock::TYPE, "inventory.reserve_stock"),
+        (BookShipment::TYPE, "shipping.book_shipment"),
+        (ConfirmOrder::TYPE, "orders.confirm_order"),
+    ] {
+        let seen = &messages[command];
+        assert_eq!(seen.envelope.producer, "saga", "{command}");
+        assert_eq!(
+            seen.routing_key, routing_key,
+            "{command} goes to its handler"
+        );
+    }
+    let charge: ChargePayment = messages[ChargePayment::TYPE]
+        .envelope
+        .decode()
+        .expect("payload");
+    assert_eq!(charge.total_cents, 2 * 1250);
+    assert_eq!(
+        shop.count("SELECT count(*) FROM saga.sagas WHERE phase = 'confirmed'")
+            .await,
+        1
+    );
+    shop.assert_notices(order_id, &["order_confirmed"]).await;
+    shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_card_cancels_with_nothing_to_walk_back() {
+    let shop = orchestrated().await;
+    let order_id = shop
+        .place(&order_body("TEE-001", 1, "card_declined", "US"))
+        .await;
+
+    let order = shop.settled_order(order_id).await;
+    assert_eq!(order["status"], "cancelled");
+    assert_eq!(
+        order["cancellation_reason"],
+        "payment failed: card declined"
+    );
+    let flow = [
+        OrderPlaced::TYPE,
+        ChargePayment::TYPE,
+        PaymentFailed::TYPE,
+        CancelOrder::TYPE,
+        OrderCancelled::TYPE,
+        SettleOrder::TYPE,
+    ];
+    let messages = exact_messages(&shop, order_id, &flow).await;
+    chain(&messages, &flow);
+    shop.assert_notices(order_id, &["order_cancelled"]).await;
+    shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_enough_stock_walks_back_the_charge() {
+    let shop = orchestrated().await;
+    let mut body = order_body("MUG-001", 3, "card", "GB");
+    body["items"] =
+        json!([{ "sku": "MUG-001", "quantity": 3 }, { "sku": "HOODIE-001", "quantity": 11 }]);
+    let order_id = shop.place(&body).await;
+
+    let order = shop.settled_order(order_id).await;
+    assert_eq!(order["status"], "cancelled");
+    assert!(
+        order["cancellation_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("stock reservation failed") && r.contains("HOODIE-001")),
+        "{order}"
+    );
+    let flow = [
+        OrderPlaced::TYPE,
+        ChargePayment::TYPE,
+        PaymentCompleted::TYPE,
+        ReserveStock::TYPE,
+        StockReservationFailed::TYPE,
+        CancelOrder::TYPE,
+        OrderCancelled::TYPE,
+        RefundPayment::TYPE,
+        PaymentRefunded::TYPE,
+        SettleOrder::TYPE,
+    ];
+    let messages = exact_messages(&shop, order_id, &flow).await;
+    chain(&messages, &flow);
+    shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
+        .await;
+    shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unserved_destination_walks_back_the_stock_then_the_charge() {
+    let shop = orchestrated().await;
+    let order_id = shop.place(&order_body("BOOK-001", 2, "card", "AQ")).await;
+
+    let order = shop.settled_order(order_id).await;
+    assert_eq!(order["status"], "cancelled");
+    let flow = [
+        OrderPlaced::TYPE,
+        ChargePayment::TYPE,
+        PaymentCompleted::TYPE,
+        ReserveStock::TYPE,
+        StockReserved::TYPE,
+        BookShipment::TYPE,
+        ShipmentFailed::TYPE,
+        CancelOrder::TYPE,
+        OrderCancelled::TYPE,
+        // In reverse order of the steps, each undo waiting for the one before.
+        ReleaseStock::TYPE,
+        StockReleased::TYPE,
+        RefundPayment::TYPE,
+        PaymentRefunded::TYPE,
+        SettleOrder::TYPE,
+    ];
+    let messages = exact_messages(&shop, order_id, &flow).await;
+    chain(&messages, &flow);
+    shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
+        .await;
+    shop.audit_and_stop().await;
+}
+
+async fn cancel(shop: &Shop, order_id: Uuid) -> (u16, Value) {
+    let response = shop
+        .http
+        .post(format!("{}/orders/{order_id}/cancel", shop.url("orders")))
+        .send()
+        .await
+        .expect("orders reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_cancelling_mid_saga_gets_every_step_asked_for_walked_back() {
+    let mut shop = orchestrated().await;
+    // Shipping holds BookShipment in its queue: charged and reserved, the booking in flight.
+    shop.stop_service("shipping").await;
+    let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
+    shop.spy.wait_for::<BookShipment>(order_id).await;
+
+    let (status, order) = cancel(&shop, order_id).await;
+    assert_eq!(status, 202, "{order}");
+    assert_eq!(order["status"], "cancelled");
+    assert_eq!(order["settled"], false, "nothing is walked back yet");
+    shop.start_service("shipping").await;
+
+    let order = shop.settled_order(order_id).await;
+    assert_eq!(order["cancellation_reason"], "customer_request");
+    // The booking in flight is undone first (booked late, or never: either way answered).
+    let messages = distinct(&shop, order_id);
+    let by_type: BTreeMap<&str, &Seen> = messages
+        .values()
+        .map(|s| (s.envelope.event_type.as_str(), s))
+        .collect();
+    for undo in [
+        CancelShipment::TYPE,
+        ReleaseStock::TYPE,
+        StockReleased::TYPE,
+        RefundPayment::TYPE,
+        PaymentRefunded::TYPE,
+        SettleOrder::TYPE,
+    ] {
+        assert!(by_type.contains_key(undo), "{undo} in {:?}", by_type.keys());
+    }
+    assert_eq!(
+        by_type[CancelShipment::TYPE].envelope.causation_id,
+        Some(by_type[OrderCancelled::TYPE].envelope.message_id),
+        "the walk-back starts from the cancellation"
+    );
+    assert_eq!(
+        by_type[RefundPayment::TYPE].envelope.causation_id,
+        Some(by_type[StockReleased::TYPE].envelope.message_id),
+        "the charge goes back last"
+    );
+    assert!(
+        !by_type.contains_key(ConfirmOrder::TYPE),
+        "{:?}",
+        by_type.keys()
+    );
+    // A confirmed order stays confirmed: the same 409 as the choreography.
+    let confirmed = shop.place(&order_body("TEE-001", 1, "card", "GB")).await;
+    assert_eq!(shop.settled_order(confirmed).await["status"], "confirmed");
+    let (status, refused) = cancel(&shop, confirmed).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (409, Some("order_confirmed"))
+    );
+    shop.audit_and_stop().await;
+}
+
+fn short_deadline(config: &mut Config) {
+    config.order_deadline = std::time::Duration::from_secs(1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sagas_deadline_cancels_an_order_stuck_at_payment() {
+    let mut shop = Shop::start_in_with(Style::Orchestration, short_deadline).await;
+    shop.stop_service("payment").await;
+    let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
+
+    eventually("the deadline cancels the order", || async {
+        shop.order(order_id).await["status"] == json!("cancelled")
+    })
+    .await;
+    assert_eq!(
+        shop.order(order_id).await["cancellation_reason"],
+        "deadline_exceeded"
+    );
+    // Payment comes back to ChargePayment then RefundPayment: whatever it did is undone.
+    shop.start_service_with("payment", short_deadline).await;
+    let order = shop.settled_order(order_id).await;
+    assert_eq!(order["status"], "cancelled");
+    shop.spy.wait_for::<SettleOrder>(order_id).await;
+    shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_of_two_styles_on_one_shop_refuse_to_run_together() {
+    let shop = Shop::start_only(&["payment"]).await;
+    let mut config = shop.env.config();
+    config.style = Style::Orchestration;
+    let entry = shop::registry::find("inventory").expect("inventory");
+    let bound = (entry.bind)(config).await.expect("binds its port");
+    let refused = tokio::time::timeout(PATIENCE, bound.run(service_kit::CancellationToken::new()))
+        .await
+        .expect("stops by itself");
+    let error = refused.expect_err("an orchestrated service beside a choreographed one");
+    assert!(
+        error.to_string().contains("SHOP_STYLE"),
+        "the error says what to fix: {error}"
+    );
+    shop.stop().await;
+}
+
+const PATIENCE: std::time::Duration = shop_tests::PATIENCE;
