@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use shared_events::{CATALOG, Message, OrderPlaced};
 use shop_tests::{Shop, eventually};
 use uuid::Uuid;
@@ -60,16 +60,35 @@ async fn the_console_hears_every_event_streams_it_and_places_orders_through_the_
     let flow: Value = shop
         .get_json(&format!("{}/api/flow", shop.url("console")))
         .await;
-    let edges = flow["edges"].as_array().expect("edges");
+    assert_eq!(
+        flow["style"], "choreography",
+        "the map of the style it runs in"
+    );
+    let nodes = flow["nodes"].as_array().expect("nodes");
     for event in CATALOG {
+        let node = nodes
+            .iter()
+            .find(|n| n["message"] == event.event_type)
+            .unwrap_or_else(|| panic!("{} is on the map", event.event_type));
         assert!(
-            edges
-                .iter()
-                .any(|e| e["event"] == event.event_type && e["to"] == "console"),
+            node["to"]
+                .as_array()
+                .is_some_and(|to| to.iter().any(|c| c == "console")),
             "the console hears {}",
             event.event_type
         );
     }
+    let scenarios = flow["scenarios"].as_array().expect("scenarios");
+    let out_of_stock = scenarios
+        .iter()
+        .find(|s| s["title"] == "stock runs out")
+        .expect("the out-of-stock story");
+    assert!(
+        out_of_stock["edges"].as_array().is_some_and(
+            |edges| edges.contains(&json!(["StockReservationFailed", "PaymentRefunded"]))
+        ),
+        "{out_of_stock}"
+    );
 
     // The live stream, opened before the order.
     let stream = shop

@@ -9,11 +9,10 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use service_kit::{Config, Style};
 use shared_events::{
-    BookShipment, CancelOrder, CancelShipment, ChargePayment, ConfirmOrder, Message,
-    OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCompleted, PaymentFailed, PaymentRefunded,
-    RefundPayment, ReleaseStock, ReserveStock, SettleOrder, ShipmentBooked, ShipmentFailed,
-    StockReleased, StockReservationFailed, StockReserved,
+    BookShipment, CancelShipment, ChargePayment, ConfirmOrder, Message, OrderCancelled,
+    PaymentRefunded, RefundPayment, ReleaseStock, ReserveStock, SettleOrder, StockReleased,
 };
+use shop::map::{Scenario, messages_of, stories};
 use shop_tests::{Seen, Shop, eventually, order_body};
 use uuid::Uuid;
 
@@ -50,17 +49,23 @@ fn distinct(shop: &Shop, order_id: Uuid) -> BTreeMap<Uuid, Seen> {
         .collect()
 }
 
-/// `effect` was caused by `cause`; and each of a chain by the one before it.
-fn chain(messages: &BTreeMap<String, Seen>, types: &[&str]) {
-    for pair in types.windows(2) {
+/// The scenario's story, as the flow map tells it: exactly its messages, each caused by the
+/// one the map says.
+async fn follows_the_map(
+    shop: &Shop,
+    order_id: Uuid,
+    scenario: Scenario,
+) -> BTreeMap<String, Seen> {
+    let story = stories(Style::Orchestration, scenario);
+    let messages = exact_messages(shop, order_id, &messages_of(&story)).await;
+    for (cause, effect) in story {
         assert_eq!(
-            messages[pair[1]].envelope.causation_id,
-            Some(messages[pair[0]].envelope.message_id),
-            "{} is caused by {}",
-            pair[1],
-            pair[0]
+            messages[effect].envelope.causation_id,
+            Some(messages[cause].envelope.message_id),
+            "{effect} is caused by {cause}"
         );
     }
+    messages
 }
 
 async fn orchestrated() -> Shop {
@@ -74,19 +79,7 @@ async fn the_saga_takes_each_step_by_command_and_orders_confirms() {
 
     let order = shop.settled_order(order_id).await;
     assert_eq!(order["status"], "confirmed");
-    let flow = [
-        OrderPlaced::TYPE,
-        ChargePayment::TYPE,
-        PaymentCompleted::TYPE,
-        ReserveStock::TYPE,
-        StockReserved::TYPE,
-        BookShipment::TYPE,
-        ShipmentBooked::TYPE,
-        ConfirmOrder::TYPE,
-        OrderConfirmed::TYPE,
-    ];
-    let messages = exact_messages(&shop, order_id, &flow).await;
-    chain(&messages, &flow);
+    let messages = follows_the_map(&shop, order_id, Scenario::Happy).await;
     for (command, routing_key) in [
         (ChargePayment::TYPE, "payment.charge_payment"),
         (ReserveStock::TYPE, "inventory.reserve_stock"),
@@ -127,16 +120,7 @@ async fn a_declined_card_cancels_with_nothing_to_walk_back() {
         order["cancellation_reason"],
         "payment failed: card declined"
     );
-    let flow = [
-        OrderPlaced::TYPE,
-        ChargePayment::TYPE,
-        PaymentFailed::TYPE,
-        CancelOrder::TYPE,
-        OrderCancelled::TYPE,
-        SettleOrder::TYPE,
-    ];
-    let messages = exact_messages(&shop, order_id, &flow).await;
-    chain(&messages, &flow);
+    follows_the_map(&shop, order_id, Scenario::CardDeclined).await;
     shop.assert_notices(order_id, &["order_cancelled"]).await;
     shop.audit_and_stop().await;
 }
@@ -157,20 +141,7 @@ async fn not_enough_stock_walks_back_the_charge() {
             .is_some_and(|r| r.starts_with("stock reservation failed") && r.contains("HOODIE-001")),
         "{order}"
     );
-    let flow = [
-        OrderPlaced::TYPE,
-        ChargePayment::TYPE,
-        PaymentCompleted::TYPE,
-        ReserveStock::TYPE,
-        StockReservationFailed::TYPE,
-        CancelOrder::TYPE,
-        OrderCancelled::TYPE,
-        RefundPayment::TYPE,
-        PaymentRefunded::TYPE,
-        SettleOrder::TYPE,
-    ];
-    let messages = exact_messages(&shop, order_id, &flow).await;
-    chain(&messages, &flow);
+    follows_the_map(&shop, order_id, Scenario::OutOfStock).await;
     shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
         .await;
     shop.audit_and_stop().await;
@@ -183,25 +154,8 @@ async fn an_unserved_destination_walks_back_the_stock_then_the_charge() {
 
     let order = shop.settled_order(order_id).await;
     assert_eq!(order["status"], "cancelled");
-    let flow = [
-        OrderPlaced::TYPE,
-        ChargePayment::TYPE,
-        PaymentCompleted::TYPE,
-        ReserveStock::TYPE,
-        StockReserved::TYPE,
-        BookShipment::TYPE,
-        ShipmentFailed::TYPE,
-        CancelOrder::TYPE,
-        OrderCancelled::TYPE,
-        // In reverse order of the steps, each undo waiting for the one before.
-        ReleaseStock::TYPE,
-        StockReleased::TYPE,
-        RefundPayment::TYPE,
-        PaymentRefunded::TYPE,
-        SettleOrder::TYPE,
-    ];
-    let messages = exact_messages(&shop, order_id, &flow).await;
-    chain(&messages, &flow);
+    // In reverse order of the steps, each undo waiting for the one before.
+    follows_the_map(&shop, order_id, Scenario::Unshippable).await;
     shop.assert_notices(order_id, &["order_cancelled", "payment_refunded"])
         .await;
     shop.audit_and_stop().await;
@@ -272,6 +226,47 @@ async fn a_customer_cancelling_mid_saga_gets_every_step_asked_for_walked_back() 
     assert_eq!(
         (status, refused["error"].as_str()),
         (409, Some("order_confirmed"))
+    );
+    shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_commands_as_they_pass_and_the_orchestrated_map() {
+    let shop = orchestrated().await;
+    let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
+    assert_eq!(shop.settled_order(order_id).await["status"], "confirmed");
+    let console = shop.url("console");
+    let timeline = format!("{console}/api/orders/{order_id}/timeline");
+    eventually("the console heard the whole saga", || async {
+        shop.get_json(&timeline)
+            .await
+            .as_array()
+            .is_some_and(|heard| heard.iter().any(|e| e["event_type"] == "OrderConfirmed"))
+    })
+    .await;
+    let heard: Vec<String> = shop
+        .get_json(&timeline)
+        .await
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| Some(e["event_type"].as_str()?.to_owned()))
+        .collect();
+    for command in [
+        ChargePayment::TYPE,
+        ReserveStock::TYPE,
+        BookShipment::TYPE,
+        ConfirmOrder::TYPE,
+    ] {
+        assert!(heard.iter().any(|h| h == command), "{command} in {heard:?}");
+    }
+    let map = shop.get_json(&format!("{console}/api/flow")).await;
+    assert_eq!(map["style"], "orchestration");
+    assert!(
+        map["services"]
+            .as_array()
+            .is_some_and(|services| services.iter().any(|s| s == "saga")),
+        "{map}"
     );
     shop.audit_and_stop().await;
 }

@@ -1,7 +1,7 @@
 //! The console's HTTP side: the page, what it reads (all from `console.events`), the live
 //! stream, and the buttons, which call the public Orders API like any client.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -18,7 +18,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_kit::{
-    ApiContext, ApiError, BackgroundFuture, CancellationToken, Db, Outage, requests,
+    ApiContext, ApiError, BackgroundFuture, CancellationToken, Db, Outage, Style, requests,
 };
 use uuid::Uuid;
 
@@ -39,6 +39,20 @@ struct Console {
     db: Db,
     orders_url: String,
     http: reqwest::Client,
+    /// The flow map of the style this shop runs in (`shop map --json`, one per style).
+    flow: Arc<String>,
+}
+
+/// The map of `style` out of [`FLOW`], with the style's name in it.
+fn flow_of(style: Style) -> serde_json::Value {
+    let mut map = serde_json::from_str::<serde_json::Value>(FLOW)
+        .ok()
+        .and_then(|maps| maps.get(style.name()).cloned())
+        .unwrap_or_default();
+    if let Some(fields) = map.as_object_mut() {
+        fields.insert("style".to_owned(), style.name().into());
+    }
+    map
 }
 
 pub fn routes(api: ApiContext) -> Router {
@@ -49,8 +63,20 @@ pub fn routes(api: ApiContext) -> Router {
     {
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
     }
-    let dead_letters = crate::dead_letters::Watch::new(&api.config, FLOW);
+    let map = flow_of(api.config.style);
+    // Every service of the style has a queue, and so a dead-letter queue.
+    let services = map["services"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|name| Some(name.as_str()?.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dead_letters = crate::dead_letters::Watch::new(&api.config, services);
     let state = Console {
+        flow: Arc::new(map.to_string()),
         db: api.db,
         orders_url: api.config.orders_url.clone(),
         http: reqwest::Client::builder()
@@ -78,8 +104,12 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
-async fn flow() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], FLOW).into_response()
+async fn flow(State(console): State<Console>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        console.flow.as_str().to_owned(),
+    )
+        .into_response()
 }
 
 /// One event as the page shows it.

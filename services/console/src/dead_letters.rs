@@ -2,7 +2,7 @@
 //! service's dead-letter queue (its broker user may read them; reading returns each message
 //! where it was) at most every [`FRESH_FOR`], however many pages ask.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{Json, extract::State};
 use lapin::{Connection, ConnectionProperties};
@@ -29,7 +29,7 @@ pub(crate) struct ServiceDeadLetters {
 pub(crate) struct Watch {
     amqp_url: String,
     namespace: String,
-    /// Every service with a queue: the subscribers on the flow map.
+    /// Every service with a queue: the shop's services, of its style.
     services: Vec<String>,
     last: Arc<Mutex<Last>>,
 }
@@ -41,23 +41,11 @@ struct Last {
 }
 
 impl Watch {
-    pub(crate) fn new(config: &Config, flow: &str) -> Self {
-        let services: BTreeSet<String> = serde_json::from_str::<serde_json::Value>(flow)
-            .ok()
-            .and_then(|flow| {
-                let edges = flow.get("edges")?.as_array()?.clone();
-                Some(
-                    edges
-                        .iter()
-                        .filter_map(|edge| Some(edge.get("to")?.as_str()?.to_owned()))
-                        .collect(),
-                )
-            })
-            .unwrap_or_default();
+    pub(crate) fn new(config: &Config, services: Vec<String>) -> Self {
         Self {
             amqp_url: config.first_amqp_url(),
             namespace: config.namespace.clone(),
-            services: services.into_iter().collect(),
+            services,
             last: Arc::default(),
         }
     }

@@ -1,7 +1,7 @@
 // Drives the console's page in headless Chromium (Debian's package) with playwright-core:
 // presses "happy" and sees the order's row reach "confirmed" without a reload, presses
 // "unshippable" and sees the refund and the stock release, uses a button from the keyboard,
-// opens a timeline, and saves a screenshot.
+// opens a timeline, follows the out-of-stock story on the flow map, and saves a screenshot.
 //
 // Usage: node browser.mjs <console url> <screenshot.png> <dir holding node_modules/playwright-core>
 
@@ -65,8 +65,16 @@ try {
   await page.locator("#timeline-order", { hasText: unshippable }).waitFor();
   await page.locator('#timeline tr[data-event="ShipmentFailed"]').waitFor();
   await page.locator('#timeline tr[data-event="OrderCancelled"]').waitFor();
-  // The flow map lit up and counted: every edge row of an event that passed has its time.
-  await page.locator('#edges tr[data-event="OrderPlaced"] .when', { hasNotText: "—" }).first().waitFor();
+  // The flow map lit up and counted the messages that passed.
+  await page.locator('#graph .node[data-message="OrderPlaced"][data-seen]').waitFor();
+  // "What happens when stock runs out?": following that scenario highlights its story.
+  await page.getByRole("button", { name: "stock runs out" }).click();
+  await page.locator('#graph.following .node.follow[data-message="StockReservationFailed"]').waitFor();
+  await page.locator('#graph.following .node.follow[data-message="PaymentRefunded"]').waitFor();
+  if (await page.locator('#graph .node.follow[data-message="ShipmentBooked"]').count()) {
+    throw new Error("the out-of-stock story highlights a booking");
+  }
+  console.log("flow map: messages counted as they pass; the out-of-stock story highlighted");
 
   if (!(await page.evaluate(() => window.stillTheSamePage === true))) {
     throw new Error("the page was reloaded");
