@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use service_kit::{Config, Style};
 use shared_events::{
-    BookShipment, CancelShipment, ChargePayment, ConfirmOrder, Message, OrderCancelled,
-    RefundPayment, ReleaseStock, ReserveStock, SettleOrder,
+    BookShipment, CancelShipment, ChargePayment, ConfirmOrder, Envelope, Message, OrderCancelled,
+    OrderPlaced, RefundPayment, ReleaseStock, ReserveStock, SettleOrder,
 };
 use shop::map::{Scenario, messages_of, stories};
-use shop_tests::{Seen, Shop, eventually, order_body};
+use shop_tests::{Seen, Shop, TestPublisher, eventually, order_body};
 use uuid::Uuid;
 
 /// The messages of one order, checked to be exactly `expected` (each once, any order) and
@@ -387,6 +387,65 @@ async fn services_of_two_styles_on_one_shop_refuse_to_run_together() {
         error.to_string().contains("SHOP_STYLE"),
         "the error says what to fix: {error}"
     );
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_switched_to_the_other_style_hears_only_its_new_table() {
+    let mut shop = Shop::start_only(&["payment"]).await;
+    shop.stop_service("payment").await;
+    let publisher = TestPublisher::new(&shop.env.namespace).await;
+    let queue = format!("{}.payment", shop.env.namespace);
+    let placed = Envelope::new(
+        &shop_lab::harness::order_placed(uuid::Uuid::now_v7(), "MUG-001", 1),
+        None,
+    );
+    publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
+    assert_eq!(
+        publisher.ready(&queue).await,
+        1,
+        "choreographed, payment hears OrderPlaced"
+    );
+
+    // The same shop, switched: payment's table now holds commands only, and its queue follows.
+    shop.env.style = Style::Orchestration;
+    shop.start_service("payment").await;
+    shop.stop_service("payment").await;
+    let before = publisher.ready(&queue).await;
+    publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
+    assert_eq!(
+        publisher.ready(&queue).await,
+        before,
+        "orchestrated, OrderPlaced no longer reaches payment"
+    );
+
+    // Switched back (`shop up` and provisioning declare every queue of the style): the saga,
+    // which does not run in the choreography, stops hearing events instead of piling them up.
+    let config = shop.env.config();
+    let declare = |style| {
+        shop::provision::declare_topologies(
+            &config.amqp_url,
+            &config.namespace,
+            style,
+            &config.retry_delays,
+        )
+    };
+    declare(Style::Orchestration).await.expect("declared");
+    let saga = format!("{}.saga", shop.env.namespace);
+    publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
+    assert_eq!(
+        publisher.ready(&saga).await,
+        1,
+        "orchestrated, the saga hears it"
+    );
+    declare(Style::Choreography).await.expect("declared");
+    publisher.publish(OrderPlaced::ROUTING_KEY, &placed).await;
+    assert_eq!(
+        publisher.ready(&saga).await,
+        1,
+        "choreographed, it no longer does"
+    );
+    publisher.close().await;
     shop.stop().await;
 }
 

@@ -38,6 +38,7 @@ mod service;
 mod session;
 mod shutdown;
 pub mod style;
+pub mod sweep;
 pub mod telemetry;
 pub mod topology;
 

@@ -159,6 +159,13 @@ impl Topology {
         for routing_key in &self.routing_keys {
             bind(channel, &self.queue, &self.exchange, routing_key).await?;
         }
+        // A binding outlives the table that asked for it: the other style's (a shop switched
+        // from one to the other on the same broker) would bring messages no route handles.
+        for event in shared_events::CATALOG {
+            if !self.routing_keys.contains(&event.routing_key) {
+                unbind(channel, &self.queue, &self.exchange, event.routing_key).await?;
+            }
+        }
         if self.uses_commands {
             declare_exchange(channel, &self.commands_exchange).await?;
         }
@@ -280,6 +287,23 @@ async fn bind(
             exchange.into(),
             routing_key.into(),
             QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Removes a binding; one that does not exist is no error.
+async fn unbind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_unbind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
             FieldTable::default(),
         )
         .await

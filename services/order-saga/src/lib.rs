@@ -21,8 +21,8 @@ use std::{
 
 use saga::{Ask, Input, Phase, STEPS, Saga, Step};
 use service_kit::{
-    ApiContext, BackgroundFuture, BoundService, CancellationToken, Config, HandlerError, Outage,
-    Routes, Service, ServiceSpec, Style, UnitOfWork, telemetry::TRACE_TARGET,
+    ApiContext, BackgroundFuture, BoundService, CancellationToken, Config, HandlerError, Routes,
+    Service, ServiceSpec, Style, UnitOfWork, sweep, telemetry::TRACE_TARGET,
 };
 use shared_events::{
     BookShipment, CancelOrder, CancelShipment, ChargePayment, ConfirmOrder, OrderCancelled,
@@ -32,7 +32,6 @@ use shared_events::{
     StockReserved, participants,
 };
 use sqlx::{PgConnection, types::Json};
-use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -119,8 +118,11 @@ const ORDERS_EXPIRED: &str = "shop_orders_expired_total";
 
 impl OrderSaga {
     async fn start(&self, ctx: &mut Ctx, placed: OrderPlaced) -> Result<(), HandlerError> {
-        let deadline_at = ctx.occurred_at()
-            + chrono::Duration::from_std(self.deadline).unwrap_or(chrono::Duration::MAX);
+        // A deadline too far to represent is no deadline.
+        let deadline_at = chrono::Duration::from_std(self.deadline)
+            .ok()
+            .and_then(|deadline| ctx.occurred_at().checked_add_signed(deadline))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let (saga, first) = Saga::start();
         let created = sqlx::query(
             "INSERT INTO saga.sagas (order_id, phase, steps_taken, placed, deadline_at)
@@ -247,29 +249,11 @@ const BATCH: i64 = 200;
 fn expire(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
     Box::pin(async move {
         api.metrics.add(ORDERS_EXPIRED, &[], 0);
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let database = Outage::new("the database (as the saga's deadline sweep sees it)");
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = shutdown.cancelled() => return,
-            }
-            loop {
-                match api.db.bounded(expire_due(&api)).await {
-                    Ok(expired) => {
-                        database.answered();
-                        if expired < BATCH as usize {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        database.failed(&e);
-                        break;
-                    }
-                }
-            }
-        }
+        let what = "the database (as the saga's deadline sweep sees it)";
+        sweep::every(&api.db, SWEEP_INTERVAL, what, &shutdown, || async {
+            Ok(expire_due(&api).await? == BATCH as usize)
+        })
+        .await;
     })
 }
 

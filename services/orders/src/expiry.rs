@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use service_kit::{
-    ApiContext, BackgroundFuture, CancellationToken, Outage, telemetry::TRACE_TARGET,
+    ApiContext, BackgroundFuture, CancellationToken, sweep, telemetry::TRACE_TARGET,
 };
-use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -26,30 +25,11 @@ pub fn run(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
     Box::pin(async move {
         // Exported from the start (as 0): "none expired" rather than no data.
         api.metrics.add(ORDERS_EXPIRED, &[], 0);
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let database = Outage::new("the database (as the deadline sweep sees it)");
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = shutdown.cancelled() => return,
-            }
-            loop {
-                match api.db.bounded(expire_due(&api)).await {
-                    Ok(expired) => {
-                        database.answered();
-                        if expired < BATCH as usize {
-                            break;
-                        }
-                    }
-                    // Waits for the next tick; the outage is logged once, not per tick.
-                    Err(e) => {
-                        database.failed(&e);
-                        break;
-                    }
-                }
-            }
-        }
+        let what = "the database (as the deadline sweep sees it)";
+        sweep::every(&api.db, SWEEP_INTERVAL, what, &shutdown, || async {
+            Ok(expire_due(&api).await? == BATCH as usize)
+        })
+        .await;
     })
 }
 

@@ -425,6 +425,34 @@ pub async fn declare_topologies_of(
             .declare(&channel)
             .await?;
     }
+    // A service of the other style only (the saga, in a shop switched back to choreography)
+    // stops hearing events, so its queue does not fill up; its queues stay, dead letters too.
+    for service in crate::SERVICES.iter().filter(|s| !s.runs_in(style)) {
+        let Some(theirs) = service.styles.first() else {
+            continue;
+        };
+        let queue = service_kit::topology::queue_name(namespace, service.name);
+        // Its own channel: unbinding from a queue that was never declared closes it.
+        let unbinding = connection.create_channel().await?;
+        for key in service
+            .topology(namespace, *theirs, retry_delays)
+            .routing_keys
+        {
+            let unbound = unbinding
+                .queue_unbind(
+                    queue.as_str().into(),
+                    service_kit::topology::exchange_name(namespace)
+                        .as_str()
+                        .into(),
+                    key.into(),
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            if unbound.is_err() {
+                break;
+            }
+        }
+    }
     let _ = connection.close(200, "declared".into()).await;
     Ok(())
 }
