@@ -15,30 +15,6 @@ use shop::map::{Scenario, messages_of, stories};
 use shop_tests::{Seen, Shop, TestPublisher, eventually, metric, order_body};
 use uuid::Uuid;
 
-/// The events of one order, checked to be exactly `expected` (each once, any order), each
-/// correlated by the order id; returned by type for causation checks.
-async fn exact_events(shop: &Shop, order_id: Uuid, expected: &[&str]) -> BTreeMap<String, Seen> {
-    eventually(&format!("{expected:?} for {order_id}"), || async {
-        shop.spy.for_order(order_id).len() >= expected.len()
-    })
-    .await;
-    // Anything extra (a duplicate, a wrong compensation) would show up within this pause.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    let seen = shop.spy.for_order(order_id);
-    let mut types: Vec<&str> = seen
-        .iter()
-        .map(|s| s.envelope.event_type.as_str())
-        .collect();
-    types.sort_unstable();
-    let mut want = expected.to_vec();
-    want.sort_unstable();
-    assert_eq!(types, want, "events of {order_id}");
-    seen.into_iter()
-        .inspect(|s| assert_eq!(s.envelope.correlation_id, order_id))
-        .map(|s| (s.envelope.event_type.clone(), s))
-        .collect()
-}
-
 /// The messages the flow map says the scenario leads to (the map is drawn from these stories,
 /// so what it shows is what these tests saw).
 fn story(scenario: Scenario) -> Vec<&'static str> {
@@ -95,7 +71,9 @@ async fn a_declined_card_cancels_the_order_with_nothing_to_undo() {
         order["cancellation_reason"],
         "payment failed: card declined"
     );
-    let events = exact_events(&shop, order_id, &story(Scenario::CardDeclined)).await;
+    let events = shop
+        .exact_messages(order_id, &story(Scenario::CardDeclined))
+        .await;
     caused(&events, PaymentFailed::TYPE, OrderPlaced::TYPE);
     caused(&events, OrderCancelled::TYPE, PaymentFailed::TYPE);
     for answer in VOIDED {
@@ -141,7 +119,9 @@ async fn not_enough_stock_refunds_the_payment_and_cancels_the_order() {
             .is_some_and(|r| r.contains("HOODIE-001")),
         "{order}"
     );
-    let events = exact_events(&shop, order_id, &story(Scenario::OutOfStock)).await;
+    let events = shop
+        .exact_messages(order_id, &story(Scenario::OutOfStock))
+        .await;
     caused(
         &events,
         StockReservationFailed::TYPE,
@@ -189,7 +169,9 @@ async fn an_unserved_destination_refunds_releases_and_cancels() {
         order["cancellation_reason"],
         "shipment failed: no carrier serves AQ"
     );
-    let events = exact_events(&shop, order_id, &story(Scenario::Unshippable)).await;
+    let events = shop
+        .exact_messages(order_id, &story(Scenario::Unshippable))
+        .await;
     caused(&events, ShipmentFailed::TYPE, StockReserved::TYPE);
     for compensation in [PaymentRefunded::TYPE, StockReleased::TYPE] {
         caused_by_either(

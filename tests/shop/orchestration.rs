@@ -16,30 +16,6 @@ use shop::map::{Scenario, messages_of, stories};
 use shop_tests::{Seen, Shop, TestPublisher, eventually, order_body};
 use uuid::Uuid;
 
-/// The messages of one order, checked to be exactly `expected` (each once, any order) and
-/// correlated by the order id; returned by type for causation checks.
-async fn exact_messages(shop: &Shop, order_id: Uuid, expected: &[&str]) -> BTreeMap<String, Seen> {
-    eventually(&format!("{expected:?} for {order_id}"), || async {
-        distinct(shop, order_id).len() >= expected.len()
-    })
-    .await;
-    // Anything extra (a second command, a wrong undo) would show up within this pause.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    let seen = distinct(shop, order_id);
-    let mut types: Vec<&str> = seen
-        .values()
-        .map(|s| s.envelope.event_type.as_str())
-        .collect();
-    types.sort_unstable();
-    let mut want = expected.to_vec();
-    want.sort_unstable();
-    assert_eq!(types, want, "messages of {order_id}");
-    seen.into_values()
-        .inspect(|s| assert_eq!(s.envelope.correlation_id, order_id))
-        .map(|s| (s.envelope.event_type.clone(), s))
-        .collect()
-}
-
 /// The order's messages, one per message id (the relay publishes at least once).
 fn distinct(shop: &Shop, order_id: Uuid) -> BTreeMap<Uuid, Seen> {
     shop.spy
@@ -57,7 +33,7 @@ async fn follows_the_map(
     scenario: Scenario,
 ) -> BTreeMap<String, Seen> {
     let story = stories(Style::Orchestration, scenario);
-    let messages = exact_messages(shop, order_id, &messages_of(&story)).await;
+    let messages = shop.exact_messages(order_id, &messages_of(&story)).await;
     for (cause, effect) in story {
         assert_eq!(
             messages[effect].envelope.causation_id,

@@ -218,6 +218,42 @@ impl Shop {
         self.order(order_id).await
     }
 
+    /// The messages of one order, events and commands, checked to be exactly `expected` (each
+    /// once, any order; a copy the relay published again under the same id counts once), each
+    /// correlated by the order id; returned by type for causation checks.
+    pub async fn exact_messages(
+        &self,
+        order_id: Uuid,
+        expected: &[&str],
+    ) -> std::collections::BTreeMap<String, Seen> {
+        let distinct = || {
+            self.spy
+                .for_order(order_id)
+                .into_iter()
+                .map(|seen| (seen.envelope.message_id, seen))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        eventually(&format!("{expected:?} for {order_id}"), || async {
+            distinct().len() >= expected.len()
+        })
+        .await;
+        // Anything extra (a second effect, a wrong compensation) would show up within this pause.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let seen = distinct();
+        let mut types: Vec<&str> = seen
+            .values()
+            .map(|s| s.envelope.event_type.as_str())
+            .collect();
+        types.sort_unstable();
+        let mut want = expected.to_vec();
+        want.sort_unstable();
+        assert_eq!(types, want, "messages of {order_id}");
+        seen.into_values()
+            .inspect(|s| assert_eq!(s.envelope.correlation_id, order_id))
+            .map(|s| (s.envelope.event_type.clone(), s))
+            .collect()
+    }
+
     /// Runs the auditor (waiting for orders in flight) and fails the test on any violation.
     pub async fn assert_audit_clean(&self) -> shop::audit::Report {
         let amqp_url = amqp_url();

@@ -21,7 +21,6 @@ use opentelemetry_proto::tonic::{
 use prost::Message;
 use serde_json::Value as Json;
 use service_kit::{Style, topology};
-use shop::SERVICES;
 use shop_lab::{harness, process_shop::ProcessShop};
 use tokio::net::TcpListener;
 
@@ -204,17 +203,7 @@ async fn check_one_order(shop: &ProcessShop, style: Style, spans: &Spans) -> Res
     };
     let deliveries: usize = chain
         .iter()
-        .map(|message| {
-            SERVICES
-                .iter()
-                .filter(|s| s.runs_in(style))
-                .filter(|s| {
-                    (s.subscriptions)(style)
-                        .iter()
-                        .any(|e| e.event_type == *message)
-                })
-                .count()
-        })
+        .map(|message| shop::map::consumers(style, message).len())
         .sum();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let trace = loop {
