@@ -180,27 +180,9 @@ async fn check_one_order(shop: &ProcessShop, style: Style, spans: &Spans) -> Res
         .map_err(|e| e.to_string())?;
     let order_id = placed["order_id"].as_str().ok_or("no order id")?.to_owned();
 
-    // Every delivery the happy path makes: each message of the chain, once per subscriber.
-    let chain: &[&str] = match style {
-        Style::Choreography => &[
-            "OrderPlaced",
-            "PaymentCompleted",
-            "StockReserved",
-            "ShipmentBooked",
-            "OrderConfirmed",
-        ],
-        Style::Orchestration => &[
-            "OrderPlaced",
-            "ChargePayment",
-            "PaymentCompleted",
-            "ReserveStock",
-            "StockReserved",
-            "BookShipment",
-            "ShipmentBooked",
-            "ConfirmOrder",
-            "OrderConfirmed",
-        ],
-    };
+    // Every delivery the happy path makes: each message of its story on the flow map, once
+    // per subscriber.
+    let chain = shop::map::messages_of(&shop::map::stories(style, shop::map::Scenario::Happy));
     let deliveries: usize = chain
         .iter()
         .map(|message| shop::map::consumers(style, message).len())

@@ -117,7 +117,7 @@ async fn measure(
         .context("cannot watch the shop's exchanges")?;
     let usage = Usage::start(target.services());
     let before = Counters::read(target, http).await;
-    let messages_before = messages(target).await?;
+    let messages_before = messages(target, style).await?;
     let steady = offer(
         target,
         &watch,
@@ -130,7 +130,7 @@ async fn measure(
     .await;
     let services = usage.finish(&[]);
     let after = Counters::read(target, http).await;
-    let messages_after = messages(target).await?;
+    let messages_after = messages(target, style).await?;
     let (per_order, _) = match (&before, &after) {
         (Some(before), Some(after)) => after.since(before, steady.settled),
         _ => (None, BTreeMap::new()),
@@ -176,21 +176,14 @@ async fn measure(
     })
 }
 
-/// Messages written to every outbox of the shop so far: (events, commands).
-async fn messages(target: &Target) -> anyhow::Result<(i64, i64)> {
+/// Messages written to the outboxes of the shop's services (those of `style` it runs) so far:
+/// (events, commands).
+async fn messages(target: &Target, style: Style) -> anyhow::Result<(i64, i64)> {
     let database = target.database.as_ref().context("not our own shop")?;
     let mut counts = (0, 0);
-    for service in registry::names() {
-        let outbox = format!("{service}.outbox");
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&outbox)
-            .fetch_one(database)
-            .await?;
-        if !exists {
-            continue;
-        }
+    for service in registry::names_in(style).filter(|name| measured(name)) {
         let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT event_type, count(*) FROM {outbox} GROUP BY event_type"
+            "SELECT event_type, count(*) FROM {service}.outbox GROUP BY event_type"
         )))
         .fetch_all(database)
         .await?;
