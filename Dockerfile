@@ -1,4 +1,4 @@
-# One image for the whole shop: the six service binaries and the `shop` operator tool
+# One image for the whole shop: the seven service binaries and the `shop` operator tool
 # (without the lab: `shop chaos` and `shop bench` run from a checkout).
 #
 #   docker compose up --build       (see docker-compose.yml)
@@ -15,14 +15,17 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-# Rebuilt only when Cargo.toml/Cargo.lock change.
-RUN cargo chef cook --release --locked --recipe-path recipe.json
+# What the image holds, built in one cargo run: one feature set for all eight binaries, so the
+# dependencies are compiled once. `shop` with the operator's commands only (no default
+# features): the lab (chaos, bench) stays out of the image.
+ARG BINARIES="--bin orders --bin payment --bin inventory --bin shipping --bin notifications \
+    --bin console --bin order-saga --bin shop"
+# The dependencies alone, rebuilt only when Cargo.toml/Cargo.lock change. The recipe carries
+# Cargo.lock and cook builds what it pins (`--locked` fails here: cargo-chef rewrites the
+# workspace's own crates in the recipe); the shop's build below is `--locked` on the real one.
+RUN cargo chef cook --release --no-default-features $BINARIES --recipe-path recipe.json
 COPY . .
-# `shop` with the operator's commands only: the lab (chaos, bench) stays out of the image.
-RUN cargo build --release --locked \
-        --bin orders --bin payment --bin inventory --bin shipping --bin notifications \
-        --bin console --bin order-saga \
- && cargo build --release --locked -p shop-cli --no-default-features --bin shop
+RUN cargo build --release --locked --no-default-features $BINARIES
 
 # ---- Run: a small image, no compiler, no shell tools needed, not root ----------------------
 FROM debian:bookworm-slim AS runtime

@@ -193,14 +193,27 @@ fn compose_services_are_confined_and_probed(style: Style) {
             "service_completed_successfully"
         );
         assert!(spec["restart"].is_string(), "{service} restarts");
+        // Spans go where the user says (`http://jaeger:4318` with the observability profile);
+        // by default nowhere, so the shop runs quietly without a trace viewer.
         assert_eq!(
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4318",
-            "{service} sends its spans to the trace viewer (OTLP/HTTP)"
+            text(&spec["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]),
+            "${OTEL_EXPORTER_OTLP_ENDPOINT:-}",
+            "{service} sends its spans to the trace viewer the user names"
         );
+    }
+    // What a registry alone can give runs behind a profile: the shop itself runs everywhere.
+    for viewer in ["jaeger", "grafana"] {
+        let profiles: Vec<String> = compose["services"][viewer]["profiles"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{viewer} runs behind a profile"))
+            .iter()
+            .map(text)
+            .collect();
+        assert_eq!(profiles, vec!["observability".to_owned()], "{viewer}");
     }
     assert!(
         text(&compose["services"]["jaeger"]["image"]).starts_with("jaegertracing/"),
-        "a trace viewer runs"
+        "a trace viewer runs with the observability profile"
     );
     for key in environment(&compose, "provision").keys() {
         assert!(

@@ -66,7 +66,7 @@ pub fn process_setup(
 ) -> Result<(Config, CancellationToken, Telemetry), config::ConfigError> {
     // lapin logs every failed connection itself, three lines at error per attempt to
     // reconnect; the session reports the same failure once, with its context.
-    let telemetry = telemetry::init(name, "info,lapin=off");
+    let telemetry = telemetry::init(name, "info");
     let config = Config::from_env(default_http_addr)?;
     Ok((config, shutdown::on_signal(), telemetry))
 }

@@ -65,12 +65,29 @@ pub fn init(service: &str, default_filter: &str) -> Telemetry {
 /// spans in any case. One filter for both layers: per-layer filters lost some spans' trace
 /// context under load (tracing-subscriber 0.3.23).
 pub fn filter(default_filter: &str) -> EnvFilter {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    match format!("{TRACE_TARGET}=info").parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
+    let wanted = std::env::var("RUST_LOG").ok();
+    let mut filter = wanted
+        .as_deref()
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
+    for directive in kit_directives(wanted.as_deref()) {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
     }
+    filter
+}
+
+/// What the kit adds to any filter: its spans, and silence from lapin unless `RUST_LOG` names
+/// it. lapin logs every failed reconnect attempt and every channel the broker closes (the style
+/// marker's expected 404 at each start) at ERROR; the kit reports those once, itself. A plain
+/// `RUST_LOG=info` (the image's, compose's) must not turn them back on.
+fn kit_directives(rust_log: Option<&str>) -> Vec<String> {
+    let mut directives = vec![format!("{TRACE_TARGET}=info")];
+    if !rust_log.is_some_and(|directives| directives.contains("lapin")) {
+        directives.push("lapin=off".to_owned());
+    }
+    directives
 }
 
 /// The layer that turns the kit's spans into OpenTelemetry spans of service `service`, for a
@@ -272,5 +289,16 @@ mod tests {
         sent.traceparent = Some("stale".to_owned());
         stamp(&mut sent, &Span::current());
         assert_eq!(sent.traceparent, None);
+    }
+
+    #[test]
+    fn lapin_stays_quiet_unless_rust_log_names_it() {
+        let lapin_off = "lapin=off".to_owned();
+        assert!(kit_directives(None).contains(&lapin_off));
+        assert!(kit_directives(Some("info")).contains(&lapin_off));
+        assert!(!kit_directives(Some("info,lapin=debug")).contains(&lapin_off));
+        for rust_log in [None, Some("warn")] {
+            assert!(kit_directives(rust_log).contains(&format!("{TRACE_TARGET}=info")));
+        }
     }
 }
