@@ -242,7 +242,7 @@ fn compose_services_are_confined_and_probed(style: Style) {
         .collect();
     assert_eq!(
         management,
-        vec!["15672:15672"],
+        vec!["${RABBITMQ_UI_PORT:-15672}:15672"],
         "the RabbitMQ UI is published"
     );
     for volume in ["postgres-data", "rabbitmq-data"] {
@@ -763,6 +763,13 @@ fn the_cluster_profile_gives_every_service_all_three_nodes() {
             text(&cluster["services"][node]["hostname"]),
             node,
             "{node} is a node of its own"
+        );
+        // A quorum queue gets members on the nodes in the cluster when it is declared: the
+        // queues are declared once every node has joined, or losing one could lose a majority.
+        assert_eq!(
+            text(&cluster["services"]["provision"]["depends_on"][node]["condition"]),
+            "service_healthy",
+            "provision waits for {node}"
         );
     }
     // The saga is the orchestration override's (docker-compose.orchestration.yml).
