@@ -64,8 +64,7 @@ pub fn process_setup(
     name: &str,
     default_http_addr: std::net::SocketAddr,
 ) -> Result<(Config, CancellationToken, Telemetry), config::ConfigError> {
-    // lapin logs every failed connection itself, three lines at error per attempt to
-    // reconnect; the session reports the same failure once, with its context.
+    // lapin's own lines stay off whatever the filter (telemetry::filter says why).
     let telemetry = telemetry::init(name, "info");
     let config = Config::from_env(default_http_addr)?;
     Ok((config, shutdown::on_signal(), telemetry))
