@@ -50,8 +50,7 @@ impl Gated {
         ctx.announce(&StockReserved {
             order_id: event.order_id,
             items: vec![],
-        })
-        .await?;
+        });
         if event.customer_id == POISON {
             return Err(HandlerError::Rejected(
                 "this order can never be handled".to_owned(),

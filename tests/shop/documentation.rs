@@ -1,7 +1,7 @@
 //! The documentation holds together: every relative link in the README, `docs/` and
 //! `.ci/README.md` reaches a file (and a heading, when it names one), and the one
 //! configuration table (docs/architecture.md, "Configuration") lists exactly the settings the
-//! services read.
+//! services read, and the kit's map (docs/architecture.md, "The kit") exactly its files.
 
 use std::{
     collections::BTreeSet,
@@ -132,6 +132,69 @@ fn the_configuration_table_lists_exactly_the_settings_the_services_read() {
     assert_eq!(
         documented, read_by_services,
         "docs/architecture.md's configuration table and service_kit::config::VARIABLES differ"
+    );
+}
+
+/// Every `.rs` file under `dir`, as paths relative to `base`.
+fn rust_files(dir: &Path, base: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            files.extend(rust_files(&path, base));
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            let relative = path.strip_prefix(base).expect("under the base");
+            files.push(relative.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    files
+}
+
+#[test]
+fn the_kit_map_lists_exactly_the_kits_files() {
+    let architecture = read(&root().join("docs/architecture.md"));
+    let section = architecture
+        .split_once("## 8. The kit")
+        .and_then(|(_, rest)| rest.split_once("\n## "))
+        .map(|(section, _)| section)
+        .expect("docs/architecture.md has a section on the kit");
+    let mapped: BTreeSet<String> = section
+        .lines()
+        .filter(|line| line.starts_with("kit/src/"))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let services = root().join("services");
+    let files: BTreeSet<String> = rust_files(&services.join("kit/src"), &services)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        mapped, files,
+        "docs/architecture.md's map of the kit and the files in services/kit/src differ"
+    );
+}
+
+#[test]
+fn every_kit_path_the_docs_name_exists() {
+    let services = root().join("services");
+    let mut missing = Vec::new();
+    for page in pages() {
+        let text = read(&page);
+        for (at, _) in text.match_indices("kit/src/") {
+            let path: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "_/.".contains(*c))
+                .collect();
+            let path = path.trim_end_matches('.');
+            if !services.join(path).exists() {
+                missing.push(format!("{}: {path}", page.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the docs name kit files that are not there:\n{}",
+        missing.join("\n")
     );
 }
 

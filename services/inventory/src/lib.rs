@@ -151,16 +151,14 @@ impl Inventory {
                 ctx.announce(&StockReserved {
                     order_id,
                     items: wanted,
-                })
-                .await?;
+                });
             }
             Err(shortage) => {
                 let reason = shortage.reason();
                 record_reservation(ctx.db(), order_id, ReservationStatus::Failed, Some(&reason))
                     .await?;
                 tracing::info!(%reason, "reservation failed");
-                ctx.announce(&StockReservationFailed { order_id, reason })
-                    .await?;
+                ctx.announce(&StockReservationFailed { order_id, reason });
             }
         }
         Ok(())
@@ -190,7 +188,7 @@ impl Inventory {
                     record_reservation(ctx.db(), order_id, ReservationStatus::Voided, None).await?;
                 }
                 tracing::info!(record, "cancelled with nothing reserved; voided");
-                ctx.announce(&ReservationVoided { order_id }).await?;
+                ctx.announce(&ReservationVoided { order_id });
                 Ok(())
             }
             Undo::AlreadyAnswered => {
@@ -217,8 +215,7 @@ async fn give_back(ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
     ctx.announce(&StockReleased {
         order_id,
         items: held,
-    })
-    .await?;
+    });
     Ok(())
 }
 

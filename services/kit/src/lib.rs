@@ -2,58 +2,50 @@
 //! subscribes to, what it owns and what it announces.
 //!
 //! A service author reads [`Routes`], [`Ctx`], [`HandlerError`] and [`Service`], writes a
-//! [`ServiceSpec`] and calls [`bind`]. Underneath, one way down (no module imports one above it):
+//! [`ServiceSpec`] and calls [`bind`]. A reader who wants to see how one delivery becomes a state
+//! change and announced events reads `messaging/apply.rs` first. The folders, each importing
+//! only from the ones below it in this list (CI checks that no modules import each other in a
+//! loop):
 //!
-//! - `service` runs it: HTTP (`/healthz`, `/readyz`, `/metrics`), migrations, then
-//!   `session`, the reconnect loop that owns the AMQP connections;
-//! - `session` drives `consumer` (the inbox: idempotent handling, retries, dead letters) and
-//!   `outbox` (events written in the handler's transaction, and the relay that publishes them);
-//! - those stand on [`publisher`] (confirms and `mandatory`), [`topology`] (every exchange and
-//!   queue), `db` (the schema-scoped pool, each piece of work bounded in time), `outage` (a
-//!   dependency's absence logged once, not per try), `backoff`, `metrics` and [`config`].
+//! - `service.rs` runs a service: HTTP, migrations, then the broker session;
+//! - `messaging/`: a message's way in: the broker session, the consume loop, batches, one
+//!   delivery's life (`apply`), settling, parking, the inbox, provenance, the failure policy,
+//!   and the handler's contract (routes, context, unit of work);
+//! - `outbox/`: a message's way out: rows written in the unit of work, and the relay;
+//! - `broker/`: RabbitMQ as the shop uses it: topology, confirmed publishing, the messaging
+//!   span, the style marker, the operator's dead-letter tools;
+//! - `http/`: the server, its health routes and limits, bearer tokens, request extractors;
+//! - `runtime/`: configuration, the database handle, telemetry, metrics, outages, sweeps.
 //!
-//! [`dead_letters`] is the operator's side: listing and re-driving dead letters.
 //! See `docs/architecture.md` for why each mechanism exists.
 
-pub mod auth;
-mod backoff;
-mod batch;
-pub mod config;
-mod consumer;
-mod db;
-pub mod dead_letters;
-mod failure;
-mod handler;
+mod broker;
 mod http;
-mod inbox;
-mod metrics;
-mod outage;
+mod messaging;
 mod outbox;
-mod parked;
-mod provenance;
-pub mod publisher;
-pub mod requests;
-mod retention;
+mod runtime;
 mod service;
-mod session;
-mod shutdown;
-pub mod style;
-pub mod sweep;
-pub mod telemetry;
-pub mod topology;
 
-pub use config::Config;
-pub use consumer::headers;
-pub use db::{Announced, Db};
-pub use handler::{Ctx, Handler, HandlerError, HandlerFuture, Routes, Service, UnitOfWork};
-pub use http::ApiError;
-pub use metrics::Metrics;
-pub use outage::Outage;
-pub use outbox::Outbox;
+pub use broker::{dead_letters, headers, publisher, style, topology};
+pub use http::{auth, requests};
+pub use runtime::{config, sweep, telemetry};
+
+pub use broker::style::Style;
+pub use http::server::ApiError;
+pub use messaging::{
+    handler::{Ctx, Handler, HandlerError, HandlerFuture, Routes, Service},
+    unit_of_work::UnitOfWork,
+};
+pub use outbox::write::{Announced, Outbox};
+pub use runtime::{
+    config::Config,
+    db::Db,
+    metrics::Metrics,
+    outage::Outage,
+    shutdown::on_signal as shutdown_on_signal,
+    telemetry::{ErrorChain, Telemetry, init_logs},
+};
 pub use service::{ApiContext, BackgroundFuture, BoundService, Error, ServiceSpec, bind};
-pub use shutdown::on_signal as shutdown_on_signal;
-pub use style::Style;
-pub use telemetry::{ErrorChain, Telemetry, init_logs};
 pub use tokio_util::sync::CancellationToken;
 
 /// What every service binary does first: logs and traces as service `name`, configuration
@@ -67,5 +59,5 @@ pub fn process_setup(
     // lapin's own lines stay off whatever the filter (telemetry::filter says why).
     let telemetry = telemetry::init(name, "info");
     let config = Config::from_env(default_http_addr)?;
-    Ok((config, shutdown::on_signal(), telemetry))
+    Ok((config, runtime::shutdown::on_signal(), telemetry))
 }

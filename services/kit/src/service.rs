@@ -23,22 +23,33 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::Auth,
-    config::Config,
-    consumer::Consumer,
-    db::Db,
-    failure::Schedule,
-    handler::{Routes, Service},
-    http::{Health, HttpLimits, health_routes, serve},
-    metrics::Metrics,
-    outage::Outage,
-    outbox::Relay,
-    parked::ParkingLot,
-    publisher::broker_user,
-    retention::{self, Retention},
-    session::Supervisor,
-    style::{Style, StyleConflict},
-    topology::Topology,
+    broker::{
+        publisher::broker_user,
+        style::{Style, StyleConflict},
+        topology::Topology,
+    },
+    http::{
+        auth::Auth,
+        server::{Health, HttpLimits, health_routes, serve},
+    },
+    messaging::{
+        apply::Subscriber,
+        batch::Batcher,
+        consume::Consumer,
+        failure::Schedule,
+        handler::{Routes, Service},
+        parking::ParkingLot,
+        session::Supervisor,
+        unpark::Unparker,
+    },
+    outbox::relay::Relay,
+    runtime::{
+        config::Config,
+        db::Db,
+        metrics::Metrics,
+        outage::Outage,
+        retention::{self, Retention},
+    },
 };
 
 /// Everything that makes one service different from another. Its name (schema, queue, log
@@ -97,7 +108,7 @@ pub enum Error {
     #[error("migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::runtime::config::ConfigError),
     #[error(transparent)]
     Style(#[from] StyleConflict),
     #[error("{service} does not run in {style} style")]
@@ -258,26 +269,15 @@ async fn run<S: Service>(
             topology: topology.clone(),
             style: config.style,
             namespace: config.namespace.clone(),
-            consumer: Consumer {
-                service,
-                state: Arc::new(spec.state),
-                routes: Arc::new(spec.routes),
-                db: db.clone(),
-                topology,
-                schedule: Schedule {
-                    max_attempts: config.max_attempts,
-                    // A parked message may wait as long as the delay queues would have taken.
-                    patience: config.retry_schedule(),
-                },
-                batch_max: usize::from(config.batch_max),
-                // Provisioned deployments give each service a broker user of its own name.
-                users_per_service: broker_user(&config.first_amqp_url()) == service,
-                parking: Arc::new(ParkingLot::new(parked_sweep_interval(&config))),
-                metrics: metrics.clone(),
-                database: Outage::new("the database (as the consumer sees it)"),
-                paused: consumer_paused,
-                probe_max: config.db_probe_max,
-            },
+            consumer: consumer(
+                spec.state,
+                spec.routes,
+                &config,
+                &db,
+                &topology,
+                &metrics,
+                consumer_paused,
+            ),
             relay: announces
                 .then(|| Relay::new(db.clone(), config.outbox_sweep_interval, metrics.clone())),
             connected: broker_connected,
@@ -306,4 +306,61 @@ async fn run<S: Service>(
 fn parked_sweep_interval(config: &Config) -> Duration {
     let first_delay = config.retry_delays.first().copied().unwrap_or_default();
     first_delay.max(Duration::from_millis(50))
+}
+
+/// The consume loop and its links, each given what it needs: the spine (`Subscriber`), the
+/// batch and the parked messages' second chance share one view of the database's outages.
+fn consumer<S: Service>(
+    state: S,
+    routes: Routes<S>,
+    config: &Config,
+    db: &Db,
+    topology: &Arc<Topology>,
+    metrics: &Metrics,
+    paused: Arc<AtomicBool>,
+) -> Consumer<S> {
+    let service = S::Participant::NAME;
+    let subscriber = Arc::new(Subscriber {
+        service,
+        state: Arc::new(state),
+        routes: Arc::new(routes),
+        topology: topology.clone(),
+        // Provisioned deployments give each service a broker user of its own name.
+        users_per_service: broker_user(&config.first_amqp_url()) == service,
+        metrics: metrics.clone(),
+    });
+    let schedule = Schedule {
+        max_attempts: config.max_attempts,
+        // A parked message may wait as long as the delay queues would have taken.
+        patience: config.retry_schedule(),
+    };
+    let parked_sweep = parked_sweep_interval(config);
+    let parking = Arc::new(ParkingLot::new(parked_sweep));
+    let database = Outage::new("the database (as the consumer sees it)");
+    Consumer {
+        service,
+        batcher: Arc::new(Batcher {
+            subscriber: subscriber.clone(),
+            db: db.clone(),
+            parking: parking.clone(),
+            schedule,
+            database: database.clone(),
+        }),
+        unparker: Arc::new(Unparker {
+            subscriber,
+            db: db.clone(),
+            parking,
+            schedule,
+            database: database.clone(),
+        }),
+        db: db.clone(),
+        queue: topology.queue.clone(),
+        dead_letter_queue: topology.dead_letter_queue.clone(),
+        batch_max: usize::from(config.batch_max),
+        parked_sweep,
+        metrics: metrics.clone(),
+        database,
+        paused,
+        probe_max: config.db_probe_max,
+    }
 }

@@ -257,7 +257,7 @@ async fn place_order(
         shipping_address: request.shipping_address.clone(),
         currency: domain::CURRENCY.to_owned(),
     };
-    work.announce(&placed).await?;
+    work.announce(&placed);
     work.commit().await?;
     admission.accepted();
     tracing::info!(%order_id, total_cents, "order placed");

@@ -169,11 +169,11 @@ pub(crate) async fn save_and_announce(
     let age_seconds = save_order(work.db(), order_id, order).await?;
     match announcement {
         Some(Announcement::Confirmed) => {
-            work.announce(&OrderConfirmed { order_id }).await?;
+            work.announce(&OrderConfirmed { order_id });
             work.observe_on_commit(SAGA_DURATION, ("outcome", "confirmed"), age_seconds);
         }
         Some(Announcement::Cancelled { reason }) => {
-            work.announce(&OrderCancelled { order_id, reason }).await?;
+            work.announce(&OrderCancelled { order_id, reason });
             work.observe_on_commit(SAGA_DURATION, ("outcome", "cancelled"), age_seconds);
         }
         None => {}

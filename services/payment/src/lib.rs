@@ -107,8 +107,7 @@ impl Payment {
                     order_id: order.order_id,
                     payment_id,
                     amount_cents: order.total_cents,
-                })
-                .await?;
+                });
             }
             Charge::Declined { reason } => {
                 sqlx::query(
@@ -127,8 +126,7 @@ impl Payment {
                 ctx.announce(&PaymentFailed {
                     order_id: order.order_id,
                     reason,
-                })
-                .await?;
+                });
             }
         }
         Ok(())
@@ -169,7 +167,7 @@ impl Payment {
                     .await?;
                 }
                 tracing::info!(record, "cancelled before any charge; voided");
-                ctx.announce(&PaymentVoided { order_id }).await?;
+                ctx.announce(&PaymentVoided { order_id });
                 Ok(())
             }
             (decision, _) => {
@@ -214,7 +212,6 @@ async fn give_back(ctx: &mut Ctx, order_id: Uuid, payment: &Charged) -> Result<(
         order_id,
         payment_id: payment.payment_id,
         amount_cents,
-    })
-    .await?;
+    });
     Ok(())
 }

@@ -155,8 +155,7 @@ impl Shipping {
                     shipment_id,
                     carrier,
                     tracking_number,
-                })
-                .await?;
+                });
             }
             Booking::Fail { reason } => {
                 sqlx::query(
@@ -169,7 +168,7 @@ impl Shipping {
                 .execute(ctx.db())
                 .await?;
                 tracing::info!(%reason, "shipment failed");
-                ctx.announce(&ShipmentFailed { order_id, reason }).await?;
+                ctx.announce(&ShipmentFailed { order_id, reason });
             }
         }
         Ok(())
@@ -196,8 +195,7 @@ impl Shipping {
                 ctx.announce(&ShipmentCancelled {
                     order_id,
                     shipment_id,
-                })
-                .await?;
+                });
             }
             (Undo::Void { record }, _) => {
                 if record {
@@ -211,7 +209,7 @@ impl Shipping {
                     .await?;
                 }
                 tracing::info!(record, "cancelled with nothing booked; voided");
-                ctx.announce(&ShipmentVoided { order_id }).await?;
+                ctx.announce(&ShipmentVoided { order_id });
             }
             (decision, _) => tracing::info!(?decision, "cancellation already answered"),
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{
+use crate::runtime::{
     db::{self, Db},
     metrics::Metrics,
     outage::Outage,

@@ -7,7 +7,7 @@ use std::{future::Future, time::Duration};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::{db::Db, outage::Outage};
+use crate::runtime::{db::Db, outage::Outage};
 
 /// Runs `pass` every `interval` until `shutdown`; a pass answering `true` (a full batch: more
 /// may be waiting) runs again at once. `what` names the database as this sweep sees it.

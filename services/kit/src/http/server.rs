@@ -29,7 +29,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::{
+use crate::runtime::{
     config::HEADER_BYTES_CEILING,
     db::{self, Db},
     metrics::Metrics,

@@ -1,12 +1,9 @@
-//! The idempotent consumer. It takes the deliveries waiting in its prefetch window as one
-//! batch (`batch`) and applies them in one transaction: for each, its `message_id` recorded in
-//! the inbox (`inbox`), its effect and its outgoing events; the acks follow the commit. A
-//! duplicate finds its id already there and is acked with no effect.
+//! The consume loop: one batch at a time from the service's queue (`batch`, which applies each
+//! delivery as `apply` says and settles them), the circuit breaker that holds a batch while
+//! the database is away, and the side work around them: trying parked messages again
+//! (`unpark`) when a commit may have freed them, and sampling the dead-letter queue's depth.
 //!
-//! Failures never block the queue; `failure` decides each failed message's fate. An event
-//! that arrived before the fact it depends on is parked (`parked`) and applied as soon as that
-//! fact commits; a retry goes to a delay queue; a dead letter goes to the dead-letter queue
-//! with the reason in its headers.
+//! Failures never block the queue; `failure` decides each failed message's fate.
 
 use std::{
     sync::{
@@ -18,42 +15,32 @@ use std::{
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
-    BasicProperties, Channel,
+    Channel,
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString},
+    types::FieldTable,
 };
-use opentelemetry_semantic_conventions::attribute as semconv;
-use shared_events::{CATALOG, Envelope};
 use sqlx::postgres::{PgListener, PgNotification};
 use tokio::{task::JoinSet, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    backoff::Backoff,
-    batch::Held,
-    db::Db,
-    failure::{Move, Schedule},
-    handler::{Ctx, HandlerError, Routes, Service, UnitOfWork},
-    inbox,
-    metrics::Metrics,
-    outage::Outage,
-    parked::ParkingLot,
-    provenance::Vouched,
-    publisher::{Outgoing, PublishError, Publisher},
-    telemetry,
-    topology::Topology,
+    broker::publisher::Publisher,
+    messaging::{
+        batch::{Batcher, Held},
+        handler::Service,
+        settle::ACK_TIMEOUT,
+        unpark::Unparker,
+    },
+    runtime::{backoff::Backoff, db::Db, metrics::Metrics, outage::Outage},
 };
 
 /// How long in-flight deliveries may take to finish on shutdown.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 /// ... and after the channel failed (their acks cannot be delivered anyway).
 const FAILURE_DRAIN: Duration = Duration::from_secs(5);
-/// An ack or nack that takes longer went to a dead channel; the broker will redeliver.
-pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long connecting the parked-order listener may hold up the consumer's loop.
+/// How long connecting the parked-message listener may hold up the consumer's loop.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a batch may take once the database answers probes but the batch kept timing out.
 const SLOW_BATCH_BOUND: Duration = Duration::from_secs(60);
@@ -74,41 +61,18 @@ pub enum ConsumeError {
     ConnectionLost,
 }
 
-/// Headers the consumer sets on messages it retries or dead-letters.
-pub mod headers {
-    /// 1 for the first delivery, 2 for the first retry, ...
-    pub const ATTEMPT: &str = "x-shop-attempt";
-    /// The routing key the event was published with (retries travel under other keys).
-    pub const ORIGINAL_ROUTING_KEY: &str = "x-shop-original-routing-key";
-    /// The broker user that first published it (a copy is published by this service).
-    pub const ORIGINAL_PUBLISHER: &str = "x-shop-original-publisher";
-    pub const DEAD_LETTER_REASON: &str = "x-shop-dead-letter-reason";
-    /// When it was dead-lettered (RFC 3339), for grouping dead letters by cause over time.
-    pub const DEAD_LETTERED_AT: &str = "x-shop-dead-lettered-at";
-    pub const LAST_ERROR: &str = "x-shop-last-error";
-}
-
-/// What came of applying a message.
-pub(crate) enum Applied {
-    Effect,
-    Duplicate,
-    /// The parked message being tried again was already taken out of the lot.
-    Gone,
-}
-
 pub(crate) struct Consumer<S: Service> {
     pub(crate) service: &'static str,
-    pub(crate) state: Arc<S>,
-    pub(crate) routes: Arc<Routes<S>>,
+    pub(crate) batcher: Arc<Batcher<S>>,
+    pub(crate) unparker: Arc<Unparker<S>>,
     pub(crate) db: Db,
-    pub(crate) topology: Arc<Topology>,
-    pub(crate) schedule: Schedule,
+    /// The queue consumed and its dead-letter queue.
+    pub(crate) queue: String,
+    pub(crate) dead_letter_queue: String,
     /// Deliveries applied in one transaction at most (`CONSUMER_BATCH_MAX`).
     pub(crate) batch_max: usize,
-    /// Every service publishes as a broker user of its own name: believe an event only from
-    /// its producer's user.
-    pub(crate) users_per_service: bool,
-    pub(crate) parking: Arc<ParkingLot>,
+    /// How often the parked messages are swept.
+    pub(crate) parked_sweep: Duration,
     pub(crate) metrics: Metrics,
     /// The database as this consumer sees it: an outage is logged as it begins and ends.
     pub(crate) database: Outage,
@@ -132,14 +96,13 @@ impl<S: Service> Clone for Consumer<S> {
     fn clone(&self) -> Self {
         Self {
             service: self.service,
-            state: self.state.clone(),
-            routes: self.routes.clone(),
+            batcher: self.batcher.clone(),
+            unparker: self.unparker.clone(),
             db: self.db.clone(),
-            topology: self.topology.clone(),
-            schedule: self.schedule,
+            queue: self.queue.clone(),
+            dead_letter_queue: self.dead_letter_queue.clone(),
             batch_max: self.batch_max,
-            users_per_service: self.users_per_service,
-            parking: self.parking.clone(),
+            parked_sweep: self.parked_sweep,
             metrics: self.metrics.clone(),
             database: self.database.clone(),
             paused: self.paused.clone(),
@@ -163,7 +126,7 @@ impl<S: Service> Consumer<S> {
         self.paused.store(false, Ordering::SeqCst);
         let mut deliveries = channel
             .basic_consume(
-                self.topology.queue.as_str().into(),
+                self.queue.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -184,27 +147,27 @@ impl<S: Service> Consumer<S> {
         let probe_at = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(probe_at);
         let mut in_flight = JoinSet::new();
-        let mut parked_sweep = tokio::time::interval(self.parking.sweep_interval);
+        let mut parked_sweep = tokio::time::interval(self.parked_sweep);
         parked_sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut dead_letter_depth = tokio::time::interval(DEAD_LETTER_DEPTH_INTERVAL);
         dead_letter_depth.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // Another instance's commit may free what this one parked: it says so by NOTIFY. Without
         // a listener (the database is away) the parked sweep still finds everything.
-        let mut freed = self.listen_for_freed_orders().await;
+        let mut freed = self.listen_for_freed().await;
         let ended = loop {
             tokio::select! {
                 () = failed.cancelled() => break Err(ConsumeError::ConnectionLost),
                 () = stop.cancelled() => break Ok(()),
                 notification = next_notification(&mut freed), if freed.is_some() => {
                     match notification.map(|n| n.payload().parse::<Uuid>()) {
-                        Ok(Ok(order_id)) => {
-                            let consumer = self.clone();
+                        Ok(Ok(correlation_id)) => {
+                            let unparker = self.unparker.clone();
                             let publisher = publisher.clone();
                             in_flight.spawn(async move {
-                                consumer.unpark_order(order_id, &publisher, true).await;
+                                unparker.unpark_correlated(correlation_id, &publisher, true).await;
                             });
                         }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "a parked-order notification without an order id"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "a parked-message notification without a correlation id"),
                         // The database went away: listen again later; what is missed meanwhile,
                         // the sweep finds.
                         Err(e) => {
@@ -215,18 +178,18 @@ impl<S: Service> Consumer<S> {
                 }
                 _ = dead_letter_depth.tick() => {
                     if freed.is_none() {
-                        freed = self.listen_for_freed_orders().await;
+                        freed = self.listen_for_freed().await;
                     }
                     in_flight.spawn(sample_dead_letter_depth(
                         channel.clone(),
-                        self.topology.dead_letter_queue.clone(),
+                        self.dead_letter_queue.clone(),
                         self.metrics.clone(),
                     ));
                 }
                 _ = parked_sweep.tick(), if held.is_none() => {
-                    let consumer = self.clone();
+                    let unparker = self.unparker.clone();
                     let publisher = publisher.clone();
-                    in_flight.spawn(async move { consumer.sweep_parked(&publisher).await });
+                    in_flight.spawn(async move { unparker.sweep_parked(&publisher).await });
                 }
                 Some(step) = batch.join_next(), if !batch.is_empty() => {
                     // Reap finished side work as we go, so the set stays small.
@@ -321,19 +284,27 @@ impl<S: Service> Consumer<S> {
         publisher: &Publisher,
         bound: Duration,
     ) {
-        let consumer = self.clone();
+        let (batcher, unparker) = (self.batcher.clone(), self.unparker.clone());
         let publisher = publisher.clone();
         batch.spawn(async move {
-            match consumer.handle_batch(deliveries, &publisher, bound).await {
-                Ok(()) => Step::Settled,
+            match batcher.handle(deliveries, &publisher, bound).await {
+                Ok(touched) => {
+                    // What the batch committed may free messages parked for the same ids.
+                    for (correlation_id, parked_here) in touched {
+                        unparker
+                            .unpark_correlated(correlation_id, &publisher, parked_here)
+                            .await;
+                    }
+                    Step::Settled
+                }
                 Err(held) => Step::Held(held),
             }
         });
     }
 
-    /// Listens on `<schema>_parked`, where a commit on any instance names an order whose
-    /// parked messages it may have freed. `None` if the database does not answer soon.
-    async fn listen_for_freed_orders(&self) -> Option<PgListener> {
+    /// Listens on `<schema>_parked`, where a commit on any instance names a correlation id
+    /// whose parked messages it may have freed. `None` if the database does not answer soon.
+    async fn listen_for_freed(&self) -> Option<PgListener> {
         let channel = format!("{}_parked", self.db.schema);
         match tokio::time::timeout(LISTEN_TIMEOUT, self.db.listen(&[&channel])).await {
             Ok(Ok(listener)) => Some(listener),
@@ -343,143 +314,6 @@ impl<S: Service> Consumer<S> {
             }
             Err(_) => None,
         }
-    }
-
-    /// The CONSUMER span of handling `envelope`, a child of the span that published it (so a
-    /// retry, a redrive or a parked message's later try stays in its trace), and what every
-    /// log line about it carries; `unparked` marks a try of a parked message, not a delivery.
-    pub(crate) fn span(&self, envelope: &Envelope, attempt: u32, unparked: bool) -> tracing::Span {
-        let routing_key = CATALOG
-            .iter()
-            .find(|info| info.event_type == envelope.event_type)
-            .map_or(envelope.event_type.as_str(), |info| info.routing_key);
-        let destination = format!(
-            "{}:{routing_key}:{}",
-            self.topology.exchange, self.topology.queue
-        );
-        let span = tracing::info_span!(
-            target: telemetry::TRACE_TARGET,
-            "handle",
-            otel.name = format!("process {destination}").as_str(),
-            otel.kind = "consumer",
-            { semconv::MESSAGING_SYSTEM } = "rabbitmq",
-            { semconv::MESSAGING_OPERATION_TYPE } = "process",
-            { semconv::MESSAGING_OPERATION_NAME } = "process",
-            { semconv::MESSAGING_DESTINATION_NAME } = destination.as_str(),
-            { semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY } = routing_key,
-            { semconv::MESSAGING_CONSUMER_GROUP_NAME } = self.topology.queue.as_str(),
-            { semconv::MESSAGING_MESSAGE_ID } = %envelope.message_id,
-            { semconv::MESSAGING_MESSAGE_CONVERSATION_ID } = %envelope.correlation_id,
-            service = self.service,
-            event_type = %envelope.event_type,
-            message_id = %envelope.message_id,
-            order_id = %envelope.correlation_id,
-            correlation_id = %envelope.correlation_id,
-            causation_id = ?envelope.causation_id,
-            attempt,
-            unparked,
-        );
-        telemetry::continue_trace(&span, envelope);
-        span
-    }
-
-    /// Inbox entry, effect and outgoing events, in `work`'s transaction (the caller commits or
-    /// rolls back); the unit of work comes back whatever the outcome.
-    pub(crate) async fn apply_in(
-        &self,
-        mut work: UnitOfWork<S::Participant>,
-        envelope: &Envelope,
-        published_by: Option<&str>,
-    ) -> (UnitOfWork<S::Participant>, Result<Applied, HandlerError>) {
-        match inbox::record_first(work.db(), envelope, published_by).await {
-            Ok(true) => {}
-            Ok(false) => return (work, Ok(Applied::Duplicate)),
-            Err(e) => return (work, Err(e.into())),
-        }
-        let (work, handled) = self.handle_in(work, envelope).await;
-        (work, handled.map(|()| Applied::Effect))
-    }
-
-    /// The handler of `envelope`'s type, in `work`'s transaction (its inbox entry already made).
-    pub(crate) async fn handle_in(
-        &self,
-        work: UnitOfWork<S::Participant>,
-        envelope: &Envelope,
-    ) -> (UnitOfWork<S::Participant>, Result<(), HandlerError>) {
-        let mut ctx = Ctx::new(work, envelope);
-        let handled = match self.routes.dispatch(&self.state, &mut ctx, envelope) {
-            Some(handled) => handled.await,
-            None => Err(HandlerError::Rejected(format!(
-                "{} subscribes to no event of type {:?}",
-                self.service, envelope.event_type
-            ))),
-        };
-        (ctx.into_work(), handled)
-    }
-
-    /// Publishes a copy of a failed message to a delay queue or the dead-letter queue, its
-    /// headers saying which try it was, why, and how it was first published (under which
-    /// routing key, by whom: the copy itself is published by this service).
-    pub(crate) async fn move_on(
-        &self,
-        publisher: &Publisher,
-        body: &[u8],
-        properties: BasicProperties,
-        vouched: &Vouched,
-        attempt: u32,
-        destination: Move,
-    ) -> Result<(), PublishError> {
-        let mut headers = properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            headers::ORIGINAL_ROUTING_KEY.into(),
-            text(&vouched.routing_key),
-        );
-        if let Some(original) = &vouched.publisher {
-            headers.insert(headers::ORIGINAL_PUBLISHER.into(), text(original));
-        }
-        let (queue, metric) = match &destination {
-            Move::Retry {
-                next_attempt,
-                delay_step,
-                error,
-            } => {
-                tracing::warn!(%error, next_attempt, "handler failed; retrying later");
-                headers.insert(
-                    headers::ATTEMPT.into(),
-                    AMQPValue::LongLongInt((*next_attempt).into()),
-                );
-                headers.insert(headers::LAST_ERROR.into(), text(error));
-                (
-                    self.topology.retry_queue_for(*delay_step),
-                    "shop_retries_total",
-                )
-            }
-            Move::DeadLetter { reason, .. } => {
-                tracing::error!(%reason, attempt, "dead-lettering message");
-                headers.insert(
-                    headers::ATTEMPT.into(),
-                    AMQPValue::LongLongInt(attempt.into()),
-                );
-                headers.insert(headers::DEAD_LETTER_REASON.into(), text(reason));
-                headers.insert(
-                    headers::DEAD_LETTERED_AT.into(),
-                    text(&chrono::Utc::now().to_rfc3339()),
-                );
-                (
-                    self.topology.dead_letter_queue.as_str(),
-                    "shop_dead_letters_total",
-                )
-            }
-        };
-        let copy = Outgoing {
-            exchange: &self.topology.private_exchange,
-            routing_key: queue,
-            body,
-            properties: properties.with_headers(headers),
-        };
-        publisher.publish(copy).await?;
-        self.metrics.inc(metric, &[]);
-        Ok(())
     }
 }
 
@@ -526,8 +360,4 @@ async fn sample_dead_letter_depth(channel: Channel, queue: String, metrics: Metr
             f64::from(queue.message_count()),
         );
     }
-}
-
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
 }

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::{auth::AuthSettings, style::Style};
+use crate::{broker::style::Style, http::auth::AuthSettings};
 
 #[derive(Debug, Clone)]
 pub struct Config {

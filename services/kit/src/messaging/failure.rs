@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::{db, handler::HandlerError};
+use crate::{messaging::handler::HandlerError, runtime::db};
 
 /// A failure, as far as the message's fate goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,16 +14,17 @@ use lapin::{Connection, ConnectionProperties, options::BasicQosOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backoff::Backoff,
-    consumer::{ConsumeError, Consumer},
-    handler::Service,
-    metrics::Metrics,
-    outage::Outage,
-    outbox::Relay,
-    publisher::{PublishError, Publisher},
-    style::{self, MarkerError, Style, StyleConflict},
-    telemetry::ErrorChain,
-    topology::Topology,
+    broker::{
+        publisher::{PublishError, Publisher},
+        style::{self, MarkerError, Style, StyleConflict},
+        topology::Topology,
+    },
+    messaging::{
+        consume::{ConsumeError, Consumer},
+        handler::Service,
+    },
+    outbox::relay::Relay,
+    runtime::{backoff::Backoff, metrics::Metrics, outage::Outage, telemetry::ErrorChain},
 };
 
 /// Why a broker session ended; every one of them means "reconnect".

@@ -16,8 +16,8 @@ use lapin::{
 use shared_events::Envelope;
 use uuid::Uuid;
 
-use crate::{
-    consumer::headers,
+use crate::broker::{
+    headers,
     publisher::{Outgoing, PublishError, Publisher, header_text, header_u32},
     topology,
 };

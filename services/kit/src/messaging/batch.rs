@@ -7,25 +7,50 @@
 //! done); its batch-mates commit together. Nothing is acked before the commit: a crash loses
 //! nothing, the broker redelivers and the inbox absorbs what had committed.
 
-use std::time::{Duration, Instant};
-
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
 };
+
+use lapin::message::Delivery;
 use shared_events::Envelope;
 use tracing::{Instrument, Span};
+use uuid::Uuid;
 
 use crate::{
-    consumer::{ACK_TIMEOUT, Applied, Consumer, headers},
-    db,
-    failure::{self, Failure, Fate, Move, Origin},
-    handler::{Service, UnitOfWork},
-    inbox,
-    provenance::{self, Vouched},
-    publisher::{PublishError, Publisher, header_u32},
-    telemetry::ErrorChain,
+    broker::{
+        headers,
+        publisher::{PublishError, Publisher, header_u32},
+    },
+    messaging::{
+        apply::{self, Applied, Subscriber},
+        failure::{self, Failure, Fate, Move, Origin, Schedule},
+        handler::Service,
+        inbox,
+        parking::ParkingLot,
+        provenance::Vouched,
+        settle::{self, Failed, ack_alone, ack_up_to, settle},
+        unit_of_work::UnitOfWork,
+    },
+    runtime::{
+        db::{self, Db},
+        outage::Outage,
+    },
 };
+
+/// Applies a batch of deliveries in one transaction and settles them.
+pub(crate) struct Batcher<S: Service> {
+    pub(crate) subscriber: Arc<Subscriber<S>>,
+    pub(crate) db: Db,
+    pub(crate) parking: Arc<ParkingLot>,
+    pub(crate) schedule: Schedule,
+    /// The database as the consumer sees it: an outage is logged as it begins and ends.
+    pub(crate) database: Outage,
+}
+
+/// A correlation id the batch committed something for, and whether a message of it was
+/// parked (then `unpark` looks at once, even if this process had parked none before).
+pub(crate) type Touched = (Uuid, bool);
 
 /// A delivery of the batch, read and believed.
 struct Taken {
@@ -39,7 +64,7 @@ struct Taken {
 
 /// How a message of the batch got into the inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Inbox {
+enum Row {
     /// With the batch's: whether it was the first delivery.
     Recorded(bool),
     /// On its own, inside its savepoint (the batch's insert was refused).
@@ -72,7 +97,7 @@ enum Disposition {
 }
 
 /// A batch the database did not take: it stays with the consumer, unacked, its attempts
-/// unspent, until the database answers again (`consumer`'s circuit breaker).
+/// unspent, until the database answers again (`consume`'s circuit breaker).
 pub(crate) struct Held {
     pub(crate) deliveries: Vec<Delivery>,
     pub(crate) error: sqlx::Error,
@@ -82,25 +107,28 @@ pub(crate) struct Held {
 /// error with what had been decided without the transaction (a move) so far.
 type Ended = Result<Vec<Disposition>, (Vec<Disposition>, sqlx::Error)>;
 
-impl<S: Service> Consumer<S> {
+impl<S: Service> Batcher<S> {
     /// Applies `deliveries` (in queue order) in one transaction, then settles each: moved on
-    /// (its copy confirmed) or handed back, and the rest acked with one `multiple` ack. A batch
-    /// the database could not be reached for, or that took longer than `bound`, is handed back
-    /// whole (`Held`), nothing settled.
-    pub(crate) async fn handle_batch(
+    /// (its copy confirmed) or handed back, and the rest acked with one `multiple` ack; returns
+    /// the correlation ids it committed something for. A batch the database could not be
+    /// reached for, or that took longer than `bound`, is handed back whole (`Held`), nothing
+    /// settled.
+    pub(crate) async fn handle(
         &self,
         deliveries: Vec<Delivery>,
         publisher: &Publisher,
         bound: Duration,
-    ) -> Result<(), Held> {
-        self.metrics
+    ) -> Result<Vec<Touched>, Held> {
+        let subscriber = &self.subscriber;
+        subscriber
+            .metrics
             .observe("shop_consumer_batch_size", &[], deliveries.len() as f64);
         let mut taken = Vec::with_capacity(deliveries.len());
         let mut refused = Vec::new();
         for delivery in deliveries {
             let attempt = header_u32(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
-            let vouched = Vouched::of(&delivery, &self.topology);
-            match self.believe(&delivery, &vouched, attempt) {
+            let vouched = Vouched::of(&delivery, &subscriber.topology);
+            match subscriber.believe(&delivery.data, &vouched, attempt) {
                 Ok((envelope, span)) => taken.push(Taken {
                     delivery,
                     attempt,
@@ -150,7 +178,7 @@ impl<S: Service> Consumer<S> {
                 .await;
             settle(delivery, moved, &mut to_ack).await;
         }
-        let mut freed = Vec::new();
+        let mut touched = Vec::new();
         for (taken, disposition) in taken.into_iter().zip(dispositions) {
             let Taken {
                 delivery,
@@ -162,7 +190,7 @@ impl<S: Service> Consumer<S> {
             let event = envelope.event_type.as_str();
             let outcome = match disposition {
                 Disposition::Applied { took } => {
-                    self.metrics.observe(
+                    subscriber.metrics.observe(
                         "shop_handler_duration_seconds",
                         &[("event", event)],
                         took.as_secs_f64(),
@@ -170,7 +198,7 @@ impl<S: Service> Consumer<S> {
                     // At debug: a handler logs its own decision at info, and a line per
                     // delivery on top of it was a tenth of the shop's CPU under load.
                     tracing::debug!(parent: &span, outcome = "applied", "handled");
-                    freed.push((envelope.correlation_id, false));
+                    touched.push((envelope.correlation_id, false));
                     settle(delivery, Ok(()), &mut to_ack).await;
                     "applied"
                 }
@@ -183,7 +211,7 @@ impl<S: Service> Consumer<S> {
                     tracing::info!(parent: &span, %reason, "parked until what it waits for commits");
                     // What it waits for may have committed meanwhile (a batch-mate, another
                     // instance): its pass finds out.
-                    freed.push((envelope.correlation_id, true));
+                    touched.push((envelope.correlation_id, true));
                     settle(delivery, Ok(()), &mut to_ack).await;
                     "parked"
                 }
@@ -197,18 +225,12 @@ impl<S: Service> Consumer<S> {
                     outcome
                 }
             };
-            self.metrics.inc(
-                "shop_messages_total",
-                &[("event", event), ("outcome", outcome)],
-            );
+            subscriber.count(event, outcome);
         }
         if let Some(last) = to_ack {
             ack_up_to(&last).await;
         }
-        for (order_id, parked_here) in freed {
-            self.unpark_order(order_id, publisher, parked_here).await;
-        }
-        Ok(())
+        Ok(touched)
     }
 
     /// A delivery refused untried (malformed, or not vouched for) goes to the dead-letter queue.
@@ -237,44 +259,21 @@ impl<S: Service> Consumer<S> {
         attempt: u32,
         destination: Move,
     ) -> Result<(), PublishError> {
-        let properties = delivery.properties.clone();
-        self.move_on(
-            publisher,
-            &delivery.data,
-            properties,
+        let failed = Failed {
+            body: &delivery.data,
+            properties: delivery.properties.clone(),
             vouched,
             attempt,
+        };
+        let subscriber = &self.subscriber;
+        settle::move_on(
+            publisher,
+            &subscriber.topology,
+            &subscriber.metrics,
+            failed,
             destination,
         )
         .await
-    }
-
-    /// Reads and checks a delivery, and opens its span; one that is malformed or that the
-    /// broker does not vouch for is refused (the reason), to be dead-lettered untried.
-    fn believe(
-        &self,
-        delivery: &Delivery,
-        vouched: &Vouched,
-        attempt: u32,
-    ) -> Result<(Envelope, Span), String> {
-        let envelope = Envelope::from_json(&delivery.data).map_err(|e| {
-            self.metrics.inc(
-                "shop_messages_total",
-                &[("event", "?"), ("outcome", "malformed")],
-            );
-            tracing::warn!(reason = %e, routing_key = %delivery.routing_key, "malformed message");
-            e.to_string()
-        })?;
-        if let Err(reason) = provenance::check(&envelope, vouched, self.users_per_service) {
-            self.metrics.inc(
-                "shop_messages_total",
-                &[("event", &envelope.event_type), ("outcome", "untrusted")],
-            );
-            tracing::warn!(%reason, message_id = %envelope.message_id, "refusing a message the broker does not vouch for");
-            return Err(reason);
-        }
-        let span = self.span(&envelope, attempt, false);
-        Ok((envelope, span))
     }
 
     /// One transaction for the whole batch, its inbox rows in one statement. It is tried first
@@ -299,11 +298,11 @@ impl<S: Service> Consumer<S> {
             .map(|taken| (&taken.envelope, taken.vouched.publisher.as_deref()))
             .collect();
         let mut work = match self.db.begin_batch().await {
-            Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
+            Ok(tx) => UnitOfWork::within(tx, &self.db, &self.subscriber.metrics, None),
             Err(e) => return Some(Err((Vec::new(), e))),
         };
         let inbox = match inbox::record_batch(work.db(), &entries).await {
-            Ok(first) => first.into_iter().map(Inbox::Recorded).collect(),
+            Ok(first) => first.into_iter().map(Row::Recorded).collect(),
             Err(e) if db::is_connection_error(&e) => return Some(Err((Vec::new(), e))),
             // Something in one message the inbox cannot hold: each records its own, so that
             // one fails alone.
@@ -311,15 +310,15 @@ impl<S: Service> Consumer<S> {
                 tracing::warn!(error = %e, "the batch's inbox rows were refused; recording them one by one");
                 drop(work);
                 work = match self.db.begin_batch().await {
-                    Ok(tx) => UnitOfWork::within(tx, &self.db, &self.metrics, None),
+                    Ok(tx) => UnitOfWork::within(tx, &self.db, &self.subscriber.metrics, None),
                     Err(e) => return Some(Err((Vec::new(), e))),
                 };
-                vec![Inbox::OwnTry; batch.len()]
+                vec![Row::OwnTry; batch.len()]
             }
         };
         let mut dispositions = Vec::with_capacity(batch.len());
         for (taken, inbox) in batch.iter().zip(inbox) {
-            if inbox == Inbox::Recorded(false) {
+            if inbox == Row::Recorded(false) {
                 dispositions.push(Disposition::Duplicate);
                 continue;
             }
@@ -349,7 +348,7 @@ impl<S: Service> Consumer<S> {
         &self,
         mut work: UnitOfWork<S::Participant>,
         taken: &Taken,
-        inbox: Inbox,
+        inbox: Row,
         guard: Guard,
     ) -> Result<Tried<S::Participant>, sqlx::Error> {
         let started = Instant::now();
@@ -362,19 +361,17 @@ impl<S: Service> Consumer<S> {
                 None
             }
         };
-        let (mut work, applied) = match inbox {
-            Inbox::Recorded(_) => {
-                let (work, handled) = self.handle_in(work, envelope).await;
-                (work, handled.map(|()| Applied::Effect))
-            }
-            Inbox::OwnTry => self.apply_in(work, envelope, published_by).await,
+        let entry = match inbox {
+            Row::Recorded(_) => apply::Inbox::Recorded,
+            Row::OwnTry => apply::Inbox::Record { published_by },
         };
+        let (mut work, applied) = self.subscriber.apply(work, envelope, entry).await;
         let error = match applied {
             Ok(Applied::Effect) => {
                 let took = started.elapsed();
                 return Ok(Some((work, Disposition::Applied { took })));
             }
-            Ok(Applied::Duplicate | Applied::Gone) => {
+            Ok(Applied::Duplicate) => {
                 return Ok(Some((work, Disposition::Duplicate)));
             }
             Err(error) => error,
@@ -384,7 +381,7 @@ impl<S: Service> Consumer<S> {
         };
         // Undone, and not handled after all: its inbox row goes too.
         work.rollback_to(&savepoint).await?;
-        if inbox == Inbox::Recorded(true) {
+        if inbox == Row::Recorded(true) {
             inbox::forget(work.db(), envelope.message_id).await?;
         }
         let fate = failure::fate(
@@ -415,7 +412,7 @@ impl<S: Service> Consumer<S> {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot park the message");
                 work.rollback_to(&savepoint).await?;
-                if inbox == Inbox::Recorded(true) {
+                if inbox == Row::Recorded(true) {
                     inbox::forget(work.db(), envelope.message_id).await?;
                 }
                 let destination =
@@ -447,58 +444,5 @@ impl<S: Service> Consumer<S> {
                 )),
             })
             .collect()
-    }
-}
-
-/// Settles a delivery after its move (or none): acked with the batch, or, when its copy could
-/// not be published, handed back to the queue at once so nothing is lost.
-async fn settle(
-    delivery: Delivery,
-    moved: Result<(), PublishError>,
-    to_ack: &mut Option<Delivery>,
-) {
-    match moved {
-        Ok(()) => {
-            if to_ack
-                .as_ref()
-                .is_none_or(|last| last.delivery_tag < delivery.delivery_tag)
-            {
-                *to_ack = Some(delivery);
-            }
-        }
-        Err(e) => requeue(&delivery, &e).await,
-    }
-}
-
-/// Acks one delivery alone (its batch-mates are held, unacked).
-async fn ack_alone(delivery: &Delivery) {
-    let acked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.ack(BasicAckOptions::default()));
-    if !matches!(acked.await, Ok(Ok(_))) {
-        tracing::warn!("ack failed; the broker will redeliver");
-    }
-}
-
-/// Acks `last` and every earlier delivery of the channel not yet acked or handed back: the
-/// batch's, since the consumer takes one batch at a time and settles it whole.
-async fn ack_up_to(last: &Delivery) {
-    let multiple = BasicAckOptions { multiple: true };
-    match tokio::time::timeout(ACK_TIMEOUT, last.acker.ack(multiple)).await {
-        Ok(Ok(_)) => {}
-        // The broker will redeliver them; the inbox makes that harmless.
-        Ok(Err(e)) => tracing::warn!(error = %e, "ack failed; the batch will be redelivered"),
-        Err(_) => tracing::warn!("ack timed out; the batch will be redelivered"),
-    }
-}
-
-/// The copy could not be published: hand the original back so nothing is lost.
-async fn requeue(delivery: &Delivery, error: &PublishError) {
-    tracing::warn!(error = %ErrorChain(error), "could not move the message on; returning it to the queue");
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..Default::default()
-    };
-    let nacked = tokio::time::timeout(ACK_TIMEOUT, delivery.acker.nack(requeue));
-    if !matches!(nacked.await, Ok(Ok(_))) {
-        tracing::warn!("nack failed; the broker will redeliver on reconnect");
     }
 }

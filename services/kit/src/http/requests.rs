@@ -12,7 +12,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::ApiError;
+use crate::http::server::ApiError;
 
 /// A query string, or `400 invalid_query`.
 pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shared_events::Envelope;
 use sqlx::{
     Connection, PgPool, Postgres, Transaction,
     migrate::Migrator,
@@ -17,26 +16,14 @@ use sqlx::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::Backoff, config::Config};
+use crate::{
+    outbox::write::{Announced, Feed},
+    runtime::{backoff::Backoff, config::Config},
+};
 
 /// Events a relay may be behind on before commits stop handing it theirs; past that, the rows
 /// wait in the outbox for the relay's sweep.
 const FEED_CAPACITY: usize = 8192;
-
-/// An event written to the outbox by a transaction that has not committed yet.
-pub struct Announced {
-    pub(crate) id: i64,
-    pub(crate) routing_key: &'static str,
-    pub(crate) envelope: Envelope,
-}
-
-impl Announced {
-    pub fn into_envelope(self) -> Envelope {
-        self.envelope
-    }
-}
-
-pub(crate) type Feed = mpsc::Receiver<Announced>;
 
 #[derive(Clone)]
 pub struct Db {

@@ -1,15 +1,13 @@
-//! The transactional outbox: an event is a row written in the same transaction as the state
-//! change it announces, and a relay publishes unsent rows afterwards.
+//! The outbox relay: publishes the rows transactions wrote (`write`), each event right after
+//! its commit, and on a sweep whatever no commit handed over.
 //!
 //! A crash after the broker confirmed but before the row was marked sent publishes the same
 //! `message_id` again on restart; consumers' inboxes absorb that duplicate.
 
-use std::{collections::HashMap, marker::PhantomData, time::Duration};
+use std::time::Duration;
 
 use futures_util::{StreamExt, stream::FuturesOrdered};
-use opentelemetry_semantic_conventions::attribute as semconv;
-use shared_events::{Envelope, Event, Message, Participant};
-use sqlx::PgConnection;
+use shared_events::Envelope;
 use tokio::{
     sync::{Mutex, mpsc},
     time::MissedTickBehavior,
@@ -17,15 +15,20 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use uuid::Uuid;
 
 use crate::{
-    db::{Announced, Db, Feed},
-    metrics::Metrics,
-    outage::Outage,
-    publisher::{Outgoing, PublishError, Publisher, envelope_properties},
-    telemetry::{self, ErrorChain},
-    topology::Topology,
+    broker::{
+        publisher::{Outgoing, PublishError, Publisher, envelope_properties},
+        span::{End, message_span},
+        topology::Topology,
+    },
+    outbox::write::{Announced, Feed},
+    runtime::{
+        db::Db,
+        metrics::Metrics,
+        outage::Outage,
+        telemetry::{self, ErrorChain},
+    },
 };
 
 /// Rows a sweep publishes per transaction: bounded so a backlog drains in steps that each commit.
@@ -40,119 +43,6 @@ const MARK_BATCH: usize = 1000;
 /// still half a transaction per order at saturation). Far below [`SWEEP_GRACE`], so a sweep
 /// never takes a row whose mark is merely waiting.
 const MARK_LINGER: Duration = Duration::from_millis(250);
-
-/// The outbox of participant `P`: only the events the catalog says `P` produces go in.
-pub struct Outbox<P>(PhantomData<fn() -> P>);
-
-impl<P: Participant> Outbox<P> {
-    /// Records `event` for publication, caused by `causation_id`, inside the caller's
-    /// transaction (whose `search_path` is the service's schema).
-    pub async fn append<E: Event<Producer = P>>(
-        conn: &mut PgConnection,
-        event: &E,
-        causation_id: Option<Uuid>,
-    ) -> Result<Announced, sqlx::Error> {
-        append(conn, event, causation_id).await
-    }
-}
-
-async fn append<E: Event>(
-    conn: &mut PgConnection,
-    event: &E,
-    causation_id: Option<Uuid>,
-) -> Result<Announced, sqlx::Error> {
-    let mut written = write(conn, vec![Pending::new(event, causation_id)]).await?;
-    Ok(written.remove(0))
-}
-
-/// An event announced by a unit of work that has not committed yet. Its outbox row is written
-/// just before the commit, together with the others ([`write`]): one statement for all.
-pub(crate) struct Pending {
-    routing_key: &'static str,
-    envelope: Envelope,
-}
-
-impl Pending {
-    pub(crate) fn new<E: Message>(event: &E, causation_id: Option<Uuid>) -> Self {
-        let mut envelope = Envelope::new(event, causation_id);
-        // The row keeps the announcing span's trace context: a publish seconds later, or after
-        // a crash, still joins the trace it belongs to.
-        telemetry::stamp(&mut envelope, &tracing::Span::current());
-        tracing::debug!(
-            message_id = %envelope.message_id,
-            event_type = E::TYPE,
-            order_id = %envelope.correlation_id,
-            causation_id = ?envelope.causation_id,
-            "event announced"
-        );
-        Self {
-            routing_key: E::ROUTING_KEY,
-            envelope,
-        }
-    }
-}
-
-/// Writes `pending` to the outbox in the caller's transaction, in one statement, in order;
-/// returns them with their row ids.
-pub(crate) async fn write(
-    conn: &mut PgConnection,
-    pending: Vec<Pending>,
-) -> Result<Vec<Announced>, sqlx::Error> {
-    if pending.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut message_ids = Vec::with_capacity(pending.len());
-    let mut event_types = Vec::with_capacity(pending.len());
-    let mut routing_keys = Vec::with_capacity(pending.len());
-    let mut correlation_ids = Vec::with_capacity(pending.len());
-    let mut causation_ids = Vec::with_capacity(pending.len());
-    let mut envelopes = Vec::with_capacity(pending.len());
-    for Pending {
-        routing_key,
-        envelope,
-    } in &pending
-    {
-        message_ids.push(envelope.message_id);
-        event_types.push(envelope.event_type.as_str());
-        routing_keys.push(*routing_key);
-        correlation_ids.push(envelope.correlation_id);
-        causation_ids.push(envelope.causation_id);
-        envelopes.push(sqlx::types::Json(envelope));
-    }
-    // `WITH ORDINALITY`: the ids follow the order of the announcements.
-    let ids: Vec<(i64, Uuid)> = sqlx::query_as(
-        "INSERT INTO outbox
-             (message_id, event_type, routing_key, correlation_id, causation_id, envelope)
-         SELECT m, t, r, c, ca, e
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::jsonb[])
-              WITH ORDINALITY AS announced (m, t, r, c, ca, e, n)
-         ORDER BY n
-         RETURNING id, message_id",
-    )
-    .bind(&message_ids)
-    .bind(&event_types)
-    .bind(&routing_keys)
-    .bind(&correlation_ids)
-    .bind(&causation_ids)
-    .bind(&envelopes)
-    .fetch_all(conn)
-    .await?;
-    let ids: HashMap<Uuid, i64> = ids.into_iter().map(|(id, m)| (m, id)).collect();
-    pending
-        .into_iter()
-        .map(|p| {
-            let id = ids
-                .get(&p.envelope.message_id)
-                .copied()
-                .ok_or(sqlx::Error::RowNotFound)?;
-            Ok(Announced {
-                id,
-                routing_key: p.routing_key,
-                envelope: p.envelope,
-            })
-        })
-        .collect()
-}
 
 /// Publishes outbox rows. Committing transactions hand it the events they wrote (the feed):
 /// each is sent at once, its confirm awaited alongside later sends, and confirmed rows are
@@ -432,24 +322,7 @@ impl Relay {
 /// message then carries this span's context, so its consumers' spans are children of it.
 fn publish_span(exchange: &str, routing_key: &str, envelope: &mut Envelope) -> Span {
     let destination = format!("{exchange}:{routing_key}");
-    let span = tracing::info_span!(
-        target: telemetry::TRACE_TARGET,
-        "publish",
-        otel.name = format!("publish {destination}").as_str(),
-        otel.kind = "producer",
-        { semconv::MESSAGING_SYSTEM } = "rabbitmq",
-        { semconv::MESSAGING_OPERATION_TYPE } = "send",
-        { semconv::MESSAGING_OPERATION_NAME } = "publish",
-        { semconv::MESSAGING_DESTINATION_NAME } = destination.as_str(),
-        { semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY } = routing_key,
-        { semconv::MESSAGING_MESSAGE_ID } = %envelope.message_id,
-        { semconv::MESSAGING_MESSAGE_CONVERSATION_ID } = %envelope.correlation_id,
-        event_type = %envelope.event_type,
-        message_id = %envelope.message_id,
-        order_id = %envelope.correlation_id,
-        causation_id = ?envelope.causation_id,
-    );
-    telemetry::continue_trace(&span, envelope);
+    let span = message_span(End::Publish, &destination, routing_key, envelope);
     telemetry::stamp(envelope, &span);
     tracing::debug!(parent: &span, "publishing");
     span

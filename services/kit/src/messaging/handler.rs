@@ -1,19 +1,14 @@
 //! What a service author writes against: the subscription table ([`Routes`]), the handler's
 //! context ([`Ctx`]) and the ways a handler can fail ([`HandlerError`]). The machinery that
-//! feeds handlers (consuming, the inbox, retries) lives in `consumer`.
+//! feeds handlers lives around it: `apply` first, then the consume loop and its links.
 
-use std::{future::Future, marker::PhantomData, pin::Pin};
+use std::{future::Future, pin::Pin};
 
 use chrono::{DateTime, Utc};
-use shared_events::{Command, DecodeError, Envelope, Event, Message, MessageInfo, Participant};
-use sqlx::{PgConnection, Postgres, Transaction};
+use shared_events::{DecodeError, Envelope, Message, MessageInfo, Participant};
 use uuid::Uuid;
 
-use crate::{
-    db::Db,
-    metrics::Metrics,
-    outbox::{self, Pending},
-};
+use crate::messaging::unit_of_work::UnitOfWork;
 
 /// A service's state (what its handlers share), tied to who it is in the event catalog.
 pub trait Service: Send + Sync + 'static {
@@ -143,160 +138,6 @@ impl<S: Service> Routes<S> {
         self.routes
             .iter()
             .find(|r| r.event.event_type == event_type)
-    }
-}
-
-/// A histogram observation made in a unit of work, recorded after its commit.
-struct Observation {
-    name: &'static str,
-    label: (&'static str, &'static str),
-    value: f64,
-}
-
-/// A change to a service's data and what it announces, committed together: the open
-/// transaction, the events it wrote to the outbox (handed to the relay once it commits, see
-/// [`UnitOfWork::commit`]) and the histogram observations to record then. `P` is the
-/// participant the service is: only its own events can be announced. HTTP handlers and
-/// background work begin one with [`UnitOfWork::begin`]; a message handler gets one in its
-/// [`Ctx`].
-pub struct UnitOfWork<P> {
-    tx: Transaction<'static, Postgres>,
-    db: Db,
-    metrics: Metrics,
-    /// The message being handled, if any: the cause of everything announced.
-    cause: Option<Uuid>,
-    /// Announced, to be written to the outbox right before the commit.
-    announced: Vec<Pending>,
-    observations: Vec<Observation>,
-    /// A batch's savepoint is open (the next one releases it first).
-    in_savepoint: bool,
-    participant: PhantomData<fn() -> P>,
-}
-
-/// Where one message of a batch began: rolling back to it undoes that message alone.
-pub(crate) struct Savepoint {
-    announced: usize,
-    observations: usize,
-}
-
-impl<P: Participant> UnitOfWork<P> {
-    /// Begins a unit of work of the service's own (an API call, a sweep): what it announces
-    /// has no causing message.
-    pub async fn begin(db: &Db, metrics: &Metrics) -> Result<Self, sqlx::Error> {
-        Ok(Self::within(db.begin().await?, db, metrics, None))
-    }
-
-    pub(crate) fn within(
-        tx: Transaction<'static, Postgres>,
-        db: &Db,
-        metrics: &Metrics,
-        cause: Option<Uuid>,
-    ) -> Self {
-        Self {
-            tx,
-            db: db.clone(),
-            metrics: metrics.clone(),
-            cause,
-            announced: Vec::new(),
-            observations: Vec::new(),
-            in_savepoint: false,
-            participant: PhantomData,
-        }
-    }
-
-    /// Begins the part of the transaction that belongs to the message `cause` (releasing the
-    /// previous message's savepoint in the same round trip).
-    pub(crate) async fn savepoint(&mut self, cause: Uuid) -> Result<Savepoint, sqlx::Error> {
-        let sql = if self.in_savepoint {
-            "RELEASE SAVEPOINT message; SAVEPOINT message"
-        } else {
-            "SAVEPOINT message"
-        };
-        sqlx::raw_sql(sql).execute(&mut *self.tx).await?;
-        self.in_savepoint = true;
-        self.caused_by(cause);
-        Ok(Savepoint {
-            announced: self.announced.len(),
-            observations: self.observations.len(),
-        })
-    }
-
-    /// What is announced from now on was caused by the message `cause`.
-    pub(crate) fn caused_by(&mut self, cause: Uuid) {
-        self.cause = Some(cause);
-    }
-
-    /// Undoes everything since `savepoint`, including what it announced and observed. An error
-    /// here leaves the transaction unusable: the caller must give it up.
-    pub(crate) async fn rollback_to(&mut self, savepoint: &Savepoint) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql("ROLLBACK TO SAVEPOINT message")
-            .execute(&mut *self.tx)
-            .await?;
-        self.announced.truncate(savepoint.announced);
-        self.observations.truncate(savepoint.observations);
-        Ok(())
-    }
-
-    /// The transaction in which the change and the outgoing events commit.
-    pub fn db(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-
-    /// Records `value` in the histogram `name` (see `/metrics`) if the transaction commits, so
-    /// a rolled-back attempt is not counted.
-    pub fn observe_on_commit(
-        &mut self,
-        name: &'static str,
-        label: (&'static str, &'static str),
-        value: f64,
-    ) {
-        self.observations.push(Observation { name, label, value });
-    }
-
-    /// Announces `event` (caused by the message being handled, if any). It is published only
-    /// if the unit of work commits.
-    ///
-    /// Only the participant's own events are accepted: payment may announce a refund,
-    ///
-    /// ```
-    /// # use service_kit::Ctx;
-    /// # use shared_events::{PaymentRefunded, participants};
-    /// async fn refund(ctx: &mut Ctx<participants::Payment>, refund: PaymentRefunded) {
-    ///     let _ = ctx.announce(&refund).await;
-    /// }
-    /// ```
-    ///
-    /// but inventory cannot announce payment's event; it does not compile:
-    ///
-    /// ```compile_fail
-    /// # use service_kit::Ctx;
-    /// # use shared_events::{PaymentRefunded, participants};
-    /// async fn refund(ctx: &mut Ctx<participants::Inventory>, refund: PaymentRefunded) {
-    ///     let _ = ctx.announce(&refund).await;
-    /// }
-    /// ```
-    pub async fn announce<E: Event<Producer = P>>(&mut self, event: &E) -> Result<(), sqlx::Error> {
-        self.announced.push(Pending::new(event, self.cause));
-        Ok(())
-    }
-
-    /// Sends `command` to the service that handles it (caused by the message being handled,
-    /// if any), through the outbox like an event: only if the unit of work commits. Only the
-    /// commands' producer, the saga, can send one.
-    pub fn send<C: Command<Producer = P>>(&mut self, command: &C) {
-        self.announced.push(Pending::new(command, self.cause));
-    }
-
-    /// Writes what was announced to the outbox (one statement for all) and commits, then hands
-    /// it to the relay and records the observations.
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        let announced = outbox::write(&mut self.tx, self.announced).await?;
-        self.db.commit(self.tx, announced).await?;
-        for observation in self.observations {
-            self.metrics
-                .observe(observation.name, &[observation.label], observation.value);
-        }
-        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@
 use lapin::message::Delivery;
 use shared_events::{Envelope, message_info};
 
-use crate::{consumer::headers, publisher::header_text, topology::Topology};
+use crate::broker::{headers, publisher::header_text, topology::Topology};
 
 /// What the broker vouches for about a delivery, as first published.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,9 @@
+//! RabbitMQ, as the shop uses it: every exchange and queue (`topology`), confirmed publishing
+//! (`publisher`), the messaging span, the style marker, and the operator's dead-letter tools.
+
+pub mod dead_letters;
+pub mod headers;
+pub mod publisher;
+pub(crate) mod span;
+pub mod style;
+pub mod topology;
