@@ -336,9 +336,11 @@ async fn an_order_open_at_its_deadline_is_cancelled_and_a_late_service_undoes_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_survives_a_restart_and_two_replicas_expire_each_order_once() {
+    // Long enough that all twenty are placed, and the instance stopped, before it passes.
+    let deadline = |config: &mut Config| config.order_deadline = Duration::from_secs(5);
     let mut shop = Shop::start().await;
     shop.stop_service("orders").await;
-    shop.start_service_with("orders", short_deadline).await;
+    shop.start_service_with("orders", deadline).await;
     shop.stop_service("payment").await;
     let mut orders = Vec::new();
     for _ in 0..20 {
@@ -347,11 +349,17 @@ async fn the_deadline_survives_a_restart_and_two_replicas_expire_each_order_once
                 .await,
         );
     }
+    let last = orders.last().copied().expect("twenty orders");
     // The deadline passes while no orders instance runs; two come back.
     shop.stop_service("orders").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    shop.start_service_with("orders", short_deadline).await;
-    shop.start_service_with("orders", short_deadline).await;
+    let passed =
+        format!("SELECT count(*) FROM orders.orders WHERE id = '{last}' AND deadline_at < now()");
+    eventually("the last order's deadline has passed", || async {
+        shop.count(&passed).await == 1
+    })
+    .await;
+    shop.start_service_with("orders", deadline).await;
+    shop.start_service_with("orders", deadline).await;
 
     for order_id in &orders {
         wait_for_status(&shop, *order_id, "cancelled").await;

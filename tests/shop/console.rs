@@ -90,10 +90,11 @@ async fn the_console_hears_every_event_streams_it_and_places_orders_through_the_
         "{out_of_stock}"
     );
 
-    // The live stream, opened before the order.
+    // The live stream, opened before the order, from the first event heard (`after=0`): a
+    // stream opened without `after` starts at its first poll, which the order could outrun.
     let stream = shop
         .http
-        .get(format!("{}/api/stream", shop.url("console")))
+        .get(format!("{}/api/stream?after=0", shop.url("console")))
         .send()
         .await
         .expect("stream");
@@ -105,7 +106,6 @@ async fn the_console_hears_every_event_streams_it_and_places_orders_through_the_
         Some("text/event-stream")
     );
     let mut stream = stream;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (status, placed) = post(&shop, "/api/place/happy").await;
     assert_eq!(status, 202, "{placed}");

@@ -263,15 +263,23 @@ async fn a_confirmed_orchestrated_order_cannot_be_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sagas_deadline_survives_a_restart_of_the_saga() {
-    let mut shop = Shop::start_in_with(Style::Orchestration, short_deadline).await;
+    // Long enough that the saga is surely stopped before it passes.
+    let deadline = |config: &mut Config| config.order_deadline = std::time::Duration::from_secs(3);
+    let mut shop = Shop::start_in_with(Style::Orchestration, deadline).await;
     shop.stop_service("payment").await;
     let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
     shop.spy.wait_for::<ChargePayment>(order_id).await;
     // The saga goes away before the deadline and comes back after it: the deadline is a row.
     shop.stop_service("saga").await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let passed = format!(
+        "SELECT count(*) FROM saga.sagas WHERE order_id = '{order_id}' AND deadline_at < now()"
+    );
+    eventually("the saga's deadline has passed", || async {
+        shop.count(&passed).await == 1
+    })
+    .await;
     assert_eq!(shop.order(order_id).await["status"], "pending");
-    shop.start_service_with("saga", short_deadline).await;
+    shop.start_service_with("saga", deadline).await;
     eventually("the restarted saga expires the order", || async {
         shop.order(order_id).await["cancellation_reason"] == json!("deadline_exceeded")
     })

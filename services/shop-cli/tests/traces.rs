@@ -180,6 +180,32 @@ async fn check_one_order(shop: &ProcessShop, style: Style, spans: &Spans) -> Res
         .map_err(|e| e.to_string())?;
     let order_id = placed["order_id"].as_str().ok_or("no order id")?.to_owned();
 
+    // The order goes all the way first: a trace is only whole once the flow is. Read from the
+    // database, not the API: a request would start a trace of its own.
+    let database = sqlx::PgPool::connect(&sandbox.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let order_uuid: uuid::Uuid = order_id.parse().map_err(|e| format!("{e}"))?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let settled: Option<(String, bool)> =
+            sqlx::query_as("SELECT status::text, settled FROM orders.orders WHERE id = $1")
+                .bind(order_uuid)
+                .fetch_optional(&database)
+                .await
+                .map_err(|e| e.to_string())?;
+        match settled {
+            Some((status, true)) if status == "confirmed" => break,
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(format!(
+                    "order {order_id} did not settle as confirmed: {settled:?}"
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    database.close().await;
+
     // Every delivery the happy path makes: each message of its story on the flow map, once
     // per subscriber.
     let chain = shop::map::messages_of(&shop::map::stories(style, shop::map::Scenario::Happy));

@@ -32,6 +32,13 @@ pub enum FleetError {
     },
     #[error("{what} not ready within {patience:?}")]
     NotReady { what: String, patience: Duration },
+    /// Another process answers on the port it was given (it lost the race for it).
+    #[error("{url} answers as {answered:?}, not as {expected}")]
+    Impostor {
+        url: String,
+        expected: &'static str,
+        answered: Option<String>,
+    },
 }
 
 /// Where the processes listen.
@@ -157,7 +164,16 @@ impl Fleet {
 
     pub async fn wait_ready(&self, http: &reqwest::Client) -> Result<(), FleetError> {
         for service in &self.services {
-            wait_ready(http, &service.url(), READY_PATIENCE).await?;
+            let url = service.url();
+            wait_ready(http, &url, READY_PATIENCE).await?;
+            let answered = answering_service(http, &url).await;
+            if answered.as_deref() != Some(service.name) {
+                return Err(FleetError::Impostor {
+                    url,
+                    expected: service.name,
+                    answered,
+                });
+            }
         }
         Ok(())
     }
@@ -301,6 +317,20 @@ pub async fn is_ready(http: &reqwest::Client, base_url: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// The service `/readyz` at `base_url` says it is.
+async fn answering_service(http: &reqwest::Client, base_url: &str) -> Option<String> {
+    let ready: serde_json::Value = http
+        .get(format!("{base_url}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    ready["service"].as_str().map(str::to_owned)
+}
+
 /// Polls `/readyz` until it answers 200.
 pub async fn wait_ready(
     http: &reqwest::Client,
@@ -320,12 +350,23 @@ pub async fn wait_ready(
     Ok(())
 }
 
+/// Ports handed to service processes: below Linux's ephemeral range (32768 and up), which
+/// port-0 binds and outgoing connections draw from, so neither takes one between our check and
+/// the service's own bind.
+const SERVICE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 /// A port that was free a moment ago, for a service started as a separate process (which
 /// must be told its address up front; in-process services bind port 0 instead).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let mut last_error = None;
+    for _ in 0..100 {
+        let port = fastrand::u16(SERVICE_PORTS);
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
 async fn prefix_lines(label: String, stream: impl AsyncRead + Unpin) {
