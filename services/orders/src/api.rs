@@ -23,13 +23,12 @@ use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
 use uuid::Uuid;
 
 use crate::{
-    PROGRESS_COLUMNS, Progress, Work,
     admission::Admission,
     domain::{
         self, Announcement, CancelRefused, Cause, CustomerRefused, Invalid, PlaceOrder,
         RequestedItem, Status,
     },
-    lock_order, save_and_announce,
+    store::{PROGRESS_COLUMNS, Progress, Work, lock_order, save_and_announce},
 };
 
 /// Orders are small; anything bigger is a mistake or an attack.

@@ -12,7 +12,10 @@ use service_kit::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{Work, domain::Cause, lock_order, save_and_announce};
+use crate::{
+    domain::Cause,
+    store::{Work, lock_order, save_and_announce},
+};
 
 /// How often due orders are looked for: an order expires within this of its deadline (plus
 /// a commit).

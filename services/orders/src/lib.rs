@@ -18,18 +18,19 @@ mod admission;
 pub mod api;
 pub mod domain;
 pub mod expiry;
+mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use domain::{Announcement, Cause, Fact, Order, Status};
+use domain::{Cause, Fact};
 use service_kit::{BoundService, Config, HandlerError, Routes, Service, ServiceSpec, Style};
 use shared_events::{
-    CancelCause, CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, PaymentCompleted,
-    PaymentFailed, PaymentRefunded, PaymentVoided, ReservationVoided, SettleOrder, ShipmentBooked,
-    ShipmentCancelled, ShipmentFailed, ShipmentVoided, StockReleased, StockReservationFailed,
-    StockReserved, participants,
+    CancelCause, CancelOrder, ConfirmOrder, PaymentCompleted, PaymentFailed, PaymentRefunded,
+    PaymentVoided, ReservationVoided, SettleOrder, ShipmentBooked, ShipmentCancelled,
+    ShipmentFailed, ShipmentVoided, StockReleased, StockReservationFailed, StockReserved,
+    participants,
 };
-use sqlx::PgConnection;
+use store::{lock_order, save_and_announce};
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -104,112 +105,6 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     service_kit::bind(config, spec).await
 }
 
-/// The columns of `orders.orders` that the saga moves.
-#[derive(sqlx::FromRow)]
-pub(crate) struct Progress {
-    status: Status,
-    cancelled_by: Option<Cause>,
-    cancellation_reason: Option<String>,
-    refund_seen: bool,
-    payment_voided: bool,
-    release_seen: bool,
-    reservation_voided: bool,
-    shipment_undone: bool,
-    walked_back: bool,
-}
-
-/// [`Progress`]'s columns, for a `SELECT`.
-pub(crate) const PROGRESS_COLUMNS: &str = "status, cancelled_by, cancellation_reason, \
-     refund_seen, payment_voided, release_seen, reservation_voided, shipment_undone, walked_back";
-
-impl Progress {
-    pub(crate) fn order(&self) -> Order {
-        Order {
-            status: self.status,
-            cancelled_by: self.cancelled_by,
-            cancellation_reason: self.cancellation_reason.clone(),
-            refund_seen: self.refund_seen,
-            payment_voided: self.payment_voided,
-            release_seen: self.release_seen,
-            reservation_voided: self.reservation_voided,
-            shipment_undone: self.shipment_undone,
-            walked_back: self.walked_back,
-        }
-    }
-}
-
-/// The order, locked until the transaction ends: facts, cancellations and the deadline for
-/// one order take turns, so the first of a confirmation and a cancellation to commit stands.
-pub(crate) async fn lock_order(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Option<Order>, sqlx::Error> {
-    let progress: Option<Progress> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PROGRESS_COLUMNS} FROM orders.orders WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(progress.map(|p| p.order()))
-}
-
-/// The unit of work orders' own changes commit in (an API call, the deadline sweep); a
-/// message handler's [`Ctx`] is one too.
-pub(crate) type Work = service_kit::UnitOfWork<participants::Orders>;
-
-/// The one way an order changes: stores the locked order's new state and announces what the
-/// change led to (a confirmation or a cancellation, its saga's duration observed on commit).
-/// A fact from the saga, a customer's cancellation and the deadline all come through here.
-pub(crate) async fn save_and_announce(
-    work: &mut Work,
-    order_id: Uuid,
-    order: &Order,
-    announcement: Option<Announcement>,
-) -> Result<(), sqlx::Error> {
-    let age_seconds = save_order(work.db(), order_id, order).await?;
-    match announcement {
-        Some(Announcement::Confirmed) => {
-            work.announce(&OrderConfirmed { order_id });
-            work.observe_on_commit(SAGA_DURATION, ("outcome", "confirmed"), age_seconds);
-        }
-        Some(Announcement::Cancelled { reason }) => {
-            work.announce(&OrderCancelled { order_id, reason });
-            work.observe_on_commit(SAGA_DURATION, ("outcome", "cancelled"), age_seconds);
-        }
-        None => {}
-    }
-    Ok(())
-}
-
-/// Stores the order's progress (and whether it is settled); returns its age in seconds.
-async fn save_order(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    order: &Order,
-) -> Result<f64, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE orders.orders
-         SET status = $2, cancelled_by = $3, cancellation_reason = $4, refund_seen = $5,
-             payment_voided = $6, release_seen = $7, reservation_voided = $8,
-             shipment_undone = $9, walked_back = $11, settled = $10, updated_at = now()
-         WHERE id = $1
-         RETURNING extract(epoch FROM now() - created_at)::float8",
-    )
-    .bind(order_id)
-    .bind(order.status)
-    .bind(order.cancelled_by)
-    .bind(&order.cancellation_reason)
-    .bind(order.refund_seen)
-    .bind(order.payment_voided)
-    .bind(order.release_seen)
-    .bind(order.reservation_voided)
-    .bind(order.shipment_undone)
-    .bind(order.settled())
-    .bind(order.walked_back)
-    .fetch_one(conn)
-    .await
-}
-
 fn failed(failure: Cause, reason: String) -> Fact {
     Fact::Failed { failure, reason }
 }
@@ -219,9 +114,6 @@ pub struct Orders;
 impl Service for Orders {
     type Participant = participants::Orders;
 }
-
-/// Placed → confirmed or cancelled, in seconds (a histogram on `/metrics`).
-pub(crate) const SAGA_DURATION: &str = "shop_saga_duration_seconds";
 
 /// A handler's context: the transaction, and orders's own events to announce.
 type Ctx = service_kit::Ctx<participants::Orders>;

@@ -5,14 +5,12 @@ use clap::Subcommand;
 use service_kit::dead_letters::{self, DeadLetter, Selection};
 use shop::{ServiceEntry, registry};
 
-use crate::service_entry;
-
 #[derive(Subcommand)]
 pub(crate) enum Action {
     /// Dead letters grouped by service, event type and cause (a fingerprint of the reason), with
     /// a count and when each cause was first and last seen; they stay where they are.
     List {
-        #[arg(value_parser = service_entry)]
+        #[arg(value_parser = registry::by_name)]
         service: Option<&'static ServiceEntry>,
         /// One line per dead letter instead of one per cause.
         #[arg(long)]
@@ -21,7 +19,7 @@ pub(crate) enum Action {
     /// Move a service's dead letters back to its work queue: one cause, one message, or all.
     /// Recorded in the service's schema (see `history`).
     Redrive {
-        #[arg(value_parser = service_entry)]
+        #[arg(value_parser = registry::by_name)]
         service: &'static ServiceEntry,
         /// The cause `list` shows.
         #[arg(long, conflicts_with = "message_id")]
@@ -31,7 +29,7 @@ pub(crate) enum Action {
     },
     /// Every re-drive so far: when, by whom, what was selected and which messages moved.
     History {
-        #[arg(value_parser = service_entry)]
+        #[arg(value_parser = registry::by_name)]
         service: Option<&'static ServiceEntry>,
     },
 }

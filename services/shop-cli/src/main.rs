@@ -48,7 +48,7 @@ enum Commands {
     },
     /// Run one service in this process.
     Service {
-        #[arg(value_parser = service_entry)]
+        #[arg(value_parser = registry::by_name)]
         service: &'static ServiceEntry,
     },
     /// Dead letters grouped by cause; re-drive a cause (or one message, or all) and see the
@@ -112,14 +112,6 @@ enum Commands {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
-}
-
-/// A service of the registry, by name (for clap).
-pub(crate) fn service_entry(name: &str) -> Result<&'static ServiceEntry, String> {
-    registry::find(name).ok_or_else(|| {
-        let known: Vec<_> = registry::names().collect();
-        format!("no service {name:?}; one of: {}", known.join(", "))
-    })
 }
 
 /// How long `provision` keeps trying while Postgres or RabbitMQ are still starting.

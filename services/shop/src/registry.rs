@@ -118,6 +118,14 @@ pub fn find(name: &str) -> Option<&'static ServiceEntry> {
 }
 
 /// Every service's name (both styles').
+/// A service of the registry, by name, or what the names are (a command line's parser).
+pub fn by_name(name: &str) -> Result<&'static ServiceEntry, String> {
+    find(name).ok_or_else(|| {
+        let known: Vec<_> = names().collect();
+        format!("no service {name:?}; one of: {}", known.join(", "))
+    })
+}
+
 pub fn names() -> impl Iterator<Item = &'static str> {
     SERVICES.iter().map(|service| service.name)
 }

@@ -1,7 +1,9 @@
 //! How many deliveries each service applied per transaction: its `shop_consumer_batch_size`
 //! histogram, read before and after the run, the difference summarised.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use super::processes::*;
 
 /// A service's batches over the run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -82,6 +84,8 @@ impl BatchHistogram {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write;
+
     use super::*;
 
     fn exposition(counts: &[(u64, u64)], sum: f64) -> String {

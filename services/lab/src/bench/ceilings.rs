@@ -1,6 +1,28 @@
 //! The machine's ceilings.
 
-use super::*;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use super::options::*;
+use super::processes::*;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub(super) struct Ceilings {

@@ -7,7 +7,25 @@
 //! time from a broker restart to the next order confirmed. What each service knows, and the
 //! lines each style alone needs, are read from the code.
 
-use super::*;
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use service_kit::Style;
+use shop::registry;
+
+use super::load::*;
+use super::mix::*;
+use super::options::*;
+use super::processes::*;
+use super::target::*;
+use super::tracker::*;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareOptions {

@@ -1,6 +1,14 @@
 //! The processes: CPU and memory from /proc.
 
-use super::*;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
+
+use indicatif::ProgressBar;
+use shop::registry;
+
+use super::options::*;
 
 /// A process group measured together (one service, or all of RabbitMQ's or Postgres's).
 #[derive(Debug, Clone)]

@@ -1,6 +1,14 @@
 //! The summary of a run: its figures, as text and as JSON.
 
-use super::*;
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::batches::*;
+use super::ceilings::*;
+use super::figures::*;
+use super::options::*;
+use super::processes::*;
+use super::saturation::*;
+
 #[derive(Debug, serde::Serialize)]
 pub(super) struct Summary {
     pub(super) mode: &'static str,
@@ -26,25 +34,11 @@ pub(super) struct Summary {
     pub(super) soak: Vec<SoakMinute>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub(super) struct PerOrder {
-    pub(super) transactions: f64,
-    pub(super) deliveries: f64,
-    /// Deliveries parked: an event handled before the one it depends on had committed.
-    pub(super) parked: f64,
-    /// Deliveries sent to a retry queue (a transient failure).
-    pub(super) retried: f64,
-}
-
 /// The shop's work per second as a share of what bare RabbitMQ and Postgres manage.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(super) struct Ratios {
     pub(super) deliveries_of_broker_ceiling: f64,
     pub(super) transactions_of_db_ceiling: f64,
-}
-
-pub(super) fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 pub(super) fn render(summary: &Summary) -> String {

@@ -1,6 +1,22 @@
 //! Saturation and the soak.
 
-use super::*;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use shop::registry;
+use sqlx::PgPool;
+
+use super::figures::*;
+use super::load::*;
+use super::options::*;
+use super::processes::*;
+use super::target::*;
+use super::tracker::*;
 
 /// Offers rising rates (×1.3 from 50/s) until the shop falls behind, then narrows the gap
 /// twice; each step 20 s of load. Stops stepping after 6 minutes, so it ends within 8.

@@ -1,6 +1,23 @@
 //! The target: a shop of our own, or a running one.
 
-use super::*;
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use service_kit::Config;
+use shop::{
+    issuer::{self, DevIssuer, IssuerError},
+    registry,
+};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use super::batches::*;
+use super::figures::*;
+use super::mix::*;
+use super::options::*;
+use super::processes::*;
+use crate::{
+    harness::{self},
+    process_shop::{self, ProcessShop},
+};
 
 pub(super) struct Target {
     /// Every orders replica's API; orders go round robin.

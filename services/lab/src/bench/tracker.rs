@@ -1,6 +1,16 @@
 //! Watching the exchange.
 
-use super::*;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
+
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::harness::{EventTap, Seen};
 
 /// Orders seen placed and settled on the exchange, and their latencies.
 pub(super) struct Tracker {

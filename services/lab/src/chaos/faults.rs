@@ -1,7 +1,23 @@
 //! The faults: stops and restarts of services, a broker and a database restart (or lost
 //! cluster nodes), and duplicate deliveries, spread over the load.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lapin::{Connection, ConnectionProperties};
+use service_kit::publisher::{Outgoing, Publisher};
+use shop::fleet;
+use sqlx::PgPool;
+use tokio::process::Command;
+
+use super::load::*;
+use super::network;
+use super::network::*;
+use super::options::*;
+use super::report::*;
+use super::run::*;
+use super::verdict::*;
+use crate::harness::{self, EventTap};
 
 impl ChaosRun {
     /// Step 3, alongside the load: stops and restarts, a broker and a database restart,
@@ -297,4 +313,88 @@ pub(super) async fn restart_database(journal: Journal) -> anyhow::Result<()> {
         "Postgres {version} restarted (pg_ctlcluster restart -m fast)"
     ));
     Ok(())
+}
+
+/// A network fault (`--network-faults`), injected through the service's proxy.
+impl ChaosRun {
+    /// Injects `fault` for `hold` (a reset is instant), watching the service's readiness, heals
+    /// it and times a new order to its end.
+    pub(super) async fn network_fault(
+        &self,
+        fault: NetworkFault,
+        hold: Duration,
+    ) -> anyhow::Result<(Observed, Placed)> {
+        let proxy = self
+            .proxies
+            .as_ref()
+            .and_then(|proxies| proxies.0.get(&(fault.service, fault.dependency)))
+            .context("no proxy in front of that service")?;
+        let hold = match fault.kind {
+            Kind::Silent => {
+                proxy.silence();
+                hold
+            }
+            Kind::Slow => {
+                proxy.slow(LATENCY);
+                hold
+            }
+            Kind::Reset => {
+                proxy.reset();
+                Duration::ZERO
+            }
+        };
+        let started = Instant::now();
+        self.journal.note(format!("network fault: {fault}"));
+        let urls: Vec<String> = self
+            .shop
+            .fleet
+            .services
+            .iter()
+            .filter(|s| s.name == fault.service)
+            .map(|s| s.url())
+            .collect();
+        let mut noticed = None;
+        while started.elapsed() < hold {
+            if noticed.is_none() {
+                for url in &urls {
+                    if !fleet::is_ready(&self.http, url).await {
+                        noticed = Some(started.elapsed());
+                        self.journal.note(format!(
+                            "{} reports not ready {:.1}s into the fault",
+                            fault.service,
+                            started.elapsed().as_secs_f64()
+                        ));
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        proxy.heal();
+        let healed = Instant::now();
+        self.journal.note(format!("healed: {fault}"));
+        let orders = PgPool::connect(&self.shop.databases["orders"]).await?;
+        let label = fault.to_string().replace(' ', "-");
+        let (settled, probed) = tokio::join!(settled_since(&orders, healed), async {
+            let probed = self.time_probe(healed, &label).await;
+            (probed, healed.elapsed())
+        });
+        orders.close().await;
+        let settled = settled?;
+        let (probed, recovered) = probed;
+        let (outcome, probe) = probed?;
+        self.journal.note(format!(
+            "every earlier order settled {:.1}s after the heal",
+            settled.as_secs_f64()
+        ));
+        let observed = Observed {
+            fault,
+            held: hold,
+            noticed,
+            settled,
+            recovered,
+            outcome,
+        };
+        Ok((observed, probe))
+    }
 }

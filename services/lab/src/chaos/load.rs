@@ -1,7 +1,20 @@
 //! The load: orders at a steady rate, each POST retried with its Idempotency-Key until
 //! accepted, some cancelled by their customer right after.
 
-use super::*;
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use serde_json::Value;
+use shop::issuer::DevIssuer;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::options::*;
+use super::verdict::*;
+use crate::harness::{self};
 
 /// What the load does with its `i`th order after placing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,17 @@
 //! slow or is reset, then heals. Per fault: how long until the service reported not ready, and
 //! from the heal until a new order was confirmed.
 
-use super::*;
+use std::{
+    collections::BTreeMap,
+    fmt,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use shop::registry;
+use sqlx::PgPool;
+
+use crate::process_shop::ProcessShop;
 use crate::proxy::{self, Proxy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,7 +37,7 @@ pub(super) enum Kind {
 pub(super) const RECOVERY_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// Held back per chunk, each way, by a slow network.
-const LATENCY: Duration = Duration::from_millis(200);
+pub(super) const LATENCY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct NetworkFault {
@@ -86,7 +96,7 @@ pub(super) struct Observed {
 const SETTLE_PATIENCE: Duration = Duration::from_secs(120);
 
 /// A proxy in front of each service's broker and database.
-pub(super) struct Proxies(BTreeMap<(&'static str, Dependency), Proxy>);
+pub(super) struct Proxies(pub(super) BTreeMap<(&'static str, Dependency), Proxy>);
 
 impl Proxies {
     /// Starts the proxies and points every service's `AMQP_URL` and `DATABASE_URL` at its own.
@@ -109,91 +119,8 @@ impl Proxies {
     }
 }
 
-impl ChaosRun {
-    /// Injects `fault` for `hold` (a reset is instant), watching the service's readiness, heals
-    /// it and times a new order to its end.
-    pub(super) async fn network_fault(
-        &self,
-        fault: NetworkFault,
-        hold: Duration,
-    ) -> anyhow::Result<(Observed, Placed)> {
-        let proxy = self
-            .proxies
-            .as_ref()
-            .and_then(|proxies| proxies.0.get(&(fault.service, fault.dependency)))
-            .context("no proxy in front of that service")?;
-        let hold = match fault.kind {
-            Kind::Silent => {
-                proxy.silence();
-                hold
-            }
-            Kind::Slow => {
-                proxy.slow(LATENCY);
-                hold
-            }
-            Kind::Reset => {
-                proxy.reset();
-                Duration::ZERO
-            }
-        };
-        let started = Instant::now();
-        self.journal.note(format!("network fault: {fault}"));
-        let urls: Vec<String> = self
-            .shop
-            .fleet
-            .services
-            .iter()
-            .filter(|s| s.name == fault.service)
-            .map(|s| s.url())
-            .collect();
-        let mut noticed = None;
-        while started.elapsed() < hold {
-            if noticed.is_none() {
-                for url in &urls {
-                    if !fleet::is_ready(&self.http, url).await {
-                        noticed = Some(started.elapsed());
-                        self.journal.note(format!(
-                            "{} reports not ready {:.1}s into the fault",
-                            fault.service,
-                            started.elapsed().as_secs_f64()
-                        ));
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        proxy.heal();
-        let healed = Instant::now();
-        self.journal.note(format!("healed: {fault}"));
-        let orders = PgPool::connect(&self.shop.databases["orders"]).await?;
-        let label = fault.to_string().replace(' ', "-");
-        let (settled, probed) = tokio::join!(settled_since(&orders, healed), async {
-            let probed = self.time_probe(healed, &label).await;
-            (probed, healed.elapsed())
-        });
-        orders.close().await;
-        let settled = settled?;
-        let (probed, recovered) = probed;
-        let (outcome, probe) = probed?;
-        self.journal.note(format!(
-            "every earlier order settled {:.1}s after the heal",
-            settled.as_secs_f64()
-        ));
-        let observed = Observed {
-            fault,
-            held: hold,
-            noticed,
-            settled,
-            recovered,
-            outcome,
-        };
-        Ok((observed, probe))
-    }
-}
-
 /// From `healed` until no order created before it is unsettled.
-async fn settled_since(orders: &PgPool, healed: Instant) -> anyhow::Result<Duration> {
+pub(super) async fn settled_since(orders: &PgPool, healed: Instant) -> anyhow::Result<Duration> {
     loop {
         let unsettled: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM orders.orders

@@ -1,6 +1,12 @@
 //! What the run did and whether the shop kept its promises, as printed.
 
-use super::*;
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use shop::audit;
+
+use super::network;
+use super::options::*;
+use super::verdict::*;
 
 /// What the faults step did.
 pub(super) struct Faults {

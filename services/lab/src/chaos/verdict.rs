@@ -1,7 +1,7 @@
 //! Judging the run: each accepted order against the outcome its path must reach, and the
 //! confirming SKU's sales against its stock.
 
-use super::*;
+use uuid::Uuid;
 
 /// The outcome an order's path must reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
