@@ -73,6 +73,8 @@ pub enum AuditError {
     Broker(#[from] lapin::Error),
     #[error("no database given for {0}")]
     NoDatabase(String),
+    #[error("an audit did not finish within {0:?} (a connection left hanging by a restart?)")]
+    TimedOut(std::time::Duration),
 }
 
 /// Where the dead-letter queues are, if they should be checked too.
@@ -447,13 +449,26 @@ pub async fn audit_until_clean(
 ) -> Result<Report, AuditError> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let report = audit(databases, broker).await?;
-        if report.is_clean() || tokio::time::Instant::now() >= deadline {
+        // One try may hang on a connection a database or broker restart left half-open: it is
+        // given up and tried again rather than waited for.
+        let report = match tokio::time::timeout(AUDIT_TIMEOUT, audit(databases, broker)).await {
+            Ok(report) => Some(report?),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(AuditError::TimedOut(AUDIT_TIMEOUT));
+            }
+            Err(_) => None,
+        };
+        if let Some(report) = report
+            && (report.is_clean() || tokio::time::Instant::now() >= deadline)
+        {
             return Ok(report);
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// The longest one audit may take (a few hundred milliseconds is usual).
+const AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The order ids a report names (for tests and tooling).
 pub fn orders_named(report: &Report) -> Vec<Uuid> {
