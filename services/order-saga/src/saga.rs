@@ -279,13 +279,26 @@ mod tests {
 
     #[test]
     fn a_cancellation_that_beats_the_confirmation_walks_back_all_three() {
-        let (_, asked) = run(vec![
+        let (saga, asked) = run(vec![
             Succeeded(Payment),
             Succeeded(Stock),
             Succeeded(Shipment),
             OrderCancelled,
+            Undone(Shipment),
+            Undone(Stock),
+            Undone(Payment),
         ]);
-        assert_eq!(asked[3..], [Ask::Confirm, Ask::Undo(Shipment)]);
+        assert_eq!(
+            asked[3..],
+            [
+                Ask::Confirm,
+                Ask::Undo(Shipment),
+                Ask::Undo(Stock),
+                Ask::Undo(Payment),
+                Ask::Settle
+            ]
+        );
+        assert_eq!(saga.phase, Phase::Cancelled);
     }
 
     #[test]

@@ -516,13 +516,35 @@ mod tests {
 
     #[test]
     fn shipment_failure_needs_refund_and_release_in_any_order() {
-        let mut order = Order::placed();
-        order.apply(Fact::StockReleased);
-        order.apply(Fact::ShipmentUndone);
-        order.apply(failed(Cause::ShipmentFailed));
-        assert!(!order.settled());
-        order.apply(Fact::Refunded);
-        assert!(order.settled());
+        let answers = [Fact::Refunded, Fact::StockReleased, Fact::ShipmentUndone];
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for (before_the_failure, order_of_answers) in [0, 1, 2, 3]
+            .into_iter()
+            .flat_map(|n| orders.map(|o| (n, o)))
+        {
+            // Some answers may even arrive before the failure they answer.
+            let mut order = Order::placed();
+            let mut answers = order_of_answers.iter().map(|&i| answers[i].clone());
+            for answer in answers.by_ref().take(before_the_failure) {
+                order.apply(answer);
+            }
+            order.apply(failed(Cause::ShipmentFailed));
+            for answer in answers {
+                assert!(!order.settled(), "{order_of_answers:?}: settled too early");
+                order.apply(answer);
+            }
+            assert!(
+                order.settled(),
+                "{order_of_answers:?}, {before_the_failure} before"
+            );
+        }
     }
 
     #[test]

@@ -214,13 +214,6 @@ mod tests {
     }
 
     #[test]
-    fn cpu_ticks_are_read_past_a_command_name_with_spaces() {
-        let ticks = cpu_ticks(std::process::id());
-        assert!(ticks.is_some());
-        assert!(status_kib(std::process::id(), "VmRSS").is_some_and(|kib| kib > 0));
-    }
-
-    #[test]
     fn minutes_of_a_soak_add_up_to_one_run() {
         let minute = |seconds: f64, settled: u64, kept_up: bool| Offered {
             offered_per_s: 10.0,

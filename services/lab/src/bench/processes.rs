@@ -19,8 +19,12 @@ pub(super) struct Measured {
 
 /// CPU ticks used so far by each process (utime + stime).
 pub(super) fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after it are fixed.
+    ticks_of_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line.
+fn ticks_of_stat(stat: &str) -> Option<u64> {
+    // The command name may hold spaces and parentheses; the fields after its last `)` are fixed.
     let after_name = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
@@ -272,4 +276,25 @@ pub(super) fn note(progress: &ProgressBar, line: impl AsRef<str>) {
 
 pub(super) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_command_name_with_spaces() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let stat = "4242 (tokio (rt) worker 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 17 25 0 0 \
+                    20 0 3 0 12345 1000000 500 18446744073709551615";
+        assert_eq!(ticks_of_stat(stat), Some(17 + 25));
+        assert_eq!(ticks_of_stat("4242 (no closing paren S 1"), None);
+    }
+
+    #[test]
+    fn this_process_has_cpu_ticks_and_memory() {
+        assert!(cpu_ticks(std::process::id()).is_some());
+        assert!(status_kib(std::process::id(), "VmRSS").is_some_and(|kib| kib > 0));
+    }
 }
