@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use service_kit::{HandlerError, Routes, Service, ServiceSpec, headers, topology};
+use service_kit::{Config, HandlerError, Routes, Service, ServiceSpec, headers, topology};
 use shared_events::{
     Envelope, Message, OrderConfirmed, OrderPlaced, PaymentCompleted, StockReserved, participants,
 };
@@ -86,7 +86,11 @@ async fn effect(ctx: &mut Ctx, order_id: Uuid) -> Result<(), HandlerError> {
     Ok(())
 }
 
-async fn start_gated(env: &Env, gate: &Arc<Semaphore>, holding: &Arc<Notify>) -> RunningService {
+async fn start_gated(
+    config: Config,
+    gate: &Arc<Semaphore>,
+    holding: &Arc<Notify>,
+) -> RunningService {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("migrations/probe"),
         routes: Routes::<Gated>::new()
@@ -101,7 +105,7 @@ async fn start_gated(env: &Env, gate: &Arc<Semaphore>, holding: &Arc<Notify>) ->
         guards_customer_data: false,
         background: None,
     };
-    let bound = service_kit::bind(env.config(), spec)
+    let bound = service_kit::bind(config, spec)
         .await
         .expect("the probe binds");
     RunningService::run(bound).await
@@ -139,7 +143,7 @@ impl Held {
         let env = Env::new().await;
         let spy = Spy::start(&env.namespace).await;
         let (gate, holding) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-        let probe = start_gated(&env, &gate, &holding).await;
+        let probe = start_gated(env.config(), &gate, &holding).await;
         let publisher = TestPublisher::new(&env.namespace).await;
         let message = Envelope::new(
             &OrderConfirmed {
@@ -332,7 +336,7 @@ async fn a_lone_message_is_a_batch_of_one() {
     let env = Env::new().await;
     let spy = Spy::start(&env.namespace).await;
     let (gate, holding) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-    let probe = start_gated(&env, &gate, &holding).await;
+    let probe = start_gated(env.config(), &gate, &holding).await;
     let publisher = TestPublisher::new(&env.namespace).await;
 
     for _ in 0..3 {
@@ -397,4 +401,63 @@ async fn a_message_the_inbox_cannot_hold_fails_alone_in_its_batch() {
         0
     );
     held.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_batch_max_bounds_a_batch() {
+    let env = Env::new().await;
+    let spy = Spy::start(&env.namespace).await;
+    let (gate, holding) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
+    let mut config = env.config();
+    config.batch_max = 4;
+    let probe = start_gated(config, &gate, &holding).await;
+    let publisher = TestPublisher::new(&env.namespace).await;
+
+    // A batch of one held open while ten messages gather in the prefetch window (16).
+    let held = Envelope::new(
+        &OrderConfirmed {
+            order_id: Uuid::now_v7(),
+        },
+        None,
+    );
+    publisher.publish(OrderConfirmed::ROUTING_KEY, &held).await;
+    holding.notified().await;
+    let orders: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    for order in &orders {
+        publisher
+            .publish(OrderPlaced::ROUTING_KEY, &placed(*order, "cust-7"))
+            .await;
+    }
+    let queue = topology::queue_name(&env.namespace, "inventory");
+    eventually("every message sent to the consumer", || async {
+        publisher.ready(&queue).await == 0
+    })
+    .await;
+    gate.add_permits(1);
+    for order in &orders {
+        spy.wait_for::<StockReserved>(*order).await;
+    }
+
+    let http = reqwest::Client::new();
+    let batches = metric(&http, &probe.url, "shop_consumer_batch_size_count").await;
+    let at_most = |size: u32| {
+        let name = format!("shop_consumer_batch_size_bucket{{le=\"{size}\"}}");
+        let (http, url) = (&http, &probe.url);
+        async move { metric(http, url, &name).await }
+    };
+    assert_eq!(
+        metric(&http, &probe.url, "shop_consumer_batch_size_sum").await,
+        11,
+        "every delivery in a batch"
+    );
+    assert_eq!(
+        at_most(4).await,
+        batches,
+        "no batch over CONSUMER_BATCH_MAX"
+    );
+    assert!(at_most(3).await < batches, "a batch of the full four");
+    probe.stop().await;
+    publisher.close().await;
+    spy.close().await;
+    env.cleanup().await;
 }

@@ -13,6 +13,7 @@ mod failure_flows;
 mod happy_path;
 mod http_api;
 mod http_edge;
+mod kit_promises;
 mod kubernetes;
 mod observability;
 mod orchestration;

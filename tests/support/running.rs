@@ -57,6 +57,11 @@ impl RunningService {
         .await;
     }
 
+    /// Starts a graceful stop, as SIGTERM does, without waiting for it ([`Self::stop`] waits).
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

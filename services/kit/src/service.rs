@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::FromRef};
+use axum::{Router, extract::FromRef, middleware};
 use shared_events::{CATALOG, COMMANDS, Participant};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -30,7 +30,7 @@ use crate::{
     },
     http::{
         auth::Auth,
-        server::{Health, HttpLimits, health_routes, serve},
+        server::{Health, HttpLimits, bound_by_database, health_routes, serve},
     },
     messaging::{
         apply::Subscriber,
@@ -204,7 +204,8 @@ async fn run<S: Service>(
         auth: Auth::new(config.auth.as_ref()),
     };
     if let Some(api) = spec.http {
-        router = router.merge(api(api_context.clone()));
+        let bounded = middleware::from_fn_with_state(db.clone(), bound_by_database);
+        router = router.merge(api(api_context.clone()).layer(bounded));
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(service, %addr, "serving HTTP");

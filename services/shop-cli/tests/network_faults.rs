@@ -1,4 +1,5 @@
-//! Payment as a process whose broker or database connections pass through a proxy
+//! A service as a process (payment; orders for its API) whose broker or database connections
+//! pass through a proxy
 //! (`shop_lab::proxy`) that drops packets on demand: faults from outside the process.
 //!
 //! - A crash between a batch's commit and its acks loses nothing and doubles nothing: the proxy
@@ -9,8 +10,10 @@
 //!   payment reports not ready, and once the network heals it reconnects and charges again.
 //! - A silent database pauses the consumer (its circuit breaker): no delivery goes through a
 //!   delay queue, none spends an attempt or is dead-lettered however long the silence lasts,
-//!   payment reports not ready; after the heal every order is charged once, and a poison
-//!   message is still dead-lettered.
+//!   payment reports not ready (`/readyz`: `consumer_paused`); after the heal every order is
+//!   charged once, and a poison message is still dead-lettered.
+//! - A silent database makes the Orders API answer `503 unavailable` within `DB_TIMEOUT_MS`,
+//!   not hang until the request times out; after the heal it answers again.
 
 use std::time::Duration;
 
@@ -26,7 +29,7 @@ use service_kit::{
 };
 use shared_events::{Envelope, Message, OrderPlaced};
 use shop_lab::{
-    harness::order_placed,
+    harness::{self, order_placed},
     process_shop::{Options, ProcessShop},
     proxy::{self, Proxy},
 };
@@ -99,6 +102,20 @@ async fn with_payment_behind<F>(
 ) where
     F: AsyncFnOnce(&mut ProcessShop, &reqwest::Client),
 {
+    with_service_behind("payment", proxy, behind, prefix, retry_delays, scenario).await;
+}
+
+/// [`with_payment_behind`] for any one service.
+async fn with_service_behind<F>(
+    service: &'static str,
+    proxy: &Proxy,
+    behind: Behind,
+    prefix: &'static str,
+    retry_delays: Vec<Duration>,
+    scenario: F,
+) where
+    F: AsyncFnOnce(&mut ProcessShop, &reqwest::Client),
+{
     let amqp_url = setting("TEST_AMQP_URL", DEFAULT_AMQP_URL);
     let options = Options {
         exe: env!("CARGO_BIN_EXE_shop").into(),
@@ -113,10 +130,10 @@ async fn with_payment_behind<F>(
     let mut shop = ProcessShop::create(options).await.expect("a sandbox");
     let direct = match behind {
         Behind::Broker => amqp_url,
-        Behind::Database => shop.databases["payment"].clone(),
+        Behind::Database => shop.databases[service].clone(),
     };
     shop.fleet.set_for(
-        "payment",
+        service,
         behind.variable(),
         proxy::through(&direct, proxy.addr()),
     );
@@ -131,9 +148,11 @@ async fn with_payment_behind<F>(
         )
         .await
         .expect("the topology");
-        shop.start(&http, |name| name == "payment")
-            .await
-            .expect("payment starts");
+        let start = match service {
+            "orders" => shop.start(&http, |name| name == "orders").await,
+            _ => shop.start(&http, |name| name == "payment").await,
+        };
+        start.unwrap_or_else(|e| panic!("{service} starts: {e}"));
         scenario(&mut shop, &http).await;
     });
     let result = futures_util::FutureExt::catch_unwind(outcome).await;
@@ -150,6 +169,18 @@ async fn start_proxy(behind: Behind) -> Proxy {
     };
     let upstream = proxy::address_of(&url, behind.default_port()).expect("the upstream resolves");
     Proxy::start(upstream).await.expect("the proxy listens")
+}
+
+/// What `/readyz` answers (ready or not).
+async fn readiness(http: &reqwest::Client, base_url: &str) -> serde_json::Value {
+    http.get(format!("{base_url}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("/readyz answers")
+        .json()
+        .await
+        .expect("/readyz JSON")
 }
 
 fn payment_url(shop: &ProcessShop) -> String {
@@ -325,6 +356,21 @@ async fn a_silent_database_pauses_the_consumer_and_spends_no_attempt() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             eprintln!("database silence noticed after {:?}", silenced.elapsed());
+            // Not ready because the consumer's circuit breaker is open, and /readyz says so.
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                let ready = readiness(http, &payment).await;
+                if ready["consumer_paused"] == true {
+                    assert_eq!(ready["ready"], false, "{ready}");
+                    assert_eq!(ready["database"], false, "{ready}");
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the consumer never said it paused: {ready}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             tokio::time::sleep(Duration::from_secs(8).saturating_sub(silenced.elapsed())).await;
             assert_eq!(
                 counter(http, &payment, "shop_retries_total").await,
@@ -452,4 +498,66 @@ async fn crash_and_recover(shop: &mut ProcessShop, proxy: &Proxy, http: &reqwest
         "one outgoing event per order"
     );
     pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_database_answers_the_api_with_503_unavailable() {
+    let proxy = start_proxy(Behind::Database).await;
+    with_service_behind(
+        "orders",
+        &proxy,
+        Behind::Database,
+        "shop_apisilent",
+        default_retry_delays(),
+        async |shop, http| {
+            let orders = shop.orders_urls().into_iter().next().expect("orders runs");
+            let body = harness::order_body("cust-silent", "MUG-001", 1, "card", "GB");
+            let token = harness::token_for(&shop.issuer, &body).expect("a token");
+            let place = async || {
+                http.post(format!("{orders}/orders"))
+                    .bearer_auth(&token)
+                    .header("Idempotency-Key", Uuid::now_v7().to_string())
+                    .json(&body)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .expect("orders answers")
+            };
+            let placed = place().await;
+            assert_eq!(placed.status(), 202);
+            let placed: serde_json::Value = placed.json().await.expect("JSON");
+            let order_id = placed["order_id"].as_str().expect("an id").to_owned();
+            let read = async || {
+                http.get(format!("{orders}/orders/{order_id}"))
+                    .bearer_auth(&token)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .expect("orders answers")
+            };
+
+            proxy.silence();
+            for answer in [place().await, read().await] {
+                assert_eq!(answer.status(), 503);
+                let problem: serde_json::Value = answer.json().await.expect("JSON");
+                assert_eq!(problem["error"], "unavailable", "{problem}");
+            }
+            let ready = readiness(http, &orders).await;
+            assert_eq!(
+                (&ready["ready"], &ready["database"]),
+                (&false.into(), &false.into())
+            );
+
+            proxy.heal();
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while read().await.status() != 200 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "orders never answered again"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
 }

@@ -267,6 +267,21 @@ async fn bound_request(limit: Duration, request: Request, next: Next) -> Respons
     }
 }
 
+/// Bounds a request to a service's own API by `DB_TIMEOUT_MS`, as every other piece of
+/// database work is: the API's requests are database work, and a database that went silent
+/// (dropped packets: no error, no answer) makes them a prompt `503 unavailable`, not a wait
+/// for the request timeout. The handler's response, not a stream's body, is what is bounded.
+pub(crate) async fn bound_by_database(
+    State(db): State<Db>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(db.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::database(&db.went_unanswered(db.timeout)).into_response(),
+    }
+}
+
 /// The error body of every API: `{ "error": code, "message": human text }`.
 #[derive(Debug)]
 pub struct ApiError {
