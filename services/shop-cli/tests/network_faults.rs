@@ -1,6 +1,6 @@
 //! A service as a process (payment; orders for its API) whose broker or database connections
-//! pass through a proxy
-//! (`shop_lab::proxy`) that drops packets on demand: faults from outside the process.
+//! pass through a proxy (`shop_lab::proxy`) that drops packets on demand: faults from outside
+//! the process.
 //!
 //! - A crash between a batch's commit and its acks loses nothing and doubles nothing: the proxy
 //!   silences payment's side (its acks, its publishes never reach the broker) while deliveries
