@@ -319,6 +319,27 @@ async fn an_order_open_at_its_deadline_is_cancelled_and_a_late_service_undoes_it
     wait_for_status(&shop, order_id, "cancelled").await;
     let order = shop.order(order_id).await;
     assert_eq!(order["cancellation_reason"], "deadline_exceeded");
+    // The deadline the customer is shown is ORDER_DEADLINE_MS after placing, and it is kept:
+    // the order was not expired before it.
+    let at = |field: &str| {
+        order[field]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .unwrap_or_else(|| panic!("{field} in {order}"))
+    };
+    assert_eq!(
+        at("deadline_at") - at("created_at"),
+        chrono::Duration::seconds(1),
+        "{order}"
+    );
+    assert!(
+        at("updated_at") >= at("deadline_at"),
+        "expired early: {order}"
+    );
+    eprintln!(
+        "expired {} ms after its deadline",
+        (at("updated_at") - at("deadline_at")).num_milliseconds()
+    );
     let expired = metric(&shop.http, &shop.url("orders"), "shop_orders_expired_total").await;
     assert_eq!(expired, 1);
 

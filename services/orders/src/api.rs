@@ -202,6 +202,7 @@ async fn place_order(
     let (lines, total_cents) = domain::price(&request, &catalog).map_err(unprocessable)?;
 
     let order_id = Uuid::now_v7();
+    requests::record_order(order_id);
     let inserted = sqlx::query(
         "INSERT INTO orders.orders (id, customer_id, status, total_cents, payment_method,
                                     shipping_address, idempotency_key, request, deadline_at)

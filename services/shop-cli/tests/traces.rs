@@ -257,6 +257,10 @@ async fn check_one_order(shop: &ProcessShop, style: Style, spans: &Spans) -> Res
     assert_eq!(post.attribute("http.request.method"), "POST");
     assert_eq!(post.attribute("http.route"), "/orders");
     assert_eq!(post.attribute("http.response.status_code"), "202");
+    // Every span of the order's trace names the order, as the logs inside them do.
+    for span in &trace {
+        assert_eq!(span.attribute("order_id"), order_id, "{span:#?}");
+    }
 
     let producers: BTreeMap<&str, &Received> = of_kind(SpanKind::Producer)
         .map(|s| (s.attribute("messaging.message.id"), s))

@@ -70,11 +70,18 @@ pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// An order id from a path, or `400 invalid_order_id`.
 pub fn order_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| {
+    let order_id = Uuid::parse_str(id).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_order_id",
             format!("{id:?} is not a UUID"),
         )
-    })
+    })?;
+    record_order(order_id);
+    Ok(order_id)
+}
+
+/// The request is about `order_id`: its span says so, as every span about an order does.
+pub fn record_order(order_id: Uuid) {
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
 }

@@ -225,6 +225,8 @@ async fn trace_request(request: Request, next: Next) -> Response {
         { semconv::HTTP_ROUTE } = route.as_deref(),
         { semconv::URL_PATH } = request.uri().path(),
         { semconv::HTTP_RESPONSE_STATUS_CODE } = tracing::field::Empty,
+        // Recorded by the handler once it knows the order (`requests::record_order`).
+        order_id = tracing::field::Empty,
     );
     let _ = span.set_parent(telemetry::context_of_request(request.headers()));
     let response = next.run(request).instrument(span.clone()).await;
