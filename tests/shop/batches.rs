@@ -104,6 +104,7 @@ async fn start_gated(
         http: None,
         guards_customer_data: false,
         background: None,
+        metrics: &[],
     };
     let bound = service_kit::bind(config, spec)
         .await

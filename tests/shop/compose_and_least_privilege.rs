@@ -2,7 +2,7 @@
 //!
 //! - every variable and port the compose file gives a service is one that service reads and
 //!   serves (and the ports are the README's);
-//! - the five services run with exactly the compose environment, credentials included (hosts
+//! - every service runs with exactly the compose environment, credentials included (hosts
 //!   pointed at localhost, a fresh database and vhost), after `shop provision` created their
 //!   Postgres roles and RabbitMQ users, and an order goes through;
 //! - payment's role cannot read or write the orders schema; inventory's broker user cannot

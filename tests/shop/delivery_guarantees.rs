@@ -97,6 +97,7 @@ async fn start_probe(env: &Env, failures: u32) -> RunningService {
         http: None,
         guards_customer_data: false,
         background: None,
+        metrics: &[],
     };
     let bound = service_kit::bind(env.config(), spec)
         .await

@@ -199,6 +199,111 @@ fn every_kit_path_the_docs_name_exists() {
 }
 
 #[test]
+fn the_metrics_table_lists_exactly_the_metrics_the_services_describe() {
+    let architecture = read(&root().join("docs/architecture.md"));
+    let section = architecture
+        .split_once("**Metrics**")
+        .and_then(|(_, rest)| rest.split_once("| Metric |"))
+        .map(|(_, rest)| rest.split_once("\n\n").map_or(rest, |(table, _)| table))
+        .expect("docs/architecture.md has a metrics table");
+    let documented: BTreeSet<&str> = section
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|row| row.split('|').nth(1))
+        .flat_map(|names| names.split(','))
+        .map(|name| name.trim().trim_matches('`'))
+        .collect();
+    let described: BTreeSet<&str> = service_kit::KIT_METRICS
+        .iter()
+        .chain(orders::metrics::METRICS)
+        .map(|metric| metric.name)
+        .collect();
+    assert_eq!(
+        documented, described,
+        "docs/architecture.md's metrics table and the metrics the services describe differ"
+    );
+}
+
+/// The text with every run of whitespace as one space (prose wraps anywhere).
+fn flowing(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn number_word(n: usize) -> &'static str {
+    [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+    ]
+    .get(n)
+    .copied()
+    .unwrap_or("many")
+}
+
+#[test]
+fn the_counts_and_ranges_the_docs_give_are_the_codes() {
+    let architecture = flowing(&read(&root().join("docs/architecture.md")));
+    let operations = flowing(&read(&root().join("docs/operations.md")));
+    let ports: BTreeSet<u16> = shop::registry::SERVICES
+        .iter()
+        .map(|service| service.default_addr.port())
+        .collect();
+    let (first, last) = (ports.first(), ports.last());
+    let claims = [
+        (
+            &architecture,
+            format!(
+                "on its own port ({}–{})",
+                first.copied().unwrap_or_default(),
+                last.copied().unwrap_or_default()
+            ),
+        ),
+        (
+            &architecture,
+            format!("the {} events", number_word(shared_events::CATALOG.len())),
+        ),
+        (
+            &architecture,
+            format!(
+                "the orchestrated twin sends {}",
+                number_word(shared_events::COMMANDS.len())
+            ),
+        ),
+        (
+            &operations,
+            format!(
+                "(`DB_POOL_SIZE`, {} at two replicas",
+                shop::fleet::pool_size_per_replica(2)
+            ),
+        ),
+    ];
+    let missing: Vec<&str> = claims
+        .iter()
+        .filter(|(page, claim)| !page.contains(claim.as_str()))
+        .map(|(_, claim)| claim.as_str())
+        .collect();
+    assert!(missing.is_empty(), "the docs do not say: {missing:?}");
+}
+
+#[test]
 fn the_readme_is_a_front_page() {
     let lines = read(&root().join("README.md")).lines().count();
     assert!(

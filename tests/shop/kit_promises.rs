@@ -106,6 +106,7 @@ async fn start(env: &Env, probe: Probe) -> (RunningService, Arc<Probe>) {
         http: Some(slow_api),
         guards_customer_data: false,
         background: None,
+        metrics: &[],
     };
     let bound = service_kit::bind(env.config(), spec)
         .await

@@ -53,6 +53,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         http: Some(api::routes),
         guards_customer_data: false,
         background: Some(api::prune),
+        metrics: &[],
     };
     service_kit::bind(config, spec).await
 }

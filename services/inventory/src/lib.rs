@@ -68,6 +68,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         http: Some(|api| Router::new().route("/stock", get(stock)).with_state(api.db)),
         guards_customer_data: false,
         background: None,
+        metrics: &[],
     };
     service_kit::bind(config, spec).await
 }

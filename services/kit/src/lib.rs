@@ -40,7 +40,7 @@ pub use outbox::write::{Announced, Outbox};
 pub use runtime::{
     config::Config,
     db::Db,
-    metrics::Metrics,
+    metrics::{KIT_METRICS, Metric, MetricKind, Metrics},
     outage::Outage,
     shutdown::on_signal as shutdown_on_signal,
     telemetry::{ErrorChain, Telemetry, init_logs},

@@ -46,7 +46,7 @@ use crate::{
     runtime::{
         config::Config,
         db::Db,
-        metrics::Metrics,
+        metrics::{Metric, Metrics},
         outage::Outage,
         retention::{self, Retention},
     },
@@ -67,6 +67,8 @@ pub struct ServiceSpec<S: Service> {
     /// Work of the service's own that runs beside consuming (orders' deadline sweep), started
     /// once migrations are applied and awaited on shutdown.
     pub background: Option<fn(ApiContext, CancellationToken) -> BackgroundFuture>,
+    /// Metrics of its own, beside the kit's (`/metrics` describes both).
+    pub metrics: &'static [Metric],
 }
 
 /// What a service's background work runs as.
@@ -185,7 +187,7 @@ async fn run<S: Service>(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let service = S::Participant::NAME;
-    let metrics = Metrics::default();
+    let metrics = Metrics::describing(spec.metrics);
     let broker_connected = Arc::new(AtomicBool::new(false));
     let consumer_paused = Arc::new(AtomicBool::new(false));
 

@@ -62,6 +62,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         }),
         guards_customer_data: true,
         background: None,
+        metrics: &[],
     };
     service_kit::bind(config, spec).await
 }

@@ -95,6 +95,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         http: None,
         guards_customer_data: false,
         background: Some(expire),
+        metrics: &[],
     };
     service_kit::bind(config, spec).await
 }

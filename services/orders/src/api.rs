@@ -28,6 +28,7 @@ use crate::{
         self, Announcement, CancelRefused, Cause, CustomerRefused, Invalid, PlaceOrder,
         RequestedItem, Status,
     },
+    metrics::{CANCEL_REQUESTS, SHED},
     store::{PROGRESS_COLUMNS, Progress, Work, lock_order, save_and_announce},
 };
 
@@ -89,14 +90,12 @@ impl FromRef<Api> for Admission {
     }
 }
 
-const ORDERS_SHED: &str = "shop_orders_shed_total";
-
 /// How long a shed client is asked to wait before trying again.
 const RETRY_AFTER_SECS: u32 = 1;
 
 pub fn routes(api: ApiContext) -> Router {
     // Exported from the start (as 0), so a dashboard shows "none shed" rather than no data.
-    api.metrics.add(ORDERS_SHED, &[], 0);
+    api.metrics.add(SHED, &[], 0);
     let body_limit = api.config.http_max_body_bytes;
     let state = Api {
         auth: api.auth,
@@ -174,7 +173,7 @@ async fn place_order(
     }
     let pending = admission.pending(work.db()).await?;
     if pending >= admission.max_pending {
-        admission.metrics.inc(ORDERS_SHED, &[]);
+        admission.metrics.inc(SHED, &[]);
         tracing::warn!(pending, "shedding a new order: the saga backlog is full");
         let mut shed = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -495,8 +494,6 @@ async fn order_view(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, ApiErr
 struct CancelBody {
     reason: Option<String>,
 }
-
-const CANCEL_REQUESTS: &str = "shop_orders_cancel_requests_total";
 
 /// `POST /orders/{id}/cancel`: the customer cancels. Whichever of this and the order's
 /// confirmation commits first stands (both lock the order): `202` when the cancellation is

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::Cause,
+    metrics::EXPIRED,
     store::{Work, lock_order, save_and_announce},
 };
 
@@ -22,12 +23,11 @@ use crate::{
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Orders expired per transaction, at most.
 const BATCH: i64 = 200;
-pub(crate) const ORDERS_EXPIRED: &str = "shop_orders_expired_total";
 
 pub fn run(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
     Box::pin(async move {
         // Exported from the start (as 0): "none expired" rather than no data.
-        api.metrics.add(ORDERS_EXPIRED, &[], 0);
+        api.metrics.add(EXPIRED, &[], 0);
         let what = "the database (as the deadline sweep sees it)";
         sweep::every(&api.db, SWEEP_INTERVAL, what, &shutdown, || async {
             Ok(expire_due(&api).await? == BATCH as usize)
@@ -70,6 +70,6 @@ async fn expire_due(api: &ApiContext) -> Result<usize, sqlx::Error> {
         .await?;
     }
     work.commit().await?;
-    api.metrics.add(ORDERS_EXPIRED, &[], expired as u64);
+    api.metrics.add(EXPIRED, &[], expired as u64);
     Ok(expired)
 }

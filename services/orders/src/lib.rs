@@ -18,6 +18,7 @@ mod admission;
 pub mod api;
 pub mod domain;
 pub mod expiry;
+pub mod metrics;
 mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -101,6 +102,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         guards_customer_data: true,
         // Orchestrated, the saga keeps the deadline.
         background: (config.style == Style::Choreography).then_some(expiry::run),
+        metrics: metrics::METRICS,
     };
     service_kit::bind(config, spec).await
 }

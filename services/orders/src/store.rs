@@ -5,10 +5,10 @@ use shared_events::{OrderCancelled, OrderConfirmed, participants};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{Announcement, Cause, Order, Status};
-
-/// Placed → confirmed or cancelled, in seconds (a histogram on `/metrics`).
-pub(crate) const SAGA_DURATION: &str = "shop_saga_duration_seconds";
+use crate::{
+    domain::{Announcement, Cause, Order, Status},
+    metrics::SAGA_DURATION,
+};
 
 /// The columns of `orders.orders` that the saga moves.
 #[derive(sqlx::FromRow)]

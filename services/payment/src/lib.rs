@@ -56,6 +56,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         http: None,
         guards_customer_data: false,
         background: None,
+        metrics: &[],
     };
     service_kit::bind(config, spec).await
 }

@@ -27,116 +27,90 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 const METADATA: Metadata<'static> = Metadata::new("shop", Level::INFO, None);
 
-enum Kind {
+/// What a metric is: how it is exported and what it means (its `# HELP` line). A name ending
+/// in `_seconds` is in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub help: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
     Counter,
     Histogram,
     Gauge,
 }
 
-/// Every metric a service may report: name, kind, unit and what it means (the `# HELP` line).
-const CATALOG: &[(&str, Kind, Option<Unit>, &str)] = &[
-    (
-        "shop_messages_total",
-        Kind::Counter,
-        None,
-        "Deliveries handled, by event type and outcome (applied, duplicate, parked, unparked, retried, rejected, exhausted, malformed)",
-    ),
-    (
-        "shop_outbox_published_total",
-        Kind::Counter,
-        None,
-        "Outbox rows published and confirmed",
-    ),
-    (
-        "shop_outbox_publish_failures_total",
-        Kind::Counter,
-        None,
-        "Outbox publishes nacked, returned or timed out",
-    ),
-    (
-        "shop_retries_total",
-        Kind::Counter,
-        None,
-        "Deliveries sent to a retry queue",
-    ),
-    (
-        "shop_dead_letters_total",
-        Kind::Counter,
-        None,
-        "Deliveries sent to the dead-letter queue",
-    ),
-    (
-        "shop_broker_sessions_total",
-        Kind::Counter,
-        None,
-        "Broker sessions opened (1 + reconnects)",
-    ),
-    (
-        "shop_http_connections_refused_total",
-        Kind::Counter,
-        None,
-        "Connections closed at once: the service already held HTTP_MAX_CONNECTIONS",
-    ),
-    (
-        "shop_orders_shed_total",
-        Kind::Counter,
-        None,
-        "New orders refused (503) because MAX_PENDING_ORDERS were not yet settled",
-    ),
-    (
-        "shop_orders_expired_total",
-        Kind::Counter,
-        None,
-        "Orders cancelled because they were still open at their deadline (ORDER_DEADLINE_MS)",
-    ),
-    (
-        "shop_orders_cancel_requests_total",
-        Kind::Counter,
-        None,
-        "POST /orders/{id}/cancel answered, by outcome: accepted, already_cancelled, refused",
-    ),
-    (
-        "shop_rows_pruned_total",
-        Kind::Counter,
-        None,
-        "Sent outbox rows and inbox ids deleted by retention",
-    ),
-    (
-        "shop_handler_duration_seconds",
-        Kind::Histogram,
-        Some(Unit::Seconds),
-        "Time to apply one delivery in its batch's transaction (inbox, effect, outbox; the commit is the batch's), by event type",
-    ),
-    (
-        "shop_consumer_batch_size",
-        Kind::Histogram,
-        None,
-        "Deliveries applied in one transaction",
-    ),
-    (
-        "shop_saga_duration_seconds",
-        Kind::Histogram,
-        Some(Unit::Seconds),
-        "Time from an order's placement to its confirmation or cancellation, by outcome",
-    ),
-    (
-        "shop_outbox_unsent_rows",
-        Kind::Gauge,
-        None,
-        "Outbox rows not yet published",
-    ),
-    (
-        "shop_outbox_oldest_unsent_age_seconds",
-        Kind::Gauge,
-        Some(Unit::Seconds),
-        "Age of the oldest unpublished outbox row (0 when none): the relay's lag",
-    ),
-    (
-        "shop_dead_letter_queue_depth",
-        Kind::Gauge,
-        None,
-        "Messages waiting in the service's dead-letter queue",
-    ),
+/// Every metric the kit reports for every service; a service adds its own
+/// (`ServiceSpec::metrics`).
+pub const KIT_METRICS: &[Metric] = &[
+    Metric {
+        name: "shop_messages_total",
+        kind: MetricKind::Counter,
+        help: "Deliveries handled, by event type and outcome (applied, duplicate, parked, unparked, retried, rejected, exhausted, malformed)",
+    },
+    Metric {
+        name: "shop_outbox_published_total",
+        kind: MetricKind::Counter,
+        help: "Outbox rows published and confirmed",
+    },
+    Metric {
+        name: "shop_outbox_publish_failures_total",
+        kind: MetricKind::Counter,
+        help: "Outbox publishes nacked, returned or timed out",
+    },
+    Metric {
+        name: "shop_retries_total",
+        kind: MetricKind::Counter,
+        help: "Deliveries sent to a retry queue",
+    },
+    Metric {
+        name: "shop_dead_letters_total",
+        kind: MetricKind::Counter,
+        help: "Deliveries sent to the dead-letter queue",
+    },
+    Metric {
+        name: "shop_broker_sessions_total",
+        kind: MetricKind::Counter,
+        help: "Broker sessions opened (1 + reconnects)",
+    },
+    Metric {
+        name: "shop_http_connections_refused_total",
+        kind: MetricKind::Counter,
+        help: "Connections closed at once: the service already held HTTP_MAX_CONNECTIONS",
+    },
+    Metric {
+        name: "shop_rows_pruned_total",
+        kind: MetricKind::Counter,
+        help: "Sent outbox rows and inbox ids deleted by retention",
+    },
+    Metric {
+        name: "shop_handler_duration_seconds",
+        kind: MetricKind::Histogram,
+        help: "Time to apply one delivery in its batch's transaction (inbox, effect, outbox; the commit is the batch's), by event type",
+    },
+    Metric {
+        name: "shop_consumer_batch_size",
+        kind: MetricKind::Histogram,
+        help: "Deliveries applied in one transaction",
+    },
+    Metric {
+        name: "shop_outbox_unsent_rows",
+        kind: MetricKind::Gauge,
+        help: "Outbox rows not yet published",
+    },
+    Metric {
+        name: "shop_outbox_oldest_unsent_age_seconds",
+        kind: MetricKind::Gauge,
+        help: "Age of the oldest unpublished outbox row (0 when none): the relay's lag",
+    },
+    Metric {
+        name: "shop_dead_letter_queue_depth",
+        kind: MetricKind::Gauge,
+        help: "Messages waiting in the service's dead-letter queue",
+    },
 ];
 
 /// Counters every service exports from its start, at 0: a rate over a series that does not
@@ -155,8 +129,9 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// A registry describing the kit's metrics and the service's `own`.
+    pub(crate) fn describing(own: &[Metric]) -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets(SECONDS_BUCKETS)
             .and_then(|builder| {
@@ -167,27 +142,26 @@ impl Default for Metrics {
             })
             .expect("the bucket lists are not empty")
             .build_recorder();
-        for (name, kind, unit, help) in CATALOG {
-            if ZERO_FROM_START.contains(name) {
+        for metric in KIT_METRICS.iter().chain(own) {
+            if ZERO_FROM_START.contains(&metric.name) {
                 recorder
-                    .register_counter(&Key::from_static_name(name), &METADATA)
+                    .register_counter(&Key::from_static_name(metric.name), &METADATA)
                     .increment(0);
             }
-            let name = KeyName::from_const_str(name);
-            let help = SharedString::const_str(help);
-            match kind {
-                Kind::Counter => recorder.describe_counter(name, *unit, help),
-                Kind::Histogram => recorder.describe_histogram(name, *unit, help),
-                Kind::Gauge => recorder.describe_gauge(name, *unit, help),
+            let unit = metric.name.ends_with("_seconds").then_some(Unit::Seconds);
+            let name = KeyName::from_const_str(metric.name);
+            let help = SharedString::const_str(metric.help);
+            match metric.kind {
+                MetricKind::Counter => recorder.describe_counter(name, unit, help),
+                MetricKind::Histogram => recorder.describe_histogram(name, unit, help),
+                MetricKind::Gauge => recorder.describe_gauge(name, unit, help),
             }
         }
         Self {
             recorder: Arc::new(recorder),
         }
     }
-}
 
-impl Metrics {
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
         self.add(name, labels, 1);
     }
@@ -243,7 +217,7 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let metrics = Metrics::default();
+        let metrics = Metrics::describing(&[]);
         metrics.inc(
             "shop_messages_total",
             &[("event", "OrderPlaced"), ("outcome", "applied")],
