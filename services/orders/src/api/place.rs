@@ -1,0 +1,318 @@
+//! `POST /orders`: bad input is answered with a 4xx and never reaches the database or the
+//! broker; a good order is written with its OrderPlaced event in one transaction, once, however
+//! often its `Idempotency-Key` is replayed.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use service_kit::{ApiError, Db, auth::Caller, requests};
+use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
+use uuid::Uuid;
+
+use super::state::{BodyLimit, Deadline, unprocessable};
+use crate::{
+    admission::Admission,
+    domain::{self, CustomerRefused, PlaceOrder, RequestedItem, Status},
+    metrics::SHED,
+    store::Work,
+};
+
+/// Orders are small; anything bigger is a mistake or an attack.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// How long a shed client is asked to wait before trying again.
+const RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Deserialize)]
+pub(super) struct PlaceOrderBody {
+    /// Optional with a token (the order is the caller's; a different one is refused).
+    customer_id: Option<String>,
+    items: Vec<ItemBody>,
+    #[serde(default = "default_payment_method")]
+    payment_method: String,
+    shipping_address: ShippingAddress,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ItemBody {
+    sku: String,
+    quantity: i64,
+}
+
+fn default_payment_method() -> String {
+    "card".to_owned()
+}
+
+#[derive(Serialize)]
+pub(super) struct Placed {
+    order_id: Uuid,
+    status: Status,
+}
+
+/// `POST /orders`: parse and validate, answer a replayed key with its order, shed when the
+/// backlog is full, then price, write the order and announce OrderPlaced in one transaction.
+pub(super) async fn place_order(
+    State(db): State<Db>,
+    State(admission): State<Admission>,
+    State(BodyLimit(body_limit)): State<BodyLimit>,
+    State(Deadline(deadline)): State<Deadline>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = parse_request(&caller, &headers, body, body_limit)?;
+    let request = domain::validate(request).map_err(unprocessable)?;
+    let key = idempotency_key(&headers)?;
+    let fingerprint = fingerprint(&request);
+
+    let mut work = Work::begin(&db, &admission.metrics).await?;
+    if let Some(key) = &key
+        && let Some(replay) = find_by_key(work.db(), key, &fingerprint).await?
+    {
+        return Ok(replay);
+    }
+    if let Some(shed) = shed_if_full(&admission, &mut work).await? {
+        return Ok(shed);
+    }
+    let (lines, total_cents) = price(&mut work, &request).await?;
+    let order_id = Uuid::now_v7();
+    requests::record_order(order_id);
+    let new = NewOrder {
+        order_id,
+        request: &request,
+        total_cents,
+        key: key.as_deref(),
+        fingerprint: &fingerprint,
+        deadline,
+    };
+    if !insert(&mut work, &new, &lines).await? {
+        // A concurrent request with the same key committed first: answer with its order.
+        drop(work);
+        return replay_the_winner(&db, key.as_deref().unwrap_or_default(), &fingerprint).await;
+    }
+    work.announce(&OrderPlaced {
+        order_id,
+        customer_id: request.customer_id.clone(),
+        items: lines,
+        total_cents,
+        payment_method: request.payment_method.clone(),
+        shipping_address: request.shipping_address.clone(),
+        currency: domain::CURRENCY.to_owned(),
+    });
+    work.commit().await?;
+    admission.accepted();
+    tracing::info!(%order_id, total_cents, "order placed");
+    Ok(accepted(order_id, Status::Pending, false))
+}
+
+/// `503 overloaded` (nothing written, `Retry-After`) while `MAX_PENDING_ORDERS` orders are
+/// still being settled.
+async fn shed_if_full(
+    admission: &Admission,
+    work: &mut Work,
+) -> Result<Option<Response>, ApiError> {
+    let pending = admission.pending(work.db()).await?;
+    if pending < admission.max_pending {
+        return Ok(None);
+    }
+    admission.metrics.inc(SHED, &[]);
+    tracing::warn!(pending, "shedding a new order: the saga backlog is full");
+    let mut shed = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!(
+            "{pending} orders are still being settled (the bound is {}); nothing was \
+             written: retry after {RETRY_AFTER_SECS} s (the same Idempotency-Key is fine)",
+            admission.max_pending
+        ),
+    )
+    .into_response();
+    shed.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    Ok(Some(shed))
+}
+
+/// The order's lines at the catalog's prices, and its total.
+async fn price(work: &mut Work, request: &PlaceOrder) -> Result<(Vec<OrderLine>, i64), ApiError> {
+    let skus: Vec<&str> = request.items.iter().map(|i| i.sku.as_str()).collect();
+    let catalog: BTreeMap<String, i64> =
+        sqlx::query_as("SELECT sku, price_cents FROM orders.products WHERE sku = ANY($1)")
+            .bind(&skus)
+            .fetch_all(work.db())
+            .await?
+            .into_iter()
+            .collect();
+    domain::price(request, &catalog).map_err(unprocessable)
+}
+
+/// An order about to be written.
+struct NewOrder<'a> {
+    order_id: Uuid,
+    request: &'a PlaceOrder,
+    total_cents: i64,
+    key: Option<&'a str>,
+    /// The normalized request, kept to tell a replay from a reused key.
+    fingerprint: &'a serde_json::Value,
+    deadline: std::time::Duration,
+}
+
+/// Writes the order and its lines; `false` when another order holds its `Idempotency-Key`.
+async fn insert(
+    work: &mut Work,
+    new: &NewOrder<'_>,
+    lines: &[OrderLine],
+) -> Result<bool, ApiError> {
+    let inserted = sqlx::query(
+        "INSERT INTO orders.orders (id, customer_id, status, total_cents, payment_method,
+                                    shipping_address, idempotency_key, request, deadline_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(new.order_id)
+    .bind(&new.request.customer_id)
+    .bind(Status::Pending)
+    .bind(new.total_cents)
+    .bind(&new.request.payment_method)
+    .bind(sqlx::types::Json(&new.request.shipping_address))
+    .bind(new.key)
+    .bind(new.fingerprint)
+    .bind(new.deadline.as_secs_f64())
+    .execute(work.db())
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(false);
+    }
+    for (line_no, line) in (1_i32..).zip(lines) {
+        sqlx::query(
+            "INSERT INTO orders.order_items (order_id, line, sku, quantity, unit_price_cents)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(new.order_id)
+        .bind(line_no)
+        .bind(&line.sku)
+        .bind(i64::from(line.quantity))
+        .bind(line.unit_price_cents)
+        .execute(work.db())
+        .await?;
+    }
+    Ok(true)
+}
+
+/// The order a concurrent request with the same key committed, as a replay.
+async fn replay_the_winner(
+    db: &Db,
+    key: &str,
+    fingerprint: &serde_json::Value,
+) -> Result<Response, ApiError> {
+    let mut tx = db.begin().await?;
+    match find_by_key(&mut tx, key, fingerprint).await? {
+        Some(replay) => Ok(replay),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a request with this Idempotency-Key is in progress; retry",
+        )),
+    }
+}
+
+fn parse_request(
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    body_limit: usize,
+) -> Result<PlaceOrder, ApiError> {
+    requests::require_json(headers, "send the order as Content-Type: application/json")?;
+    let body = requests::body(body, body_limit)?;
+    let parsed: PlaceOrderBody = requests::json(&body)?;
+    let customer_id = domain::customer_of(caller.subject.as_deref(), parsed.customer_id.as_deref())
+        .map_err(|refused| match refused {
+            CustomerRefused::NotTheCaller => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "customer_id is not the caller's: an order is placed for the token's subject",
+            ),
+            CustomerRefused::Missing => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "missing field `customer_id`",
+            ),
+        })?;
+    Ok(PlaceOrder {
+        customer_id,
+        items: parsed
+            .items
+            .into_iter()
+            .map(|i| RequestedItem {
+                sku: i.sku,
+                quantity: i.quantity,
+            })
+            .collect(),
+        payment_method: parsed.payment_method,
+        shipping_address: parsed.shipping_address,
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str().map(str::trim) {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )),
+    }
+}
+
+/// The normalized request, stored with the order: the same key must come with the same order.
+fn fingerprint(request: &PlaceOrder) -> serde_json::Value {
+    serde_json::json!({
+        "customer_id": request.customer_id,
+        "items": request.items.iter().map(|i| serde_json::json!([i.sku, i.quantity])).collect::<Vec<_>>(),
+        "payment_method": request.payment_method,
+        "shipping_address": request.shipping_address,
+    })
+}
+
+async fn find_by_key(
+    tx: &mut sqlx::PgConnection,
+    key: &str,
+    fingerprint: &serde_json::Value,
+) -> Result<Option<Response>, ApiError> {
+    let existing: Option<(Uuid, Status, serde_json::Value)> =
+        sqlx::query_as("SELECT id, status, request FROM orders.orders WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(tx)
+            .await?;
+    match existing {
+        None => Ok(None),
+        Some((_, _, stored)) if &stored != fingerprint => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different order",
+        )),
+        Some((order_id, status, _)) => Ok(Some(accepted(order_id, status, true))),
+    }
+}
+
+fn accepted(order_id: Uuid, status: Status, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(Placed { order_id, status })).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}

@@ -1,0 +1,232 @@
+//! Reading orders: one order (`GET /orders/{id}`), the most recent (`GET /orders`), one
+//! order's timeline as orders saw it, and the catalog (`GET /products`). A customer sees only
+//! their own orders; another's is a `404`, exactly as one that does not exist.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use service_kit::{ApiError, Db, auth::Caller, requests};
+use shared_events::{OrderLine, ShippingAddress};
+use uuid::Uuid;
+
+use super::state::{ensure_visible, order_not_found};
+use crate::{
+    domain::Status,
+    store::{PROGRESS_COLUMNS, Progress},
+};
+
+#[derive(sqlx::FromRow)]
+pub(super) struct OrderRow {
+    id: Uuid,
+    customer_id: String,
+    total_cents: i64,
+    payment_method: String,
+    shipping_address: sqlx::types::Json<ShippingAddress>,
+    cancellation_note: Option<String>,
+    deadline_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    progress: Progress,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    fn settled(&self) -> bool {
+        self.progress.order().settled()
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct OrderView {
+    order_id: Uuid,
+    customer_id: String,
+    status: Status,
+    settled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation_reason: Option<String>,
+    /// The customer's own words, when they cancelled and gave a reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation_note: Option<String>,
+    /// When the order is cancelled if it is still open.
+    deadline_at: DateTime<Utc>,
+    items: Vec<OrderLine>,
+    total_cents: i64,
+    payment_method: String,
+    shipping_address: ShippingAddress,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// An order's columns for [`OrderRow`] (its progress: [`PROGRESS_COLUMNS`]).
+fn order_columns() -> String {
+    format!(
+        "id, customer_id, total_cents, payment_method, shipping_address, cancellation_note,
+         deadline_at, created_at, updated_at, {PROGRESS_COLUMNS}"
+    )
+}
+
+/// `GET /orders/{id}`
+pub(super) async fn get_order(
+    State(db): State<Db>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order_id = requests::order_id(&id)?;
+    let view = order_view(&db, order_id)
+        .await?
+        .filter(|view| caller.may_act_for(&view.customer_id));
+    Ok(Json(view.ok_or_else(|| order_not_found(order_id))?))
+}
+
+pub(super) async fn order_view(db: &Db, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
+    let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM orders.orders WHERE id = $1",
+        order_columns()
+    )))
+    .bind(order_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let items: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT sku, quantity, unit_price_cents FROM orders.order_items
+         WHERE order_id = $1 ORDER BY line",
+    )
+    .bind(order_id)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Some(OrderView {
+        order_id,
+        settled: row.settled(),
+        status: row.progress.status,
+        cancellation_reason: row.progress.cancellation_reason,
+        cancellation_note: row.cancellation_note,
+        deadline_at: row.deadline_at,
+        items: items
+            .into_iter()
+            .map(|(sku, quantity, unit_price_cents)| OrderLine {
+                sku,
+                quantity: u32::try_from(quantity).unwrap_or(0),
+                unit_price_cents,
+            })
+            .collect(),
+        customer_id: row.customer_id,
+        total_cents: row.total_cents,
+        payment_method: row.payment_method,
+        shipping_address: row.shipping_address.0,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub(super) struct OrderSummary {
+    order_id: Uuid,
+    customer_id: String,
+    status: Status,
+    settled: bool,
+    total_cents: i64,
+    created_at: DateTime<Utc>,
+}
+
+/// `GET /orders?limit=N`: the most recent orders first (default 50, at most 500).
+pub(super) async fn list_orders(
+    State(db): State<Db>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<OrderSummary>>, ApiError> {
+    let query = requests::query(query)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    // An operator sees every order; a customer their own.
+    let only = (!caller.operator).then(|| caller.subject.clone().unwrap_or_default());
+    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM orders.orders WHERE $2::text IS NULL OR customer_id = $2
+         ORDER BY created_at DESC, id DESC LIMIT $1",
+        order_columns()
+    )))
+    .bind(limit)
+    .bind(only)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| OrderSummary {
+                order_id: row.id,
+                settled: row.settled(),
+                customer_id: row.customer_id,
+                status: row.progress.status,
+                total_cents: row.total_cents,
+                created_at: row.created_at,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub(super) struct Product {
+    sku: String,
+    name: String,
+    price_cents: i64,
+}
+
+/// `GET /products`: the catalog.
+pub(super) async fn list_products(State(db): State<Db>) -> Result<Json<Vec<Product>>, ApiError> {
+    let products =
+        sqlx::query_as("SELECT sku, name, price_cents FROM orders.products ORDER BY sku")
+            .fetch_all(&db.pool)
+            .await?;
+    Ok(Json(products))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub(super) struct TimelineEntry {
+    occurred_at: DateTime<Utc>,
+    #[sqlx(rename = "event_type")]
+    #[serde(rename = "type")]
+    event_type: String,
+    producer: String,
+    message_id: Uuid,
+    causation_id: Option<Uuid>,
+    /// `announced` by orders, or `received` from another service.
+    orders_role: String,
+    /// For a received event, the broker user that published it, as the broker vouched (none
+    /// for orders' own announcements, nor for events received before this was recorded).
+    published_by: Option<String>,
+}
+
+/// `GET /orders/{id}/timeline`: the saga of one order as orders saw it. Orders subscribes to
+/// every outcome and announces the rest, so its inbox and outbox hold the whole story.
+pub(super) async fn timeline(
+    State(db): State<Db>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
+    let order_id = requests::order_id(&id)?;
+    ensure_visible(&mut *db.pool.acquire().await?, &caller, order_id).await?;
+    let entries: Vec<TimelineEntry> = sqlx::query_as(
+        "SELECT occurred_at, event_type, producer, message_id, causation_id,
+                'received' AS orders_role, published_by
+         FROM orders.inbox WHERE correlation_id = $1
+         UNION ALL
+         SELECT (envelope->>'time')::timestamptz, event_type, 'orders', message_id,
+                causation_id, 'announced', NULL
+         FROM orders.outbox WHERE correlation_id = $1
+         ORDER BY occurred_at, message_id",
+    )
+    .bind(order_id)
+    .fetch_all(&db.pool)
+    .await?;
+    if entries.is_empty() {
+        return Err(order_not_found(order_id));
+    }
+    Ok(Json(entries))
+}
