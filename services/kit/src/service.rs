@@ -74,8 +74,9 @@ pub struct ServiceSpec<S: Service> {
 /// What a service's background work runs as.
 pub type BackgroundFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// What a service's own API is built on.
-#[derive(Clone)]
+/// What a service's own API is built on; an API whose state it is extracts each part
+/// (`State<Db>`, `State<Metrics>`, and `Caller` through the `Auth`).
+#[derive(Clone, FromRef)]
 pub struct ApiContext {
     pub db: Db,
     pub config: Config,
@@ -83,19 +84,6 @@ pub struct ApiContext {
     pub metrics: Metrics,
     /// Who is calling (an extractor: `Caller`).
     pub auth: Auth,
-}
-
-/// An API whose state is the context extracts its parts: `State<Db>`, and `Caller`.
-impl FromRef<ApiContext> for Db {
-    fn from_ref(api: &ApiContext) -> Self {
-        api.db.clone()
-    }
-}
-
-impl FromRef<ApiContext> for Auth {
-    fn from_ref(api: &ApiContext) -> Self {
-        api.auth.clone()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

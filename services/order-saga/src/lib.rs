@@ -239,33 +239,30 @@ async fn lock(
     }))
 }
 
-/// How often due sagas are looked for: one expires within this of its deadline.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// Sagas expired per transaction, at most.
-const BATCH: i64 = 200;
+/// Due sagas are looked for every half second, so one expires within that of its deadline; at
+/// most 200 per transaction.
+const DEADLINES: sweep::Batches = sweep::Batches {
+    interval: Duration::from_millis(500),
+    size: 200,
+    counter: ORDERS_EXPIRED,
+    what: "the database (as the saga's deadline sweep sees it)",
+};
 
 /// Every saga ends: one still running at its deadline is cancelled (`deadline_exceeded`).
 /// The deadline is a column, so it survives restarts, and with several replicas each due saga
 /// is locked by exactly one (`FOR UPDATE SKIP LOCKED`).
 fn expire(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
-    Box::pin(async move {
-        api.metrics.add(ORDERS_EXPIRED, &[], 0);
-        let what = "the database (as the saga's deadline sweep sees it)";
-        sweep::every(&api.db, SWEEP_INTERVAL, what, &shutdown, || async {
-            Ok(expire_due(&api).await? == BATCH as usize)
-        })
-        .await;
-    })
+    sweep::in_batches(api, shutdown, DEADLINES, expire_due)
 }
 
-async fn expire_due(api: &ApiContext) -> Result<usize, sqlx::Error> {
+async fn expire_due(api: ApiContext) -> Result<usize, sqlx::Error> {
     let mut work = Work::begin(&api.db, &api.metrics).await?;
     let due: Vec<Uuid> = sqlx::query_scalar(
         "SELECT order_id FROM saga.sagas
          WHERE phase = 'running' AND deadline_at <= now()
          ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
-    .bind(BATCH)
+    .bind(DEADLINES.size as i64)
     .fetch_all(work.db())
     .await?;
     let expired = due.len();
@@ -286,6 +283,5 @@ async fn expire_due(api: &ApiContext) -> Result<usize, sqlx::Error> {
         .await?;
     }
     work.commit().await?;
-    api.metrics.add(ORDERS_EXPIRED, &[], expired as u64);
     Ok(expired)
 }

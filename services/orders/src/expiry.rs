@@ -18,33 +18,28 @@ use crate::{
     store::{Work, lock_order, save_and_announce},
 };
 
-/// How often due orders are looked for: an order expires within this of its deadline (plus
-/// a commit).
-const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// Orders expired per transaction, at most.
-const BATCH: i64 = 200;
+/// Due orders are looked for every half second, so an order expires within that of its
+/// deadline (plus a commit); at most 200 per transaction.
+const DEADLINES: sweep::Batches = sweep::Batches {
+    interval: Duration::from_millis(500),
+    size: 200,
+    counter: EXPIRED,
+    what: "the database (as the deadline sweep sees it)",
+};
 
 pub fn run(api: ApiContext, shutdown: CancellationToken) -> BackgroundFuture {
-    Box::pin(async move {
-        // Exported from the start (as 0): "none expired" rather than no data.
-        api.metrics.add(EXPIRED, &[], 0);
-        let what = "the database (as the deadline sweep sees it)";
-        sweep::every(&api.db, SWEEP_INTERVAL, what, &shutdown, || async {
-            Ok(expire_due(&api).await? == BATCH as usize)
-        })
-        .await;
-    })
+    sweep::in_batches(api, shutdown, DEADLINES, expire_due)
 }
 
 /// Cancels a batch of orders past their deadline; returns how many.
-async fn expire_due(api: &ApiContext) -> Result<usize, sqlx::Error> {
+async fn expire_due(api: ApiContext) -> Result<usize, sqlx::Error> {
     let mut work = Work::begin(&api.db, &api.metrics).await?;
     let due: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM orders.orders
          WHERE status IN ('pending', 'paid', 'stock_reserved') AND deadline_at <= now()
          ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
-    .bind(BATCH)
+    .bind(DEADLINES.size as i64)
     .fetch_all(work.db())
     .await?;
     let mut expired = 0;
@@ -70,6 +65,5 @@ async fn expire_due(api: &ApiContext) -> Result<usize, sqlx::Error> {
         .await?;
     }
     work.commit().await?;
-    api.metrics.add(EXPIRED, &[], expired as u64);
     Ok(expired)
 }
