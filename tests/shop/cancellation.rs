@@ -305,7 +305,7 @@ async fn a_bad_cancel_request_gets_a_clear_error_and_changes_nothing() {
 }
 
 fn short_deadline(config: &mut Config) {
-    config.order_deadline = Duration::from_secs(1);
+    config.set_var("ORDER_DEADLINE_MS", "1000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +358,7 @@ async fn an_order_open_at_its_deadline_is_cancelled_and_a_late_service_undoes_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_survives_a_restart_and_two_replicas_expire_each_order_once() {
     // Long enough that all twenty are placed, and the instance stopped, before it passes.
-    let deadline = |config: &mut Config| config.order_deadline = Duration::from_secs(5);
+    let deadline = |config: &mut Config| config.set_var("ORDER_DEADLINE_MS", "5000");
     let mut shop = Shop::start().await;
     shop.stop_service("orders").await;
     shop.start_service_with("orders", deadline).await;

@@ -345,7 +345,10 @@ async fn catalog_and_order_list_are_served() {
 async fn a_full_backlog_sheds_new_orders_with_retry_after_until_it_drains() {
     // Only orders runs: nothing it accepts can settle, so the backlog only grows. Every queue
     // is declared first (as `shop up` does), so the others find those orders when they start.
-    let mut shop = Shop::start_with(&["orders"], |config| config.max_pending_orders = 3).await;
+    let mut shop = Shop::start_with(&["orders"], |config| {
+        config.set_var("MAX_PENDING_ORDERS", "3")
+    })
+    .await;
     let config = shop.env.config();
     shop::provision::declare_topologies(
         &config.amqp_url,
@@ -415,7 +418,7 @@ async fn a_full_backlog_sheds_new_orders_with_retry_after_until_it_drains() {
 async fn offered_far_more_than_it_settles_the_shop_sheds_some_and_settles_every_order_it_accepted()
 {
     let shop = Shop::start_in_with(service_kit::Style::Choreography, |config| {
-        config.max_pending_orders = 10;
+        config.set_var("MAX_PENDING_ORDERS", "10");
     })
     .await;
     let url = format!("{}/orders", shop.url("orders"));

@@ -103,7 +103,7 @@ async fn start(env: &Env, probe: Probe) -> (RunningService, Arc<Probe>) {
         routes: Routes::<Shared>::new()
             .on::<OrderConfirmed>(|p, ctx, e| Box::pin(p.0.confirmed(ctx, e))),
         state: Shared(probe.clone()),
-        http: Some(slow_api),
+        http: Some(Box::new(slow_api)),
         guards_customer_data: false,
         background: None,
         metrics: &[],

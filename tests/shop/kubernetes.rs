@@ -46,6 +46,7 @@ fn every_service_has_a_deployment_a_service_and_a_disruption_budget() {
         .filter(|entry| entry.runs_in(service_kit::Style::Choreography))
     {
         let (name, port) = (entry.name, entry.default_addr.port());
+        let own = entry.variables;
         let file = format!("{name}.yaml");
         assert!(
             kustomization.contains(&format!("- {file}")),
@@ -86,7 +87,9 @@ fn every_service_has_a_deployment_a_service_and_a_disruption_budget() {
             // Secrets come in under helper names and are put into the URLs by $(NAME).
             let helper = entry.get("valueFrom").is_some();
             assert!(
-                helper || service_kit::config::VARIABLES.contains(&variable.as_str()),
+                helper
+                    || service_kit::config::VARIABLES.contains(&variable.as_str())
+                    || own.contains(&variable.as_str()),
                 "{name}: {variable} is not read by the service"
             );
         }

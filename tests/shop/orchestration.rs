@@ -264,7 +264,7 @@ async fn a_confirmed_orchestrated_order_cannot_be_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sagas_deadline_survives_a_restart_of_the_saga() {
     // Long enough that the saga is surely stopped before it passes.
-    let deadline = |config: &mut Config| config.order_deadline = std::time::Duration::from_secs(3);
+    let deadline = |config: &mut Config| config.set_var("ORDER_DEADLINE_MS", "3000");
     let mut shop = Shop::start_in_with(Style::Orchestration, deadline).await;
     shop.stop_service("payment").await;
     let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
@@ -331,7 +331,7 @@ async fn the_console_shows_the_commands_as_they_pass_and_the_orchestrated_map() 
 }
 
 fn short_deadline(config: &mut Config) {
-    config.order_deadline = std::time::Duration::from_secs(1);
+    config.set_var("ORDER_DEADLINE_MS", "1000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,7 +153,7 @@ impl Shop {
         let mut config = self.env.config();
         // The console's buttons call this shop's Orders API.
         if let Some(orders) = self.services.iter().find(|s| s.name == "orders") {
-            config.orders_url = orders.url.clone();
+            config.set_var("ORDERS_URL", orders.url.clone());
         }
         tweak(&mut config);
         self.services
@@ -165,7 +165,7 @@ impl Shop {
         let mut config = self.env.config();
         config.database_url = database_url.to_owned();
         if let Some(orders) = self.services.iter().find(|s| s.name == "orders") {
-            config.orders_url = orders.url.clone();
+            config.set_var("ORDERS_URL", orders.url.clone());
         }
         self.services
             .push(RunningService::start(name, config).await);

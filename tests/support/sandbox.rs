@@ -87,7 +87,8 @@ impl Env {
         config.retry_delays = TEST_RETRY_DELAYS.to_vec();
         config.max_attempts = 8;
         config.auth = Some(auth_settings());
-        config.orders_token = Some(token(console::DEMO_CUSTOMER, false));
+        let token_file = token_file(&self.sandbox);
+        config.set_var("ORDERS_TOKEN_FILE", token_file.to_string_lossy());
         config
     }
 
@@ -99,7 +100,23 @@ impl Env {
     }
 }
 
+/// The file the console reads its demo customer's token from (`ORDERS_TOKEN_FILE`), one per
+/// environment, written when first asked for and removed with the environment.
+fn token_file(sandbox: &Sandbox) -> std::path::PathBuf {
+    let path = token_file_path(sandbox);
+    if !path.exists() {
+        std::fs::write(&path, token(console::DEMO_CUSTOMER, false))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    path
+}
+
+fn token_file_path(sandbox: &Sandbox) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}.orders-token", sandbox.namespace))
+}
+
 async fn remove(sandbox: &Sandbox) {
+    let _ = std::fs::remove_file(token_file_path(sandbox));
     let defaults = service_kit::config::default_retry_delays();
     let removed = tokio::time::timeout(
         CLEANUP_LIMIT,

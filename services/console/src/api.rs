@@ -22,6 +22,8 @@ use service_kit::{
 };
 use uuid::Uuid;
 
+use crate::settings::Settings;
+
 /// The page: HTML, CSS and script in one small file, served from the binary.
 const PAGE: &str = include_str!("page.html");
 /// The flow map `shop map --json` generates from every service's subscriptions (a test in
@@ -55,10 +57,10 @@ fn flow_of(style: Style) -> serde_json::Value {
     map
 }
 
-pub fn routes(api: ApiContext) -> Router {
+pub fn routes(api: ApiContext, settings: Settings) -> Router {
     // The buttons act as the demo customer, with its token, like any client of the API.
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = &api.config.orders_token
+    if let Some(token) = &settings.orders_token
         && let Ok(bearer) = format!("Bearer {token}").parse()
     {
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
@@ -78,7 +80,7 @@ pub fn routes(api: ApiContext) -> Router {
     let state = Console {
         flow: Arc::new(map.to_string()),
         db: api.db,
-        orders_url: api.config.orders_url.clone(),
+        orders_url: settings.orders_url,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .default_headers(headers)

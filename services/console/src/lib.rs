@@ -14,8 +14,10 @@
 
 mod api;
 mod dead_letters;
+pub mod settings;
 
 pub use api::DEMO_CUSTOMER;
+pub use settings::VARIABLES;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -46,11 +48,12 @@ pub fn routes(style: Style) -> Routes<Console> {
 
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
+    let settings = settings::Settings::read(&config)?;
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/console"),
         routes: routes(config.style),
         state: Console,
-        http: Some(api::routes),
+        http: Some(Box::new(move |api| api::routes(api, settings))),
         guards_customer_data: false,
         background: Some(api::prune),
         metrics: &[],

@@ -32,6 +32,9 @@ use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
 
+/// The environment variables it reads for itself: none beyond the kit's.
+pub const VARIABLES: &[&str] = &[];
+
 /// What inventory reacts to (or, orchestrated, is told to do), and how. This table also
 /// declares the queue's bindings.
 pub fn routes(style: Style) -> Routes<Inventory> {
@@ -65,7 +68,9 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         migrator: sqlx::migrate!("../../migrations/inventory"),
         routes: routes(config.style),
         state: Inventory,
-        http: Some(|api| Router::new().route("/stock", get(stock)).with_state(api.db)),
+        http: Some(Box::new(|api| {
+            Router::new().route("/stock", get(stock)).with_state(api.db)
+        })),
         guards_customer_data: false,
         background: None,
         metrics: &[],

@@ -45,7 +45,9 @@ pub use runtime::{
     shutdown::on_signal as shutdown_on_signal,
     telemetry::{ErrorChain, Telemetry, init_logs},
 };
-pub use service::{ApiContext, BackgroundFuture, BoundService, Error, ServiceSpec, bind};
+pub use service::{
+    ApiBuilder, ApiContext, BackgroundFuture, BoundService, Error, ServiceSpec, bind,
+};
 pub use tokio_util::sync::CancellationToken;
 
 /// What every service binary does first: logs and traces as service `name`, configuration

@@ -60,7 +60,7 @@ pub struct ServiceSpec<S: Service> {
     pub routes: Routes<S>,
     pub state: S,
     /// Extra endpoints (an API) built on the service's database handle and settings.
-    pub http: Option<fn(ApiContext) -> Router>,
+    pub http: Option<ApiBuilder>,
     /// Its API shows customers' data: it starts only with an identity provider to check
     /// callers against (`AUTH_*`), or with `AUTH_DISABLED=true`.
     pub guards_customer_data: bool,
@@ -70,6 +70,9 @@ pub struct ServiceSpec<S: Service> {
     /// Metrics of its own, beside the kit's (`/metrics` describes both).
     pub metrics: &'static [Metric],
 }
+
+/// Builds a service's own API (it may hold settings the service read for itself).
+pub type ApiBuilder = Box<dyn FnOnce(ApiContext) -> Router + Send>;
 
 /// What a service's background work runs as.
 pub type BackgroundFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -27,6 +27,9 @@ use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8084);
 
+/// The environment variables it reads for itself: none beyond the kit's.
+pub const VARIABLES: &[&str] = &[];
+
 /// What notifications reacts to, and how. This table also declares the queue's bindings.
 pub fn routes() -> Routes<Notifications> {
     Routes::<Notifications>::new()
@@ -55,11 +58,11 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         migrator: sqlx::migrate!("../../migrations/notifications"),
         routes: routes(),
         state: Notifications,
-        http: Some(|api| {
+        http: Some(Box::new(|api| {
             Router::new()
                 .route("/notifications", get(list))
                 .with_state(api)
-        }),
+        })),
         guards_customer_data: true,
         background: None,
         metrics: &[],

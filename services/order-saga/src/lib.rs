@@ -90,7 +90,11 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
         migrator: sqlx::migrate!("../../migrations/saga"),
         routes: routes(),
         state: OrderSaga {
-            deadline: config.order_deadline,
+            deadline: config.millis(
+                "ORDER_DEADLINE_MS",
+                DEFAULT_ORDER_DEADLINE,
+                ORDER_DEADLINES,
+            )?,
         },
         http: None,
         guards_customer_data: false,
@@ -104,6 +108,14 @@ pub struct OrderSaga {
     /// `ORDER_DEADLINE_MS`: how long after it was placed an order may still be running.
     deadline: Duration,
 }
+
+/// The variables the saga reads for itself: the order's deadline, which it keeps in the
+/// orchestrated style; orders reads the same variable to show it (give both the same value).
+pub const VARIABLES: &[&str] = &["ORDER_DEADLINE_MS"];
+/// `ORDER_DEADLINE_MS` when unset, and what it may be: as orders has them.
+const DEFAULT_ORDER_DEADLINE: Duration = Duration::from_secs(600);
+const ORDER_DEADLINES: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
 
 impl Service for OrderSaga {
     type Participant = participants::Saga;

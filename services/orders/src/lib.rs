@@ -19,6 +19,7 @@ pub mod api;
 pub mod domain;
 pub mod expiry;
 pub mod metrics;
+pub mod settings;
 mod store;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,6 +36,8 @@ use store::{lock_order, save_and_announce};
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+
+pub use settings::VARIABLES;
 
 /// What orders reacts to (or, orchestrated, is told), and how. This table also declares the
 /// queue's bindings.
@@ -94,11 +97,12 @@ fn reactions() -> Routes<Orders> {
 
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
+    let settings = settings::Settings::read(&config)?;
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/orders"),
         routes: routes(config.style),
         state: Orders,
-        http: Some(api::routes),
+        http: Some(Box::new(move |api| api::routes(api, settings))),
         guards_customer_data: true,
         // Orchestrated, the saga keeps the deadline.
         background: (config.style == Style::Choreography).then_some(expiry::run),

@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8083);
 
+/// The environment variables it reads for itself: none beyond the kit's.
+pub const VARIABLES: &[&str] = &[];
+
 /// What shipping reacts to (or, orchestrated, is told to do), and how. This table also
 /// declares the queue's bindings.
 pub fn routes(style: Style) -> Routes<Shipping> {

@@ -25,6 +25,9 @@ pub struct ServiceEntry {
     pub styles: &'static [Style],
     /// Opens its HTTP listener; `run` the result to start it.
     pub bind: fn(Config) -> BindFuture,
+    /// The environment variables it reads for itself, beside the kit's
+    /// (`service_kit::config::VARIABLES`).
+    pub variables: &'static [&'static str],
 }
 
 impl ServiceEntry {
@@ -85,6 +88,7 @@ macro_rules! entry {
             reads: |style, envelope| ($routes)(style).reads(envelope),
             styles: $styles,
             bind: |config| Box::pin($service::bind(config)),
+            variables: $service::VARIABLES,
         }
     };
 }

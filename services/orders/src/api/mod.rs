@@ -20,9 +20,9 @@ use self::{
     read::{get_order, list_orders, list_products, timeline},
     state::{Api, BodyLimit, Deadline},
 };
-use crate::{admission::Admission, metrics::SHED};
+use crate::{admission::Admission, metrics::SHED, settings::Settings};
 
-pub fn routes(api: ApiContext) -> Router {
+pub fn routes(api: ApiContext, settings: Settings) -> Router {
     // Exported from the start (as 0), so a dashboard shows "none shed" rather than no data.
     api.metrics.add(SHED, &[], 0);
     let body_limit = api.config.http_max_body_bytes;
@@ -30,9 +30,9 @@ pub fn routes(api: ApiContext) -> Router {
         auth: api.auth,
         db: api.db,
         body_limit: BodyLimit(body_limit),
-        deadline: Deadline(api.config.order_deadline),
+        deadline: Deadline(settings.order_deadline),
         metrics: api.metrics.clone(),
-        admission: Admission::new(api.config.max_pending_orders, api.metrics),
+        admission: Admission::new(settings.max_pending_orders, api.metrics),
     };
     Router::new()
         .route("/orders", get(list_orders).post(place_order))
