@@ -309,6 +309,42 @@ fn the_counts_and_ranges_the_docs_give_are_the_codes() {
 }
 
 #[test]
+fn every_source_file_is_one_a_reader_can_hold_in_mind() {
+    let root = root();
+    let mut too_long = Vec::new();
+    let mut folders = 0;
+    let crates = std::fs::read_dir(root.join("services"))
+        .expect("services/")
+        .filter_map(|entry| Some(entry.ok()?.path().join("src")))
+        .chain([root.join("shared-events/src")]);
+    for src in crates.filter(|src| src.is_dir()) {
+        for file in rust_files(&src, &root) {
+            let text = read(&root.join(&file));
+            if text.lines().count() > 500 {
+                too_long.push(format!("{file}: {} lines", text.lines().count()));
+            }
+            // A folder says what it holds, first thing.
+            if file.ends_with("/mod.rs") {
+                folders += 1;
+                assert!(
+                    text.starts_with("//! "),
+                    "{file} does not open with what it holds"
+                );
+            }
+        }
+    }
+    assert!(
+        folders >= 5,
+        "only {folders} folders found: is the walk right?"
+    );
+    assert!(
+        too_long.is_empty(),
+        "over 500 lines:\n{}",
+        too_long.join("\n")
+    );
+}
+
+#[test]
 fn the_readme_is_a_front_page() {
     let lines = read(&root().join("README.md")).lines().count();
     assert!(
