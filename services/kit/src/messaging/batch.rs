@@ -62,6 +62,14 @@ struct Taken {
     span: Span,
 }
 
+/// A delivery refused untried: malformed, or not vouched for (the reason).
+struct Refused {
+    delivery: Delivery,
+    vouched: Vouched,
+    attempt: u32,
+    reason: String,
+}
+
 /// How a message of the batch got into the inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Row {
@@ -119,26 +127,10 @@ impl<S: Service> Batcher<S> {
         publisher: &Publisher,
         bound: Duration,
     ) -> Result<Vec<Touched>, Held> {
-        let subscriber = &self.subscriber;
-        subscriber
+        self.subscriber
             .metrics
             .observe("shop_consumer_batch_size", &[], deliveries.len() as f64);
-        let mut taken = Vec::with_capacity(deliveries.len());
-        let mut refused = Vec::new();
-        for delivery in deliveries {
-            let attempt = header_u32(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
-            let vouched = Vouched::of(&delivery, &subscriber.topology);
-            match subscriber.believe(&delivery.data, &vouched, attempt) {
-                Ok((envelope, span)) => taken.push(Taken {
-                    delivery,
-                    attempt,
-                    vouched,
-                    envelope,
-                    span,
-                }),
-                Err(reason) => refused.push((delivery, vouched, attempt, reason)),
-            }
-        }
+        let (taken, refused) = self.believe_each(deliveries);
         // A batch refused whole needs no transaction (and no database).
         let ended = if taken.is_empty() {
             Ok(Vec::new())
@@ -155,12 +147,10 @@ impl<S: Service> Batcher<S> {
             Ok(dispositions) => dispositions,
             // Not the messages' fault: none of them is tried again until the database answers.
             Err((_, error)) if db::is_connection_error(&error) => {
-                for (delivery, vouched, attempt, reason) in refused {
-                    let moved = self
-                        .dead_letter_refused(publisher, &delivery, &vouched, attempt, reason)
-                        .await;
+                for refused in refused {
                     let mut alone = None;
-                    settle(delivery, moved, &mut alone).await;
+                    self.dead_letter_refused(publisher, refused, &mut alone)
+                        .await;
                     if let Some(delivery) = alone {
                         ack_alone(&delivery).await;
                     }
@@ -170,62 +160,17 @@ impl<S: Service> Batcher<S> {
             }
             Err((decided, error)) => self.lost(&taken, decided, &error),
         };
-
         let mut to_ack = None;
-        for (delivery, vouched, attempt, reason) in refused {
-            let moved = self
-                .dead_letter_refused(publisher, &delivery, &vouched, attempt, reason)
+        for refused in refused {
+            self.dead_letter_refused(publisher, refused, &mut to_ack)
                 .await;
-            settle(delivery, moved, &mut to_ack).await;
         }
         let mut touched = Vec::new();
         for (taken, disposition) in taken.into_iter().zip(dispositions) {
-            let Taken {
-                delivery,
-                attempt,
-                vouched,
-                envelope,
-                span,
-            } = taken;
-            let event = envelope.event_type.as_str();
-            let outcome = match disposition {
-                Disposition::Applied { took } => {
-                    subscriber.metrics.observe(
-                        "shop_handler_duration_seconds",
-                        &[("event", event)],
-                        took.as_secs_f64(),
-                    );
-                    // At debug: a handler logs its own decision at info, and a line per
-                    // delivery on top of it was a tenth of the shop's CPU under load.
-                    tracing::debug!(parent: &span, outcome = "applied", "handled");
-                    touched.push((envelope.correlation_id, false));
-                    settle(delivery, Ok(()), &mut to_ack).await;
-                    "applied"
-                }
-                Disposition::Duplicate => {
-                    tracing::info!(parent: &span, outcome = "duplicate", "handled");
-                    settle(delivery, Ok(()), &mut to_ack).await;
-                    "duplicate"
-                }
-                Disposition::Parked { reason } => {
-                    tracing::info!(parent: &span, %reason, "parked until what it waits for commits");
-                    // What it waits for may have committed meanwhile (a batch-mate, another
-                    // instance): its pass finds out.
-                    touched.push((envelope.correlation_id, true));
-                    settle(delivery, Ok(()), &mut to_ack).await;
-                    "parked"
-                }
-                Disposition::Move(destination) => {
-                    let outcome = Fate::Move(destination.clone()).outcome();
-                    let moved = self
-                        .move_delivery(publisher, &delivery, &vouched, attempt, destination)
-                        .instrument(span)
-                        .await;
-                    settle(delivery, moved, &mut to_ack).await;
-                    outcome
-                }
-            };
-            subscriber.count(event, outcome);
+            touched.extend(
+                self.settle_one(publisher, taken, disposition, &mut to_ack)
+                    .await,
+            );
         }
         if let Some(last) = to_ack {
             ack_up_to(&last).await;
@@ -233,21 +178,112 @@ impl<S: Service> Batcher<S> {
         Ok(touched)
     }
 
-    /// A delivery refused untried (malformed, or not vouched for) goes to the dead-letter queue.
+    /// Reads and checks each delivery (`apply`'s first step): believed, or refused untried.
+    fn believe_each(&self, deliveries: Vec<Delivery>) -> (Vec<Taken>, Vec<Refused>) {
+        let subscriber = &self.subscriber;
+        let mut taken = Vec::with_capacity(deliveries.len());
+        let mut refused = Vec::new();
+        for delivery in deliveries {
+            let attempt = header_u32(&delivery.properties, headers::ATTEMPT).unwrap_or(1);
+            let vouched = Vouched::of(&delivery, &subscriber.topology);
+            match subscriber.believe(&delivery.data, &vouched, attempt) {
+                Ok((envelope, span)) => taken.push(Taken {
+                    delivery,
+                    attempt,
+                    vouched,
+                    envelope,
+                    span,
+                }),
+                Err(reason) => refused.push(Refused {
+                    delivery,
+                    vouched,
+                    attempt,
+                    reason,
+                }),
+            }
+        }
+        (taken, refused)
+    }
+
+    /// Settles one delivery of a committed batch as its disposition says (to be acked with the
+    /// batch, or moved on first), counts it, and names the correlation id it committed
+    /// something for, if any.
+    async fn settle_one(
+        &self,
+        publisher: &Publisher,
+        taken: Taken,
+        disposition: Disposition,
+        to_ack: &mut Option<Delivery>,
+    ) -> Option<Touched> {
+        let Taken {
+            delivery,
+            attempt,
+            vouched,
+            envelope,
+            span,
+        } = taken;
+        let event = envelope.event_type.as_str();
+        let (outcome, touched) = match disposition {
+            Disposition::Applied { took } => {
+                self.subscriber.metrics.observe(
+                    "shop_handler_duration_seconds",
+                    &[("event", event)],
+                    took.as_secs_f64(),
+                );
+                // At debug: a handler logs its own decision at info, and a line per delivery
+                // on top of it was a tenth of the shop's CPU under load.
+                tracing::debug!(parent: &span, outcome = "applied", "handled");
+                settle(delivery, Ok(()), to_ack).await;
+                ("applied", Some((envelope.correlation_id, false)))
+            }
+            Disposition::Duplicate => {
+                tracing::info!(parent: &span, outcome = "duplicate", "handled");
+                settle(delivery, Ok(()), to_ack).await;
+                ("duplicate", None)
+            }
+            Disposition::Parked { reason } => {
+                tracing::info!(parent: &span, %reason, "parked until what it waits for commits");
+                settle(delivery, Ok(()), to_ack).await;
+                // What it waits for may have committed meanwhile (a batch-mate, another
+                // instance): its pass finds out.
+                ("parked", Some((envelope.correlation_id, true)))
+            }
+            Disposition::Move(destination) => {
+                let outcome = Fate::Move(destination.clone()).outcome();
+                let moved = self
+                    .move_delivery(publisher, &delivery, &vouched, attempt, destination)
+                    .instrument(span)
+                    .await;
+                settle(delivery, moved, to_ack).await;
+                (outcome, None)
+            }
+        };
+        self.subscriber.count(event, outcome);
+        touched
+    }
+
+    /// A delivery refused untried (malformed, or not vouched for) goes to the dead-letter
+    /// queue, then is settled.
     async fn dead_letter_refused(
         &self,
         publisher: &Publisher,
-        delivery: &Delivery,
-        vouched: &Vouched,
-        attempt: u32,
-        reason: String,
-    ) -> Result<(), PublishError> {
+        refused: Refused,
+        to_ack: &mut Option<Delivery>,
+    ) {
+        let Refused {
+            delivery,
+            vouched,
+            attempt,
+            reason,
+        } = refused;
         let destination = Move::DeadLetter {
             reason,
             exhausted: false,
         };
-        self.move_delivery(publisher, delivery, vouched, attempt, destination)
-            .await
+        let moved = self
+            .move_delivery(publisher, &delivery, &vouched, attempt, destination)
+            .await;
+        settle(delivery, moved, to_ack).await;
     }
 
     /// Moves a delivery on (a retry queue, the dead-letter queue), as it came.

@@ -92,6 +92,40 @@ enum Step {
     Probed(Vec<Delivery>, Result<(), sqlx::Error>),
 }
 
+/// The circuit breaker: a batch the database did not take is held (unacked, its attempts
+/// unspent) and nothing more is taken until a probe finds the database answering; then the
+/// held batch goes first. The deliveries stay where they are: nothing churns through the delay
+/// queues, nothing is dead-lettered for an outage.
+struct Breaker {
+    held: Option<Vec<Delivery>>,
+    probe: Backoff,
+    /// How long a batch may take: `DB_TIMEOUT_MS`, unless a batch timed out while the database
+    /// kept answering probes (slow, not silent): then each try gets twice as long.
+    bound: Duration,
+}
+
+impl Breaker {
+    fn new(timeout: Duration, probe_max: Duration) -> Self {
+        Self {
+            held: None,
+            probe: Backoff::capped(PROBE_FIRST, probe_max),
+            bound: timeout,
+        }
+    }
+
+    /// A batch settled: the database answers.
+    fn close(&mut self, timeout: Duration) {
+        self.probe.reset();
+        self.bound = timeout;
+    }
+
+    /// Holds `deliveries`; returns how long to wait before asking the database again.
+    fn hold(&mut self, deliveries: Vec<Delivery>) -> Duration {
+        self.held = Some(deliveries);
+        self.probe.next_delay()
+    }
+}
+
 impl<S: Service> Clone for Consumer<S> {
     fn clone(&self) -> Self {
         Self {
@@ -135,15 +169,7 @@ impl<S: Service> Consumer<S> {
         // One batch at a time: what arrives meanwhile waits in the prefetch window and makes
         // the next batch, and two batches never hold each other's row locks.
         let mut batch = JoinSet::new();
-        // The circuit breaker: a batch the database did not take is held (unacked, its attempts
-        // unspent) and nothing more is taken until a probe finds the database answering; then
-        // the held batch goes first. The deliveries stay where they are: nothing churns through
-        // the delay queues, nothing is dead-lettered for an outage.
-        let mut held: Option<Vec<Delivery>> = None;
-        let mut probe = Backoff::capped(PROBE_FIRST, self.probe_max);
-        // How long a batch may take: `DB_TIMEOUT_MS`, unless a batch timed out while the
-        // database kept answering probes (slow, not silent): then each try gets twice as long.
-        let mut bound = self.db.timeout;
+        let mut breaker = Breaker::new(self.db.timeout, self.probe_max);
         let probe_at = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(probe_at);
         let mut in_flight = JoinSet::new();
@@ -159,22 +185,7 @@ impl<S: Service> Consumer<S> {
                 () = failed.cancelled() => break Err(ConsumeError::ConnectionLost),
                 () = stop.cancelled() => break Ok(()),
                 notification = next_notification(&mut freed), if freed.is_some() => {
-                    match notification.map(|n| n.payload().parse::<Uuid>()) {
-                        Ok(Ok(correlation_id)) => {
-                            let unparker = self.unparker.clone();
-                            let publisher = publisher.clone();
-                            in_flight.spawn(async move {
-                                unparker.unpark_correlated(correlation_id, &publisher, true).await;
-                            });
-                        }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "a parked-message notification without a correlation id"),
-                        // The database went away: listen again later; what is missed meanwhile,
-                        // the sweep finds.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "listening for freed parked messages failed");
-                            freed = None;
-                        }
-                    }
+                    self.unpark_notified(notification, &mut freed, &mut in_flight, publisher);
                 }
                 _ = dead_letter_depth.tick() => {
                     if freed.is_none() {
@@ -186,7 +197,7 @@ impl<S: Service> Consumer<S> {
                         self.metrics.clone(),
                     ));
                 }
-                _ = parked_sweep.tick(), if held.is_none() => {
+                _ = parked_sweep.tick(), if breaker.held.is_none() => {
                     let unparker = self.unparker.clone();
                     let publisher = publisher.clone();
                     in_flight.spawn(async move { unparker.sweep_parked(&publisher).await });
@@ -194,49 +205,28 @@ impl<S: Service> Consumer<S> {
                 Some(step) = batch.join_next(), if !batch.is_empty() => {
                     // Reap finished side work as we go, so the set stays small.
                     while in_flight.try_join_next().is_some() {}
-                    let waiting = match step {
-                        Ok(Step::Settled) => {
-                            probe.reset();
-                            bound = self.db.timeout;
-                            self.paused.store(false, Ordering::SeqCst);
-                            continue;
-                        }
-                        Ok(Step::Held(Held { deliveries, error })) => {
-                            self.database.failed(&error);
-                            deliveries
-                        }
-                        Ok(Step::Probed(deliveries, Ok(()))) => {
-                            // Its listener's connection may be one the outage left stuck.
-                            freed = None;
-                            self.spawn_batch(&mut batch, deliveries, publisher, bound);
-                            bound = (bound * 2).min(SLOW_BATCH_BOUND);
-                            continue;
-                        }
-                        Ok(Step::Probed(deliveries, Err(error))) => {
-                            self.database.failed(&error);
-                            deliveries
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "a batch panicked; its deliveries return on reconnect");
-                            break Err(ConsumeError::ConsumerEnded);
-                        }
-                    };
-                    self.paused.store(true, Ordering::SeqCst);
-                    held = Some(waiting);
-                    probe_at.as_mut().reset(tokio::time::Instant::now() + probe.next_delay());
+                    let step = step.map_err(|e| {
+                        tracing::error!(error = %e, "a batch panicked; its deliveries return on reconnect");
+                        ConsumeError::ConsumerEnded
+                    });
+                    match step.map(|step| self.after_step(step, &mut breaker, &mut freed, &mut batch, publisher)) {
+                        Ok(Some(delay)) => probe_at.as_mut().reset(tokio::time::Instant::now() + delay),
+                        Ok(None) => {}
+                        Err(ended) => break Err(ended),
+                    }
                 }
-                () = &mut probe_at, if held.is_some() && batch.is_empty() => {
-                    let deliveries = held.take().unwrap_or_default();
+                () = &mut probe_at, if breaker.held.is_some() && batch.is_empty() => {
+                    let deliveries = breaker.held.take().unwrap_or_default();
                     let db = self.db.clone();
                     batch.spawn(async move {
                         let answered = db.bounded(db.ping()).await;
                         Step::Probed(deliveries, answered)
                     });
                 }
-                next = deliveries.next(), if batch.is_empty() && held.is_none() => match next {
+                next = deliveries.next(), if batch.is_empty() && breaker.held.is_none() => match next {
                     Some(Ok(first)) => {
                         let (taken, ended) = take_waiting(first, &mut deliveries, self.batch_max);
-                        self.spawn_batch(&mut batch, taken, publisher, bound);
+                        self.spawn_batch(&mut batch, taken, publisher, breaker.bound);
                         if let Some(ended) = ended {
                             break Err(ended);
                         }
@@ -253,10 +243,77 @@ impl<S: Service> Consumer<S> {
             let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
             let _ = tokio::time::timeout(ACK_TIMEOUT, cancel).await;
         }
-        // Let in-flight handlers finish and ack. After a failure their acks cannot reach the
-        // broker anyway, so they get less time; what is cut short is redelivered and the inbox
-        // absorbs whatever had already committed.
-        let grace = if ended.is_ok() {
+        self.drain(ended.is_ok(), batch, in_flight).await;
+        ended
+    }
+
+    /// What a finished batch (or probe) means for the circuit breaker: `Some(delay)` when a
+    /// batch is now held and the database is to be asked again after `delay`.
+    fn after_step(
+        &self,
+        step: Step,
+        breaker: &mut Breaker,
+        freed: &mut Option<PgListener>,
+        batch: &mut JoinSet<Step>,
+        publisher: &Publisher,
+    ) -> Option<Duration> {
+        let waiting = match step {
+            Step::Settled => {
+                breaker.close(self.db.timeout);
+                self.paused.store(false, Ordering::SeqCst);
+                return None;
+            }
+            Step::Held(Held { deliveries, error }) | Step::Probed(deliveries, Err(error)) => {
+                self.database.failed(&error);
+                deliveries
+            }
+            Step::Probed(deliveries, Ok(())) => {
+                // Its listener's connection may be one the outage left stuck.
+                *freed = None;
+                self.spawn_batch(batch, deliveries, publisher, breaker.bound);
+                breaker.bound = (breaker.bound * 2).min(SLOW_BATCH_BOUND);
+                return None;
+            }
+        };
+        self.paused.store(true, Ordering::SeqCst);
+        Some(breaker.hold(waiting))
+    }
+
+    /// Another instance's commit named a correlation id: try what this one parked for it.
+    fn unpark_notified(
+        &self,
+        notification: Result<PgNotification, sqlx::Error>,
+        freed: &mut Option<PgListener>,
+        in_flight: &mut JoinSet<()>,
+        publisher: &Publisher,
+    ) {
+        match notification.map(|n| n.payload().parse::<Uuid>()) {
+            Ok(Ok(correlation_id)) => {
+                let unparker = self.unparker.clone();
+                let publisher = publisher.clone();
+                in_flight.spawn(async move {
+                    unparker
+                        .unpark_correlated(correlation_id, &publisher, true)
+                        .await;
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a parked-message notification without a correlation id");
+            }
+            // The database went away: listen again later; what is missed meanwhile, the sweep
+            // finds.
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for freed parked messages failed");
+                *freed = None;
+            }
+        }
+    }
+
+    /// Lets in-flight handlers finish and ack. After a failure their acks cannot reach the
+    /// broker anyway, so they get less time; what is cut short is redelivered and the inbox
+    /// absorbs whatever had already committed.
+    async fn drain(&self, stopped: bool, mut batch: JoinSet<Step>, mut in_flight: JoinSet<()>) {
+        let grace = if stopped {
             SHUTDOWN_DRAIN
         } else {
             FAILURE_DRAIN
@@ -274,7 +331,6 @@ impl<S: Service> Consumer<S> {
             batch.abort_all();
             in_flight.abort_all();
         }
-        ended
     }
 
     fn spawn_batch(
