@@ -113,21 +113,31 @@ fn every_relative_link_in_the_docs_reaches_its_file_and_heading() {
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
-#[test]
-fn the_configuration_table_lists_exactly_the_settings_the_services_read() {
-    let architecture = read(&root().join("docs/architecture.md"));
-    let section = architecture
-        .split_once("## 10. Configuration")
-        .and_then(|(_, rest)| rest.split_once("\n## "))
-        .map(|(section, _)| section)
-        .expect("docs/architecture.md has a Configuration section");
-    let documented: BTreeSet<&str> = section
+/// The text of `page` from the heading starting `heading` to the next `## ` heading.
+fn section<'a>(page: &'a str, heading: &str) -> &'a str {
+    page.split_once(heading)
+        .map(|(_, rest)| {
+            rest.split_once("\n## ")
+                .map_or(rest, |(section, _)| section)
+        })
+        .unwrap_or_else(|| panic!("docs/architecture.md has a section {heading:?}"))
+}
+
+/// The names in the first column of a Markdown table's rows (several per row, comma-separated).
+fn first_column(table: &str) -> BTreeSet<&str> {
+    table
         .lines()
         .filter(|line| line.starts_with("| `"))
         .filter_map(|row| row.split('|').nth(1))
         .flat_map(|names| names.split(','))
         .map(|name| name.trim().trim_matches('`'))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_configuration_table_lists_exactly_the_settings_the_services_read() {
+    let architecture = read(&root().join("docs/architecture.md"));
+    let documented = first_column(section(&architecture, "## 10. Configuration"));
     let read_by_services: BTreeSet<&str> = VARIABLES
         .iter()
         .chain(shop::registry::SERVICES.iter().flat_map(|s| s.variables))
@@ -158,12 +168,7 @@ fn rust_files(dir: &Path, base: &Path) -> Vec<String> {
 #[test]
 fn the_kit_map_lists_exactly_the_kits_files() {
     let architecture = read(&root().join("docs/architecture.md"));
-    let section = architecture
-        .split_once("## 8. The kit")
-        .and_then(|(_, rest)| rest.split_once("\n## "))
-        .map(|(section, _)| section)
-        .expect("docs/architecture.md has a section on the kit");
-    let mapped: BTreeSet<String> = section
+    let mapped: BTreeSet<String> = section(&architecture, "## 8. The kit")
         .lines()
         .filter(|line| line.starts_with("kit/src/"))
         .filter_map(|line| line.split_whitespace().next())
@@ -206,18 +211,12 @@ fn every_kit_path_the_docs_name_exists() {
 #[test]
 fn the_metrics_table_lists_exactly_the_metrics_the_services_describe() {
     let architecture = read(&root().join("docs/architecture.md"));
-    let section = architecture
+    let table = architecture
         .split_once("**Metrics**")
         .and_then(|(_, rest)| rest.split_once("| Metric |"))
         .map(|(_, rest)| rest.split_once("\n\n").map_or(rest, |(table, _)| table))
         .expect("docs/architecture.md has a metrics table");
-    let documented: BTreeSet<&str> = section
-        .lines()
-        .filter(|line| line.starts_with("| `"))
-        .filter_map(|row| row.split('|').nth(1))
-        .flat_map(|names| names.split(','))
-        .map(|name| name.trim().trim_matches('`'))
-        .collect();
+    let documented = first_column(table);
     let described: BTreeSet<&str> = service_kit::KIT_METRICS
         .iter()
         .chain(orders::metrics::METRICS)

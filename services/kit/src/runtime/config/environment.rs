@@ -74,22 +74,10 @@ impl Config {
         default: Duration,
         range: RangeInclusive<Duration>,
     ) -> Result<Duration, ConfigError> {
-        let value = match self.var(name) {
-            Some(ms) => Duration::from_millis(parse(name, ms)?),
-            None => default,
-        };
-        if range.contains(&value) {
-            Ok(value)
-        } else {
-            Err(ConfigError::Invalid {
-                name,
-                reason: format!(
-                    "must be {} to {} ms",
-                    range.start().as_millis(),
-                    range.end().as_millis()
-                ),
-            })
-        }
+        let ms = |d: &Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let range = ms(range.start())..=ms(range.end());
+        self.number(name, ms(&default), range)
+            .map(Duration::from_millis)
     }
 
     /// A numeric setting of the service's own: `default` when unset, refused (by name) outside
