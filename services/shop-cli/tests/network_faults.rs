@@ -90,22 +90,9 @@ async fn eventually(what: &str, pool: &PgPool, sql: &str, expected: i64) {
     }
 }
 
-/// Payment as a process in a shop of its own, its broker or database connections through
-/// `proxy`; every service's queue declared, so what payment announces is routed. Runs
-/// `scenario`, then removes the shop whatever happened.
-async fn with_payment_behind<F>(
-    proxy: &Proxy,
-    behind: Behind,
-    prefix: &'static str,
-    retry_delays: Vec<Duration>,
-    scenario: F,
-) where
-    F: AsyncFnOnce(&mut ProcessShop, &reqwest::Client),
-{
-    with_service_behind("payment", proxy, behind, prefix, retry_delays, scenario).await;
-}
-
-/// [`with_payment_behind`] for any one service.
+/// `service` as a process in a shop of its own, its broker or database connections through
+/// `proxy`; every service's queue declared, so what it announces is routed. Runs `scenario`,
+/// then removes the shop whatever happened.
 async fn with_service_behind<F>(
     service: &'static str,
     proxy: &Proxy,
@@ -258,7 +245,8 @@ async fn publish(shop: &ProcessShop, events: Vec<OrderPlaced>) {
 async fn a_kill_between_a_batchs_commit_and_its_acks_loses_and_doubles_nothing() {
     let proxy = start_proxy(Behind::Broker).await;
     let retry_delays = default_retry_delays();
-    with_payment_behind(
+    with_service_behind(
+        "payment",
         &proxy,
         Behind::Broker,
         "shop_crash",
@@ -274,7 +262,8 @@ async fn a_kill_between_a_batchs_commit_and_its_acks_loses_and_doubles_nothing()
 async fn a_silent_broker_connection_is_noticed_and_left_for_a_new_one() {
     let proxy = start_proxy(Behind::Broker).await;
     let retry_delays = default_retry_delays();
-    with_payment_behind(
+    with_service_behind(
+        "payment",
         &proxy,
         Behind::Broker,
         "shop_silent",
@@ -328,7 +317,8 @@ async fn a_silent_database_pauses_the_consumer_and_spends_no_attempt() {
     // The whole retry schedule (0.3 s) is a small part of the silence: were an outage spent
     // as attempts, or bounced through the delay queues, it would show.
     let retry_delays = vec![Duration::from_millis(100), Duration::from_millis(200)];
-    with_payment_behind(
+    with_service_behind(
+        "payment",
         &proxy,
         Behind::Database,
         "shop_dbsilent",
