@@ -239,7 +239,7 @@ impl Envelope {
         let payload = if self.version < E::VERSION {
             // The one place an old version is known: it becomes the current shape here, so
             // no handler ever sees two shapes of one event.
-            E::upgrade(self.version, self.payload.clone()).map_err(|reason| {
+            E::upgrade(self.version, self.payload.clone(), self.occurred_at).map_err(|reason| {
                 DecodeError::Upgrade {
                     event_type: E::TYPE,
                     from: self.version,

@@ -1,3 +1,4 @@
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -21,9 +22,9 @@ macro_rules! catalog {
                     const VERSION: u32 = $version;
                     const OLDEST_READ: u32 = $oldest;
 
-                    fn upgrade(from: u32, payload: serde_json::Value)
+                    fn upgrade(from: u32, payload: serde_json::Value, occurred_at: DateTime<Utc>)
                         -> Result<serde_json::Value, String> {
-                        $upgrade(from, payload)
+                        $upgrade(from, payload, occurred_at)
                     }
                 )?
 
@@ -57,7 +58,7 @@ macro_rules! catalog {
 
 catalog! {
     OrderPlaced => Orders, "orders.order_placed",
-        version 2 reading from 1 through v1::OrderPlaced::upgrade;
+        version 3 reading from 1 through v2::OrderPlaced::upgrade;
     PaymentCompleted => Payment, "payment.payment_completed";
     PaymentFailed => Payment, "payment.payment_failed";
     StockReserved => Inventory, "inventory.stock_reserved";
@@ -85,6 +86,7 @@ pub trait MessageVisitor {
 pub fn payload_schema_of_version(event_type: &str, version: u32) -> Option<serde_json::Value> {
     match (event_type, version) {
         ("OrderPlaced", 1) => Some(crate::schema_of::<v1::OrderPlaced>()),
+        ("OrderPlaced", 2) => Some(crate::schema_of::<v2::OrderPlaced>()),
         _ => CATALOG
             .iter()
             .find(|info| info.event_type == event_type && info.version == version)
@@ -125,9 +127,11 @@ pub mod payment_methods {
     pub const ALL: &[&str] = &[CARD, DECLINED_TEST_CARD];
 }
 
-/// Version 2: the order says which currency its prices and total are in (ISO 4217), so payment
-/// charges in it rather than assume one. Additive: version 1's fields keep their names and
-/// meaning, so a reader that ignores `currency` still works.
+/// Version 3: the order carries its deadline, decided once by orders where it is placed, so
+/// whoever expires orders (orders in the choreography, the saga orchestrated) keeps the very
+/// deadline the customer is shown. Version 2 added the currency (ISO 4217) its prices and total
+/// are in, so payment charges in it rather than assume one. Both additive: the older fields
+/// keep their names and meaning, so a reader that ignores the new ones still works.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     pub order_id: Uuid,
@@ -137,9 +141,58 @@ pub struct OrderPlaced {
     pub payment_method: String,
     pub shipping_address: ShippingAddress,
     pub currency: String,
+    /// When the order is cancelled (`deadline_exceeded`) if it is still open.
+    pub deadline_at: DateTime<Utc>,
 }
 
-/// Events as older versions of the shop announced them: read, upgraded, never written.
+/// OrderPlaced as version 2 announced it: read, upgraded, never written.
+pub mod v2 {
+    use super::*;
+
+    /// The deadline of an order announced before OrderPlaced carried one: the default every
+    /// earlier version applied, ten minutes after the order was placed.
+    pub const DEADLINE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+    /// OrderPlaced version 2: no deadline (each service that expired orders computed its own).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    pub struct OrderPlaced {
+        pub order_id: Uuid,
+        pub customer_id: String,
+        pub items: Vec<OrderLine>,
+        pub total_cents: i64,
+        pub payment_method: String,
+        pub shipping_address: ShippingAddress,
+        pub currency: String,
+    }
+
+    impl OrderPlaced {
+        /// Version 1's or 2's payload in the current shape; `placed_at` is when it occurred.
+        pub fn upgrade(
+            from: u32,
+            payload: serde_json::Value,
+            placed_at: DateTime<Utc>,
+        ) -> Result<serde_json::Value, String> {
+            let old: Self = match from {
+                1 => v1::OrderPlaced::read(payload)?.into(),
+                2 => serde_json::from_value(payload).map_err(|e| e.to_string())?,
+                _ => return Err(format!("no upgrade of OrderPlaced from version {from}")),
+            };
+            let current = super::OrderPlaced {
+                order_id: old.order_id,
+                customer_id: old.customer_id,
+                items: old.items,
+                total_cents: old.total_cents,
+                payment_method: old.payment_method,
+                shipping_address: old.shipping_address,
+                currency: old.currency,
+                deadline_at: placed_at + DEADLINE,
+            };
+            serde_json::to_value(current).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// OrderPlaced as version 1 announced it: read, upgraded, never written.
 pub mod v1 {
     use super::*;
 
@@ -158,13 +211,14 @@ pub mod v1 {
     }
 
     impl OrderPlaced {
-        /// Version 1's payload in version 2's shape.
-        pub fn upgrade(from: u32, payload: serde_json::Value) -> Result<serde_json::Value, String> {
-            if from != 1 {
-                return Err(format!("no upgrade of OrderPlaced from version {from}"));
-            }
-            let old: Self = serde_json::from_value(payload).map_err(|e| e.to_string())?;
-            let current = super::OrderPlaced {
+        pub(super) fn read(payload: serde_json::Value) -> Result<Self, String> {
+            serde_json::from_value(payload).map_err(|e| e.to_string())
+        }
+    }
+
+    impl From<OrderPlaced> for v2::OrderPlaced {
+        fn from(old: OrderPlaced) -> Self {
+            Self {
                 order_id: old.order_id,
                 customer_id: old.customer_id,
                 items: old.items,
@@ -172,8 +226,7 @@ pub mod v1 {
                 payment_method: old.payment_method,
                 shipping_address: old.shipping_address,
                 currency: CURRENCY.to_owned(),
-            };
-            serde_json::to_value(current).map_err(|e| e.to_string())
+            }
         }
     }
 }

@@ -83,9 +83,14 @@ pub trait Message: serde::Serialize + serde::de::DeserializeOwned + Send + Sync 
     fn order_id(&self) -> uuid::Uuid;
 
     /// Brings the payload of version `from` (at least [`Event::OLDEST_READ`], below
-    /// [`Event::VERSION`]) to the current version's shape.
-    fn upgrade(from: u32, payload: serde_json::Value) -> Result<serde_json::Value, String> {
-        let _ = from;
+    /// [`Event::VERSION`]) to the current version's shape; `occurred_at` is the message's time,
+    /// for a field an older version implied (an order's deadline).
+    fn upgrade(
+        from: u32,
+        payload: serde_json::Value,
+        occurred_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<serde_json::Value, String> {
+        let _ = (from, occurred_at);
         Ok(payload)
     }
 }

@@ -87,26 +87,33 @@ fn every_older_version_a_consumer_reads_has_a_fixture_and_upgrades() {
 }
 
 #[test]
-fn an_order_placed_v1_reads_as_v2_in_euros() {
-    let old: Envelope = serde_json::from_value(fixture("OrderPlaced.v1")).expect("parses");
+fn an_older_order_placed_reads_as_v3_in_euros_with_the_default_deadline() {
     let current: Envelope = serde_json::from_value(fixture("OrderPlaced")).expect("parses");
-    let upgraded: OrderPlaced = old.decode().expect("v1 is still read");
-    assert_eq!(upgraded.currency, v1::CURRENCY);
-    assert_eq!(
-        Some(upgraded),
-        current.decode::<OrderPlaced>().ok(),
-        "v1 upgraded is v2 with the currency it implied"
-    );
+    let current: OrderPlaced = current.decode().expect("v3");
+    for version in ["OrderPlaced.v1", "OrderPlaced.v2"] {
+        let old: Envelope = serde_json::from_value(fixture(version)).expect("parses");
+        let upgraded: OrderPlaced = old.decode().expect("still read");
+        assert_eq!(upgraded.currency, v1::CURRENCY, "{version}");
+        assert_eq!(
+            upgraded.deadline_at,
+            old.occurred_at + v2::DEADLINE,
+            "{version}"
+        );
+        assert_eq!(
+            upgraded, current,
+            "{version} upgraded is v3 with what it implied"
+        );
+    }
 }
 
 #[test]
 fn a_version_from_the_future_is_refused_with_the_versions_this_build_reads() {
     let mut future: Envelope = serde_json::from_value(fixture("OrderPlaced")).expect("parses");
-    future.version = 3;
-    let refused = future.decode::<OrderPlaced>().expect_err("v3 is unknown");
+    future.version = 4;
+    let refused = future.decode::<OrderPlaced>().expect_err("v4 is unknown");
     assert_eq!(
         refused.to_string(),
-        "unsupported version 3 of OrderPlaced (this build reads versions 1 to 2)"
+        "unsupported version 4 of OrderPlaced (this build reads versions 1 to 3)"
     );
 }
 

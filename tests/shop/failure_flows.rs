@@ -333,6 +333,7 @@ async fn stock_reserved_before_the_address_is_known_is_deferred_until_it_is() {
             country: "NO".to_owned(),
         },
         currency: "EUR".to_owned(),
+        deadline_at: chrono::Utc::now() + chrono::TimeDelta::minutes(10),
     };
     publisher
         .publish(OrderPlaced::ROUTING_KEY, &Envelope::new(&placed, None))

@@ -279,12 +279,12 @@ async fn the_sagas_deadline_survives_a_restart_of_the_saga() {
     })
     .await;
     assert_eq!(shop.order(order_id).await["status"], "pending");
-    shop.start_service_with("saga", deadline).await;
+    shop.start_service("saga").await;
     eventually("the restarted saga expires the order", || async {
         shop.order(order_id).await["cancellation_reason"] == json!("deadline_exceeded")
     })
     .await;
-    shop.start_service_with("payment", short_deadline).await;
+    shop.start_service("payment").await;
     assert_eq!(shop.settled_order(order_id).await["status"], "cancelled");
     shop.audit_and_stop().await;
 }
@@ -334,22 +334,44 @@ fn short_deadline(config: &mut Config) {
     config.set_var("ORDER_DEADLINE_MS", "1000");
 }
 
+/// The deadline is decided once, by orders where the order is placed, and travels in
+/// OrderPlaced: only orders is given `ORDER_DEADLINE_MS` here (the saga reads none), and the saga
+/// keeps the very deadline the customer is shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sagas_deadline_cancels_an_order_stuck_at_payment() {
-    let mut shop = Shop::start_in_with(Style::Orchestration, short_deadline).await;
+async fn the_sagas_deadline_is_the_one_orders_shows_and_cancels_an_order_stuck_at_payment() {
+    let mut shop = orchestrated().await;
+    shop.stop_service("orders").await;
+    shop.start_service_with("orders", short_deadline).await;
     shop.stop_service("payment").await;
     let order_id = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
+    let shown = shop.order(order_id).await["deadline_at"].clone();
+    shop.spy.wait_for::<ChargePayment>(order_id).await;
+    assert_eq!(
+        shop.count(&format!(
+            "SELECT count(*) FROM saga.sagas s JOIN orders.orders o ON o.id = s.order_id
+             WHERE s.order_id = '{order_id}' AND s.deadline_at = o.deadline_at
+               AND o.deadline_at - o.created_at = interval '1 second'"
+        ))
+        .await,
+        1,
+        "the saga keeps the deadline shown ({shown}), a second after placing"
+    );
 
     eventually("the deadline cancels the order", || async {
         shop.order(order_id).await["status"] == json!("cancelled")
     })
     .await;
-    assert_eq!(
-        shop.order(order_id).await["cancellation_reason"],
-        "deadline_exceeded"
+    let order = shop.order(order_id).await;
+    assert_eq!(order["cancellation_reason"], "deadline_exceeded");
+    let time = |value: &Value| {
+        serde_json::from_value::<chrono::DateTime<chrono::Utc>>(value.clone()).expect("a time")
+    };
+    assert!(
+        time(&order["updated_at"]) >= time(&shown),
+        "not cancelled before the deadline shown: {order}"
     );
     // Payment comes back to ChargePayment then RefundPayment: whatever it did is undone.
-    shop.start_service_with("payment", short_deadline).await;
+    shop.start_service("payment").await;
     let order = shop.settled_order(order_id).await;
     assert_eq!(order["status"], "cancelled");
     shop.spy.wait_for::<SettleOrder>(order_id).await;

@@ -1,5 +1,5 @@
 //! A rolling upgrade, with old messages in flight (docs/architecture.md, "Versions"): orders
-//! now sends OrderPlaced version 2 (with its currency), while version 1 messages, sent before
+//! now sends OrderPlaced version 3 (with its currency and deadline), while version 1 messages, sent before
 //! the upgrade, still sit in payment's queue, in its delay queue and in its dead-letter queue.
 //! Each is read once, upgraded in one place, and its order goes through; a version from the
 //! future is dead-lettered with the reason.
@@ -13,7 +13,7 @@ use shop_tests::{
 };
 use uuid::Uuid;
 
-/// Places an order while payment is down and takes its OrderPlaced (version 2, as orders now
+/// Places an order while payment is down and takes its OrderPlaced (version 3, as orders now
 /// sends it) out of payment's queue before anything else is put there.
 async fn place_and_take(shop: &Shop, body: &Value) -> (Uuid, Envelope) {
     let order_id = shop.place(body).await;
@@ -21,16 +21,18 @@ async fn place_and_take(shop: &Shop, body: &Value) -> (Uuid, Envelope) {
     let envelope = taken[0].envelope();
     assert_eq!(envelope.event_type, OrderPlaced::TYPE);
     assert_eq!(envelope.correlation_id, order_id);
-    assert_eq!(envelope.version, 2, "orders sends version 2");
+    assert_eq!(envelope.version, 3, "orders sends version 3");
     assert_eq!(envelope.payload["currency"], "EUR");
+    assert!(envelope.payload["deadline_at"].is_string());
     (order_id, envelope)
 }
 
-/// The same event as orders sent it before the upgrade: version 1, no currency.
+/// The same event as orders sent it two upgrades ago: version 1, no currency, no deadline.
 fn as_version_1(mut envelope: Envelope) -> TakenMessage {
     envelope.version = 1;
     if let Value::Object(payload) = &mut envelope.payload {
         payload.remove("currency");
+        payload.remove("deadline_at");
     }
     TakenMessage::carrying(&envelope)
 }
@@ -68,7 +70,7 @@ async fn version_1_messages_left_in_queues_are_upgraded_and_a_future_version_is_
         )
         .await;
     let letter_v1 = as_version_1(placed_3);
-    placed_4.version = 3;
+    placed_4.version = 4;
     publisher
         .redeliver(&namespace, "payment", &TakenMessage::carrying(&placed_4))
         .await;
@@ -78,7 +80,7 @@ async fn version_1_messages_left_in_queues_are_upgraded_and_a_future_version_is_
     assert_eq!(refused[0].envelope().correlation_id, from_the_future);
     assert_eq!(
         refused[0].header(service_kit::headers::DEAD_LETTER_REASON),
-        Some("unsupported version 3 of OrderPlaced (this build reads versions 1 to 2)".to_owned())
+        Some("unsupported version 4 of OrderPlaced (this build reads versions 1 to 3)".to_owned())
     );
 
     // A version 1 message dead-lettered before the upgrade, re-driven after it by an operator.

@@ -356,6 +356,7 @@ pub fn order_placed(order_id: Uuid, sku: &str, quantity: u32) -> OrderPlaced {
             country: "US".to_owned(),
         },
         currency: "EUR".to_owned(),
+        deadline_at: chrono::Utc::now() + chrono::TimeDelta::minutes(10),
     }
 }
 

@@ -9,8 +9,9 @@
 //! - **Sends** commands, each to the one service that handles it: ChargePayment, ReserveStock,
 //!   BookShipment, RefundPayment, ReleaseStock, CancelShipment, ConfirmOrder, CancelOrder,
 //!   SettleOrder. It announces no event.
-//! - **Expires** sagas still running at their deadline (`ORDER_DEADLINE_MS` after the order was
-//!   placed): it asks orders to cancel, then walks the steps back.
+//! - **Expires** sagas still running at their deadline, the one orders decided and OrderPlaced
+//!   carries (the customer is shown the same): it asks orders to cancel, then walks the steps
+//!   back.
 
 pub mod saga;
 
@@ -89,13 +90,7 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/saga"),
         routes: routes(),
-        state: OrderSaga {
-            deadline: config.millis(
-                "ORDER_DEADLINE_MS",
-                DEFAULT_ORDER_DEADLINE,
-                ORDER_DEADLINES,
-            )?,
-        },
+        state: OrderSaga,
         http: None,
         guards_customer_data: false,
         background: Some(expire),
@@ -104,18 +99,11 @@ pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     service_kit::bind(config, spec).await
 }
 
-pub struct OrderSaga {
-    /// `ORDER_DEADLINE_MS`: how long after it was placed an order may still be running.
-    deadline: Duration,
-}
+pub struct OrderSaga;
 
-/// The variables the saga reads for itself: the order's deadline, which it keeps in the
-/// orchestrated style; orders reads the same variable to show it (give both the same value).
-pub const VARIABLES: &[&str] = &["ORDER_DEADLINE_MS"];
-/// `ORDER_DEADLINE_MS` when unset, and what it may be: as orders has them.
-const DEFAULT_ORDER_DEADLINE: Duration = Duration::from_secs(600);
-const ORDER_DEADLINES: std::ops::RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+/// The variables the saga reads for itself: none beyond the kit's. Even the deadline it keeps
+/// is not its own: orders decides it (`ORDER_DEADLINE_MS`) and OrderPlaced carries it.
+pub const VARIABLES: &[&str] = &[];
 
 impl Service for OrderSaga {
     type Participant = participants::Saga;
@@ -131,11 +119,6 @@ const ORDERS_EXPIRED: &str = "shop_orders_expired_total";
 
 impl OrderSaga {
     async fn start(&self, ctx: &mut Ctx, placed: OrderPlaced) -> Result<(), HandlerError> {
-        // A deadline too far to represent is no deadline.
-        let deadline_at = chrono::Duration::from_std(self.deadline)
-            .ok()
-            .and_then(|deadline| ctx.occurred_at().checked_add_signed(deadline))
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let (saga, first) = Saga::start();
         let created = sqlx::query(
             "INSERT INTO saga.sagas (order_id, phase, steps_taken, placed, deadline_at)
@@ -145,7 +128,7 @@ impl OrderSaga {
         .bind(saga.phase)
         .bind(saga.taken as i16)
         .bind(Json(&placed))
-        .bind(deadline_at)
+        .bind(placed.deadline_at)
         .execute(ctx.db())
         .await?;
         if created.rows_affected() == 0 {

@@ -11,6 +11,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use service_kit::{ApiError, Db, auth::Caller, requests};
 use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
@@ -91,11 +92,11 @@ pub(super) async fn place_order(
         fingerprint: &fingerprint,
         deadline,
     };
-    if !insert(&mut work, &new, &lines).await? {
+    let Some(deadline_at) = insert(&mut work, &new, &lines).await? else {
         // A concurrent request with the same key committed first: answer with its order.
         drop(work);
         return replay_the_winner(&db, key.as_deref().unwrap_or_default(), &fingerprint).await;
-    }
+    };
     work.announce(&OrderPlaced {
         order_id,
         customer_id: request.customer_id.clone(),
@@ -104,6 +105,7 @@ pub(super) async fn place_order(
         payment_method: request.payment_method.clone(),
         shipping_address: request.shipping_address.clone(),
         currency: domain::CURRENCY.to_owned(),
+        deadline_at,
     });
     work.commit().await?;
     admission.accepted();
@@ -162,17 +164,20 @@ struct NewOrder<'a> {
     deadline: std::time::Duration,
 }
 
-/// Writes the order and its lines; `false` when another order holds its `Idempotency-Key`.
+/// Writes the order and its lines; returns the order's deadline, decided here once (the
+/// services that expire orders keep the one OrderPlaced carries), or `None` when another order
+/// holds its `Idempotency-Key`.
 async fn insert(
     work: &mut Work,
     new: &NewOrder<'_>,
     lines: &[OrderLine],
-) -> Result<bool, ApiError> {
-    let inserted = sqlx::query(
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let deadline_at: Option<DateTime<Utc>> = sqlx::query_scalar(
         "INSERT INTO orders.orders (id, customer_id, status, total_cents, payment_method,
                                     shipping_address, idempotency_key, request, deadline_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
-         ON CONFLICT (idempotency_key) DO NOTHING",
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING deadline_at",
     )
     .bind(new.order_id)
     .bind(&new.request.customer_id)
@@ -183,11 +188,10 @@ async fn insert(
     .bind(new.key)
     .bind(new.fingerprint)
     .bind(new.deadline.as_secs_f64())
-    .execute(work.db())
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(false);
+    .fetch_optional(work.db())
+    .await?;
+    if deadline_at.is_none() {
+        return Ok(None);
     }
     for (line_no, line) in (1_i32..).zip(lines) {
         sqlx::query(
@@ -202,7 +206,7 @@ async fn insert(
         .execute(work.db())
         .await?;
     }
-    Ok(true)
+    Ok(deadline_at)
 }
 
 /// The order a concurrent request with the same key committed, as a replay.
