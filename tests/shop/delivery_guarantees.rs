@@ -685,7 +685,7 @@ async fn malformed_and_unsupported_messages_are_dead_lettered_and_the_consumer_g
         "{reasons:?}"
     );
     assert!(
-        reasons.iter().any(|r| r.contains("unsupported version 3")),
+        reasons.iter().any(|r| r.contains("unsupported version 4")),
         "{reasons:?}"
     );
     assert!(

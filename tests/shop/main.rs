@@ -17,5 +17,6 @@ mod kit_promises;
 mod kubernetes;
 mod observability;
 mod orchestration;
+mod statuses;
 mod two_databases;
 mod versions;

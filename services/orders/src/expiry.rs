@@ -54,8 +54,9 @@ async fn expire_due(api: ApiContext) -> Result<usize, sqlx::Error> {
             let Some(mut order) = lock_order(work.db(), order_id).await? else {
                 return Ok(());
             };
+            let before = order.clone();
             if let Ok(Some(cancelled)) = order.cancel(Cause::DeadlineExceeded) {
-                save_and_announce(&mut work, order_id, &order, Some(cancelled)).await?;
+                save_and_announce(&mut work, order_id, &before, &order, Some(cancelled)).await?;
                 tracing::info!("order expired at its deadline; cancelled");
                 expired += 1;
             }

@@ -7,7 +7,8 @@
 //!   or PaymentVoided, StockReleased or ReservationVoided, ShipmentCancelled or ShipmentVoided
 //!   (all three seen: settled).
 //! - **Handles** (orchestration) the saga's ConfirmOrder, CancelOrder and SettleOrder: the
-//!   same facts, told instead of heard.
+//!   same outcomes, told instead of heard; it still hears PaymentCompleted and StockReserved,
+//!   so the customer reads the same statuses in both styles.
 //! - **Expires** orders still open at their deadline (`ORDER_DEADLINE_MS`), as if the customer
 //!   had cancelled them (choreography; orchestrated, the deadline is the saga's).
 //! - **Owns** `orders.products` (the catalog and its prices), `orders.orders` (with each
@@ -45,6 +46,12 @@ pub fn routes(style: Style) -> Routes<Orders> {
     match style {
         Style::Choreography => reactions(),
         Style::Orchestration => Routes::<Orders>::new()
+            // Progress, heard as in the choreography, so the customer reads the same statuses
+            // (`paid`, `stock_reserved`) in both styles; the outcome is still the saga's word.
+            .on::<PaymentCompleted>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::Paid)))
+            .on::<StockReserved>(|o, ctx, e| {
+                Box::pin(o.record(ctx, e.order_id, Fact::StockReserved))
+            })
             // The saga's word that the last step, the shipment, is booked.
             .on::<ConfirmOrder>(|o, ctx, c| {
                 Box::pin(o.record(ctx, c.order_id, Fact::ShipmentBooked))
@@ -143,7 +150,7 @@ impl Orders {
             );
             return Ok(());
         }
-        save_and_announce(ctx, order_id, &order, announcement).await?;
+        save_and_announce(ctx, order_id, &before, &order, announcement).await?;
         tracing::info!(
             status = ?order.status,
             settled = order.settled(),

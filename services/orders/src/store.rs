@@ -63,27 +63,59 @@ pub(crate) async fn lock_order(
 /// message handler's [`Ctx`] is one too.
 pub(crate) type Work = service_kit::UnitOfWork<participants::Orders>;
 
-/// The one way an order changes: stores the locked order's new state and announces what the
-/// change led to (a confirmation or a cancellation, its saga's duration observed on commit).
-/// A fact from the saga, a customer's cancellation and the deadline all come through here.
+/// The one way an order changes: stores the locked order's new state (`before` is what it
+/// was), logs a change of its status or settling, and announces what the change led to (a
+/// confirmation or a cancellation, its saga's duration observed on commit). A fact from the
+/// saga, a customer's cancellation and the deadline all come through here.
 pub(crate) async fn save_and_announce(
     work: &mut Work,
     order_id: Uuid,
+    before: &Order,
     order: &Order,
     announcement: Option<Announcement>,
 ) -> Result<(), sqlx::Error> {
     let age_seconds = save_order(work.db(), order_id, order).await?;
-    match announcement {
+    let announced = match announcement {
         Some(Announcement::Confirmed) => {
-            work.announce(&OrderConfirmed { order_id });
             work.observe_on_commit(SAGA_DURATION, ("outcome", "confirmed"), age_seconds);
+            Some(work.announce(&OrderConfirmed { order_id }))
         }
         Some(Announcement::Cancelled { reason }) => {
-            work.announce(&OrderCancelled { order_id, reason });
             work.observe_on_commit(SAGA_DURATION, ("outcome", "cancelled"), age_seconds);
+            Some(work.announce(&OrderCancelled { order_id, reason }))
         }
-        None => {}
+        None => None,
+    };
+    let shown = |order: &Order| (order.status, order.settled());
+    // The change's cause: the message being handled, or else (the customer, the deadline) the
+    // cancellation it announced.
+    if shown(before) != shown(order)
+        && let Some(cause) = work.cause().or(announced)
+    {
+        log_status(work.db(), order_id, cause, order.status, order.settled()).await?;
     }
+    Ok(())
+}
+
+/// Appends a change of the order's status (or settling) to `orders.status_changes`, caused by
+/// the message `cause`: its timeline shows the status beside that message.
+pub(crate) async fn log_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    cause: Uuid,
+    status: Status,
+    settled: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders.status_changes (order_id, message_id, status, settled)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(order_id)
+    .bind(cause)
+    .bind(status)
+    .bind(settled)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

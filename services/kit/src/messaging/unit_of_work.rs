@@ -104,6 +104,12 @@ impl<P: Participant> UnitOfWork<P> {
         Ok(())
     }
 
+    /// The message being handled, if any: the cause of the change (`None` for an API call's
+    /// or a sweep's own unit of work).
+    pub fn cause(&self) -> Option<Uuid> {
+        self.cause
+    }
+
     /// The transaction in which the change and the outgoing events commit.
     pub fn db(&mut self) -> &mut PgConnection {
         &mut self.tx
@@ -120,8 +126,8 @@ impl<P: Participant> UnitOfWork<P> {
         self.observations.push(Observation { name, label, value });
     }
 
-    /// Announces `event` (caused by the message being handled, if any). It is published only
-    /// if the unit of work commits.
+    /// Announces `event` (caused by the message being handled, if any); returns its message id.
+    /// It is published only if the unit of work commits.
     ///
     /// Only the participant's own events are accepted: payment may announce a refund,
     ///
@@ -142,8 +148,11 @@ impl<P: Participant> UnitOfWork<P> {
     ///     ctx.announce(&refund);
     /// }
     /// ```
-    pub fn announce<E: Event<Producer = P>>(&mut self, event: &E) {
-        self.announced.push(Pending::new(event, self.cause));
+    pub fn announce<E: Event<Producer = P>>(&mut self, event: &E) -> Uuid {
+        let pending = Pending::new(event, self.cause);
+        let message_id = pending.message_id();
+        self.announced.push(pending);
+        message_id
     }
 
     /// Sends `command` to the service that handles it (caused by the message being handled,

@@ -76,6 +76,10 @@ impl Pending {
             envelope,
         }
     }
+
+    pub(crate) fn message_id(&self) -> Uuid {
+        self.envelope.message_id
+    }
 }
 
 /// Writes `pending` to the outbox in the caller's transaction, in one statement, in order;

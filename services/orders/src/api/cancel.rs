@@ -66,6 +66,7 @@ pub(super) async fn cancel_order(
     let Some(mut order) = lock_order(work.db(), order_id).await? else {
         return Err(order_not_found(order_id));
     };
+    let before = order.clone();
     let outcome = match order.cancel(Cause::CustomerRequest) {
         Err(CancelRefused::Confirmed) => {
             metrics.inc(CANCEL_REQUESTS, &[("outcome", "refused")]);
@@ -81,7 +82,7 @@ pub(super) async fn cancel_order(
             StatusCode::OK
         }
         Ok(Some(cancelled @ Announcement::Cancelled { .. })) => {
-            save_and_announce(&mut work, order_id, &order, Some(cancelled)).await?;
+            save_and_announce(&mut work, order_id, &before, &order, Some(cancelled)).await?;
             sqlx::query("UPDATE orders.orders SET cancellation_note = $2 WHERE id = $1")
                 .bind(order_id)
                 .bind(&note)

@@ -22,7 +22,7 @@ use crate::{
     admission::Admission,
     domain::{self, CustomerRefused, PlaceOrder, RequestedItem, Status},
     metrics::SHED,
-    store::Work,
+    store::{Work, log_status},
 };
 
 /// Orders are small; anything bigger is a mistake or an attack.
@@ -97,7 +97,7 @@ pub(super) async fn place_order(
         drop(work);
         return replay_the_winner(&db, key.as_deref().unwrap_or_default(), &fingerprint).await;
     };
-    work.announce(&OrderPlaced {
+    let placed = work.announce(&OrderPlaced {
         order_id,
         customer_id: request.customer_id.clone(),
         items: lines,
@@ -107,6 +107,7 @@ pub(super) async fn place_order(
         currency: domain::CURRENCY.to_owned(),
         deadline_at,
     });
+    log_status(work.db(), order_id, placed, Status::Pending, false).await?;
     work.commit().await?;
     admission.accepted();
     tracing::info!(%order_id, total_cents, "order placed");

@@ -201,10 +201,19 @@ pub(super) struct TimelineEntry {
     /// For a received event, the broker user that published it, as the broker vouched (none
     /// for orders' own announcements, nor for events received before this was recorded).
     published_by: Option<String>,
+    /// What the order became once this message was handled (a received one) or announced
+    /// (its placing, the customer's or the deadline's cancellation): present only on a message
+    /// that changed its status or settled it. The same statuses, in the same order, in both
+    /// styles for the same story.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settled: Option<bool>,
 }
 
-/// `GET /orders/{id}/timeline`: the saga of one order as orders saw it. Orders subscribes to
-/// every outcome and announces the rest, so its inbox and outbox hold the whole story.
+/// `GET /orders/{id}/timeline`: the saga of one order as orders saw it, each message with the
+/// status it led to. Orders hears every outcome (or, orchestrated, every progress and the
+/// saga's word) and announces the rest, so its inbox and outbox hold the whole story.
 pub(super) async fn timeline(
     State(db): State<Db>,
     caller: Caller,
@@ -213,14 +222,16 @@ pub(super) async fn timeline(
     let order_id = requests::order_id(&id)?;
     ensure_visible(&mut *db.pool.acquire().await?, &caller, order_id).await?;
     let entries: Vec<TimelineEntry> = sqlx::query_as(
-        "SELECT occurred_at, event_type, producer, message_id, causation_id,
-                'received' AS orders_role, published_by
-         FROM orders.inbox WHERE correlation_id = $1
-         UNION ALL
-         SELECT (envelope->>'time')::timestamptz, event_type, 'orders', message_id,
-                causation_id, 'announced', NULL
-         FROM orders.outbox WHERE correlation_id = $1
-         ORDER BY occurred_at, message_id",
+        "SELECT m.*, c.status, c.settled
+         FROM (SELECT occurred_at, event_type, producer, message_id, causation_id,
+                      'received' AS orders_role, published_by
+               FROM orders.inbox WHERE correlation_id = $1
+               UNION ALL
+               SELECT (envelope->>'time')::timestamptz, event_type, 'orders', message_id,
+                      causation_id, 'announced', NULL
+               FROM orders.outbox WHERE correlation_id = $1) m
+         LEFT JOIN orders.status_changes c ON c.order_id = $1 AND c.message_id = m.message_id
+         ORDER BY m.occurred_at, c.id, m.message_id",
     )
     .bind(order_id)
     .fetch_all(&db.pool)
