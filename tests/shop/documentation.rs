@@ -151,6 +151,48 @@ fn the_configuration_table_lists_exactly_the_settings_the_services_read() {
 }
 
 /// Every `.rs` file under `dir`, as paths relative to `base`.
+/// The range each duration setting and orders' settings may take, as the code holds it, is
+/// the one its row of the configuration table gives.
+#[test]
+fn the_configuration_table_gives_each_ranges_as_the_code_holds_it() {
+    let architecture = read(&root().join("docs/architecture.md"));
+    let table = section(&architecture, "## 10. Configuration");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("{name} has a row"))
+            .to_owned()
+    };
+    let mut ranges: Vec<(&str, u128, u128)> = service_kit::config::DURATIONS
+        .iter()
+        .map(|setting| {
+            let written = |d: &std::time::Duration| setting.unit.written(*d);
+            let (low, high) = (setting.range.start(), setting.range.end());
+            (setting.name, written(low), written(high))
+        })
+        .collect();
+    let deadlines = orders::settings::ORDER_DEADLINES;
+    ranges.push((
+        "ORDER_DEADLINE_MS",
+        deadlines.start().as_millis(),
+        deadlines.end().as_millis(),
+    ));
+    let pending = orders::settings::MAX_PENDING_ORDERS;
+    ranges.push((
+        "MAX_PENDING_ORDERS",
+        u128::from(*pending.start()),
+        u128::from(*pending.end()),
+    ));
+    for (name, low, high) in ranges {
+        let row = row(name);
+        assert!(
+            row.contains(&format!("`{low}` ")) && row.contains(&format!(" `{high}`")),
+            "{name}'s row gives {low} to {high}: {row}"
+        );
+    }
+}
+
 fn rust_files(dir: &Path, base: &Path) -> Vec<String> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {

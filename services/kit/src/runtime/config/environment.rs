@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, ops::RangeInclusive, time::Duration};
 
-use super::settings::{Config, ConfigError, Vars};
+use super::{
+    durations::DURATIONS,
+    settings::{Config, ConfigError, Vars},
+};
 use crate::http::auth::AuthSettings;
 
 /// Every environment variable the kit reads for every service; a service reads its own besides
@@ -144,35 +147,16 @@ impl Config {
         if let Some(prefetch) = var("CONSUMER_PREFETCH") {
             config.prefetch = parse("CONSUMER_PREFETCH", &prefetch)?;
         }
-        if let Some(seconds) = var("AMQP_HEARTBEAT_SECS") {
-            config.amqp_heartbeat = Duration::from_secs(parse("AMQP_HEARTBEAT_SECS", &seconds)?);
-        }
         if let Some(max) = var("CONSUMER_BATCH_MAX") {
             config.batch_max = parse("CONSUMER_BATCH_MAX", &max)?;
         }
-        if let Some(ms) = var("OUTBOX_SWEEP_MS") {
-            config.outbox_sweep_interval = Duration::from_millis(parse("OUTBOX_SWEEP_MS", &ms)?);
-        }
-        if let Some(list) = var("RETRY_DELAYS_MS") {
-            config.retry_delays = list
-                .split(',')
-                .map(|ms| parse("RETRY_DELAYS_MS", ms.trim()).map(Duration::from_millis))
-                .collect::<Result<_, _>>()?;
+        for setting in DURATIONS {
+            if let Some(value) = var(setting.name) {
+                setting.apply(&mut config, &value)?;
+            }
         }
         if let Some(attempts) = var("MAX_ATTEMPTS") {
             config.max_attempts = parse("MAX_ATTEMPTS", &attempts)?;
-        }
-        for (name, setting) in [
-            ("HTTP_HEADER_TIMEOUT_MS", &mut config.http_header_timeout),
-            ("HTTP_REQUEST_TIMEOUT_MS", &mut config.http_request_timeout),
-            ("DB_TIMEOUT_MS", &mut config.db_timeout),
-            ("DB_PROBE_MAX_MS", &mut config.db_probe_max),
-            ("AMQP_CONNECT_TIMEOUT_MS", &mut config.amqp_connect_timeout),
-            ("AMQP_RECONNECT_MAX_MS", &mut config.amqp_reconnect_max),
-        ] {
-            if let Some(ms) = var(name) {
-                *setting = Duration::from_millis(parse(name, &ms)?);
-            }
         }
         if let Some(disabled) = var("AUTH_DISABLED") {
             config.auth_disabled = parse("AUTH_DISABLED", &disabled)?;
@@ -205,16 +189,6 @@ impl Config {
         ] {
             if let Some(limit) = var(name) {
                 *setting = parse(name, &limit)?;
-            }
-        }
-        for (name, setting) in [
-            ("OUTBOX_RETENTION_SECS", &mut config.outbox_retention),
-            ("INBOX_RETENTION_SECS", &mut config.inbox_retention),
-            ("DEAD_LETTER_MAX_AGE_SECS", &mut config.dead_letter_max_age),
-            ("PRUNE_INTERVAL_SECS", &mut config.prune_interval),
-        ] {
-            if let Some(secs) = var(name) {
-                *setting = Duration::from_secs(parse(name, &secs)?);
             }
         }
         config.validate()?;
@@ -293,16 +267,16 @@ mod tests {
         let config = from(&[
             ("RETRY_DELAYS_MS", "1000,5000"),
             ("MAX_ATTEMPTS", "4"),
-            ("DEAD_LETTER_MAX_AGE_SECS", "100"),
-            ("INBOX_RETENTION_SECS", "112"),
+            ("DEAD_LETTER_MAX_AGE_SECS", "200"),
+            ("INBOX_RETENTION_SECS", "212"),
         ])
-        .expect("112 s outlasts 1 + 5 + 5 s of retries and 100 s in the dead-letter queue");
+        .expect("212 s outlasts 1 + 5 + 5 s of retries and 200 s in the dead-letter queue");
         assert_eq!(config.retry_schedule(), Duration::from_secs(11));
         let err = from(&[
             ("RETRY_DELAYS_MS", "1000,5000"),
             ("MAX_ATTEMPTS", "4"),
-            ("DEAD_LETTER_MAX_AGE_SECS", "100"),
-            ("INBOX_RETENTION_SECS", "111"),
+            ("DEAD_LETTER_MAX_AGE_SECS", "200"),
+            ("INBOX_RETENTION_SECS", "211"),
         ])
         .expect_err("111 s does not");
         assert!(err.to_string().contains("INBOX_RETENTION_SECS"), "{err}");
