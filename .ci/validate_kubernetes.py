@@ -1,4 +1,8 @@
-"""Validates the Kubernetes manifests in deploy/kubernetes offline.
+"""Validates the Kubernetes manifests in deploy/kubernetes offline, as kustomize would build
+them: the base (deploy/kubernetes) and every overlay in a folder of it (the orchestrated twin's,
+deploy/kubernetes/orchestration), each rendered here from its kustomization.yaml (resources:
+files and folders; patches: JSON 6902 operations on the documents a target names; anything else
+is refused, so a kustomization this script cannot render fails rather than passes).
 
 Built-in kinds (Deployment, Service, PodDisruptionBudget, Job, Secret, Namespace) are checked
 strictly against the Kubernetes schemas by `kubernetes-validate`; the operators' custom
@@ -13,9 +17,41 @@ import copy
 import pathlib
 import sys
 
+import jsonpatch
 import jsonschema
 import kubernetes_validate
 import yaml
+
+
+def render(folder):
+    """The documents `kubectl apply -k folder` would apply, in order."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - {"apiVersion", "kind", "resources", "patches"}
+    if unknown:
+        sys.exit(f"{folder}/kustomization.yaml: cannot render {sorted(unknown)}")
+    documents = []
+    for resource in kustomization["resources"]:
+        path = (folder / resource).resolve()
+        if path.is_dir():
+            documents.extend(render(path))
+        else:
+            for document in yaml.safe_load_all(path.read_text()):
+                if document:
+                    documents.append((f"{path.parent.name}/{path.name}", document))
+    for patch in kustomization.get("patches", []):
+        target = patch["target"]
+        operations = jsonpatch.JsonPatch(yaml.safe_load(patch["patch"]))
+        matched = 0
+        for index, (name, document) in enumerate(documents):
+            if document["kind"] != target["kind"]:
+                continue
+            if "name" in target and document["metadata"]["name"] != target["name"]:
+                continue
+            documents[index] = (name, operations.apply(document))
+            matched += 1
+        if not matched:
+            sys.exit(f"{folder}/kustomization.yaml: a patch's target {target} matches nothing")
+    return documents
 
 
 def crd_schemas(crd_dir):
@@ -47,13 +83,19 @@ def main():
     schemas = crd_schemas(manifests / "crds")
     if not schemas:
         sys.exit("no CRD schemas vendored")
-    documents = []
+    base = render(manifests)
+    listed = {name.split("/")[-1] for name, _ in base}
     for path in sorted(manifests.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for document in yaml.safe_load_all(path.read_text()):
-            if document:
-                documents.append((path.name, document))
+        if path.name != "kustomization.yaml" and path.name not in listed:
+            sys.exit(f"{path.name} is not in the kustomization")
+    overlays = [
+        (folder.name, render(folder))
+        for folder in sorted(manifests.iterdir())
+        if (folder / "kustomization.yaml").is_file()
+    ]
+    documents = [(f"base: {name}", document) for name, document in base]
+    for overlay, rendered in overlays:
+        documents += [(f"{overlay}: {name}", document) for name, document in rendered]
     failed = False
     kinds = set()
     for name, document in documents:
@@ -80,7 +122,10 @@ def main():
             print(f"the check accepted a broken {kind}")
         except Exception:  # noqa: BLE001
             pass
-    print(f"{len(documents)} manifests, kinds {sorted(kinds)}, Kubernetes {k8s_version}")
+    print(
+        f"{len(documents)} manifests (the base and {len(overlays)} overlay(s)), "
+        f"kinds {sorted(kinds)}, Kubernetes {k8s_version}"
+    )
     sys.exit(1 if failed else 0)
 
 

@@ -1,8 +1,9 @@
 //! The Kubernetes manifests (`deploy/kubernetes`) kept in step with the shop: a Deployment,
 //! Service and PodDisruptionBudget per service of the registry, on its own port, probed on
 //! `/readyz` and `/healthz`, given only variables the service reads, its own credentials, and
-//! listed in the kustomization. (CI validates them against the Kubernetes schemas and the
-//! operators' CRDs: `.ci/validate_kubernetes.py`.)
+//! listed in the kustomization; the orchestrated twin's overlay switches them all and adds the
+//! saga. (CI renders the base and the overlay and validates them against the Kubernetes schemas
+//! and the operators' CRDs: `.ci/validate_kubernetes.py`.)
 
 use serde::Deserialize;
 use serde_norway::Value;
@@ -34,31 +35,39 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// The orchestrated twin's overlay: the base, switched, and the services only it runs.
+const OVERLAY: &str = "orchestration";
+
 #[test]
 fn every_service_has_a_deployment_a_service_and_a_disruption_budget() {
-    let kustomization =
-        std::fs::read_to_string(format!("{DIR}/kustomization.yaml")).expect("kustomization.yaml");
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("{DIR}/{file}")).unwrap_or_else(|e| panic!("{file}: {e}"))
+    };
     let credentials = documents("credentials.yaml");
-    let secrets = &of_kind(&credentials, "Secret")["stringData"];
-    // The manifests deploy the choreographed shop (the default style).
-    for entry in SERVICES
-        .iter()
-        .filter(|entry| entry.runs_in(service_kit::Style::Choreography))
-    {
+    // The base deploys the choreographed shop (the default style); the overlay adds the
+    // services that run only orchestrated (the saga), each with its credentials in its file.
+    for entry in SERVICES {
         let (name, port) = (entry.name, entry.default_addr.port());
+        let in_base = entry.runs_in(service_kit::Style::Choreography);
+        let (folder, file) = if in_base {
+            ("", format!("{name}.yaml"))
+        } else {
+            ("orchestration/", format!("{OVERLAY}/{name}.yaml"))
+        };
         let own = entry.variables;
-        let file = format!("{name}.yaml");
+        let listed = file.trim_start_matches(folder);
         assert!(
-            kustomization.contains(&format!("- {file}")),
+            read(&format!("{folder}kustomization.yaml")).contains(&format!("- {listed}")),
             "{file} listed"
         );
         let docs = documents(&file);
+        let secrets = &of_kind(if in_base { &credentials } else { &docs }, "Secret")["stringData"];
         let deployment = of_kind(&docs, "Deployment");
         assert_eq!(text(&deployment["metadata"]["name"]), name);
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(
             text(&container["command"][0]),
-            name,
+            entry.binary,
             "{name} runs its binary"
         );
         assert_eq!(
@@ -115,5 +124,35 @@ fn every_service_has_a_deployment_a_service_and_a_disruption_budget() {
             budget["spec"]["selector"]["matchLabels"],
             deployment["spec"]["selector"]["matchLabels"]
         );
+    }
+}
+
+/// The overlay switches every Deployment and the provisioning Job to the orchestrated style and
+/// gives the Job the saga's credentials (CI renders it and validates the result).
+#[test]
+fn the_orchestrated_overlay_switches_every_service_and_provisions_the_saga() {
+    let source = std::fs::read_to_string(format!("{DIR}/{OVERLAY}/kustomization.yaml"))
+        .expect("the overlay");
+    let overlay: Value = serde_norway::from_str(&source).expect("YAML");
+    assert_eq!(text(&overlay["resources"][0]), "..", "built on the base");
+    let patches = overlay["patches"].as_sequence().expect("patches");
+    let patch_of = |kind: &str, name: Option<&str>| -> String {
+        patches
+            .iter()
+            .find(|p| {
+                p["target"]["kind"].as_str() == Some(kind) && p["target"]["name"].as_str() == name
+            })
+            .map(|p| text(&p["patch"]))
+            .unwrap_or_else(|| panic!("a patch of {kind} {name:?}"))
+    };
+    let style = "{name: SHOP_STYLE, value: orchestration}";
+    assert!(
+        patch_of("Deployment", None).contains(style),
+        "every Deployment"
+    );
+    let job = patch_of("Job", Some("shop-provision"));
+    assert!(job.contains(style), "the provisioning Job");
+    for secret in ["SAGA_DB_PASSWORD", "SAGA_AMQP_PASSWORD"] {
+        assert!(job.contains(secret), "{secret} for the provisioning Job");
     }
 }

@@ -12,10 +12,23 @@ const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../deploy/grafana/dashboards/shop.json"
 );
-const PROMETHEUS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../deploy/prometheus/prometheus.yml"
-);
+/// Prometheus's configuration as compose mounts it in each style.
+const PROMETHEUS: [(&str, service_kit::Style); 2] = [
+    (
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/prometheus/prometheus.yml"
+        ),
+        service_kit::Style::Choreography,
+    ),
+    (
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/prometheus/prometheus.orchestration.yml"
+        ),
+        service_kit::Style::Orchestration,
+    ),
+];
 
 /// Every `shop_…` series name in the dashboard's queries.
 fn dashboard_series() -> BTreeSet<String> {
@@ -75,31 +88,43 @@ async fn the_dashboard_queries_only_series_the_services_export() {
 }
 
 #[test]
-fn prometheus_scrapes_every_service_where_compose_runs_it() {
-    let text = std::fs::read_to_string(PROMETHEUS).expect("prometheus.yml");
-    let config: serde_norway::Value = serde_norway::from_str(&text).expect("YAML");
-    let job = &config["scrape_configs"][0];
-    assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
-    // Every replica: a DNS name per service (all its replicas' addresses) and its port.
-    let targets: BTreeSet<String> = job["dns_sd_configs"]
-        .as_sequence()
-        .expect("dns_sd_configs")
-        .iter()
-        .flat_map(|group| {
-            let port = group["port"].as_u64().unwrap_or_default();
-            group["names"]
-                .as_sequence()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(move |name| Some(format!("{}:{port}", name.as_str()?)))
-        })
-        .collect();
-    // Compose's default style (the orchestration override adds the saga, unscraped).
-    let expected: BTreeSet<String> = SERVICES
-        .iter()
-        .filter(|s| s.runs_in(service_kit::Style::Choreography))
-        .map(|s| format!("{}:{}", s.name, s.default_addr.port()))
-        .collect();
-    assert_eq!(targets, expected);
+fn prometheus_scrapes_every_service_where_compose_runs_it_in_each_style() {
+    for (file, style) in PROMETHEUS {
+        let text = std::fs::read_to_string(file).expect("the Prometheus configuration");
+        let config: serde_norway::Value = serde_norway::from_str(&text).expect("YAML");
+        let job = &config["scrape_configs"][0];
+        assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
+        // Every replica: a DNS name per service (all its replicas' addresses) and its port.
+        let targets: BTreeSet<String> = job["dns_sd_configs"]
+            .as_sequence()
+            .expect("dns_sd_configs")
+            .iter()
+            .flat_map(|group| {
+                let port = group["port"].as_u64().unwrap_or_default();
+                group["names"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(move |name| Some(format!("{}:{port}", name.as_str()?)))
+            })
+            .collect();
+        let expected: BTreeSet<String> = SERVICES
+            .iter()
+            .filter(|s| s.runs_in(style))
+            .map(|s| format!("{}:{}", s.name, s.default_addr.port()))
+            .collect();
+        assert_eq!(targets, expected, "{file}");
+    }
+    let orchestrated = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker-compose.orchestration.yml"
+    ))
+    .expect("the override");
+    assert!(
+        orchestrated.contains(
+            "./deploy/prometheus/prometheus.orchestration.yml:/etc/prometheus/prometheus.yml:ro"
+        ),
+        "the orchestrated compose mounts its Prometheus configuration"
+    );
 }
