@@ -184,6 +184,7 @@ async fn run<S: Service>(
 
     let mut router = health_routes(Health {
         service,
+        namespace: config.namespace.clone(),
         db: db.clone(),
         broker_connected: broker_connected.clone(),
         consumer_paused: consumer_paused.clone(),

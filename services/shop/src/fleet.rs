@@ -18,7 +18,7 @@ use service_kit::Style;
 
 use crate::{SERVICES, registry};
 
-/// How long a service may take to report ready.
+/// How long a service may take to report ready, unless the fleet is told otherwise.
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a service may take to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -30,16 +30,33 @@ pub enum FleetError {
         what: String,
         source: std::io::Error,
     },
-    #[error("{what} not ready within {patience:?}")]
-    NotReady { what: String, patience: Duration },
-    /// Another process answers on the port it was given (it lost the race for it).
-    #[error("{url} answers as {answered:?}, not as {expected}")]
-    Impostor {
-        url: String,
-        expected: &'static str,
-        answered: Option<String>,
+    /// Not ready in time; `answered` is who answered `/readyz` on its port, if anyone did
+    /// (another process that took the port answers as itself, in its own namespace).
+    #[error("{what} not ready within {patience:?} (its port answered as {answered:?})")]
+    NotReady {
+        what: String,
+        patience: Duration,
+        answered: Option<Identity>,
+    },
+    #[error("{what} exited at start ({status}), {tries} times")]
+    Exited {
+        what: String,
+        status: String,
+        tries: usize,
     },
 }
+
+/// Who answers `/readyz` on a port: a service of a shop (its namespace), ready or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub service: String,
+    pub namespace: String,
+    pub ready: bool,
+}
+
+/// How often a service process that exits at start is started again on another port (the one
+/// it was given may have been taken between our check and its bind).
+const START_TRIES: usize = 3;
 
 /// Where the processes listen.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +108,8 @@ pub struct Fleet {
     /// Settings of one service only, over the shared ones: `(service, variable, value)`.
     service_env: Vec<(&'static str, &'static str, String)>,
     pub services: Vec<ServiceProcess>,
+    /// How long a service may take to report ready (a minute unless changed).
+    pub ready_patience: Duration,
 }
 
 impl Fleet {
@@ -103,6 +122,7 @@ impl Fleet {
             env,
             service_env: Vec::new(),
             services: Vec::new(),
+            ready_patience: READY_PATIENCE,
         }
     }
 
@@ -136,6 +156,7 @@ impl Fleet {
         wanted: fn(&str) -> bool,
     ) -> Result<(), FleetError> {
         let style = self.style();
+        let before = self.services.len();
         for entry in SERVICES
             .iter()
             .filter(|entry| entry.runs_in(style) && wanted(entry.name))
@@ -159,23 +180,85 @@ impl Fleet {
                 });
             }
         }
+        for index in before..self.services.len() {
+            self.wait_started(http, index).await?;
+        }
         self.wait_ready(http).await
     }
 
-    pub async fn wait_ready(&self, http: &reqwest::Client) -> Result<(), FleetError> {
-        for service in &self.services {
-            let url = service.url();
-            wait_ready(http, &url, READY_PATIENCE).await?;
-            let answered = answering_service(http, &url).await;
-            if answered.as_deref() != Some(service.name) {
-                return Err(FleetError::Impostor {
-                    url,
-                    expected: service.name,
-                    answered,
-                });
+    /// Waits until the process `index` is ready as itself; one that exits first (its port was
+    /// taken, say) is started again on another free port, up to [`START_TRIES`] times.
+    async fn wait_started(
+        &mut self,
+        http: &reqwest::Client,
+        index: usize,
+    ) -> Result<(), FleetError> {
+        let namespace = self.namespace();
+        for tries in 1..=START_TRIES {
+            let deadline = Instant::now() + self.ready_patience;
+            loop {
+                let service = &mut self.services[index];
+                let exited = match service.child.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => Some(status.to_string()),
+                    Some(Err(e)) => Some(e.to_string()),
+                    _ => None,
+                };
+                if let Some(status) = exited {
+                    if tries == START_TRIES || !matches!(self.ports, Ports::Free) {
+                        return Err(FleetError::Exited {
+                            what: service.label(),
+                            status,
+                            tries,
+                        });
+                    }
+                    let (name, replica) = (service.name, service.replica);
+                    let port = free_port().map_err(|source| FleetError::Start {
+                        what: format!("{name} (no free port)"),
+                        source,
+                    })?;
+                    let child = self.spawn(name, replica, port)?;
+                    let service = &mut self.services[index];
+                    service.port = port;
+                    service.child = Some(child);
+                    break;
+                }
+                if is_itself(http, service, &namespace).await {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(not_ready(http, service, self.ready_patience).await);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(())
+    }
+
+    /// Waits until every process answers `/readyz` with 200 as itself: its service, in this
+    /// fleet's namespace.
+    pub async fn wait_ready(&self, http: &reqwest::Client) -> Result<(), FleetError> {
+        let namespace = self.namespace();
+        for service in &self.services {
+            let deadline = Instant::now() + self.ready_patience;
+            while !is_itself(http, service, &namespace).await {
+                if Instant::now() > deadline {
+                    return Err(not_ready(http, service, self.ready_patience).await);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The namespace the services run in: their `SHOP_NAMESPACE` setting.
+    fn namespace(&self) -> String {
+        self.env
+            .iter()
+            .find(|(name, _)| *name == "SHOP_NAMESPACE")
+            .map_or(service_kit::config::DEFAULT_NAMESPACE, |(_, namespace)| {
+                namespace.as_str()
+            })
+            .to_owned()
     }
 
     /// Starts replica `replica` of `name` on `port`.
@@ -317,8 +400,8 @@ pub async fn is_ready(http: &reqwest::Client, base_url: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-/// The service `/readyz` at `base_url` says it is.
-async fn answering_service(http: &reqwest::Client, base_url: &str) -> Option<String> {
+/// Who `/readyz` at `base_url` says it is.
+pub async fn identity(http: &reqwest::Client, base_url: &str) -> Option<Identity> {
     let ready: serde_json::Value = http
         .get(format!("{base_url}/readyz"))
         .timeout(Duration::from_secs(2))
@@ -328,26 +411,34 @@ async fn answering_service(http: &reqwest::Client, base_url: &str) -> Option<Str
         .json()
         .await
         .ok()?;
-    ready["service"].as_str().map(str::to_owned)
+    Some(Identity {
+        service: ready["service"].as_str()?.to_owned(),
+        namespace: ready["namespace"].as_str()?.to_owned(),
+        ready: ready["ready"].as_bool()?,
+    })
 }
 
-/// Polls `/readyz` until it answers 200.
-pub async fn wait_ready(
+/// Whether `service` answers on its port, ready, as itself in `namespace` (not another
+/// process that took the port).
+async fn is_itself(http: &reqwest::Client, service: &ServiceProcess, namespace: &str) -> bool {
+    identity(http, &service.url()).await
+        == Some(Identity {
+            service: service.name.to_owned(),
+            namespace: namespace.to_owned(),
+            ready: true,
+        })
+}
+
+async fn not_ready(
     http: &reqwest::Client,
-    base_url: &str,
+    service: &ServiceProcess,
     patience: Duration,
-) -> Result<(), FleetError> {
-    let deadline = Instant::now() + patience;
-    while !is_ready(http, base_url).await {
-        if Instant::now() > deadline {
-            return Err(FleetError::NotReady {
-                what: base_url.to_owned(),
-                patience,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+) -> FleetError {
+    FleetError::NotReady {
+        what: service.label(),
+        patience,
+        answered: identity(http, &service.url()).await,
     }
-    Ok(())
 }
 
 /// Ports handed to service processes: below Linux's ephemeral range (32768 and up), which

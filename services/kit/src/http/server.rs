@@ -42,6 +42,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct Health {
     pub(crate) service: &'static str,
+    /// The shop it belongs to (`SHOP_NAMESPACE`): with the service's name, who answers here.
+    pub(crate) namespace: String,
     pub(crate) db: Db,
     pub(crate) broker_connected: Arc<AtomicBool>,
     /// The consumer holds a batch until the database answers (its circuit breaker is open).
@@ -62,6 +64,7 @@ pub(crate) fn health_routes(health: Health) -> Router {
 #[derive(Serialize)]
 struct Readiness {
     service: &'static str,
+    namespace: String,
     ready: bool,
     database: bool,
     broker: bool,
@@ -87,6 +90,7 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     };
     let body = Readiness {
         service: health.service,
+        namespace: health.namespace.clone(),
         ready,
         database,
         broker,
