@@ -227,6 +227,7 @@ async fn every_service_reports_health_readiness_and_metrics() {
             ready,
             json!({
                 "service": service.name,
+                "namespace": shop.env.namespace,
                 "ready": true,
                 "database": true,
                 "broker": true,

@@ -12,7 +12,8 @@
 //! - **Expires** orders still open at their deadline (`ORDER_DEADLINE_MS`), as if the customer
 //!   had cancelled them (choreography; orchestrated, the deadline is the saga's).
 //! - **Owns** `orders.products` (the catalog and its prices), `orders.orders` (with each
-//!   order's deadline), `orders.order_items`.
+//!   order's deadline), `orders.order_items`, `orders.status_changes` (each change of an
+//!   order's status, with the message that caused it: its timeline's statuses).
 //! - **Announces** OrderPlaced, OrderConfirmed, OrderCancelled.
 
 mod admission;

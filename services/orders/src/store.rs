@@ -74,31 +74,32 @@ pub(crate) async fn save_and_announce(
     order: &Order,
     announcement: Option<Announcement>,
 ) -> Result<(), sqlx::Error> {
-    let age_seconds = save_order(work.db(), order_id, order).await?;
-    let announced = match announcement {
-        Some(Announcement::Confirmed) => {
-            work.observe_on_commit(SAGA_DURATION, ("outcome", "confirmed"), age_seconds);
-            Some(work.announce(&OrderConfirmed { order_id }))
-        }
-        Some(Announcement::Cancelled { reason }) => {
-            work.observe_on_commit(SAGA_DURATION, ("outcome", "cancelled"), age_seconds);
-            Some(work.announce(&OrderCancelled { order_id, reason }))
-        }
+    let outcome = match &announcement {
+        Some(Announcement::Confirmed) => Some("confirmed"),
+        Some(Announcement::Cancelled { .. }) => Some("cancelled"),
         None => None,
     };
+    let announced = announcement.map(|announcement| match announcement {
+        Announcement::Confirmed => work.announce(&OrderConfirmed { order_id }),
+        Announcement::Cancelled { reason } => work.announce(&OrderCancelled { order_id, reason }),
+    });
     let shown = |order: &Order| (order.status, order.settled());
     // The change's cause: the message being handled, or else (the customer, the deadline) the
     // cancellation it announced.
-    if shown(before) != shown(order)
-        && let Some(cause) = work.cause().or(announced)
-    {
-        log_status(work.db(), order_id, cause, order.status, order.settled()).await?;
+    let cause = if shown(before) == shown(order) {
+        None
+    } else {
+        work.cause().or(announced)
+    };
+    let age_seconds = save_order(work.db(), order_id, order, cause).await?;
+    if let Some(outcome) = outcome {
+        work.observe_on_commit(SAGA_DURATION, ("outcome", outcome), age_seconds);
     }
     Ok(())
 }
 
-/// Appends a change of the order's status (or settling) to `orders.status_changes`, caused by
-/// the message `cause`: its timeline shows the status beside that message.
+/// Appends the order's status (or settling) to `orders.status_changes`, caused by the message
+/// `cause`: its timeline shows the status beside that message.
 pub(crate) async fn log_status(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -119,19 +120,27 @@ pub(crate) async fn log_status(
     Ok(())
 }
 
-/// Stores the order's progress (and whether it is settled); returns its age in seconds.
+/// Stores the order's progress (and whether it is settled), and with a `cause` logs the change
+/// in the same statement (one round trip); returns the order's age in seconds.
 async fn save_order(
     conn: &mut PgConnection,
     order_id: Uuid,
     order: &Order,
+    cause: Option<Uuid>,
 ) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
-        "UPDATE orders.orders
-         SET status = $2, cancelled_by = $3, cancellation_reason = $4, refund_seen = $5,
-             payment_voided = $6, release_seen = $7, reservation_voided = $8,
-             shipment_undone = $9, walked_back = $11, settled = $10, updated_at = now()
-         WHERE id = $1
-         RETURNING extract(epoch FROM now() - created_at)::float8",
+        "WITH saved AS (
+             UPDATE orders.orders
+             SET status = $2, cancelled_by = $3, cancellation_reason = $4, refund_seen = $5,
+                 payment_voided = $6, release_seen = $7, reservation_voided = $8,
+                 shipment_undone = $9, walked_back = $11, settled = $10, updated_at = now()
+             WHERE id = $1
+             RETURNING extract(epoch FROM now() - created_at)::float8 AS age
+         ), logged AS (
+             INSERT INTO orders.status_changes (order_id, message_id, status, settled)
+             SELECT $1, $12, $2, $10 WHERE $12::uuid IS NOT NULL
+         )
+         SELECT age FROM saved",
     )
     .bind(order_id)
     .bind(order.status)
@@ -144,6 +153,7 @@ async fn save_order(
     .bind(order.shipment_undone)
     .bind(order.settled())
     .bind(order.walked_back)
+    .bind(cause)
     .fetch_one(conn)
     .await
 }

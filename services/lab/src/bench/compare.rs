@@ -342,6 +342,12 @@ fn code_figures() -> CodeFigures {
                     "migrations/saga/0001_saga.sql",
                     code_lines(include_str!("../../../../migrations/saga/0001_saga.sql")),
                 ),
+                (
+                    "migrations/saga/0002_placed_carries_deadline.sql",
+                    code_lines(include_str!(
+                        "../../../../migrations/saga/0002_placed_carries_deadline.sql"
+                    )),
+                ),
             ],
         ),
     ]);
