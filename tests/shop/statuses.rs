@@ -34,15 +34,20 @@ fn expected(statuses: &[(&str, bool)]) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Places `body` in a shop of each style, waits until the order is settled and checks its
-/// timeline's statuses against `want`.
+/// How each story ends: once the order is settled, its timeline shows `want`, and the audit
+/// finds every invariant holding.
+async fn ends_reading(shop: Shop, style: Style, order_id: Uuid, want: &[(&str, bool)]) {
+    shop.settled_order(order_id).await;
+    assert_eq!(statuses(&shop, order_id).await, expected(want), "{style:?}");
+    shop.audit_and_stop().await;
+}
+
+/// Places `body` in a shop of each style and checks the statuses it settles through.
 async fn settles_through(body: Value, want: &[(&str, bool)]) {
     for style in STYLES {
         let shop = Shop::start_in(style).await;
         let order_id = shop.place(&body).await;
-        shop.settled_order(order_id).await;
-        assert_eq!(statuses(&shop, order_id).await, expected(want), "{style:?}");
-        shop.audit_and_stop().await;
+        ends_reading(shop, style, order_id, want).await;
     }
 }
 
@@ -158,9 +163,7 @@ async fn cancelled_at(step: usize, want: &[(&str, bool)]) {
         let response = shop.http.post(cancel).send().await.expect("reachable");
         assert_eq!(response.status(), 202, "{style:?}");
         shop.start_service(held).await;
-        shop.settled_order(order_id).await;
-        assert_eq!(statuses(&shop, order_id).await, expected(want), "{style:?}");
-        shop.audit_and_stop().await;
+        ends_reading(shop, style, order_id, want).await;
     }
 }
 
@@ -227,16 +230,11 @@ async fn an_expired_order_reads_the_same_in_both_styles() {
             "{style:?}"
         );
         shop.start_service("payment").await;
-        shop.settled_order(order_id).await;
-        assert_eq!(
-            statuses(&shop, order_id).await,
-            expected(&[
-                ("pending", false),
-                ("cancelled", false),
-                ("cancelled", true)
-            ]),
-            "{style:?}"
-        );
-        shop.audit_and_stop().await;
+        let want = [
+            ("pending", false),
+            ("cancelled", false),
+            ("cancelled", true),
+        ];
+        ends_reading(shop, style, order_id, &want).await;
     }
 }

@@ -10,7 +10,8 @@
 //!   same outcomes, told instead of heard; it still hears PaymentCompleted and StockReserved,
 //!   so the customer reads the same statuses in both styles.
 //! - **Expires** orders still open at their deadline (`ORDER_DEADLINE_MS`), as if the customer
-//!   had cancelled them (choreography; orchestrated, the deadline is the saga's).
+//!   had cancelled them (choreography). Orders decides each deadline when the order is placed
+//!   and sends it in OrderPlaced; orchestrated, the saga keeps it.
 //! - **Owns** `orders.products` (the catalog and its prices), `orders.orders` (with each
 //!   order's deadline), `orders.order_items`, `orders.status_changes` (each change of an
 //!   order's status, with the message that caused it: its timeline's statuses).

@@ -74,14 +74,13 @@ pub(crate) async fn save_and_announce(
     order: &Order,
     announcement: Option<Announcement>,
 ) -> Result<(), sqlx::Error> {
-    let outcome = match &announcement {
-        Some(Announcement::Confirmed) => Some("confirmed"),
-        Some(Announcement::Cancelled { .. }) => Some("cancelled"),
-        None => None,
-    };
+    // The outcome (for the saga's duration) and the announcement's message id.
     let announced = announcement.map(|announcement| match announcement {
-        Announcement::Confirmed => work.announce(&OrderConfirmed { order_id }),
-        Announcement::Cancelled { reason } => work.announce(&OrderCancelled { order_id, reason }),
+        Announcement::Confirmed => ("confirmed", work.announce(&OrderConfirmed { order_id })),
+        Announcement::Cancelled { reason } => (
+            "cancelled",
+            work.announce(&OrderCancelled { order_id, reason }),
+        ),
     });
     let shown = |order: &Order| (order.status, order.settled());
     // The change's cause: the message being handled, or else (the customer, the deadline) the
@@ -89,10 +88,10 @@ pub(crate) async fn save_and_announce(
     let cause = if shown(before) == shown(order) {
         None
     } else {
-        work.cause().or(announced)
+        work.cause().or(announced.map(|(_, message_id)| message_id))
     };
     let age_seconds = save_order(work.db(), order_id, order, cause).await?;
-    if let Some(outcome) = outcome {
+    if let Some((outcome, _)) = announced {
         work.observe_on_commit(SAGA_DURATION, ("outcome", outcome), age_seconds);
     }
     Ok(())

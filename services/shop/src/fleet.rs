@@ -401,7 +401,7 @@ pub async fn is_ready(http: &reqwest::Client, base_url: &str) -> bool {
 }
 
 /// Who `/readyz` at `base_url` says it is.
-pub async fn identity(http: &reqwest::Client, base_url: &str) -> Option<Identity> {
+async fn identity(http: &reqwest::Client, base_url: &str) -> Option<Identity> {
     let ready: serde_json::Value = http
         .get(format!("{base_url}/readyz"))
         .timeout(Duration::from_secs(2))
