@@ -95,7 +95,7 @@ pub fn payload_schema_of_version(event_type: &str, version: u32) -> Option<serde
 }
 
 /// One line of a placed order, priced from the catalog at the time it was placed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct OrderLine {
     pub sku: String,
     pub quantity: u32,
@@ -109,7 +109,7 @@ pub struct StockLine {
     pub quantity: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct ShippingAddress {
     pub name: String,
     pub line1: String,

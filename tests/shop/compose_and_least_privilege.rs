@@ -178,9 +178,11 @@ fn compose_services_are_confined_and_probed(style: Style) {
                 "CMD".to_owned(),
                 "shop".into(),
                 "probe".into(),
-                format!("http://127.0.0.1:{port}/readyz")
-            ]
+                "http://127.0.0.1:9000/readyz".into()
+            ],
+            "{service} is probed on its management port, never behind customers"
         );
+        assert_eq!(env["HTTP_MANAGEMENT_ADDR"], "0.0.0.0:9000");
         assert!(
             env["DATABASE_URL"].starts_with(&format!("postgres://{service}:")),
             "{service} has its own role"
@@ -401,6 +403,7 @@ async fn runs_confined(style: Style) {
             .map(|(k, v)| (k, localize(&v, &env.database, &vhost, &token_file)))
             .collect();
         vars.insert("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned());
+        vars.insert("HTTP_MANAGEMENT_ADDR".to_owned(), "127.0.0.1:0".to_owned());
         vars.insert("DB_POOL_SIZE".to_owned(), "3".to_owned());
         let config = Config::from_lookup(default_addr, |name| vars.get(name).cloned())
             .expect("compose config is valid");

@@ -174,11 +174,24 @@ async fn bad_orders_get_a_json_error_and_change_nothing() {
     for (case, body, status, code) in json_cases {
         let response = shop.place_order(&body).await;
         assert_eq!(response.status().as_u16(), status, "{case}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{case}: an RFC 9457 problem"
+        );
         let error: Value = response.json().await.expect("JSON error body");
         assert_eq!(error["error"], code, "{case}: {error}");
+        assert_eq!(error["status"], status, "{case}: {error}");
         assert!(
-            error["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{case}: message"
+            error["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with(&format!("problems/{code}"))),
+            "{case}: {error}"
+        );
+        assert!(
+            error["title"].as_str().is_some_and(|t| !t.is_empty())
+                && error["detail"].as_str().is_some_and(|m| !m.is_empty()),
+            "{case}: title and detail"
         );
     }
 

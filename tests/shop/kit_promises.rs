@@ -8,8 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, routing::get};
-use service_kit::{ApiContext, HandlerError, Routes, Service, ServiceSpec, topology};
+use axum::routing::get;
+use service_kit::{
+    ApiContext, HandlerError, Routes, Service, ServiceSpec, openapi::OpenApiRouter, topology,
+};
 use shared_events::{Envelope, Message, OrderConfirmed, StockReserved, participants};
 use shop_tests::{Env, RunningService, Spy, TestPublisher, count, eventually, metric};
 use tokio::sync::{Notify, Semaphore};
@@ -83,8 +85,8 @@ impl Probe {
 static SLOW_REQUEST_GATE: Semaphore = Semaphore::const_new(0);
 static SLOW_REQUEST_HOLDING: Notify = Notify::const_new();
 
-fn slow_api(_: ApiContext) -> Router {
-    Router::new().route(
+fn slow_api(_: ApiContext) -> OpenApiRouter {
+    OpenApiRouter::default().route(
         "/slow",
         get(|| async {
             SLOW_REQUEST_HOLDING.notify_one();

@@ -82,6 +82,15 @@ fn every_service_has_a_deployment_a_service_and_a_disruption_budget() {
             text(&container["livenessProbe"]["httpGet"]["path"]),
             "/healthz"
         );
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                text(&container[probe]["httpGet"]["port"]),
+                "management",
+                "{name}'s {probe} on the management port, never behind customers"
+            );
+        }
+        assert_eq!(text(&container["ports"][1]["name"]), "management");
+        assert_eq!(text(&container["ports"][1]["containerPort"]), "9000");
         assert!(
             container["resources"]["requests"]["cpu"].is_string(),
             "{name} requests CPU"
@@ -109,6 +118,7 @@ fn every_service_has_a_deployment_a_service_and_a_disruption_budget() {
                 .unwrap_or_else(|| panic!("{name}: {variable}"))
         };
         assert_eq!(value("HTTP_ADDR"), format!("0.0.0.0:{port}"));
+        assert_eq!(value("HTTP_MANAGEMENT_ADDR"), "0.0.0.0:9000");
         assert!(value("DATABASE_URL").starts_with(&format!("postgres://{name}:")));
         assert!(value("AMQP_URL").starts_with(&format!("amqp://{name}:")));
         for secret in ["db", "amqp"] {

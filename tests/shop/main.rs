@@ -10,6 +10,7 @@ mod console;
 mod delivery_guarantees;
 mod documentation;
 mod failure_flows;
+mod front_door;
 mod happy_path;
 mod http_api;
 mod http_edge;

@@ -7,6 +7,8 @@ use super::*;
 pub struct RunningService {
     pub name: &'static str,
     pub url: String,
+    /// Its management port's, when `HTTP_MANAGEMENT_ADDR` was given.
+    pub management_url: Option<String>,
     shutdown: CancellationToken,
     /// `None` once stopped.
     task: Option<JoinHandle<Result<(), service_kit::Error>>>,
@@ -37,11 +39,13 @@ impl RunningService {
     pub async fn run(bound: BoundService) -> Self {
         let name = bound.name();
         let url = format!("http://{}", bound.local_addr());
+        let management_url = bound.management_addr().map(|addr| format!("http://{addr}"));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));
         let service = Self {
             name,
             url,
+            management_url,
             shutdown,
             task: Some(task),
         };
@@ -134,6 +138,15 @@ impl Shop {
             .find(|s| s.name == service)
             .map(|s| s.url.clone())
             .unwrap_or_else(|| panic!("{service} is not running"))
+    }
+
+    /// Where `service` answers probes on connections of their own.
+    pub fn management_url(&self, service: &str) -> String {
+        self.services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.management_url.clone())
+            .unwrap_or_else(|| panic!("{service} has no management port"))
     }
 
     pub async fn stop_service(&mut self, name: &str) {

@@ -1,48 +1,47 @@
 //! The console's HTTP side: the page, what it reads (all from `console.events`), the live
-//! stream, and the buttons, which call the public Orders API like any client.
+//! stream (`stream`), and the buttons, which call the public Orders API like any client.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
-    response::{
-        Html, IntoResponse, Response,
-        sse::{Event as SseEvent, KeepAlive, Sse},
-    },
-    routing::{get, post},
+    Json,
+    extract::{FromRef, Path, Query, State},
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
-use futures_util::Stream;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::{
-    ApiContext, ApiError, BackgroundFuture, CancellationToken, Db, Outage, Style, requests,
+    ApiContext, ApiError, BackgroundFuture, CancellationToken, Db, Style, problem::Problem,
+    requests,
 };
-use uuid::Uuid;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::settings::Settings;
+use crate::{
+    dead_letters::{self, Watch},
+    heard::{HEARD_COLUMNS, Heard, TAG},
+    settings::Settings,
+    stream::{self, Streams},
+};
 
 /// The page: HTML, CSS and script in one small file, served from the binary.
 const PAGE: &str = include_str!("page.html");
 /// The flow map `shop map --json` generates from every service's subscriptions (a test in
 /// the shop crate keeps it current).
 const FLOW: &str = include_str!("../flow.json");
-/// How often the stream looks for events that arrived.
-const STREAM_POLL: Duration = Duration::from_millis(200);
-/// Events sent to one page per poll, at most.
-const STREAM_BATCH: i64 = 500;
 /// How long an event is kept for the page.
 const KEEP_EVENTS: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 struct Console {
     db: Db,
     orders_url: String,
     http: reqwest::Client,
     /// The flow map of the style this shop runs in (`shop map --json`, one per style).
     flow: Arc<String>,
+    streams: Streams,
+    dead_letters: Watch,
 }
 
 /// The map of `style` out of [`FLOW`], with the style's name in it.
@@ -57,7 +56,25 @@ fn flow_of(style: Style) -> serde_json::Value {
     map
 }
 
-pub fn routes(api: ApiContext, settings: Settings) -> Router {
+/// The API's description alone (what `GET /openapi.json` serves, with the kit's part).
+pub(crate) fn described() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+/// The console's routes and their description, before they are given their state.
+fn router() -> OpenApiRouter<Console> {
+    OpenApiRouter::default()
+        .routes(routes!(page))
+        .routes(routes!(flow))
+        .routes(routes!(recent_orders))
+        .routes(routes!(timeline))
+        .routes(routes!(stream::stream))
+        .routes(routes!(place))
+        .routes(routes!(cancel))
+        .routes(routes!(dead_letters::current))
+}
+
+pub fn routes(api: ApiContext, settings: Settings) -> OpenApiRouter {
     // The buttons act as the demo customer, with its token, like any client of the API.
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = &settings.orders_token
@@ -76,36 +93,31 @@ pub fn routes(api: ApiContext, settings: Settings) -> Router {
                 .collect()
         })
         .unwrap_or_default();
-    let dead_letters = crate::dead_letters::Watch::new(&api.config, services);
     let state = Console {
         flow: Arc::new(map.to_string()),
+        dead_letters: Watch::new(&api.config, services),
         db: api.db,
         orders_url: settings.orders_url,
+        streams: Streams::new(settings.max_streams),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .default_headers(headers)
             .build()
             .unwrap_or_default(),
     };
-    Router::new()
-        .route("/", get(page))
-        .route("/api/flow", get(flow))
-        .route("/api/orders", get(recent_orders))
-        .route("/api/orders/{id}/timeline", get(timeline))
-        .route("/api/stream", get(stream))
-        .route("/api/place/{kind}", post(place))
-        .route("/api/orders/{id}/cancel", post(cancel))
-        .route(
-            "/api/dead-letters",
-            get(crate::dead_letters::current).with_state(dead_letters),
-        )
-        .with_state(state)
+    router().with_state(state)
 }
 
+/// The live page: flow map, recent orders, timelines, buttons (no internet needed).
+#[utoipa::path(get, path = "/", tag = TAG,
+    responses((status = 200, description = "The page", body = String, content_type = "text/html")))]
 async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
+/// The flow map of this shop's style: who sends what to whom (`shop map --json`).
+#[utoipa::path(get, path = "/api/flow", tag = TAG,
+    responses((status = 200, description = "Services, messages and their edges", body = Object)))]
 async fn flow(State(console): State<Console>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -114,28 +126,20 @@ async fn flow(State(console): State<Console>) -> Response {
         .into_response()
 }
 
-/// One event as the page shows it.
-#[derive(Serialize, sqlx::FromRow)]
-struct Heard {
-    seq: i64,
-    message_id: Uuid,
-    order_id: Uuid,
-    event_type: String,
-    producer: String,
-    causation_id: Option<Uuid>,
-    occurred_at: DateTime<Utc>,
-    payload: Value,
-}
-
-const HEARD_COLUMNS: &str =
-    "seq, message_id, order_id, event_type, producer, causation_id, occurred_at, payload";
-
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RecentQuery {
+    /// How many orders (default 20; clamped to 1 to 100).
     limit: Option<i64>,
 }
 
-/// `GET /api/orders?limit=N`: the events of the N orders heard of most recently.
+/// The events of the N orders heard of most recently.
+#[utoipa::path(get, path = "/api/orders", tag = TAG, params(RecentQuery),
+    responses(
+        (status = 200, description = "Oldest first", body = Vec<Heard>),
+        (status = 400, description = "`limit` is not a number", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 async fn recent_orders(
     State(console): State<Console>,
     query: Result<Query<RecentQuery>, axum::extract::rejection::QueryRejection>,
@@ -154,8 +158,16 @@ async fn recent_orders(
     Ok(Json(events))
 }
 
-/// `GET /api/orders/{id}/timeline`: everything announced about one order, in the order it
-/// happened.
+/// Everything announced about one order, in the order it happened.
+#[utoipa::path(get, path = "/api/orders/{id}/timeline", tag = TAG,
+    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    responses(
+        (status = 200, description = "Oldest first", body = Vec<Heard>),
+        (status = 400, description = "`id` is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "The console heard nothing of it", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 async fn timeline(
     State(console): State<Console>,
     Path(id): Path<String>,
@@ -176,111 +188,6 @@ async fn timeline(
         ));
     }
     Ok(Json(events))
-}
-
-#[derive(Deserialize)]
-struct StreamQuery {
-    /// The last `seq` the page already has (from `/api/orders`): nothing between is missed.
-    after: Option<i64>,
-}
-
-/// `GET /api/stream?after=SEQ`: server-sent events, one `heard` per event as it arrives here
-/// (after the `Last-Event-ID` a reconnecting page sends, else after `after`, else from now),
-/// and a `rate` (events per second over the last five seconds) every second.
-async fn stream(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let query = requests::query(query)?;
-    let resume_from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
-        .or(query.after);
-    let state = Streaming {
-        db: console.db,
-        after: resume_from,
-        pending: Vec::new(),
-        ticks: 0,
-        database: Outage::new("the database (as a console stream sees it)"),
-    };
-    let events = futures_util::stream::unfold(state, |mut state| async move {
-        let event = state.next().await;
-        Some((Ok(event), state))
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
-}
-
-struct Streaming {
-    db: Db,
-    /// The last `seq` sent; `None` until the first poll sets it to the newest.
-    after: Option<i64>,
-    pending: Vec<SseEvent>,
-    ticks: u64,
-    database: Outage,
-}
-
-impl Streaming {
-    async fn next(&mut self) -> SseEvent {
-        loop {
-            if let Some(event) = self.pending.pop() {
-                return event;
-            }
-            tokio::time::sleep(STREAM_POLL).await;
-            self.ticks += 1;
-            let db = self.db.clone();
-            match db.bounded(self.poll()).await {
-                Ok(()) => self.database.answered(),
-                Err(e) => self.database.failed(&e),
-            }
-        }
-    }
-
-    /// Queues what arrived since the last poll (and, once a second, the rate).
-    async fn poll(&mut self) -> Result<(), sqlx::Error> {
-        let after = match self.after {
-            Some(after) => after,
-            None => {
-                let newest: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM console.events")
-                    .fetch_one(&self.db.pool)
-                    .await?;
-                self.after = Some(newest.unwrap_or(0));
-                return Ok(());
-            }
-        };
-        let heard: Vec<Heard> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {HEARD_COLUMNS} FROM console.events WHERE seq > $1 ORDER BY seq LIMIT $2"
-        )))
-        .bind(after)
-        .bind(STREAM_BATCH)
-        .fetch_all(&self.db.pool)
-        .await?;
-        let mut batch = Vec::with_capacity(heard.len() + 1);
-        for event in &heard {
-            self.after = Some(event.seq);
-            let data = serde_json::to_string(event).unwrap_or_default();
-            batch.push(
-                SseEvent::default()
-                    .event("heard")
-                    .id(event.seq.to_string())
-                    .data(data),
-            );
-        }
-        if self.ticks.is_multiple_of(5) {
-            let recent: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM console.events WHERE received_at > now() - interval '5 seconds'",
-            )
-            .fetch_one(&self.db.pool)
-            .await?;
-            let rate = json!({ "events_per_second": recent as f64 / 5.0 });
-            batch.push(SseEvent::default().event("rate").data(rate.to_string()));
-        }
-        // Popped from the end: oldest last in, first out.
-        batch.reverse();
-        self.pending = batch;
-        Ok(())
-    }
 }
 
 /// Whom the buttons place orders for: `ORDERS_TOKEN` is this customer's.
@@ -311,8 +218,18 @@ fn order_of_kind(kind: &str) -> Option<Value> {
     }))
 }
 
-/// `POST /api/place/{kind}`: places an order through the Orders API; answers with what the
-/// Orders API answered.
+/// Place an order of one kind through the Orders API, as the demo customer; answers with
+/// what the Orders API answered.
+#[utoipa::path(post, path = "/api/place/{kind}", tag = TAG,
+    params(("kind" = String, Path, description = "`happy`, `declined`, `out_of_stock` or `unshippable`")),
+    responses(
+        (status = 404, description = "`unknown_kind`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 502, description = "The Orders API did not answer", body = Problem,
+            content_type = "application/problem+json"),
+        (status = "default", description = "What the Orders API answered (docs/openapi/orders.json)",
+            body = Object),
+    ))]
 async fn place(
     State(console): State<Console>,
     Path(kind): Path<String>,
@@ -329,7 +246,17 @@ async fn place(
     relay(response).await
 }
 
-/// `POST /api/orders/{id}/cancel`: cancels through the Orders API.
+/// Cancel an order through the Orders API; answers with what the Orders API answered.
+#[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = TAG,
+    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    responses(
+        (status = 400, description = "`id` is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 502, description = "The Orders API did not answer", body = Problem,
+            content_type = "application/problem+json"),
+        (status = "default", description = "What the Orders API answered (docs/openapi/orders.json)",
+            body = Object),
+    ))]
 async fn cancel(
     State(console): State<Console>,
     Path(id): Path<String>,
@@ -340,7 +267,8 @@ async fn cancel(
     relay(response).await
 }
 
-/// The Orders API's answer, passed on (status and JSON body); `502` if it did not answer.
+/// The Orders API's answer, passed on (status, content type and body); `502` if it did not
+/// answer.
 async fn relay(response: Result<reqwest::Response, reqwest::Error>) -> Result<Response, ApiError> {
     let unreachable = |e: reqwest::Error| {
         tracing::warn!(error = %e, "the Orders API did not answer");
@@ -353,8 +281,14 @@ async fn relay(response: Result<reqwest::Response, reqwest::Error>) -> Result<Re
     let response = response.map_err(unreachable)?;
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body: Value = response.json().await.map_err(unreachable)?;
-    Ok((status, Json(body)).into_response())
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let body = response.bytes().await.map_err(unreachable)?;
+    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 /// Keeps the read model to a day of events (the page shows the latest few orders).

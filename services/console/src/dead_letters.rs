@@ -10,18 +10,23 @@ use serde::Serialize;
 use service_kit::{
     ApiError, Config,
     dead_letters::{self, Group},
+    problem::Problem,
 };
 use tokio::{sync::Mutex, time::Instant};
+use utoipa::ToSchema;
 
 /// How long one look at the queues is shown before the next.
 const FRESH_FOR: Duration = Duration::from_secs(2);
 /// How long one look may take before the page is told the broker did not answer.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Serialize)]
+/// One service's dead-letter queue, its messages grouped by cause.
+#[derive(Clone, Serialize, ToSchema)]
 pub(crate) struct ServiceDeadLetters {
     service: String,
     depth: usize,
+    /// By cause and message type: how many, and the latest's reason.
+    #[schema(value_type = Vec<Object>)]
     groups: Vec<Group>,
 }
 
@@ -84,7 +89,13 @@ impl Watch {
     }
 }
 
-/// `GET /api/dead-letters`: every service's dead-letter depth and causes.
+/// Every service's dead-letter depth and causes (looked at most every two seconds).
+#[utoipa::path(get, path = "/api/dead-letters", tag = crate::heard::TAG,
+    responses(
+        (status = 200, description = "By service", body = Vec<ServiceDeadLetters>),
+        (status = 502, description = "`broker_unreachable`", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 pub(crate) async fn current(
     State(watch): State<Watch>,
 ) -> Result<Json<Vec<ServiceDeadLetters>>, ApiError> {

@@ -14,7 +14,9 @@
 
 mod api;
 mod dead_letters;
+mod heard;
 pub mod settings;
+mod stream;
 
 pub use api::DEMO_CUSTOMER;
 pub use settings::VARIABLES;
@@ -44,6 +46,12 @@ pub fn routes(style: Style) -> Routes<Console> {
         visit_commands(&mut everything);
     }
     everything.0
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> service_kit::openapi::Document {
+    let name = <participants::Console as shared_events::Participant>::NAME;
+    service_kit::openapi::document(name, Some(api::described()))
 }
 
 /// Binds the service's HTTP listener; `run` the result to start it.

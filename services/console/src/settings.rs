@@ -4,7 +4,11 @@
 use service_kit::{Config, config::ConfigError};
 
 /// The variables the console reads for itself.
-pub const VARIABLES: &[&str] = &["ORDERS_URL", "ORDERS_TOKEN_FILE"];
+pub const VARIABLES: &[&str] = &["ORDERS_URL", "ORDERS_TOKEN_FILE", "CONSOLE_MAX_STREAMS"];
+
+/// `CONSOLE_MAX_STREAMS` when unset: live pages served at once, far below the kit's default
+/// HTTP_MAX_CONNECTIONS, so streams never hold every connection.
+pub const DEFAULT_MAX_STREAMS: usize = 64;
 
 /// `ORDERS_URL` when unset: orders on this machine, on its default port.
 pub const DEFAULT_ORDERS_URL: &str = "http://127.0.0.1:8080";
@@ -16,6 +20,8 @@ pub struct Settings {
     /// `ORDERS_TOKEN_FILE`: a file holding the bearer token the buttons send (the demo
     /// customer's), read at start.
     pub orders_token: Option<String>,
+    /// `CONSOLE_MAX_STREAMS`: live streams (`/api/stream`) served at once; one more is refused.
+    pub max_streams: usize,
 }
 
 impl Settings {
@@ -38,6 +44,7 @@ impl Settings {
         Ok(Self {
             orders_url,
             orders_token,
+            max_streams: config.number("CONSOLE_MAX_STREAMS", DEFAULT_MAX_STREAMS, 1..=100_000)?,
         })
     }
 }

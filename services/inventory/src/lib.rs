@@ -16,7 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, extract::State};
 use domain::{Release, ReservationStatus, Undo};
 use serde::Serialize;
 use service_kit::{
@@ -28,6 +28,8 @@ use shared_events::{
     participants,
 };
 use sqlx::PgConnection;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
@@ -62,15 +64,24 @@ pub fn routes(style: Style) -> Routes<Inventory> {
     }
 }
 
+/// Its API: the stock, for anyone to watch.
+fn router() -> OpenApiRouter<Db> {
+    OpenApiRouter::default().routes(routes!(stock))
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> service_kit::openapi::Document {
+    let name = <participants::Inventory as shared_events::Participant>::NAME;
+    service_kit::openapi::document(name, Some(router().into_openapi()))
+}
+
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/inventory"),
         routes: routes(config.style),
         state: Inventory,
-        http: Some(Box::new(|api| {
-            Router::new().route("/stock", get(stock)).with_state(api.db)
-        })),
+        http: Some(Box::new(|api| router().with_state(api.db))),
         guards_customer_data: false,
         background: None,
         metrics: &[],
@@ -321,14 +332,17 @@ async fn move_stock(
     Ok(())
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// One SKU's stock.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct StockLevel {
     sku: String,
     available: i32,
     reserved: i32,
 }
 
-/// `GET /stock`: every SKU with what is available and what is held by reservations.
+/// Every SKU with what is available and what is held by reservations.
+#[utoipa::path(get, path = "/stock", tag = "inventory",
+    responses((status = 200, description = "By SKU", body = Vec<StockLevel>)))]
 async fn stock(State(db): State<Db>) -> Result<Json<Vec<StockLevel>>, ApiError> {
     let levels =
         sqlx::query_as("SELECT sku, available, reserved FROM inventory.stock ORDER BY sku")

@@ -27,7 +27,7 @@ mod runtime;
 mod service;
 
 pub use broker::{dead_letters, headers, publisher, style, topology};
-pub use http::{auth, requests};
+pub use http::{auth, openapi, problem, requests};
 pub use runtime::{config, sweep, telemetry};
 
 pub use broker::style::Style;

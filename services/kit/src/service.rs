@@ -21,6 +21,7 @@ use shared_events::{CATALOG, COMMANDS, Participant};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     broker::{
@@ -30,7 +31,9 @@ use crate::{
     },
     http::{
         auth::Auth,
-        server::{Health, HttpLimits, bound_by_database, health_routes, serve},
+        health::{Health, health_routes},
+        openapi::{self, Served, document_route},
+        server::{HttpLimits, MANAGEMENT_MAX_CONNECTIONS, bound_by_database, serve},
     },
     messaging::{
         apply::Subscriber,
@@ -71,8 +74,9 @@ pub struct ServiceSpec<S: Service> {
     pub metrics: &'static [Metric],
 }
 
-/// Builds a service's own API (it may hold settings the service read for itself).
-pub type ApiBuilder = Box<dyn FnOnce(ApiContext) -> Router + Send>;
+/// Builds a service's own API (it may hold settings the service read for itself): its routes
+/// with their OpenAPI description (`service_kit::openapi`).
+pub type ApiBuilder = Box<dyn FnOnce(ApiContext) -> OpenApiRouter + Send>;
 
 /// What a service's background work runs as.
 pub type BackgroundFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -119,6 +123,7 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 pub struct BoundService {
     name: &'static str,
     local_addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
     run: Box<dyn FnOnce(CancellationToken) -> RunFuture + Send>,
 }
 
@@ -130,6 +135,11 @@ impl BoundService {
     /// Where the service serves HTTP (the actual port when `HTTP_ADDR` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where probes reach it on connections of their own, when `HTTP_MANAGEMENT_ADDR` is set.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
     }
 
     /// Runs the service until `shutdown` is cancelled, then stops consuming, finishes
@@ -163,18 +173,42 @@ pub async fn bind<S: Service>(config: Config, spec: ServiceSpec<S>) -> Result<Bo
         addr: config.http_addr,
         source,
     })?;
+    let management = match config.http_management_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| Error::Listen { addr, source })?;
+            Some((listener, local))
+        }
+        None => None,
+    };
+    let management_addr = management.as_ref().map(|(_, addr)| *addr);
+    let listeners = Listeners {
+        api: listener,
+        management: management.map(|(listener, _)| listener),
+    };
     Ok(BoundService {
         name,
         local_addr,
-        run: Box::new(move |shutdown| Box::pin(run(config, spec, db, listener, shutdown))),
+        management_addr,
+        run: Box::new(move |shutdown| Box::pin(run(config, spec, db, listeners, shutdown))),
     })
+}
+
+/// The service's port, and its management port when it has one.
+struct Listeners {
+    api: TcpListener,
+    management: Option<TcpListener>,
 }
 
 async fn run<S: Service>(
     config: Config,
     spec: ServiceSpec<S>,
     db: Db,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let service = S::Participant::NAME;
@@ -182,7 +216,7 @@ async fn run<S: Service>(
     let broker_connected = Arc::new(AtomicBool::new(false));
     let consumer_paused = Arc::new(AtomicBool::new(false));
 
-    let mut router = health_routes(Health {
+    let health = Health {
         service,
         namespace: config.namespace.clone(),
         db: db.clone(),
@@ -190,18 +224,31 @@ async fn run<S: Service>(
         consumer_paused: consumer_paused.clone(),
         metrics: metrics.clone(),
         unauthenticated: spec.guards_customer_data && config.auth.is_none(),
-    });
+    };
     let api_context = ApiContext {
         db: db.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
         auth: Auth::new(config.auth.as_ref()),
     };
-    if let Some(api) = spec.http {
-        let bounded = middleware::from_fn_with_state(db.clone(), bound_by_database);
-        router = router.merge(api(api_context.clone()).layer(bounded));
-    }
-    if let Ok(addr) = listener.local_addr() {
+    let (api, described) = match spec.http {
+        Some(api) => {
+            let (router, described) = api(api_context.clone()).split_for_parts();
+            let bounded = middleware::from_fn_with_state(db.clone(), bound_by_database);
+            (Some(router.layer(bounded)), Some(described))
+        }
+        None => (None, None),
+    };
+    let document = Served(Arc::new(openapi::document(service, described).to_string()));
+    // What probes and Prometheus read, on the service's port and on its management port.
+    let operations: Router = Router::new()
+        .merge(health_routes().with_state(health).split_for_parts().0)
+        .merge(document_route().with_state(document).split_for_parts().0);
+    let router = match api {
+        Some(api) => operations.clone().merge(api),
+        None => operations.clone(),
+    };
+    if let Ok(addr) = listeners.api.local_addr() {
         tracing::info!(service, %addr, "serving HTTP");
     }
     let limits = HttpLimits {
@@ -210,13 +257,29 @@ async fn run<S: Service>(
         max_connections: config.http_max_connections,
         max_header_bytes: config.http_max_header_bytes,
     };
-    let http = tokio::spawn(serve(
-        listener,
+    let mut http = vec![tokio::spawn(serve(
+        listeners.api,
         router,
         limits,
         metrics.clone(),
         shutdown.clone(),
-    ));
+    ))];
+    if let Some(management) = listeners.management {
+        if let Ok(addr) = management.local_addr() {
+            tracing::info!(service, %addr, "serving probes and metrics on the management port");
+        }
+        let limits = HttpLimits {
+            max_connections: MANAGEMENT_MAX_CONNECTIONS,
+            ..limits
+        };
+        http.push(tokio::spawn(serve(
+            management,
+            operations,
+            limits,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
 
     let result = async {
         if !db.migrate(spec.migrator, &shutdown).await? {
@@ -290,7 +353,9 @@ async fn run<S: Service>(
 
     // Whatever ended the run, the HTTP server goes too; the pool closes last.
     shutdown.cancel();
-    let _ = http.await;
+    for server in http {
+        let _ = server.await;
+    }
     db.pool.close().await;
     tracing::info!(service, "stopped");
     result

@@ -11,18 +11,21 @@ pub mod domain;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Query, State},
-    routing::get,
 };
 use chrono::{DateTime, Utc};
 use domain::Notice;
 use serde::{Deserialize, Serialize};
 use service_kit::{
-    ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec, auth::Operator,
+    ApiContext, ApiError, BoundService, Config, Db, HandlerError, Routes, Service, ServiceSpec,
+    auth::{OPERATOR_SCOPE, Operator},
+    problem::Problem,
     requests,
 };
 use shared_events::{OrderCancelled, OrderConfirmed, PaymentRefunded, participants};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8084);
@@ -52,17 +55,24 @@ pub fn routes() -> Routes<Notifications> {
         })
 }
 
+/// Its API: the notices sent, for operators.
+fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::default().routes(routes!(list))
+}
+
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> service_kit::openapi::Document {
+    let name = <participants::Notifications as shared_events::Participant>::NAME;
+    service_kit::openapi::document(name, Some(router().into_openapi()))
+}
+
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {
         migrator: sqlx::migrate!("../../migrations/notifications"),
         routes: routes(),
         state: Notifications,
-        http: Some(Box::new(|api| {
-            Router::new()
-                .route("/notifications", get(list))
-                .with_state(api)
-        })),
+        http: Some(Box::new(|api| router().with_state(api))),
         guards_customer_data: true,
         background: None,
         metrics: &[],
@@ -111,12 +121,15 @@ impl Notifications {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this order's notices.
     order_id: Option<Uuid>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// A notice sent to a customer.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct SentNotice {
     order_id: Uuid,
     kind: String,
@@ -125,8 +138,14 @@ struct SentNotice {
     sent_at: DateTime<Utc>,
 }
 
-/// `GET /notifications?order_id=…`: the notices sent for one order, or the latest 100.
-/// Customers' notices: for operators only.
+/// The notices sent for one order, or the latest 100: customers' notices, for operators only.
+#[utoipa::path(get, path = "/notifications", tag = "notifications",
+    security(("bearer" = [OPERATOR_SCOPE])), params(ListQuery),
+    responses(
+        (status = 200, description = "Newest first", body = Vec<SentNotice>),
+        (status = 400, description = "`order_id` is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 async fn list(
     State(db): State<Db>,
     _operator: Operator,

@@ -78,6 +78,13 @@ pub fn routes() -> Routes<OrderSaga> {
         .on::<OrderCancelled>(|s, ctx, e| Box::pin(s.hear(ctx, e.order_id, Input::OrderCancelled)))
 }
 
+/// The service's OpenAPI document, as `GET /openapi.json` serves it: the endpoints every
+/// service has (it has no API of its own).
+pub fn openapi() -> service_kit::openapi::Document {
+    let name = <participants::Saga as shared_events::Participant>::NAME;
+    service_kit::openapi::document(name, None)
+}
+
 /// Binds the service's HTTP listener; `run` the result to start it. Refuses to run in the
 /// choreographed style, where no service would answer its commands.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {

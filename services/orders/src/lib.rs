@@ -104,6 +104,12 @@ fn reactions() -> Routes<Orders> {
         .on::<ShipmentVoided>(|o, ctx, e| Box::pin(o.record(ctx, e.order_id, Fact::ShipmentUndone)))
 }
 
+/// The service's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn openapi() -> service_kit::openapi::Document {
+    let name = <participants::Orders as shared_events::Participant>::NAME;
+    service_kit::openapi::document(name, Some(api::described()))
+}
+
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let settings = settings::Settings::read(&config)?;

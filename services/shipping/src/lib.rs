@@ -49,6 +49,13 @@ pub fn routes(style: Style) -> Routes<Shipping> {
     }
 }
 
+/// The service's OpenAPI document, as `GET /openapi.json` serves it: the endpoints every
+/// service has (it has no API of its own).
+pub fn openapi() -> service_kit::openapi::Document {
+    let name = <participants::Shipping as shared_events::Participant>::NAME;
+    service_kit::openapi::document(name, None)
+}
+
 /// Binds the service's HTTP listener; `run` the result to start it.
 pub async fn bind(config: Config) -> Result<BoundService, service_kit::Error> {
     let spec = ServiceSpec {

@@ -17,7 +17,7 @@ use shop::{
     ServiceEntry, asyncapi, audit,
     fleet::{self, Fleet, Output, Ports},
     issuer::{self, DevIssuer},
-    map, registry,
+    map, openapi, registry,
 };
 
 use std::{sync::Arc, time::Duration};
@@ -105,6 +105,12 @@ enum Commands {
     /// Print the AsyncAPI 3.0 document (YAML) of every event, who sends and who receives it,
     /// generated from the catalog, the payload types and the services' subscriptions.
     Asyncapi,
+    /// Print a service's OpenAPI 3.1 document (JSON), generated from its handlers: what its
+    /// `GET /openapi.json` serves and `docs/openapi/<service>.json` holds.
+    Openapi {
+        #[arg(value_parser = registry::by_name)]
+        service: &'static ServiceEntry,
+    },
     /// Check the invariants over DATABASE_URL and the dead-letter queues of SHOP_NAMESPACE;
     /// exits non-zero if any is violated.
     Audit {
@@ -206,6 +212,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Commands::Asyncapi => {
             print!("{}", asyncapi::render());
+            Ok(())
+        }
+        Commands::Openapi { service } => {
+            print!("{}", openapi::render(service));
             Ok(())
         }
     }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod fleet;
 pub mod issuer;
 pub mod map;
+pub mod openapi;
 pub mod provision;
 pub mod registry;
 

@@ -28,6 +28,8 @@ pub struct ServiceEntry {
     /// The environment variables it reads for itself, beside the kit's
     /// (`service_kit::config::VARIABLES`).
     pub variables: &'static [&'static str],
+    /// Its OpenAPI document (`docs/openapi/<name>.json`), as `GET /openapi.json` serves it.
+    pub openapi: fn() -> service_kit::openapi::Document,
 }
 
 impl ServiceEntry {
@@ -89,6 +91,7 @@ macro_rules! entry {
             styles: $styles,
             bind: |config| Box::pin($service::bind(config)),
             variables: $service::VARIABLES,
+            openapi: $service::openapi,
         }
     };
 }

@@ -11,7 +11,6 @@ use std::{
 };
 
 use axum::{
-    Json,
     extract::{FromRef, FromRequestParts},
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
@@ -21,6 +20,8 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, JwkSet},
 };
 use serde::Deserialize;
+
+use crate::http::problem::Problem;
 
 /// The scope that makes a caller an operator: every order is theirs to see and cancel.
 pub const OPERATOR_SCOPE: &str = "shop:operate";
@@ -177,11 +178,7 @@ impl IntoResponse for AuthError {
                 ),
             ),
         };
-        let mut response = (
-            status,
-            Json(serde_json::json!({ "error": code, "message": message })),
-        )
-            .into_response();
+        let mut response = Problem::new(status, code, message).into_response();
         if let Ok(value) = HeaderValue::from_str(&challenge)
             && !challenge.is_empty()
         {

@@ -1,124 +1,42 @@
-//! The endpoints every service serves: `/healthz` (the process is alive), `/readyz` (database
-//! and broker connected) and `/metrics` (Prometheus text).
+//! The HTTP server every service runs: its connections and their bound, the limits a request
+//! is held to, its trace, and [`ApiError`], the one way an API says no.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{MatchedPath, Request, State},
-    http::{StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
 };
-use hyper::server::conn::http1;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use opentelemetry_semantic_conventions::attribute as semconv;
-use serde::Serialize;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::runtime::{
-    config::HEADER_BYTES_CEILING,
-    db::{self, Db},
-    metrics::Metrics,
-    telemetry,
+use crate::{
+    http::{
+        connections::{Admission, BusyBody, Connections},
+        problem::Problem,
+    },
+    runtime::{
+        config::HEADER_BYTES_CEILING,
+        db::{self, Db},
+        metrics::Metrics,
+        telemetry,
+    },
 };
 
 /// In-flight requests get this long to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Clone)]
-pub(crate) struct Health {
-    pub(crate) service: &'static str,
-    /// The shop it belongs to (`SHOP_NAMESPACE`): with the service's name, who answers here.
-    pub(crate) namespace: String,
-    pub(crate) db: Db,
-    pub(crate) broker_connected: Arc<AtomicBool>,
-    /// The consumer holds a batch until the database answers (its circuit breaker is open).
-    pub(crate) consumer_paused: Arc<AtomicBool>,
-    pub(crate) metrics: Metrics,
-    /// Its API guards customers' data but runs with `AUTH_DISABLED=true`: said in `/readyz`.
-    pub(crate) unauthenticated: bool,
-}
-
-pub(crate) fn health_routes(health: Health) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health)
-}
-
-#[derive(Serialize)]
-struct Readiness {
-    service: &'static str,
-    namespace: String,
-    ready: bool,
-    database: bool,
-    broker: bool,
-    /// The consumer takes no deliveries until the database answers again.
-    consumer_paused: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warning: Option<&'static str>,
-}
-
-async fn healthz(State(health): State<Health>) -> impl IntoResponse {
-    Json(serde_json::json!({ "service": health.service, "alive": true }))
-}
-
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    let database = health.db.is_reachable().await;
-    let broker = health.broker_connected.load(Ordering::SeqCst);
-    let consumer_paused = health.consumer_paused.load(Ordering::SeqCst);
-    let ready = database && broker && !consumer_paused;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = Readiness {
-        service: health.service,
-        namespace: health.namespace.clone(),
-        ready,
-        database,
-        broker,
-        consumer_paused,
-        warning: health.unauthenticated.then_some(
-            "AUTH_DISABLED=true: callers are not authenticated and every one acts as an operator",
-        ),
-    };
-    (status, Json(body))
-}
-
-async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    // Sampled when scraped: the relay's lag is what an operator looks at /metrics for. A
-    // database that does not answer in time leaves the last sample.
-    let lag = health.db.bounded(health.db.outbox_lag()).await;
-    if let Ok((unsent, oldest_seconds)) = lag {
-        health
-            .metrics
-            .set("shop_outbox_unsent_rows", &[], unsent as f64);
-        health
-            .metrics
-            .set("shop_outbox_oldest_unsent_age_seconds", &[], oldest_seconds);
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        health.metrics.render(),
-    )
-}
 
 /// What the HTTP server holds a client to (docs/architecture.md, "The HTTP edge").
 #[derive(Debug, Clone, Copy)]
@@ -129,11 +47,22 @@ pub(crate) struct HttpLimits {
     pub(crate) max_header_bytes: usize,
 }
 
+/// How long a client turned away at the bound is given to send its request and read the `503`.
+const REFUSAL_PATIENCE: Duration = Duration::from_secs(1);
+/// Refusals answered at once, at most; past it a newcomer's connection is closed unanswered.
+const REFUSALS_AT_ONCE: usize = 64;
+/// Connections the management port serves at once: probes and a scraper need a handful.
+pub(crate) const MANAGEMENT_MAX_CONNECTIONS: usize = 64;
+/// Seconds a refused client is asked to wait.
+const RETRY_AFTER_SECS: u32 = 1;
+
 /// Serves until `shutdown`, then gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
 ///
 /// A slow client cannot pin a socket: it must send its headers within the header timeout
 /// (which also closes a kept-alive connection left idle), and a whole request is bounded in
-/// time. At most `max_connections` are served at once; one more is closed at once.
+/// time. At most `max_connections` are served at once: at the bound the connection idle the
+/// longest is closed to make room ([`Connections`]); when every one is busy the newcomer is
+/// answered `503` with `Retry-After`.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
@@ -141,16 +70,10 @@ pub(crate) async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let router = router
-        .layer(middleware::from_fn(move |request, next| {
-            bound_request(limits.request_timeout, request, next)
-        }))
-        .layer(middleware::from_fn(move |request, next| {
-            limit_headers(limits.max_header_bytes, request, next)
-        }))
-        .layer(middleware::from_fn(trace_request));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let connections = TaskTracker::new();
+    let router = edge_layers(router, limits);
+    let connections = Arc::new(Connections::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let tasks = TaskTracker::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -164,38 +87,141 @@ pub(crate) async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.inc("shop_http_connections_refused_total", &[]);
-            drop(stream);
-            continue;
+        let connection = match connections.admit() {
+            Admission::Admitted(connection) => connection,
+            Admission::AdmittedByShedding(connection) => {
+                metrics.inc("shop_http_idle_connections_shed_total", &[]);
+                connection
+            }
+            Admission::Refused => {
+                metrics.inc("shop_http_connections_refused_total", &[]);
+                if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                    tasks.spawn(async move {
+                        refuse(stream).await;
+                        drop(refusal);
+                    });
+                }
+                continue;
+            }
         };
-        let service = TowerToHyperService::new(router.clone());
+        let service = {
+            let (router, connections, connection) =
+                (router.clone(), connections.clone(), connection.clone());
+            service_fn(move |request: hyper::Request<Incoming>| {
+                let busy = connections.busy(&connection);
+                let router = router.clone();
+                async move {
+                    let response = router.oneshot(request).await?;
+                    Ok::<_, Infallible>(response.map(|body| BusyBody::wrap(body, busy)))
+                }
+            })
+        };
         let stop = shutdown.clone();
-        connections.spawn(async move {
-            let _slot = slot;
+        let connections = connections.clone();
+        tasks.spawn(async move {
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_header_size(HEADER_BYTES_CEILING);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(served);
             tokio::select! {
-                _ = connection.as_mut() => {}
+                _ = served.as_mut() => {}
+                // Shed while idle: nothing is in flight, so closing loses nothing.
+                () = connection.shed.cancelled() => {}
                 () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    served.as_mut().graceful_shutdown();
+                    let _ = served.await;
                 }
             }
+            connections.closed(&connection);
         });
     }
-    connections.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!("HTTP requests still open after the grace period; closing them");
     }
+}
+
+/// What every request on a listener passes through: its trace, the header bound, the time
+/// bound, and a problem for any error the router answers without one (an unknown path, a
+/// method the path does not have, a path parameter that is not text).
+fn edge_layers(router: Router, limits: HttpLimits) -> Router {
+    router
+        .layer(middleware::from_fn(as_problem))
+        .layer(middleware::from_fn(move |request, next| {
+            bound_request(limits.request_timeout, request, next)
+        }))
+        .layer(middleware::from_fn(move |request, next| {
+            limit_headers(limits.max_header_bytes, request, next)
+        }))
+        .layer(middleware::from_fn(trace_request))
+}
+
+/// One request answered `503 overloaded` with `Retry-After` on a connection that is then closed:
+/// every connection is busy.
+async fn refuse(stream: TcpStream) {
+    let answer = service_fn(|_request: hyper::Request<Incoming>| async {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the server is at its bound of connections, all of them busy; retry after \
+                 {RETRY_AFTER_SECS} s"
+            ),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        Ok::<_, Infallible>(response)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(REFUSAL_PATIENCE);
+    let refused = builder.serve_connection(TokioIo::new(stream), answer);
+    let _ = tokio::time::timeout(REFUSAL_PATIENCE, refused).await;
+}
+
+/// An error answered by the router itself (no content type, or plain text) becomes a problem;
+/// a handler's own answers pass untouched.
+async fn as_problem(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_none_or(|value| value.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        text => text.to_owned(),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::BAD_REQUEST => "bad_request",
+        _ if status.is_server_error() => "internal",
+        _ => "rejected",
+    };
+    let mut problem = ApiError::new(status, code, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name, value.clone());
+        }
+    }
+    problem
 }
 
 /// Paths an orchestrator or Prometheus polls every few seconds: no trace for them.
@@ -288,7 +314,8 @@ pub(crate) async fn bound_by_database(
     }
 }
 
-/// The error body of every API: `{ "error": code, "message": human text }`.
+/// Every error a service answers with, whatever the route: an RFC 9457 problem
+/// (`application/problem+json`), built by [`ApiError`] and described by [`Problem`].
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -335,9 +362,8 @@ impl From<sqlx::Error> for ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> axum::response::Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
+    fn into_response(self) -> Response {
+        Problem::new(self.status, self.code, self.message).into_response()
     }
 }
 

@@ -79,7 +79,13 @@ pub const KIT_METRICS: &[Metric] = &[
     Metric {
         name: "shop_http_connections_refused_total",
         kind: MetricKind::Counter,
-        help: "Connections closed at once: the service already held HTTP_MAX_CONNECTIONS",
+        help: "Connections refused (answered 503, or closed past 64 refusals at once): the \
+               service held HTTP_MAX_CONNECTIONS, every one busy",
+    },
+    Metric {
+        name: "shop_http_idle_connections_shed_total",
+        kind: MetricKind::Counter,
+        help: "Idle connections closed to admit a new one at HTTP_MAX_CONNECTIONS",
     },
     Metric {
         name: "shop_rows_pruned_total",
@@ -122,6 +128,7 @@ const ZERO_FROM_START: &[&str] = &[
     "shop_dead_letters_total",
     "shop_broker_sessions_total",
     "shop_http_connections_refused_total",
+    "shop_http_idle_connections_shed_total",
 ];
 
 #[derive(Clone)]

@@ -8,11 +8,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use service_kit::{ApiError, Db, Metrics, auth::Caller, requests};
+use service_kit::{ApiError, Db, Metrics, auth::Caller, problem::Problem, requests};
+use utoipa::ToSchema;
 
 use super::{
-    read::order_view,
-    state::{BodyLimit, ensure_visible, order_not_found, unprocessable},
+    read::{OrderView, order_view},
+    state::{BodyLimit, TAG, ensure_visible, order_not_found, unprocessable},
 };
 use crate::{
     domain::{self, Announcement, CancelRefused, Cause},
@@ -20,17 +21,42 @@ use crate::{
     store::{Work, lock_order, save_and_announce},
 };
 
-#[derive(Deserialize, Default)]
+/// Why the customer cancels (optional; the body may be empty).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "ordered the wrong size"}))]
 pub(super) struct CancelBody {
+    /// Kept with the order, in the customer's own words.
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*$")]
     reason: Option<String>,
 }
 
-/// `POST /orders/{id}/cancel`: the customer cancels. Whichever of this and the order's
-/// confirmation commits first stands (both lock the order): `202` when the cancellation is
-/// accepted (OrderCancelled announced; `settled` turns true once every participant answered),
-/// `200` when it was already cancelled (nothing new announced), `409 order_confirmed` when the
-/// confirmation won.
+/// Cancel an open order.
+///
+/// Whichever of this and the order's confirmation commits first stands (both lock the order):
+/// `202` when the cancellation is accepted (OrderCancelled announced; `settled` turns true once
+/// every participant answered), `200` when it was already cancelled (nothing new announced),
+/// `409 order_confirmed` when the confirmation won.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = TAG, security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    request_body(content = Option<CancelBody>, content_type = "application/json",
+        description = "Optional: an empty body cancels without a reason"),
+    responses(
+        (status = 202, description = "Cancelled now: OrderCancelled announced", body = OrderView),
+        (status = 200, description = "It was already cancelled; nothing new", body = OrderView),
+        (status = 400, description = "`id` is not a UUID, or the body is not JSON", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not the caller's (the same answer)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`order_confirmed`: the confirmation won; it stands",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than HTTP_MAX_BODY_BYTES", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "A body not declared `application/json`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "A body of the wrong shape, or a reason over 200 characters",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn cancel_order(
     State(db): State<Db>,
     State(metrics): State<Metrics>,
@@ -49,7 +75,7 @@ pub(super) async fn cancel_order(
             &headers,
             "send the reason as Content-Type: application/json",
         )?;
-        requests::json(&body)?
+        requests::json::<Option<CancelBody>>(&body)?.unwrap_or_default()
     };
     let note = request
         .reason

@@ -1,28 +1,35 @@
 //! The Orders HTTP API (docs/architecture.md, "The HTTP APIs"): placing an order (`place`),
 //! reading orders (`read`), cancelling one (`cancel`), on the state every route shares
-//! (`state`).
+//! (`state`). Each route is registered with its OpenAPI description (`docs/openapi/orders.json`).
 
 mod cancel;
 mod place;
 mod read;
 mod state;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    routing::{get, post},
-};
+use axum::extract::DefaultBodyLimit;
 use service_kit::ApiContext;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use self::{
-    cancel::cancel_order,
-    place::place_order,
-    read::{get_order, list_orders, list_products, timeline},
-    state::{Api, BodyLimit, Deadline},
-};
+use self::state::{Api, BodyLimit, Deadline};
 use crate::{admission::Admission, metrics::SHED, settings::Settings};
 
-pub fn routes(api: ApiContext, settings: Settings) -> Router {
+/// The API's description alone (what `GET /openapi.json` serves, with the kit's part).
+pub(crate) fn described() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
+/// The routes and their description, before they are given their state.
+fn router() -> OpenApiRouter<Api> {
+    OpenApiRouter::default()
+        .routes(routes!(read::list_orders, place::place_order))
+        .routes(routes!(read::get_order))
+        .routes(routes!(cancel::cancel_order))
+        .routes(routes!(read::timeline))
+        .routes(routes!(read::list_products))
+}
+
+pub fn routes(api: ApiContext, settings: Settings) -> OpenApiRouter {
     // Exported from the start (as 0), so a dashboard shows "none shed" rather than no data.
     api.metrics.add(SHED, &[], 0);
     let body_limit = api.config.http_max_body_bytes;
@@ -34,13 +41,8 @@ pub fn routes(api: ApiContext, settings: Settings) -> Router {
         metrics: api.metrics.clone(),
         admission: Admission::new(settings.max_pending_orders, api.metrics),
     };
-    Router::new()
-        .route("/orders", get(list_orders).post(place_order))
-        .route("/orders/{id}", get(get_order))
-        .route("/orders/{id}/cancel", post(cancel_order))
-        .route("/orders/{id}/timeline", get(timeline))
-        .route("/products", get(list_products))
-        // The limit is enforced by `Bytes` below, which reports it as our JSON error.
+    router()
+        // The limit is enforced by `Bytes` below, which reports it as our problem.
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -13,11 +13,15 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ApiError, Db, auth::Caller, requests};
+use service_kit::{ApiError, Db, auth::Caller, problem::Problem, requests};
 use shared_events::{OrderLine, OrderPlaced, ShippingAddress};
+use utoipa::{
+    ToSchema,
+    openapi::{Object, ObjectBuilder, Type},
+};
 use uuid::Uuid;
 
-use super::state::{BodyLimit, Deadline, unprocessable};
+use super::state::{BodyLimit, Deadline, TAG, unprocessable};
 use crate::{
     admission::Admission,
     domain::{self, CustomerRefused, PlaceOrder, RequestedItem, Status},
@@ -30,34 +34,154 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// How long a shed client is asked to wait before trying again.
 const RETRY_AFTER_SECS: u32 = 1;
 
-#[derive(Deserialize)]
+/// An order as a customer places it.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({
+    "customer_id": "ada",
+    "items": [{"sku": "MUG-001", "quantity": 2}],
+    "shipping_address": {"name": "Ada Lovelace", "line1": "12 St James Square",
+                         "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"}
+}))]
 pub(super) struct PlaceOrderBody {
-    /// Optional with a token (the order is the caller's; a different one is refused).
+    /// Optional with a token (the order is the caller's; a different one is refused with
+    /// `403`); required only when authentication is disabled.
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     customer_id: Option<String>,
+    /// Each SKU once, its whole quantity on its line.
+    #[schema(min_items = 1, max_items = 50)]
     items: Vec<ItemBody>,
     #[serde(default = "default_payment_method")]
+    #[schema(schema_with = payment_method_schema)]
     payment_method: String,
-    shipping_address: ShippingAddress,
+    shipping_address: AddressBody,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub(super) struct ItemBody {
+    /// A SKU of the catalog (`GET /products`).
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     sku: String,
+    #[schema(minimum = 1, maximum = 1000)]
     quantity: i64,
+}
+
+/// Where to ship: each text 1 to 200 characters, not blank.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct AddressBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
+    name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
+    line1: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
+    city: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
+    postal_code: String,
+    #[schema(schema_with = country_schema)]
+    country: String,
+}
+
+impl From<AddressBody> for ShippingAddress {
+    fn from(address: AddressBody) -> Self {
+        Self {
+            name: address.name,
+            line1: address.line1,
+            city: address.city,
+            postal_code: address.postal_code,
+            country: address.country,
+        }
+    }
 }
 
 fn default_payment_method() -> String {
     "card".to_owned()
 }
 
-#[derive(Serialize)]
+/// The payment methods the shop accepts, as the domain lists them.
+fn payment_method_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(domain::PAYMENT_METHODS.iter().copied()))
+        .default(Some(default_payment_method().into()))
+        .description(Some(format!(
+            "`{}` is the test card that is always declined",
+            shared_events::payment_methods::DECLINED_TEST_CARD
+        )))
+        .build()
+}
+
+/// The countries an address may name, as the domain lists them.
+fn country_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(domain::ISO_COUNTRIES.split(' ')))
+        .description(Some("ISO 3166-1 alpha-2"))
+        .build()
+}
+
+/// The order placed, or the one a replayed `Idempotency-Key` placed.
+#[derive(Serialize, ToSchema)]
 pub(super) struct Placed {
     order_id: Uuid,
     status: Status,
 }
 
-/// `POST /orders`: parse and validate, answer a replayed key with its order, shed when the
-/// backlog is full, then price, write the order and announce OrderPlaced in one transaction.
+/// Place an order.
+///
+/// The order is written with its OrderPlaced event in one transaction, once however often its
+/// `Idempotency-Key` is sent again; then watch it with `GET /orders/{id}`.
+#[utoipa::path(post, path = "/orders", tag = TAG,
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200,
+        pattern = "[!-~]",
+        description = "Sent again with the same order, answers with the order it placed")),
+    request_body(content = PlaceOrderBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Placed (or, for a replayed key, placed before)",
+            body = Placed, headers(
+                ("Location" = String, description = "The order: `/orders/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when the key was replayed"),
+            ),
+            links(("GetOrder" = (operation_id = "get_order",
+                parameters(("id" = "$response.body#/order_id")))),
+                ("Timeline" = (operation_id = "timeline",
+                parameters(("id" = "$response.body#/order_id")))),
+                ("Cancel" = (operation_id = "cancel_order",
+                parameters(("id" = "$response.body#/order_id"))))),
+            example = json!({"order_id": "0193a5f2-7c1e-7bb0-9d4e-3f5a2c8e1d00", "status": "pending"})),
+        (status = 400, description = "Not JSON (`malformed_json`), or an Idempotency-Key that is \
+            not 1 to 200 visible characters", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`customer_id` is not the caller's", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is in progress", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than HTTP_MAX_BODY_BYTES", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "The body is not declared `application/json`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "Refused and nothing written: the body's shape, a limit, an \
+            unknown SKU, a SKU listed twice, or an Idempotency-Key used for another order", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded`: MAX_PENDING_ORDERS orders are being settled, \
+            nothing was written; or the database does not answer", body = Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait (when overloaded)"))),
+    ))]
 pub(super) async fn place_order(
     State(db): State<Db>,
     State(admission): State<Admission>,
@@ -260,7 +384,7 @@ fn parse_request(
             })
             .collect(),
         payment_method: parsed.payment_method,
-        shipping_address: parsed.shipping_address,
+        shipping_address: parsed.shipping_address.into(),
     })
 }
 

@@ -8,11 +8,12 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ApiError, Db, auth::Caller, requests};
+use service_kit::{ApiError, Db, auth::Caller, problem::Problem, requests};
 use shared_events::{OrderLine, ShippingAddress};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::state::{ensure_visible, order_not_found};
+use super::state::{TAG, ensure_visible, order_not_found};
 use crate::{
     domain::Status,
     store::{PROGRESS_COLUMNS, Progress},
@@ -39,12 +40,15 @@ impl OrderRow {
     }
 }
 
-#[derive(Serialize)]
+/// An order as its customer (or an operator) sees it.
+#[derive(Serialize, ToSchema)]
 pub(super) struct OrderView {
     order_id: Uuid,
     customer_id: String,
     status: Status,
+    /// Every participant has answered: nothing more will happen to it.
     settled: bool,
+    /// What cancelled it (e.g. `payment_failed`, `customer_request`, `deadline_exceeded`).
     #[serde(skip_serializing_if = "Option::is_none")]
     cancellation_reason: Option<String>,
     /// The customer's own words, when they cancelled and gave a reason.
@@ -68,7 +72,16 @@ fn order_columns() -> String {
     )
 }
 
-/// `GET /orders/{id}`
+/// One order: its status, items, total, and whether it is settled.
+#[utoipa::path(get, path = "/orders/{id}", tag = TAG, security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "`id` is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not the caller's (the same answer)",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn get_order(
     State(db): State<Db>,
     caller: Caller,
@@ -123,12 +136,15 @@ pub(super) async fn order_view(db: &Db, order_id: Uuid) -> Result<Option<OrderVi
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// How many, most recent first (default 50; clamped to 1 to 500).
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// An order in a list.
+#[derive(Serialize, ToSchema)]
 pub(super) struct OrderSummary {
     order_id: Uuid,
     customer_id: String,
@@ -138,7 +154,13 @@ pub(super) struct OrderSummary {
     created_at: DateTime<Utc>,
 }
 
-/// `GET /orders?limit=N`: the most recent orders first (default 50, at most 500).
+/// The caller's most recent orders first (an operator's: everyone's).
+#[utoipa::path(get, path = "/orders", tag = TAG, security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "Most recent first", body = Vec<OrderSummary>),
+        (status = 400, description = "A query that does not parse", body = Problem,
+            content_type = "application/problem+json"),
+    ))]
 pub(super) async fn list_orders(
     State(db): State<Db>,
     caller: Caller,
@@ -171,14 +193,18 @@ pub(super) async fn list_orders(
     ))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// A product of the catalog.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 pub(super) struct Product {
     sku: String,
     name: String,
     price_cents: i64,
 }
 
-/// `GET /products`: the catalog.
+/// The catalog: what can be ordered, at what price.
+#[utoipa::path(get, path = "/products", tag = TAG,
+    responses((status = 200, description = "Every product, by SKU", body = Vec<Product>,
+        example = json!([{"sku": "MUG-001", "name": "Mug", "price_cents": 1200}]))))]
 pub(super) async fn list_products(State(db): State<Db>) -> Result<Json<Vec<Product>>, ApiError> {
     let products =
         sqlx::query_as("SELECT sku, name, price_cents FROM orders.products ORDER BY sku")
@@ -187,7 +213,8 @@ pub(super) async fn list_products(State(db): State<Db>) -> Result<Json<Vec<Produ
     Ok(Json(products))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// One message of an order's story, as orders saw it.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 pub(super) struct TimelineEntry {
     occurred_at: DateTime<Utc>,
     #[sqlx(rename = "event_type")]
@@ -211,9 +238,19 @@ pub(super) struct TimelineEntry {
     settled: Option<bool>,
 }
 
-/// `GET /orders/{id}/timeline`: the saga of one order as orders saw it, each message with the
-/// status it led to. Orders hears every outcome (or, orchestrated, every progress and the
-/// saga's word) and announces the rest, so its inbox and outbox hold the whole story.
+/// The story of one order as orders saw it: each message with the status it led to.
+///
+/// Orders hears every outcome (or, orchestrated, every progress and the saga's word) and
+/// announces the rest, so its inbox and outbox hold the whole story.
+#[utoipa::path(get, path = "/orders/{id}/timeline", tag = TAG, security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    responses(
+        (status = 200, description = "Oldest first", body = Vec<TimelineEntry>),
+        (status = 400, description = "`id` is not a UUID", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not the caller's (the same answer)",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn timeline(
     State(db): State<Db>,
     caller: Caller,

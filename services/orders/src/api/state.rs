@@ -10,6 +10,9 @@ use uuid::Uuid;
 
 use crate::{admission::Admission, domain::Invalid};
 
+/// The tag of the Orders API's operations in its OpenAPI document.
+pub(super) const TAG: &str = "orders";
+
 /// The API's state: the database, the admission bound, the deadline and the counters.
 #[derive(Clone, FromRef)]
 pub(super) struct Api {

@@ -3,7 +3,18 @@
 
 /// How far an order got, stored as the enum type `orders.order_status`; the order of the
 /// variants is the order of progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    sqlx::Type,
+    serde::Serialize,
+    utoipa::ToSchema,
+)]
 // Named without its schema: the service's connections resolve names in their own schema.
 #[sqlx(type_name = "order_status", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]

@@ -99,7 +99,7 @@ pub fn validate(mut request: PlaceOrder) -> Result<PlaceOrder, Invalid> {
         ));
     }
     request.customer_id = request.customer_id.trim().to_owned();
-    if request.customer_id.is_empty() || request.customer_id.len() > MAX_TEXT {
+    if request.customer_id.is_empty() || request.customer_id.chars().count() > MAX_TEXT {
         return Err(invalid(
             "invalid_customer_id",
             format!("customer_id must be 1 to {MAX_TEXT} characters"),
@@ -153,7 +153,7 @@ pub fn validate(mut request: PlaceOrder) -> Result<PlaceOrder, Invalid> {
         ("postal_code", &mut address.postal_code),
     ] {
         *value = value.trim().to_owned();
-        if value.is_empty() || value.len() > MAX_TEXT {
+        if value.is_empty() || value.chars().count() > MAX_TEXT {
             return Err(invalid(
                 "invalid_address",
                 format!("shipping_address.{field} must be 1 to {MAX_TEXT} characters"),
@@ -221,7 +221,7 @@ pub fn price(
 }
 
 /// ISO 3166-1 alpha-2, all 249 officially assigned codes.
-const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH \
+pub const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH \
 BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ \
 DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR \
 GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR \

@@ -21,6 +21,7 @@ pub const VARIABLES: &[&str] = &[
     "SHOP_NAMESPACE",
     "SHOP_STYLE",
     "HTTP_ADDR",
+    "HTTP_MANAGEMENT_ADDR",
     "RUST_LOG",
     "LOG_FORMAT",
     "DB_POOL_SIZE",
@@ -140,6 +141,9 @@ impl Config {
         }
         if let Some(addr) = var("HTTP_ADDR") {
             config.http_addr = parse("HTTP_ADDR", &addr)?;
+        }
+        if let Some(addr) = var("HTTP_MANAGEMENT_ADDR") {
+            config.http_management_addr = Some(parse("HTTP_MANAGEMENT_ADDR", &addr)?);
         }
         if let Some(size) = var("DB_POOL_SIZE") {
             config.db_pool_size = parse("DB_POOL_SIZE", &size)?;

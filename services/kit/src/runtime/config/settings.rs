@@ -26,6 +26,9 @@ pub struct Config {
     pub style: Style,
     /// `HTTP_ADDR`: where this process serves health, metrics and its API.
     pub http_addr: SocketAddr,
+    /// Where probes and Prometheus reach `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
+    /// on connections of their own (`HTTP_MANAGEMENT_ADDR`; none when unset).
+    pub http_management_addr: Option<SocketAddr>,
     /// `DB_POOL_SIZE`
     pub db_pool_size: u32,
     /// `DB_TIMEOUT_MS`: the longest one piece of database work may take (a batch's transaction,
@@ -123,6 +126,7 @@ impl Config {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             style: Style::default(),
             http_addr,
+            http_management_addr: None,
             db_pool_size: 10,
             db_timeout: Duration::from_secs(3),
             db_probe_max: Duration::from_secs(1),
