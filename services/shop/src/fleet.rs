@@ -252,13 +252,7 @@ impl Fleet {
 
     /// The namespace the services run in: their `SHOP_NAMESPACE` setting.
     fn namespace(&self) -> String {
-        self.env
-            .iter()
-            .find(|(name, _)| *name == "SHOP_NAMESPACE")
-            .map_or(service_kit::config::DEFAULT_NAMESPACE, |(_, namespace)| {
-                namespace.as_str()
-            })
-            .to_owned()
+        namespace_of(&self.env, |name| std::env::var(name).ok())
     }
 
     /// Starts replica `replica` of `name` on `port`.
@@ -400,6 +394,20 @@ pub async fn is_ready(http: &reqwest::Client, base_url: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// The `SHOP_NAMESPACE` a fleet's processes see: the one the fleet gives them, else the one they
+/// inherit from this process's environment (`lookup`), else the default.
+fn namespace_of(
+    given: &[(&'static str, String)],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> String {
+    given
+        .iter()
+        .find(|(name, _)| *name == "SHOP_NAMESPACE")
+        .map(|(_, namespace)| namespace.clone())
+        .or_else(|| lookup("SHOP_NAMESPACE").filter(|namespace| !namespace.trim().is_empty()))
+        .unwrap_or_else(|| service_kit::config::DEFAULT_NAMESPACE.to_owned())
+}
+
 /// Who `/readyz` at `base_url` says it is.
 async fn identity(http: &reqwest::Client, base_url: &str) -> Option<Identity> {
     let ready: serde_json::Value = http
@@ -464,5 +472,21 @@ async fn prefix_lines(label: String, stream: impl AsyncRead + Unpin) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         println!("{label:>13} | {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_is_the_one_the_processes_see() {
+        let inherited = |value: &'static str| move |_: &str| Some(value.to_owned());
+        let given = vec![("SHOP_NAMESPACE", "given".to_owned())];
+        assert_eq!(namespace_of(&given, inherited("inherited")), "given");
+        // `shop up` passes the caller's environment on: its SHOP_NAMESPACE is theirs.
+        assert_eq!(namespace_of(&[], inherited("inherited")), "inherited");
+        assert_eq!(namespace_of(&[], inherited(" ")), "shop");
+        assert_eq!(namespace_of(&[], |_| None), "shop");
     }
 }
