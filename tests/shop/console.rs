@@ -54,6 +54,10 @@ async fn the_console_hears_every_event_streams_it_and_places_orders_through_the_
         .expect("the page");
     assert!(page.contains("<title>The choreographed shop"), "{page}");
     assert!(
+        page.contains(r#"href="/openapi.json""#),
+        "the page links its API's description"
+    );
+    assert!(
         !page.contains("https://"),
         "the page loads nothing from the internet"
     );

@@ -2,7 +2,7 @@
 //! outbox row, no event); `Idempotency-Key` makes a retried POST return the same order.
 
 use serde_json::{Value, json};
-use shop_tests::{Shop, order_body};
+use shop_tests::{Shop, order_body, token};
 
 async fn assert_nothing_happened(shop: &Shop) {
     assert_eq!(
@@ -309,11 +309,31 @@ async fn a_retried_post_with_the_same_idempotency_key_returns_the_same_order() {
         "idempotency_key_reused"
     );
 
-    assert_eq!(shop.count("SELECT count(*) FROM orders.orders").await, 2);
+    // A key is its customer's own: another customer sending it places an order of their own,
+    // neither refused as a reuse nor answered with this customer's order.
+    let mut other = order_body("BOOK-001", 2, "card", "FR");
+    other["customer_id"] = "bob".into();
+    let bobs = shop
+        .http
+        .post(&url)
+        .header("authorization", format!("Bearer {}", token("bob", false)))
+        .header("idempotency-key", "retry-me")
+        .json(&other)
+        .send()
+        .await
+        .expect("reachable");
+    assert_eq!(bobs.status(), 202);
+    assert!(bobs.headers().get("idempotent-replayed").is_none());
+    assert_ne!(
+        bobs.json::<Value>().await.expect("JSON")["order_id"],
+        first["order_id"]
+    );
+
+    assert_eq!(shop.count("SELECT count(*) FROM orders.orders").await, 3);
     assert_eq!(
         shop.count("SELECT count(*) FROM orders.outbox WHERE event_type = 'OrderPlaced'")
             .await,
-        2
+        3
     );
     shop.stop().await;
 }

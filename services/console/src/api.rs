@@ -160,7 +160,7 @@ async fn recent_orders(
 
 /// Everything announced about one order, in the order it happened.
 #[utoipa::path(get, path = "/api/orders/{id}/timeline", tag = TAG,
-    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "Oldest first", body = Vec<Heard>),
         (status = 400, description = "`id` is not a UUID", body = Problem,
@@ -248,7 +248,7 @@ async fn place(
 
 /// Cancel an order through the Orders API; answers with what the Orders API answered.
 #[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = TAG,
-    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The order's id")),
     responses(
         (status = 400, description = "`id` is not a UUID", body = Problem,
             content_type = "application/problem+json"),

@@ -38,7 +38,7 @@ pub(super) struct CancelBody {
 /// every participant answered), `200` when it was already cancelled (nothing new announced),
 /// `409 order_confirmed` when the confirmation won.
 #[utoipa::path(post, path = "/orders/{id}/cancel", tag = TAG, security(("bearer" = [])),
-    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The order's id")),
     request_body(content = Option<CancelBody>, content_type = "application/json",
         description = "Optional: an empty body cancels without a reason"),
     responses(

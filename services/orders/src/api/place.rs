@@ -62,7 +62,27 @@ pub(super) struct ItemBody {
     #[schema(max_length = 200, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     sku: String,
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "whole_number")]
     quantity: i64,
+}
+
+/// An integer as JSON Schema counts one: `2` and `2.0` alike (the document says `integer`, and
+/// a client that writes every number with a decimal point is within it).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(whole) = number.as_i64() {
+        return Ok(whole);
+    }
+    match number.as_f64() {
+        // Within ±2^53 a float holds every integer exactly; past it the quantity is refused
+        // by its range anyway.
+        Some(float) if float.fract() == 0.0 && float.abs() < 9_007_199_254_740_992.0 => {
+            Ok(float as i64)
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid type: {number}, expected a whole number"
+        ))),
+    }
 }
 
 /// Where to ship: each text 1 to 200 characters, not blank.
@@ -198,7 +218,8 @@ pub(super) async fn place_order(
 
     let mut work = Work::begin(&db, &admission.metrics).await?;
     if let Some(key) = &key
-        && let Some(replay) = find_by_key(work.db(), key, &fingerprint).await?
+        && let Some(replay) =
+            find_by_key(work.db(), &request.customer_id, key, &fingerprint).await?
     {
         return Ok(replay);
     }
@@ -219,7 +240,8 @@ pub(super) async fn place_order(
     let Some(deadline_at) = insert(&mut work, &new, &lines).await? else {
         // A concurrent request with the same key committed first: answer with its order.
         drop(work);
-        return replay_the_winner(&db, key.as_deref().unwrap_or_default(), &fingerprint).await;
+        let key = key.as_deref().unwrap_or_default();
+        return replay_the_winner(&db, &request.customer_id, key, &fingerprint).await;
     };
     let placed = work.announce(&OrderPlaced {
         order_id,
@@ -301,7 +323,7 @@ async fn insert(
         "INSERT INTO orders.orders (id, customer_id, status, total_cents, payment_method,
                                     shipping_address, idempotency_key, request, deadline_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
-         ON CONFLICT (idempotency_key) DO NOTHING
+         ON CONFLICT (customer_id, idempotency_key) DO NOTHING
          RETURNING deadline_at",
     )
     .bind(new.order_id)
@@ -337,11 +359,12 @@ async fn insert(
 /// The order a concurrent request with the same key committed, as a replay.
 async fn replay_the_winner(
     db: &Db,
+    customer_id: &str,
     key: &str,
     fingerprint: &serde_json::Value,
 ) -> Result<Response, ApiError> {
     let mut tx = db.begin().await?;
-    match find_by_key(&mut tx, key, fingerprint).await? {
+    match find_by_key(&mut tx, customer_id, key, fingerprint).await? {
         Some(replay) => Ok(replay),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -412,16 +435,21 @@ fn fingerprint(request: &PlaceOrder) -> serde_json::Value {
     })
 }
 
+/// The order `customer_id` placed with `key`, as a replay (or `422` for another body).
 async fn find_by_key(
     tx: &mut sqlx::PgConnection,
+    customer_id: &str,
     key: &str,
     fingerprint: &serde_json::Value,
 ) -> Result<Option<Response>, ApiError> {
-    let existing: Option<(Uuid, Status, serde_json::Value)> =
-        sqlx::query_as("SELECT id, status, request FROM orders.orders WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(tx)
-            .await?;
+    let existing: Option<(Uuid, Status, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, status, request FROM orders.orders
+             WHERE customer_id = $1 AND idempotency_key = $2",
+    )
+    .bind(customer_id)
+    .bind(key)
+    .fetch_optional(tx)
+    .await?;
     match existing {
         None => Ok(None),
         Some((_, _, stored)) if &stored != fingerprint => Err(ApiError::new(
@@ -444,4 +472,25 @@ fn accepted(order_id: Uuid, status: Status, replayed: bool) -> Response {
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quantity(json: &str) -> Option<i64> {
+        serde_json::from_str::<ItemBody>(&format!(r#"{{"sku": "MUG-001", "quantity": {json}}}"#))
+            .ok()
+            .map(|item| item.quantity)
+    }
+
+    #[test]
+    fn a_quantity_is_any_whole_number_json_can_write() {
+        assert_eq!(quantity("2"), Some(2));
+        assert_eq!(quantity("2.0"), Some(2));
+        assert_eq!(quantity("-3"), Some(-3), "refused later, by its range");
+        assert_eq!(quantity("2.5"), None);
+        assert_eq!(quantity("1e300"), None);
+        assert_eq!(quantity("\"2\""), None);
+    }
 }

@@ -74,7 +74,7 @@ fn order_columns() -> String {
 
 /// One order: its status, items, total, and whether it is settled.
 #[utoipa::path(get, path = "/orders/{id}", tag = TAG, security(("bearer" = [])),
-    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order", body = OrderView),
         (status = 400, description = "`id` is not a UUID", body = Problem,
@@ -243,7 +243,7 @@ pub(super) struct TimelineEntry {
 /// Orders hears every outcome (or, orchestrated, every progress and the saga's word) and
 /// announces the rest, so its inbox and outbox hold the whole story.
 #[utoipa::path(get, path = "/orders/{id}/timeline", tag = TAG, security(("bearer" = [])),
-    params(("id" = String, Path, description = "The order's id (a UUID)")),
+    params(("id" = Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "Oldest first", body = Vec<TimelineEntry>),
         (status = 400, description = "`id` is not a UUID", body = Problem,
