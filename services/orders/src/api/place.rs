@@ -88,29 +88,13 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64
 /// Where to ship: each text 1 to 200 characters, not blank.
 #[derive(Deserialize, ToSchema)]
 pub(super) struct AddressBody {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
-    )]
+    #[schema(schema_with = text_schema)]
     name: String,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
-    )]
+    #[schema(schema_with = text_schema)]
     line1: String,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
-    )]
+    #[schema(schema_with = text_schema)]
     city: String,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
-    )]
+    #[schema(schema_with = text_schema)]
     postal_code: String,
     #[schema(schema_with = country_schema)]
     country: String,
@@ -130,6 +114,17 @@ impl From<AddressBody> for ShippingAddress {
 
 fn default_payment_method() -> String {
     "card".to_owned()
+}
+
+/// A text the domain accepts: 1 to [`domain::MAX_TEXT`] characters, not blank, and no NUL
+/// (Postgres cannot store it).
+fn text_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(domain::MAX_TEXT))
+        .pattern(Some(r"^[^\u0000]*[^\s\u0000][^\u0000]*$"))
+        .build()
 }
 
 /// The payment methods the shop accepts, as the domain lists them.
@@ -482,6 +477,21 @@ mod tests {
         serde_json::from_str::<ItemBody>(&format!(r#"{{"sku": "MUG-001", "quantity": {json}}}"#))
             .ok()
             .map(|item| item.quantity)
+    }
+
+    /// The attributes take literals only: the document's bounds are checked against the domain's.
+    #[test]
+    fn the_documented_bounds_are_the_domains() {
+        use utoipa::PartialSchema;
+        let order = serde_json::to_value(PlaceOrderBody::schema()).unwrap_or_default();
+        assert_eq!(order["properties"]["items"]["maxItems"], domain::MAX_ITEMS);
+        let item = serde_json::to_value(ItemBody::schema()).unwrap_or_default();
+        assert_eq!(
+            item["properties"]["quantity"]["maximum"],
+            domain::MAX_QUANTITY
+        );
+        let address = serde_json::to_value(AddressBody::schema()).unwrap_or_default();
+        assert_eq!(address["properties"]["city"]["maxLength"], domain::MAX_TEXT);
     }
 
     #[test]
