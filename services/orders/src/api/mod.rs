@@ -1,7 +1,9 @@
-//! The Orders HTTP API (docs/architecture.md, "The HTTP APIs"): placing an order (`place`),
-//! reading orders (`read`), cancelling one (`cancel`), on the state every route shares
-//! (`state`). Each route is registered with its OpenAPI description (`docs/openapi/orders.json`).
+//! The Orders HTTP API (docs/architecture.md, "The HTTP APIs"): placing an order (`place`, and
+//! what it is sent: `body`), reading orders (`read`), cancelling one (`cancel`), on the state
+//! every route shares (`state`). Each route is registered with its OpenAPI description
+//! (`docs/openapi/orders.json`).
 
+mod body;
 mod cancel;
 mod place;
 mod read;
