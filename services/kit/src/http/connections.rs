@@ -36,6 +36,13 @@ pub(crate) struct Connection {
     pub(crate) shed: CancellationToken,
 }
 
+impl Connection {
+    /// A request is in flight on it, or a response still being sent.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+}
+
 /// What became of a connection offered at the door.
 pub(crate) enum Admission {
     Admitted(Arc<Connection>),
@@ -61,7 +68,7 @@ impl Connections {
         if open.len() >= self.bound {
             let idlest = open
                 .values()
-                .filter(|c| c.in_flight.load(Ordering::SeqCst) == 0)
+                .filter(|c| !c.is_busy())
                 .min_by_key(|c| c.idle_since.load(Ordering::SeqCst))
                 .cloned();
             let Some(idlest) = idlest else {

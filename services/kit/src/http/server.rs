@@ -128,8 +128,14 @@ pub(crate) async fn serve(
             tokio::pin!(served);
             tokio::select! {
                 _ = served.as_mut() => {}
-                // Shed while idle: nothing is in flight, so closing loses nothing.
-                () = connection.shed.cancelled() => {}
+                // Shed while idle: nothing is in flight, so closing loses nothing; a request
+                // that arrived since it was chosen is finished first.
+                () = connection.shed.cancelled() => {
+                    if connection.is_busy() {
+                        served.as_mut().graceful_shutdown();
+                        let _ = served.await;
+                    }
+                }
                 () = stop.cancelled() => {
                     served.as_mut().graceful_shutdown();
                     let _ = served.await;
