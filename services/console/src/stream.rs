@@ -7,7 +7,7 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -99,7 +99,7 @@ pub(crate) async fn stream(
 }
 
 fn too_many(bound: usize) -> Response {
-    let mut refused = ApiError::new(
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "too_many_streams",
         format!(
@@ -107,11 +107,7 @@ fn too_many(bound: usize) -> Response {
              retry after {RETRY_AFTER_SECS} s"
         ),
     )
-    .into_response();
-    refused
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-    refused
+    .retry_after(RETRY_AFTER_SECS)
 }
 
 struct Streaming {

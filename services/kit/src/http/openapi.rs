@@ -191,7 +191,7 @@ fn required_scopes(operation: &Map<String, Value>) -> Option<Vec<String>> {
 }
 
 /// A response whose body is a [`Problem`].
-pub(crate) fn problem(description: &str, headers: Option<Value>) -> Value {
+fn problem(description: &str, headers: Option<Value>) -> Value {
     let mut response = json!({
         "description": description,
         "content": { PROBLEM_JSON: { "schema": { "$ref": "#/components/schemas/Problem" } } },

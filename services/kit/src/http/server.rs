@@ -172,7 +172,7 @@ fn edge_layers(router: Router, limits: HttpLimits) -> Router {
 /// every connection is busy.
 async fn refuse(stream: TcpStream) {
     let answer = service_fn(|_request: hyper::Request<Incoming>| async {
-        let mut response = ApiError::new(
+        let response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             format!(
@@ -180,10 +180,7 @@ async fn refuse(stream: TcpStream) {
                  {RETRY_AFTER_SECS} s"
             ),
         )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        .retry_after(RETRY_AFTER_SECS);
         Ok::<_, Infallible>(response)
     });
     let mut builder = http1::Builder::new();
@@ -358,6 +355,17 @@ impl ApiError {
                 "the service failed on this request and changed nothing; retrying will not help",
             )
         }
+    }
+}
+
+impl ApiError {
+    /// The problem, asking the client to wait `seconds` before trying again (`Retry-After`).
+    pub fn retry_after(self, seconds: u32) -> Response {
+        let mut response = self.into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
     }
 }
 

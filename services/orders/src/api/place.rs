@@ -152,7 +152,7 @@ async fn shed_if_full(
     }
     admission.metrics.inc(SHED, &[]);
     tracing::warn!(pending, "shedding a new order: the saga backlog is full");
-    let mut shed = ApiError::new(
+    let shed = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
         format!(
@@ -161,9 +161,7 @@ async fn shed_if_full(
             admission.max_pending
         ),
     )
-    .into_response();
-    shed.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    .retry_after(RETRY_AFTER_SECS);
     Ok(Some(shed))
 }
 
