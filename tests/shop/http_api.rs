@@ -388,6 +388,7 @@ async fn a_full_backlog_sheds_new_orders_with_retry_after_until_it_drains() {
         &config.namespace,
         config.style,
         &config.retry_delays,
+        config.history,
     )
     .await
     .expect("every queue declared");

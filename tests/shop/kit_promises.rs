@@ -188,8 +188,10 @@ async fn a_transient_failure_is_retried_after_growing_delays_and_applied_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_no_queue_is_bound_for_stays_unsent_until_one_is() {
     let env = Env::new().await;
-    // No spy yet: nothing in the namespace is bound to StockReserved.
+    // No spy yet, and no history (it keeps every event: removed here, as an operator might):
+    // nothing in the namespace is bound to StockReserved.
     let (service, _) = start(&env, Probe::new(0, None)).await;
+    remove_history(&env.namespace).await;
     let publisher = TestPublisher::new(&env.namespace).await;
     let (order_id, message) = confirmed();
     publisher
@@ -268,4 +270,25 @@ async fn a_stopping_service_finishes_the_message_and_the_request_in_hand() {
     assert_eq!(publisher.ready(&queue).await, 0, "nothing redelivered");
     publisher.close().await;
     env.cleanup().await;
+}
+
+/// Deletes the namespace's history stream.
+async fn remove_history(namespace: &str) {
+    let connection = lapin::Connection::connect(
+        &shop_tests::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("the broker");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .queue_delete(
+            service_kit::history::history_name(namespace)
+                .as_str()
+                .into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("the history deleted");
+    let _ = connection.close(200, "history removed".into()).await;
 }

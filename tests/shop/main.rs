@@ -12,6 +12,7 @@ mod documentation;
 mod failure_flows;
 mod front_door;
 mod happy_path;
+mod history;
 mod http_api;
 mod http_edge;
 mod kit_promises;

@@ -434,6 +434,7 @@ async fn a_service_switched_to_the_other_style_hears_only_its_new_table() {
             &config.namespace,
             style,
             &config.retry_delays,
+            config.history,
         )
     };
     declare(Style::Orchestration).await.expect("declared");

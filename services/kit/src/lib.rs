@@ -26,7 +26,7 @@ mod outbox;
 mod runtime;
 mod service;
 
-pub use broker::{dead_letters, headers, publisher, style, topology};
+pub use broker::{dead_letters, headers, history, publisher, style, topology};
 pub use http::{auth, openapi, problem, requests};
 pub use runtime::{config, sweep, telemetry};
 

@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize},
     },
     time::Duration,
@@ -25,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     broker::{
+        history::{ReplayFrom, history_name},
         publisher::broker_user,
         style::{Style, StyleConflict},
         topology::Topology,
@@ -42,6 +43,7 @@ use crate::{
         failure::Schedule,
         handler::{Routes, Service},
         parking::ParkingLot,
+        replay::{Progress, Replay},
         session::Supervisor,
         unpark::Unparker,
     },
@@ -215,6 +217,8 @@ async fn run<S: Service>(
     let metrics = Metrics::describing(spec.metrics);
     let broker_connected = Arc::new(AtomicBool::new(false));
     let consumer_paused = Arc::new(AtomicBool::new(false));
+    let replay_progress =
+        (config.replay_from != ReplayFrom::None).then(|| Arc::new(Mutex::new(Progress::default())));
 
     let health = Health {
         service,
@@ -222,6 +226,7 @@ async fn run<S: Service>(
         db: db.clone(),
         broker_connected: broker_connected.clone(),
         consumer_paused: consumer_paused.clone(),
+        replay: replay_progress.clone(),
         metrics: metrics.clone(),
         unauthenticated: spec.guards_customer_data && config.auth.is_none(),
     };
@@ -317,6 +322,18 @@ async fn run<S: Service>(
             .iter()
             .chain(COMMANDS)
             .any(|message| message.producer == service);
+        let provisioned = provisioned(&config, service);
+        let replay = replay_progress.map(|progress| {
+            Arc::new(Replay {
+                requested: config.replay_from,
+                stream: history_name(&config.namespace),
+                routing_keys: topology.routing_keys.clone(),
+                inbox_retention: config.inbox_retention,
+                db: db.clone(),
+                metrics: metrics.clone(),
+                progress,
+            })
+        });
         let supervisor = Supervisor {
             // Processes of a fleet start on different nodes of a cluster, not all on the first.
             node: AtomicUsize::new(fastrand::usize(..config.amqp_urls().len().max(1))),
@@ -336,6 +353,8 @@ async fn run<S: Service>(
                 &metrics,
                 consumer_paused,
             ),
+            history: (!provisioned).then_some(config.history),
+            replay,
             relay: announces
                 .then(|| Relay::new(db.clone(), config.outbox_sweep_interval, metrics.clone())),
             connected: broker_connected,
@@ -359,6 +378,13 @@ async fn run<S: Service>(
     db.pool.close().await;
     tracing::info!(service, "stopped");
     result
+}
+
+/// Provisioned deployments give each service a broker user of its own name, limited to its own
+/// names (`shop provision` declared the history there): an event is believed only from its
+/// producer's user.
+fn provisioned(config: &Config, service: &str) -> bool {
+    broker_user(&config.first_amqp_url()) == service
 }
 
 /// Parked messages no commit here frees are swept as often as the first retry delay used to
@@ -385,8 +411,7 @@ fn consumer<S: Service>(
         state: Arc::new(state),
         routes: Arc::new(routes),
         topology: topology.clone(),
-        // Provisioned deployments give each service a broker user of its own name.
-        users_per_service: broker_user(&config.first_amqp_url()) == service,
+        users_per_service: provisioned(config, service),
         metrics: metrics.clone(),
     });
     let schedule = Schedule {

@@ -17,7 +17,7 @@ use std::{
 use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{BasicAckOptions, ExchangeDeleteOptions},
+    options::{BasicAckOptions, ExchangeDeleteOptions, QueueDeleteOptions},
 };
 use serde_json::{Value, json};
 use service_kit::{CancellationToken, topology};
@@ -131,6 +131,10 @@ impl Sandbox {
                         .await;
                 }
             }
+            let history = service_kit::history::history_name(&self.namespace);
+            let _ = channel
+                .queue_delete(history.as_str().into(), QueueDeleteOptions::default())
+                .await;
             for exchange in [
                 topology::exchange_name(&self.namespace),
                 topology::commands_exchange_name(&self.namespace),

@@ -166,6 +166,7 @@ impl ProcessShop {
             &self.sandbox.namespace,
             self.fleet.style(),
             &self.retry_delays,
+            service_kit::history::Retention::default(),
             wanted,
         )
         .await?;

@@ -8,10 +8,13 @@
 //! - `shop map` prints the flow map (who announces what, who reacts), from the code.
 //! - `shop audit` checks the shop's invariants (docs/architecture.md) over its data and queues.
 //! - `shop dead-letters` lists dead letters by cause, re-drives them and shows past re-drives.
+//! - `shop history <order_id>` reads an order's story from the broker's log; `shop replay
+//!   <service>` rebuilds a subscriber's view from it.
 //! - With the `lab` feature (the default; not in the service image): `shop chaos` runs the
 //!   shop under faults, `shop bench` measures its speed.
 
 mod dead_letters;
+mod history;
 
 use shop::{
     ServiceEntry, asyncapi, audit,
@@ -56,6 +59,24 @@ enum Commands {
     DeadLetters {
         #[command(subcommand)]
         action: dead_letters::Action,
+    },
+    /// Print an order's whole story as the shop's history (the broker's log, `<ns>.history`)
+    /// holds it, apart from every service's database.
+    History {
+        order_id: uuid::Uuid,
+        /// As JSON, each event with its payload.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a subscriber's view from the shop's history: runs the service here, beside any
+    /// running instance, catching up from `--from`, and stops once caught up (what it already
+    /// handled, its inbox absorbs).
+    Replay {
+        #[arg(value_parser = registry::by_name)]
+        service: &'static ServiceEntry,
+        /// `start` (everything the history holds) or an RFC 3339 time.
+        #[arg(long, default_value = "start")]
+        from: service_kit::history::ReplayFrom,
     },
     /// Run the shop under faults (kills, broker and database restarts, duplicate deliveries),
     /// then audit it and print what happened. Needs rabbitmqctl and pg_ctlcluster rights.
@@ -167,6 +188,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Commands::DeadLetters { action } => dead_letters::run(action).await,
+        Commands::History { order_id, json } => history::show(order_id, json).await,
+        Commands::Replay { service, from } => history::replay(service, from).await,
         Commands::Token {
             customer,
             operator,
@@ -279,6 +302,7 @@ async fn up(replicas: usize, style: Style) -> anyhow::Result<()> {
         &config.namespace,
         style,
         &config.retry_delays,
+        config.history,
     )
     .await
     .context("cannot declare the topology (is RabbitMQ running on AMQP_URL?)")?;

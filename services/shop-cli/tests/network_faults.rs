@@ -131,6 +131,7 @@ async fn with_service_behind<F>(
             &shop.sandbox.namespace,
             Style::Choreography,
             &retry_delays,
+            service_kit::history::Retention::default(),
             |_| true,
         )
         .await

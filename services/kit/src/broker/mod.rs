@@ -3,6 +3,7 @@
 
 pub mod dead_letters;
 pub mod headers;
+pub mod history;
 pub mod publisher;
 pub(crate) mod span;
 pub mod style;

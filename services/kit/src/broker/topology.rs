@@ -275,7 +275,7 @@ pub async fn tap(channel: &Channel, namespace: &str, tag: &str) -> Result<Consum
         .await
 }
 
-async fn bind(
+pub(crate) async fn bind(
     channel: &Channel,
     queue: &str,
     exchange: &str,

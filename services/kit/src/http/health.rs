@@ -3,7 +3,7 @@
 //! and on its management port, where probes never wait behind customers.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex, PoisonError,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -17,7 +17,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::runtime::{db::Db, metrics::Metrics};
+use crate::{
+    messaging::replay::Progress,
+    runtime::{db::Db, metrics::Metrics},
+};
 
 /// The tag of the endpoints every service has.
 pub(crate) const OPERATIONS_TAG: &str = "operations";
@@ -31,6 +34,8 @@ pub(crate) struct Health {
     pub(crate) broker_connected: Arc<AtomicBool>,
     /// The consumer holds a batch until the database answers (its circuit breaker is open).
     pub(crate) consumer_paused: Arc<AtomicBool>,
+    /// How far the catch-up from the history got (`REPLAY_FROM`), when one was asked for.
+    pub(crate) replay: Option<Arc<Mutex<Progress>>>,
     pub(crate) metrics: Metrics,
     /// Its API guards customers' data but runs with `AUTH_DISABLED=true`: said in `/readyz`.
     pub(crate) unauthenticated: bool,
@@ -62,6 +67,10 @@ struct Readiness {
     broker: bool,
     /// The consumer takes no deliveries until the database answers again.
     consumer_paused: bool,
+    /// The catch-up from the history (`REPLAY_FROM`), when one was asked for: the service
+    /// consumes its own queue once `caught_up`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay: Option<Progress>,
     /// Said while callers are not authenticated (`AUTH_DISABLED=true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<&'static str>,
@@ -104,6 +113,12 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
         database,
         broker,
         consumer_paused,
+        replay: health.replay.as_ref().map(|progress| {
+            progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }),
         warning: health.unauthenticated.then_some(
             "AUTH_DISABLED=true: callers are not authenticated and every one acts as an operator",
         ),

@@ -104,6 +104,14 @@ enum Disposition {
     Move(Move),
 }
 
+/// A batch settled: the correlation ids it committed something for, and whether a delivery was
+/// handed back to the broker (its copy could not be moved on).
+#[derive(Default)]
+pub(crate) struct Settled {
+    pub(crate) touched: Vec<Touched>,
+    pub(crate) handed_back: bool,
+}
+
 /// A batch the database did not take: it stays with the consumer, unacked, its attempts
 /// unspent, until the database answers again (`consume`'s circuit breaker).
 pub(crate) struct Held {
@@ -126,7 +134,7 @@ impl<S: Service> Batcher<S> {
         deliveries: Vec<Delivery>,
         publisher: &Publisher,
         bound: Duration,
-    ) -> Result<Vec<Touched>, Held> {
+    ) -> Result<Settled, Held> {
         self.subscriber
             .metrics
             .observe("shop_consumer_batch_size", &[], deliveries.len() as f64);
@@ -160,22 +168,23 @@ impl<S: Service> Batcher<S> {
             }
             Err((decided, error)) => self.lost(&taken, decided, &error),
         };
-        let mut to_ack = None;
+        let (mut to_ack, mut settled) = (None, Settled::default());
         for refused in refused {
-            self.dead_letter_refused(publisher, refused, &mut to_ack)
+            settled.handed_back |= self
+                .dead_letter_refused(publisher, refused, &mut to_ack)
                 .await;
         }
-        let mut touched = Vec::new();
         for (taken, disposition) in taken.into_iter().zip(dispositions) {
-            touched.extend(
-                self.settle_one(publisher, taken, disposition, &mut to_ack)
-                    .await,
-            );
+            let (touched, handed_back) = self
+                .settle_one(publisher, taken, disposition, &mut to_ack)
+                .await;
+            settled.touched.extend(touched);
+            settled.handed_back |= handed_back;
         }
         if let Some(last) = to_ack {
             ack_up_to(&last).await;
         }
-        Ok(touched)
+        Ok(settled)
     }
 
     /// Reads and checks each delivery (`apply`'s first step): believed, or refused untried.
@@ -207,14 +216,14 @@ impl<S: Service> Batcher<S> {
 
     /// Settles one delivery of a committed batch as its disposition says (to be acked with the
     /// batch, or moved on first), counts it, and names the correlation id it committed
-    /// something for, if any.
+    /// something for, if any; `true` if it was handed back.
     async fn settle_one(
         &self,
         publisher: &Publisher,
         taken: Taken,
         disposition: Disposition,
         to_ack: &mut Option<Delivery>,
-    ) -> Option<Touched> {
+    ) -> (Option<Touched>, bool) {
         let Taken {
             delivery,
             attempt,
@@ -254,22 +263,24 @@ impl<S: Service> Batcher<S> {
                     .move_delivery(publisher, &delivery, &vouched, attempt, destination)
                     .instrument(span)
                     .await;
+                let handed_back = moved.is_err();
                 settle(delivery, moved, to_ack).await;
-                (outcome, None)
+                self.subscriber.count(event, outcome);
+                return (None, handed_back);
             }
         };
         self.subscriber.count(event, outcome);
-        touched
+        (touched, false)
     }
 
     /// A delivery refused untried (malformed, or not vouched for) goes to the dead-letter
-    /// queue, then is settled.
+    /// queue, then is settled; `true` if it was handed back.
     async fn dead_letter_refused(
         &self,
         publisher: &Publisher,
         refused: Refused,
         to_ack: &mut Option<Delivery>,
-    ) {
+    ) -> bool {
         let Refused {
             delivery,
             vouched,
@@ -283,7 +294,9 @@ impl<S: Service> Batcher<S> {
         let moved = self
             .move_delivery(publisher, &delivery, &vouched, attempt, destination)
             .await;
+        let handed_back = moved.is_err();
         settle(delivery, moved, to_ack).await;
+        handed_back
     }
 
     /// Moves a delivery on (a retry queue, the dead-letter queue), as it came.

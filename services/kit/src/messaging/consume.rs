@@ -1,7 +1,8 @@
-//! The consume loop: one batch at a time from the service's queue (`batch`, which applies each
-//! delivery as `apply` says and settles them), the circuit breaker that holds a batch while
-//! the database is away, and the side work around them: trying parked messages again
-//! (`unpark`) when a commit may have freed them, and sampling the dead-letter queue's depth.
+//! The consume loop: one batch at a time from the service's queue, or from the shop's history
+//! while it catches up (`replay`), each applied as `batch` and `apply` say and settled; the
+//! circuit breaker that holds a batch while the database is away, and the side work around
+//! them: trying parked messages again (`unpark`) when a commit may have freed them, and
+//! sampling the dead-letter queue's depth.
 //!
 //! Failures never block the queue; `failure` decides each failed message's fate.
 
@@ -26,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    broker::publisher::Publisher,
+    broker::{history, publisher::Publisher},
     messaging::{
-        batch::{Batcher, Held},
+        batch::{Batcher, Held, Settled},
         handler::Service,
-        settle::ACK_TIMEOUT,
+        replay::{Plan, Replay},
+        settle::{ACK_TIMEOUT, ack_alone},
         unpark::Unparker,
     },
     runtime::{backoff::Backoff, db::Db, metrics::Metrics, outage::Outage},
@@ -59,6 +61,26 @@ pub enum ConsumeError {
     ConsumerEnded,
     #[error("the connection to the broker was lost")]
     ConnectionLost,
+    #[error("a history event could not be moved on; the catch-up resumes from its position")]
+    HandedBack,
+}
+
+/// What a consumer reads.
+pub(crate) enum Source {
+    /// The service's own queue.
+    Queue,
+    /// The shop's history, from the plan's start to its end (a catch-up).
+    History(Arc<Replay>, Plan),
+}
+
+impl Source {
+    /// A catch-up's replay and the last offset it reads.
+    fn catch_up(&self) -> Option<(Arc<Replay>, u64)> {
+        match self {
+            Self::Queue => None,
+            Self::History(replay, plan) => Some((replay.clone(), plan.until)),
+        }
+    }
 }
 
 pub(crate) struct Consumer<S: Service> {
@@ -84,8 +106,10 @@ pub(crate) struct Consumer<S: Service> {
 
 /// The one piece of work a consumer has in flight.
 enum Step {
-    /// A batch settled.
-    Settled,
+    /// A batch settled; during a catch-up, whether that reached the history's end.
+    Settled { caught_up: bool },
+    /// A catch-up's batch settled with a delivery handed back: its position stays.
+    HandedBack,
     /// A batch the database did not take (see `Held`).
     Held(Held),
     /// The database was asked whether it answers again, a held batch waiting on the answer.
@@ -146,24 +170,34 @@ impl<S: Service> Clone for Consumer<S> {
 }
 
 impl<S: Service> Consumer<S> {
-    /// Consumes until `stop` fires (`Ok`) or the channel fails (`Err`, after cancelling
-    /// `failed` at once). Either way, deliveries already being handled finish (and are acked)
-    /// before this returns; the rest go back to the queue when the channel closes.
+    /// Consumes `source` until `stop` fires or a catch-up reaches its end (`Ok`), or the
+    /// channel fails (`Err`, after cancelling `failed` at once). Either way, deliveries already
+    /// being handled finish (and are acked) before this returns; the rest go back to the queue
+    /// when the channel closes.
     pub(crate) async fn run(
         &self,
         channel: &Channel,
         publisher: &Publisher,
         stop: &CancellationToken,
         failed: &CancellationToken,
+        source: &Source,
     ) -> Result<(), ConsumeError> {
         let tag = format!("{}-{}", self.service, Uuid::now_v7());
         self.paused.store(false, Ordering::SeqCst);
+        let (queue, arguments) = match source {
+            Source::Queue => (self.queue.as_str(), FieldTable::default()),
+            Source::History(replay, plan) => (
+                replay.stream.as_str(),
+                history::reader_arguments(plan.start),
+            ),
+        };
+        let catch_up = source.catch_up();
         let mut deliveries = channel
             .basic_consume(
-                self.queue.as_str().into(),
+                queue.into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
-                FieldTable::default(),
+                arguments,
             )
             .await?;
         // One batch at a time: what arrives meanwhile waits in the prefetch window and makes
@@ -209,8 +243,14 @@ impl<S: Service> Consumer<S> {
                         tracing::error!(error = %e, "a batch panicked; its deliveries return on reconnect");
                         ConsumeError::ConsumerEnded
                     });
-                    match step.map(|step| self.after_step(step, &mut breaker, &mut freed, &mut batch, publisher)) {
+                    let caught_up = matches!(step, Ok(Step::Settled { caught_up: true }));
+                    let step = step.and_then(|step| match step {
+                        Step::HandedBack => Err(ConsumeError::HandedBack),
+                        step => Ok(step),
+                    });
+                    match step.map(|step| self.after_step(step, &mut breaker, &mut freed, &mut batch, publisher, &catch_up)) {
                         Ok(Some(delay)) => probe_at.as_mut().reset(tokio::time::Instant::now() + delay),
+                        Ok(None) if caught_up => break Ok(()),
                         Ok(None) => {}
                         Err(ended) => break Err(ended),
                     }
@@ -226,7 +266,7 @@ impl<S: Service> Consumer<S> {
                 next = deliveries.next(), if batch.is_empty() && breaker.held.is_none() => match next {
                     Some(Ok(first)) => {
                         let (taken, ended) = take_waiting(first, &mut deliveries, self.batch_max);
-                        self.spawn_batch(&mut batch, taken, publisher, breaker.bound);
+                        self.spawn_batch(&mut batch, taken, publisher, breaker.bound, &catch_up);
                         if let Some(ended) = ended {
                             break Err(ended);
                         }
@@ -256,9 +296,10 @@ impl<S: Service> Consumer<S> {
         freed: &mut Option<PgListener>,
         batch: &mut JoinSet<Step>,
         publisher: &Publisher,
+        catch_up: &Option<(Arc<Replay>, u64)>,
     ) -> Option<Duration> {
         let waiting = match step {
-            Step::Settled => {
+            Step::Settled { .. } | Step::HandedBack => {
                 breaker.close(self.db.timeout);
                 self.paused.store(false, Ordering::SeqCst);
                 return None;
@@ -270,7 +311,7 @@ impl<S: Service> Consumer<S> {
             Step::Probed(deliveries, Ok(())) => {
                 // Its listener's connection may be one the outage left stuck.
                 *freed = None;
-                self.spawn_batch(batch, deliveries, publisher, breaker.bound);
+                self.spawn_batch(batch, deliveries, publisher, breaker.bound, catch_up);
                 breaker.bound = (breaker.bound * 2).min(SLOW_BATCH_BOUND);
                 return None;
             }
@@ -333,28 +374,59 @@ impl<S: Service> Consumer<S> {
         }
     }
 
+    /// Applies a batch in a task of its own. During a catch-up, the history events the
+    /// service does not handle are acked at once, and the position advances once the batch
+    /// has settled.
     fn spawn_batch(
         &self,
         batch: &mut JoinSet<Step>,
         deliveries: Vec<Delivery>,
         publisher: &Publisher,
         bound: Duration,
+        catch_up: &Option<(Arc<Replay>, u64)>,
     ) {
         let (batcher, unparker) = (self.batcher.clone(), self.unparker.clone());
         let publisher = publisher.clone();
+        let catch_up = catch_up.clone();
         batch.spawn(async move {
-            match batcher.handle(deliveries, &publisher, bound).await {
-                Ok(touched) => {
-                    // What the batch committed may free messages parked for the same ids.
-                    for (correlation_id, parked_here) in touched {
-                        unparker
-                            .unpark_correlated(correlation_id, &publisher, parked_here)
-                            .await;
-                    }
-                    Step::Settled
-                }
-                Err(held) => Step::Held(held),
+            let read_through = deliveries.iter().filter_map(history::offset_of).max();
+            let (deliveries, skipped) = match &catch_up {
+                Some((replay, _)) => replay.sort(deliveries),
+                None => (deliveries, Vec::new()),
+            };
+            for delivery in &skipped {
+                ack_alone(delivery).await;
             }
+            let handled = deliveries.len() as u64;
+            let settled = if deliveries.is_empty() {
+                Settled::default()
+            } else {
+                match batcher.handle(deliveries, &publisher, bound).await {
+                    Ok(settled) => settled,
+                    Err(held) => return Step::Held(held),
+                }
+            };
+            // What the batch committed may free messages parked for the same ids.
+            for (correlation_id, parked_here) in settled.touched {
+                unparker
+                    .unpark_correlated(correlation_id, &publisher, parked_here)
+                    .await;
+            }
+            let Some((replay, until)) = catch_up else {
+                return Step::Settled { caught_up: false };
+            };
+            if settled.handed_back {
+                return Step::HandedBack;
+            }
+            let caught_up = match read_through {
+                Some(through) => {
+                    replay
+                        .advance(through, handled, skipped.len() as u64, until)
+                        .await
+                }
+                None => false,
+            };
+            Step::Settled { caught_up }
         });
     }
 

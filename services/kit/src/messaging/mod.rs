@@ -9,6 +9,7 @@ pub(crate) mod handler;
 pub(crate) mod inbox;
 pub(crate) mod parking;
 pub(crate) mod provenance;
+pub(crate) mod replay;
 pub(crate) mod session;
 pub(crate) mod settle;
 pub(crate) mod unit_of_work;

@@ -1,6 +1,7 @@
 //! The broker session supervisor. lapin's own auto-recovery is not trusted to come back after a
-//! broker restart, so this loop owns it: connect, declare the topology, consume and relay; on
-//! any failure drop everything, back off with jitter, start again. `/readyz` follows it.
+//! broker restart, so this loop owns it: connect, declare the topology, catch up from the
+//! history if asked to (`replay`), consume and relay; on any failure drop everything, back off
+//! with jitter, start again. `/readyz` follows it.
 
 use std::{
     sync::{
@@ -15,13 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{
+        history::{self, Retention},
         publisher::{PublishError, Publisher},
         style::{self, MarkerError, Style, StyleConflict},
         topology::Topology,
     },
     messaging::{
-        consume::{ConsumeError, Consumer},
+        consume::{ConsumeError, Consumer, Source},
         handler::Service,
+        replay::{Replay, ReplayError},
     },
     outbox::relay::Relay,
     runtime::{backoff::Backoff, metrics::Metrics, outage::Outage, telemetry::ErrorChain},
@@ -38,6 +41,8 @@ enum SessionError {
     ConnectionLost,
     #[error("consumer stopped")]
     Consume(#[from] ConsumeError),
+    #[error("cannot catch up from the history")]
+    Replay(#[from] ReplayError),
     #[error("outbox relay stopped")]
     Relay(#[from] PublishError),
     /// Not a reason to reconnect: the service stops.
@@ -78,6 +83,11 @@ pub(crate) struct Supervisor<S: Service> {
     pub(crate) style: Style,
     pub(crate) namespace: String,
     pub(crate) consumer: Consumer<S>,
+    /// The history's retention, when this service declares it (its broker user may: not a
+    /// provisioned one, whose history `shop provision` declared).
+    pub(crate) history: Option<Retention>,
+    /// `REPLAY_FROM`: the catch-up to finish before consuming live.
+    pub(crate) replay: Option<Arc<Replay>>,
     /// `None` for a service that announces nothing.
     pub(crate) relay: Option<Relay>,
     pub(crate) connected: Arc<AtomicBool>,
@@ -154,6 +164,9 @@ impl<S: Service> Supervisor<S> {
             )
             .await?;
             self.topology.declare(&channel).await?;
+            if let Some(retention) = self.history {
+                history::declare(&consume_connection, &self.namespace, retention).await?;
+            }
             // Per-consumer prefetch: `global` QoS is not implemented for quorum queues.
             channel
                 .basic_qos(self.prefetch, BasicQosOptions { global: false })
@@ -192,10 +205,8 @@ impl<S: Service> Supervisor<S> {
         };
         let consuming = async {
             let result = self
-                .consumer
-                .run(&channel, &publisher, &stop, &failed)
-                .await
-                .map_err(SessionError::from);
+                .consume(&consume_connection, &channel, &publisher, &stop, &failed)
+                .await;
             match &result {
                 Err(e) => fail(e),
                 Ok(()) => stop.cancel(),
@@ -248,5 +259,31 @@ impl<S: Service> Supervisor<S> {
             return Err(SessionError::ConnectionLost);
         }
         Ok(())
+    }
+
+    /// The catch-up, if one is asked for and not finished, then the service's own queue.
+    async fn consume(
+        &self,
+        connection: &Connection,
+        channel: &lapin::Channel,
+        publisher: &Publisher,
+        stop: &CancellationToken,
+        failed: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        if let Some(replay) = &self.replay
+            && let Some(plan) = replay.plan(connection).await?
+        {
+            let history = Source::History(replay.clone(), plan);
+            self.consumer
+                .run(channel, publisher, stop, failed, &history)
+                .await?;
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+        }
+        Ok(self
+            .consumer
+            .run(channel, publisher, stop, failed, &Source::Queue)
+            .await?)
     }
 }

@@ -113,6 +113,16 @@ pub const KIT_METRICS: &[Metric] = &[
         help: "Age of the oldest unpublished outbox row (0 when none): the relay's lag",
     },
     Metric {
+        name: "shop_history_replayed_total",
+        kind: MetricKind::Counter,
+        help: "History events read while catching up (REPLAY_FROM), by outcome: handled (through the routes), not_subscribed, older_than_inbox, before_requested",
+    },
+    Metric {
+        name: "shop_history_replay_lag",
+        kind: MetricKind::Gauge,
+        help: "History events left to read before the catch-up reaches the end it set out for (0 once caught up)",
+    },
+    Metric {
         name: "shop_dead_letter_queue_depth",
         kind: MetricKind::Gauge,
         help: "Messages waiting in the service's dead-letter queue",

@@ -45,15 +45,17 @@ pub fn broker_permissions(namespace: &str, service: &str) -> BrokerPermissions {
     let own = format!("events|{svc}|{svc}\\..+");
     // Declared by every service of the orchestrated style; the marker queues by all.
     let shared = "commands|style\\.[a-z]+";
+    // The history: every service may read it (catch up); only the broker writes it.
+    let history = "history";
     let write = if COMMAND_SENDERS.contains(&service) {
         format!("^{ns}\\.({own}|commands)$")
     } else {
         format!("^{ns}\\.({own})$")
     };
     let read = if DEAD_LETTER_READERS.contains(&service) {
-        format!("^{ns}\\.({own}|{shared}|[^.]+\\.dlq)$")
+        format!("^{ns}\\.({own}|{shared}|{history}|[^.]+\\.dlq)$")
     } else {
-        format!("^{ns}\\.({own}|{shared})$")
+        format!("^{ns}\\.({own}|{shared}|{history})$")
     };
     BrokerPermissions {
         configure: format!("^{ns}\\.({own}|{shared})$"),

@@ -15,7 +15,7 @@ pub use grants::{
     BrokerPermissions, Management, ProvisionError, broker_permissions, database_role,
 };
 
-use service_kit::Style;
+use service_kit::{Style, history::Retention};
 use sqlx::PgConnection;
 
 /// Everything `shop provision` needs, from environment variables.
@@ -35,6 +35,8 @@ pub struct Settings {
     pub namespace: String,
     /// `SHOP_STYLE`: which services' queues to declare.
     pub style: Style,
+    /// `HISTORY_MAX_AGE`, `HISTORY_MAX_BYTES`: the history's retention, if it is created.
+    pub history: Retention,
     /// Per service: `<SERVICE>_DB_PASSWORD` and `<SERVICE>_AMQP_PASSWORD`.
     pub passwords: Vec<ServicePasswords>,
 }
@@ -91,6 +93,18 @@ impl Settings {
                 .transpose()
                 .map_err(|e| format!("SHOP_STYLE: {e}"))?
                 .unwrap_or_default(),
+            history: Retention {
+                max_age: var("HISTORY_MAX_AGE")
+                    .map(|age| age.parse())
+                    .transpose()
+                    .map_err(|e| format!("HISTORY_MAX_AGE: {e}"))?
+                    .unwrap_or(Retention::default().max_age),
+                max_bytes: var("HISTORY_MAX_BYTES")
+                    .map(|bytes| bytes.parse())
+                    .transpose()
+                    .map_err(|e| format!("HISTORY_MAX_BYTES: {e}"))?
+                    .unwrap_or(Retention::default().max_bytes),
+            },
             passwords,
         })
     }
@@ -103,6 +117,8 @@ impl Settings {
             "RABBITMQ_MANAGEMENT_URL",
             "SHOP_NAMESPACE",
             "SHOP_STYLE",
+            "HISTORY_MAX_AGE",
+            "HISTORY_MAX_BYTES",
             "RUST_LOG",
         ];
         let passwords = crate::registry::names().flat_map(|service| {
@@ -121,16 +137,18 @@ impl Settings {
     }
 }
 
-/// Declares every service's queues and bindings up front, so that no event is published
-/// before the queues of all its subscribers exist (a service declares its own again at start;
-/// that is idempotent). Needs a broker user that may configure everything.
+/// Declares every service's queues and bindings up front, and the shop's history (with
+/// `history`'s retention, unless it exists), so that no event is published before the queues
+/// of all its subscribers exist (a service declares its own again at start; that is
+/// idempotent). Needs a broker user that may configure everything.
 pub async fn declare_topologies(
     amqp_url: &str,
     namespace: &str,
     style: Style,
     retry_delays: &[std::time::Duration],
+    history: Retention,
 ) -> Result<(), ProvisionError> {
-    declare_topologies_of(amqp_url, namespace, style, retry_delays, |_| true).await
+    declare_topologies_of(amqp_url, namespace, style, retry_delays, history, |_| true).await
 }
 
 /// Like [`declare_topologies`], for the services `wanted` picks (a queue nobody consumes
@@ -140,10 +158,12 @@ pub async fn declare_topologies_of(
     namespace: &str,
     style: Style,
     retry_delays: &[std::time::Duration],
+    history: Retention,
     wanted: fn(&str) -> bool,
 ) -> Result<(), ProvisionError> {
     let connection =
         lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+    service_kit::history::declare(&connection, namespace, history).await?;
     let channel = connection.create_channel().await?;
     for service in crate::SERVICES
         .iter()
@@ -242,6 +262,7 @@ pub async fn apply(settings: &Settings) -> Result<(), ProvisionError> {
         &settings.namespace,
         settings.style,
         &service_kit::config::default_retry_delays(),
+        settings.history,
     )
     .await
 }

@@ -36,6 +36,9 @@ pub const VARIABLES: &[&str] = &[
     "INBOX_RETENTION_SECS",
     "DEAD_LETTER_MAX_AGE_SECS",
     "PRUNE_INTERVAL_SECS",
+    "HISTORY_MAX_AGE",
+    "HISTORY_MAX_BYTES",
+    "REPLAY_FROM",
     "HTTP_HEADER_TIMEOUT_MS",
     "HTTP_REQUEST_TIMEOUT_MS",
     "HTTP_MAX_CONNECTIONS",
@@ -161,6 +164,15 @@ impl Config {
         }
         if let Some(attempts) = var("MAX_ATTEMPTS") {
             config.max_attempts = parse("MAX_ATTEMPTS", &attempts)?;
+        }
+        if let Some(age) = var("HISTORY_MAX_AGE") {
+            config.history.max_age = parse("HISTORY_MAX_AGE", &age)?;
+        }
+        if let Some(bytes) = var("HISTORY_MAX_BYTES") {
+            config.history.max_bytes = parse("HISTORY_MAX_BYTES", &bytes)?;
+        }
+        if let Some(from) = var("REPLAY_FROM") {
+            config.replay_from = parse("REPLAY_FROM", &from)?;
         }
         if let Some(disabled) = var("AUTH_DISABLED") {
             config.auth_disabled = parse("AUTH_DISABLED", &disabled)?;

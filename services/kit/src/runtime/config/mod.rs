@@ -10,5 +10,5 @@ pub use durations::{DURATIONS, DurationSetting, Unit};
 pub use environment::VARIABLES;
 pub use settings::{
     Config, ConfigError, DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_NAMESPACE,
-    HEADER_BYTES_CEILING, default_retry_delays, with_database,
+    HEADER_BYTES_CEILING, HISTORY_MIN_BYTES, default_retry_delays, with_database,
 };

@@ -2,7 +2,13 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use crate::{broker::style::Style, http::auth::AuthSettings};
+use crate::{
+    broker::{
+        history::{ReplayFrom, Retention},
+        style::Style,
+    },
+    http::auth::AuthSettings,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -60,6 +66,12 @@ pub struct Config {
     pub dead_letter_max_age: Duration,
     /// `PRUNE_INTERVAL_SECS`: how often retention runs.
     pub prune_interval: Duration,
+    /// `HISTORY_MAX_AGE`, `HISTORY_MAX_BYTES`: how much of the shop's history the broker keeps,
+    /// when this process is the first to declare it.
+    pub history: Retention,
+    /// `REPLAY_FROM`: catch up from the history before consuming live (`start`, a time), or not
+    /// (`none`, the default).
+    pub replay_from: ReplayFrom,
     /// `HTTP_HEADER_TIMEOUT_MS`: a client must send a request's headers within this long, and a
     /// kept-alive connection waiting for its next request is closed after it.
     pub http_header_timeout: Duration,
@@ -103,6 +115,9 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NAMESPACE: &str = "shop";
 
+/// The least `HISTORY_MAX_BYTES` may be: a few hundred events.
+pub const HISTORY_MIN_BYTES: u64 = 100_000;
+
 /// The most a connection may buffer for a request's headers: past it the HTTP server stops
 /// reading and answers `431` itself (without the JSON body `HTTP_MAX_HEADER_BYTES` gets).
 pub const HEADER_BYTES_CEILING: usize = 256 * 1024;
@@ -139,6 +154,8 @@ impl Config {
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             dead_letter_max_age: Duration::from_secs(3 * 24 * 3600),
             prune_interval: Duration::from_secs(60),
+            history: Retention::default(),
+            replay_from: ReplayFrom::None,
             http_header_timeout: Duration::from_secs(10),
             http_request_timeout: Duration::from_secs(30),
             http_max_connections: 1024,
@@ -267,6 +284,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "PRUNE_INTERVAL_SECS",
                 reason: "must not be zero".to_owned(),
+            });
+        }
+        if self.history.max_bytes < HISTORY_MIN_BYTES {
+            return Err(ConfigError::Invalid {
+                name: "HISTORY_MAX_BYTES",
+                reason: format!("must be at least {HISTORY_MIN_BYTES}"),
             });
         }
         if self.inbox_retention <= self.latest_arrival() {

@@ -1,0 +1,214 @@
+//! The shop's history (`<ns>.history`, a stream) and catching up from it (`REPLAY_FROM`): a
+//! subscriber that never ran learns everything settled before it started, once; replaying into
+//! a participant changes nothing; retention bounds the history.
+
+use serde_json::Value;
+use service_kit::{Config, history::ReplayFrom};
+use shop_tests::{Shop, eventually, order_body};
+use uuid::Uuid;
+
+const PARTICIPANTS: &[&str] = &["orders", "payment", "inventory", "shipping"];
+
+fn replay_from_start(config: &mut Config) {
+    config.replay_from = ReplayFrom::Start;
+}
+
+/// Places `n` orders (every third one refused by payment, so some are cancelled) and waits
+/// until each is settled; returns them with their final status.
+async fn settled_orders(shop: &Shop, n: usize) -> Vec<(Uuid, String)> {
+    let mut placed = Vec::with_capacity(n);
+    for i in 0..n {
+        let method = if i % 3 == 2 { "card_declined" } else { "card" };
+        placed.push(shop.place(&order_body("MUG-001", 1, method, "GB")).await);
+    }
+    let mut settled = Vec::with_capacity(n);
+    for order_id in placed {
+        let order = shop.settled_order(order_id).await;
+        let status = order["status"].as_str().unwrap_or_default().to_owned();
+        settled.push((order_id, status));
+    }
+    settled
+}
+
+/// The catch-up as `/readyz` reports it, once it has caught up.
+async fn caught_up(shop: &Shop, service: &str) -> Value {
+    let url = format!("{}/readyz", shop.url(service));
+    let replay = || async {
+        let readiness: Value = match shop.http.get(&url).send().await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        readiness["replay"].clone()
+    };
+    eventually(&format!("{service} caught up with the history"), || async {
+        replay().await["caught_up"] == true
+    })
+    .await;
+    replay().await
+}
+
+async fn notice_count(shop: &Shop) -> i64 {
+    shop.count("SELECT count(*) FROM notifications.notifications")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_ran_learns_every_settled_order_once() {
+    let mut shop = Shop::start_only(PARTICIPANTS).await;
+    let orders = settled_orders(&shop, 6).await;
+    assert!(orders.iter().any(|(_, status)| status == "cancelled"));
+
+    // No queue, no schema: notifications never ran. Started asking for the past, it learns it.
+    shop.start_service_with("notifications", replay_from_start)
+        .await;
+    let replay = caught_up(&shop, "notifications").await;
+    for (order_id, status) in &orders {
+        let expected = if status == "confirmed" {
+            "order_confirmed"
+        } else {
+            "order_cancelled"
+        };
+        shop.assert_notices(*order_id, &[expected]).await;
+    }
+    assert_eq!(notice_count(&shop).await, 6);
+    assert!(replay["handled"].as_u64() >= Some(6), "{replay}");
+    assert!(replay["skipped"].as_u64() > Some(0), "{replay}");
+    assert_eq!(replay["lag"], 0, "{replay}");
+
+    // Started again the same way, it adds nothing: the replay is done.
+    shop.stop_service("notifications").await;
+    shop.start_service_with("notifications", replay_from_start)
+        .await;
+    let again = caught_up(&shop, "notifications").await;
+    assert_eq!(again["handled"], replay["handled"], "{again}");
+
+    // And it goes on live.
+    let later = shop.place(&order_body("MUG-001", 1, "card", "GB")).await;
+    shop.settled_order(later).await;
+    shop.assert_notices(later, &["order_confirmed"]).await;
+    assert_eq!(notice_count(&shop).await, 7);
+    shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_whole_history_into_payment_charges_nothing_and_announces_nothing() {
+    let mut shop = Shop::start().await;
+    let orders = settled_orders(&shop, 6).await;
+    let payments = "SELECT count(*) FROM payment.payments";
+    let announced = "SELECT count(*) FROM payment.outbox";
+    let (charges, events) = (shop.count(payments).await, shop.count(announced).await);
+    let absorbed = "SELECT coalesce(sum(duplicates), 0) FROM payment.inbox";
+    let absorbed_before = shop.count(absorbed).await;
+
+    shop.stop_service("payment").await;
+    shop.start_service_with("payment", replay_from_start).await;
+    let replay = caught_up(&shop, "payment").await;
+
+    let handled = replay["handled"].as_u64().unwrap_or_default();
+    assert!(handled >= orders.len() as u64, "{replay}");
+    // Every event it handled again was absorbed by the inbox, and nothing else happened.
+    let absorbed_now = shop.count(absorbed).await - absorbed_before;
+    assert_eq!(u64::try_from(absorbed_now).ok(), Some(handled), "{replay}");
+    assert_eq!(shop.count(payments).await, charges);
+    assert_eq!(shop.count(announced).await, events);
+    shop.audit_and_stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_started_after_the_orders_shows_them_all() {
+    let mut shop = Shop::start_only(PARTICIPANTS).await;
+    let orders = settled_orders(&shop, 4).await;
+    shop.start_service_with("console", replay_from_start).await;
+    caught_up(&shop, "console").await;
+    let heard = shop
+        .get_json(&format!("{}/api/orders?limit=100", shop.url("console")))
+        .await;
+    let heard = heard.as_array().cloned().unwrap_or_default();
+    // Every event of every order, each once, as the broker saw them published.
+    for (order_id, _) in &orders {
+        let mut published: Vec<String> = shop
+            .spy
+            .for_order(*order_id)
+            .iter()
+            .map(|seen| seen.envelope.message_id.to_string())
+            .collect();
+        let mut shown: Vec<String> = heard
+            .iter()
+            .filter(|event| event["order_id"] == order_id.to_string())
+            .filter_map(|event| event["message_id"].as_str().map(str::to_owned))
+            .collect();
+        published.sort();
+        published.dedup();
+        shown.sort();
+        assert_eq!(shown, published, "the console's events of {order_id}");
+    }
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bounds_the_history() {
+    fn small_history(config: &mut Config) {
+        config.history.max_bytes = service_kit::config::HISTORY_MIN_BYTES;
+    }
+    let shop = Shop::start_with(PARTICIPANTS, small_history).await;
+    let stream = service_kit::history::history_name(&shop.env.namespace);
+    // Well past the bound: about 4 kB of events per order.
+    let orders = settled_orders(&shop, 60).await;
+    let published = shop.spy.all().len() as u64;
+    assert!(published >= 4 * orders.len() as u64);
+
+    let (first, held) = history_extent(&stream).await;
+    assert!(
+        first > 0,
+        "the oldest events were removed (first offset {first})"
+    );
+    assert!(held < published, "{held} of {published} events held");
+    shop.stop().await;
+}
+
+/// The history's first offset and how many events it holds, read from its start to its end.
+async fn history_extent(stream: &str) -> (u64, u64) {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use service_kit::history::{self, Start};
+    let connection = lapin::Connection::connect(
+        &shop_tests::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("the broker");
+    let end = history::end(&connection, stream)
+        .await
+        .expect("the history's end")
+        .expect("the history holds events");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .basic_qos(500, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut reader = channel
+        .basic_consume(
+            stream.into(),
+            "extent".into(),
+            BasicConsumeOptions::default(),
+            history::reader_arguments(Start::First),
+        )
+        .await
+        .expect("the history");
+    let (mut first, mut held) = (None, 0);
+    while let Some(Ok(delivery)) = reader.next().await {
+        let offset = history::offset_of(&delivery).expect("an offset");
+        first = first.or(Some(offset));
+        held += 1;
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        if offset >= end {
+            break;
+        }
+    }
+    let _ = connection.close(200, "read".into()).await;
+    (first.expect("the history holds events"), held)
+}
