@@ -2,9 +2,11 @@
 //! subscriber that never ran learns everything settled before it started, once; replaying into
 //! a participant changes nothing; retention bounds the history.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
 use service_kit::{Config, history::ReplayFrom};
-use shop_tests::{Shop, eventually, order_body};
+use shop_tests::{RunningService, Shop, eventually, order_body, token};
 use uuid::Uuid;
 
 const PARTICIPANTS: &[&str] = &["orders", "payment", "inventory", "shipping"];
@@ -30,11 +32,11 @@ async fn settled_orders(shop: &Shop, n: usize) -> Vec<(Uuid, String)> {
     settled
 }
 
-/// The catch-up as `/readyz` reports it, once it has caught up.
-async fn caught_up(shop: &Shop, service: &str) -> Value {
-    let url = format!("{}/readyz", shop.url(service));
+/// The catch-up as `/readyz` of the service at `url` reports it, once it has caught up.
+async fn caught_up_at(http: &reqwest::Client, url: &str, service: &str) -> Value {
+    let url = format!("{url}/readyz");
     let replay = || async {
-        let readiness: Value = match shop.http.get(&url).send().await {
+        let readiness: Value = match http.get(&url).send().await {
             Ok(response) => response.json().await.unwrap_or_default(),
             Err(_) => Value::Null,
         };
@@ -45,6 +47,11 @@ async fn caught_up(shop: &Shop, service: &str) -> Value {
     })
     .await;
     replay().await
+}
+
+/// The catch-up as `/readyz` reports it, once it has caught up.
+async fn caught_up(shop: &Shop, service: &str) -> Value {
+    caught_up_at(&shop.http, &shop.url(service), service).await
 }
 
 async fn notice_count(shop: &Shop) -> i64 {
@@ -142,6 +149,70 @@ async fn the_console_started_after_the_orders_shows_them_all() {
         shown.sort();
         assert_eq!(shown, published, "the console's events of {order_id}");
     }
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_listener_started_after_a_load_is_right_from_the_first_order() {
+    let shop = Shop::start_only(PARTICIPANTS).await;
+    // Three customers, four countries, some orders declined: what sales must add up.
+    let mut placed = Vec::new();
+    for i in 0..12_usize {
+        let customer = ["ada", "grace", "linus"][i % 3];
+        let country = ["GB", "FR", "DE", "JP"][i % 4];
+        let method = if i % 5 == 4 { "card_declined" } else { "card" };
+        let body =
+            shop_tests::order_body_for(customer, "MUG-001", 1 + i as u32 % 2, method, country);
+        let response = shop
+            .http
+            .post(format!("{}/orders", shop.url("orders")))
+            .bearer_auth(token(customer, false))
+            .json(&body)
+            .send()
+            .await
+            .expect("orders reachable");
+        assert_eq!(response.status(), 202);
+        let order: Value = response.json().await.expect("JSON");
+        placed.push((
+            customer,
+            country,
+            order["order_id"].as_str().expect("id").to_owned(),
+        ));
+    }
+    let (mut by_country, mut by_customer) = (BTreeMap::new(), BTreeMap::new());
+    for (customer, country, order_id) in &placed {
+        let order = shop.settled_order(order_id.parse().expect("uuid")).await;
+        if order["status"] == "confirmed" {
+            let total = order["total_cents"].as_i64().expect("a total");
+            let sums = by_country.entry(*country).or_insert((0, 0));
+            *sums = (sums.0 + 1, sums.1 + total);
+            let spent = by_customer.entry(*customer).or_insert((0, 0));
+            *spent = (spent.0 + 1, spent.1 + total);
+        }
+    }
+
+    // Sales never ran; no other service knows it. Started with the past, it adds up.
+    let mut config = shop.env.config();
+    config.replay_from = ReplayFrom::Start;
+    let sales = RunningService::run(sales::bind(config).await.expect("sales binds")).await;
+    caught_up_at(&shop.http, &sales.url, "sales").await;
+    let figures = shop.get_json(&format!("{}/sales", sales.url)).await;
+    assert_eq!(figures["orders_heard"], placed.len(), "{figures}");
+    let expected_countries: Vec<Value> = by_country
+        .iter()
+        .map(|(country, (orders, revenue))| {
+            json!({"country": country, "currency": "EUR", "confirmed_orders": orders, "revenue_cents": revenue})
+        })
+        .collect();
+    assert_eq!(figures["by_country"], json!(expected_countries));
+    let expected_customers: Vec<Value> = by_customer
+        .iter()
+        .map(|(customer, (orders, spent))| {
+            json!({"customer_id": customer, "currency": "EUR", "confirmed_orders": orders, "spent_cents": spent})
+        })
+        .collect();
+    assert_eq!(figures["by_customer"], json!(expected_customers));
+    sales.stop().await;
     shop.stop().await;
 }
 

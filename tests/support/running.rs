@@ -335,6 +335,17 @@ impl Shop {
     }
 }
 
+/// A valid order body for the seeded catalog, for `customer` (who must be the caller).
+pub fn order_body_for(
+    customer: &str,
+    sku: &str,
+    quantity: u32,
+    payment_method: &str,
+    country: &str,
+) -> Value {
+    shop_lab::harness::order_body(customer, sku, quantity, payment_method, country)
+}
+
 /// A valid order body for the seeded catalog.
 pub fn order_body(sku: &str, quantity: u32, payment_method: &str, country: &str) -> Value {
     shop_lab::harness::order_body(TEST_CUSTOMER, sku, quantity, payment_method, country)

@@ -120,7 +120,11 @@ async fn remove(sandbox: &Sandbox) {
     let defaults = service_kit::config::default_retry_delays();
     let removed = tokio::time::timeout(
         CLEANUP_LIMIT,
-        sandbox.cleanup(&[&defaults, &TEST_RETRY_DELAYS, &SLOW_RETRY_DELAYS], &[]),
+        // Beyond the registry: the example listener a test runs (`sales`).
+        sandbox.cleanup(
+            &[&defaults, &TEST_RETRY_DELAYS, &SLOW_RETRY_DELAYS],
+            &["sales"],
+        ),
     )
     .await;
     if removed.is_err() {
