@@ -10,7 +10,9 @@
 //! - a forged event is not believed: OrderCancelled for a confirmed order, published with
 //!   payment's rights under payment's own routing key, is dead-lettered by every subscriber
 //!   with the reason and releases no stock; payment cannot sign a message as orders; each
-//!   received event's publisher is the producer's own broker user.
+//!   received event's publisher is the producer's own broker user;
+//! - the shop's history is every service's to read and none's to write: a service restarted
+//!   with `REPLAY_FROM=start` as its own user catches up, its inbox absorbing it all.
 //!
 //! Provisions through the RabbitMQ management API on 127.0.0.1:15672, as compose does; the
 //! test enables the plugin first if the broker does not serve it yet.
@@ -538,6 +540,7 @@ async fn runs_confined(style: Style) {
         forged_events_are_not_believed(&service_env, &running, &amqp_url, order_id).await;
     }
     received_events_name_their_producers_user(&http, orders_url, order_id).await;
+    history_is_read_not_written(&service_env, &mut running).await;
 
     let broker = shop::audit::Broker {
         amqp_url: &amqp_url,
@@ -557,6 +560,68 @@ async fn runs_confined(style: Style) {
     }
     let _ = std::fs::remove_file(&token_file);
     env.cleanup().await;
+}
+
+/// Under least privilege every service may read the shop's history and none may write it:
+/// inventory's user cannot put a message into the stream, and notifications, restarted as its
+/// own user to catch up from the start, reads it all (its inbox absorbs what it already had:
+/// the audit after this finds one notice per order).
+async fn history_is_read_not_written(
+    service_env: &BTreeMap<&str, BTreeMap<String, String>>,
+    running: &mut Vec<RunningService>,
+) {
+    let connection = Connection::connect(
+        &service_env["inventory"]["AMQP_URL"],
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("inventory logs in");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let written = match channel
+        .basic_publish(
+            "".into(),
+            "shop.history".into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await
+    {
+        Ok(confirm) => confirm.await.err(),
+        Err(e) => Some(e),
+    };
+    assert!(
+        written.is_some_and(|e| e.to_string().contains("ACCESS_REFUSED")),
+        "inventory may not write the history"
+    );
+    let _ = connection.close(200, "done".into()).await;
+
+    let index = running
+        .iter()
+        .position(|service| service.name == "notifications")
+        .expect("notifications runs");
+    running.remove(index).stop().await;
+    let mut vars = service_env["notifications"].clone();
+    vars.insert("REPLAY_FROM".to_owned(), "start".to_owned());
+    let entry = shop::registry::find("notifications").expect("notifications");
+    let config = Config::from_lookup(entry.default_addr, |name| vars.get(name).cloned())
+        .expect("compose config is valid");
+    let notifications = RunningService::start("notifications", config).await;
+    let readyz = format!("{}/readyz", notifications.url);
+    eventually("notifications caught up as its own user", || async {
+        let readiness: serde_json::Value = match client().get(&readyz).send().await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        readiness["replay"]["caught_up"] == true
+            && readiness["replay"]["handled"].as_u64() >= Some(3)
+    })
+    .await;
+    running.push(notifications);
 }
 
 /// Places an order (it must be accepted); its id.
