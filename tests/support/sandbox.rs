@@ -120,11 +120,7 @@ async fn remove(sandbox: &Sandbox) {
     let defaults = service_kit::config::default_retry_delays();
     let removed = tokio::time::timeout(
         CLEANUP_LIMIT,
-        // Beyond the registry: the example listener a test runs (`sales`).
-        sandbox.cleanup(
-            &[&defaults, &TEST_RETRY_DELAYS, &SLOW_RETRY_DELAYS],
-            &["sales"],
-        ),
+        sandbox.cleanup(&[&defaults, &TEST_RETRY_DELAYS, &SLOW_RETRY_DELAYS], &[]),
     )
     .await;
     if removed.is_err() {

@@ -151,6 +151,21 @@ impl LocalCluster {
         Ok(max_index(&counts))
     }
 
+    /// The nodes keeping a replica of `queue` (a quorum queue or a stream), asked of a node
+    /// that is up.
+    pub async fn members_of(&self, queue: &str, up: usize) -> anyhow::Result<usize> {
+        let listed = rabbitmqctl(&self.nodes[up].name, &["list_queues", "name", "members"]).await?;
+        Ok(listed
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(queue))
+            .map_or(0, |line| {
+                self.nodes
+                    .iter()
+                    .filter(|node| line.contains(node.name.as_str()))
+                    .count()
+            }))
+    }
+
     /// The node most client connections are on (read from their `… -> 127.0.0.1:PORT` names).
     pub async fn busiest_node(&self, up: usize) -> anyhow::Result<usize> {
         let listed = rabbitmqctl(&self.nodes[up].name, &["list_connections", "name"]).await?;

@@ -63,6 +63,9 @@ pub fn server_of(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+/// Listeners a sandbox may run that the registry does not list: sales, the late joiner.
+const LISTENERS_BEYOND_THE_REGISTRY: &[&str] = &["sales"];
+
 /// A database and a namespace of their own.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -123,6 +126,7 @@ impl Sandbox {
             && let Ok(channel) = connection.create_channel().await
         {
             let mut services: Vec<&str> = registry::names().collect();
+            services.extend_from_slice(LISTENERS_BEYOND_THE_REGISTRY);
             services.extend_from_slice(extra_services);
             for service in services {
                 for delays in retry_delays {

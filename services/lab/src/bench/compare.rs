@@ -99,6 +99,7 @@ pub async fn run(exe: &Path, options: CompareOptions) -> anyhow::Result<()> {
                 duration: options.duration,
                 saturate: false,
                 soak: false,
+                history: false,
                 soak_orders: 0,
                 url: None,
                 no_ceilings: true,

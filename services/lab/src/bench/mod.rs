@@ -9,6 +9,7 @@
 //!
 //! The run reads as its steps: [`Target`] (start a shop, or find a running one), [`offer`]
 //! (one load at one rate), [`saturate`] or [`soak`], [`ceilings`], then the [`Summary`].
+//! `--history` measures the shop's history instead ([`measure_history`]).
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -21,6 +22,7 @@ mod batches;
 mod ceilings;
 mod compare;
 mod figures;
+mod history;
 mod load;
 mod mix;
 mod options;
@@ -35,6 +37,7 @@ pub use options::BenchOptions;
 
 use ceilings::*;
 use figures::*;
+use history::*;
 use load::*;
 use mix::*;
 use processes::*;
@@ -58,9 +61,23 @@ pub async fn run(exe: &Path, options: BenchOptions) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     eprintln!("starting the shop…");
-    let target = Target::open(exe, &options, &http).await?;
+    let mut target = Target::open(exe, &options, &http).await?;
     // Ctrl-C or SIGTERM still stops the services and removes the database and queues.
     let interrupted = service_kit::shutdown_on_signal();
+    if options.history {
+        let result = tokio::select! {
+            result = history_mode(&options, &mut target, &http, &progress) => result,
+            () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
+        };
+        progress.finish_and_clear();
+        target.close().await;
+        let figures = result?;
+        print!("{}", render_history(&figures));
+        if options.json {
+            println!("{}", serde_json::to_string(&figures)?);
+        }
+        return Ok(());
+    }
     let result = tokio::select! {
         result = measure(&options, &target, &http, &progress) => result,
         () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted")),
@@ -73,6 +90,20 @@ pub async fn run(exe: &Path, options: BenchOptions) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+async fn history_mode(
+    options: &BenchOptions,
+    target: &mut Target,
+    http: &reqwest::Client,
+    progress: &ProgressBar,
+) -> anyhow::Result<HistoryFigures> {
+    let (watch, tap) = Watch::start(&target.amqp_url, &target.namespace)
+        .await
+        .context("cannot watch the shop's exchange")?;
+    let figures = measure_history(options, target, &watch, http, progress).await;
+    tap.close().await;
+    figures
 }
 
 async fn measure(

@@ -21,6 +21,11 @@ pub struct BenchOptions {
     /// A long steady run at --rate: table sizes, memory and p99 each minute.
     #[arg(long)]
     pub soak: bool,
+    /// Measure the shop's history: rounds of --rate for --duration with the history unbound
+    /// and bound (alternating), its bytes per order, and how fast the console and sales catch
+    /// up from its start.
+    #[arg(long, conflicts_with_all = ["saturate", "soak", "url"])]
+    pub history: bool,
     /// Orders in the soak.
     #[arg(long, default_value_t = 50_000)]
     pub soak_orders: u64,

@@ -27,6 +27,7 @@ use crate::{
 const RETRY_DELAYS_MS: [u64; 3] = [200, 1_000, 3_000];
 
 mod faults;
+mod late_joiner;
 mod load;
 mod network;
 mod options;

@@ -61,6 +61,10 @@ pub struct ChaosOptions {
     /// How long a silent or slow network fault lasts.
     #[arg(long, default_value_t = 10)]
     pub fault_seconds: u64,
+    /// Skip the late joiner (after the audit, the console drops its schema and catches up from
+    /// the shop's history while the broker is restarted, or a cluster node lost).
+    #[arg(long)]
+    pub no_late_joiner: bool,
     /// Keep the database, queues and logs afterwards for inspection.
     #[arg(long)]
     pub keep: bool,

@@ -25,6 +25,28 @@ pub(super) struct Faults {
     pub(super) network: Vec<network::Observed>,
 }
 
+/// What the late joiner (step 7, `late_joiner`) learned.
+pub(super) struct LateJoiner {
+    /// The fault it caught up through ("broker restarted", "node … lost", or none).
+    pub(super) fault: String,
+    /// Whether the fault struck before the catch-up was done.
+    pub(super) interrupted: bool,
+    /// Events the shop's services announced, and those of them the console holds.
+    pub(super) announced: usize,
+    pub(super) heard: usize,
+    /// Nodes keeping a replica of the history (a cluster run).
+    pub(super) history_replicas: Option<usize>,
+    pub(super) took: Duration,
+}
+
+impl LateJoiner {
+    pub(super) fn kept_its_promise(&self) -> bool {
+        self.heard == self.announced
+            && (self.fault.is_empty() || self.interrupted)
+            && self.history_replicas.is_none_or(|replicas| replicas == 3)
+    }
+}
+
 /// What happened, and whether the shop kept its promises.
 pub struct Report {
     pub(super) orders: usize,
@@ -38,6 +60,8 @@ pub struct Report {
     pub(super) verdict: Verdict,
     pub(super) stock: StockLevel,
     pub(super) audit: audit::Report,
+    /// The console rebuilt from the history after the run (unless `--no-late-joiner`).
+    pub(super) late_joiner: Option<LateJoiner>,
 }
 
 impl Report {
@@ -56,6 +80,10 @@ impl Report {
             && self.verdict.wrong_outcome == 0
             && self.verdict.stock_mismatch.is_none()
             && self.audit.is_clean()
+            && self
+                .late_joiner
+                .as_ref()
+                .is_none_or(LateJoiner::kept_its_promise)
     }
 }
 
@@ -161,6 +189,24 @@ impl fmt::Display for Report {
             writeln!(f, "STOCK DOES NOT ADD UP:    {mismatch}")?;
         }
         writeln!(f, "effects applied twice:    {}", self.applied_twice())?;
+        if let Some(late) = &self.late_joiner {
+            let through = match (late.fault.as_str(), late.interrupted) {
+                ("", _) => "with no fault".to_owned(),
+                (fault, true) => format!("through a fault ({fault} mid-catch-up)"),
+                (fault, false) => format!("BEFORE the fault struck ({fault}): not proven"),
+            };
+            let replicas = late.history_replicas.map_or(String::new(), |n| {
+                format!("; the history on {n} of 3 nodes")
+            });
+            writeln!(
+                f,
+                "late joiner:              the console, its schema dropped, caught up from the \
+                 history {through} in {:.1}s: {} of {} announced events{replicas}",
+                late.took.as_secs_f64(),
+                late.heard,
+                late.announced
+            )?;
+        }
         let probe = if !self.faults.probes.is_empty() {
             " (the load's orders and the probes placed after the broker and network faults)"
         } else {

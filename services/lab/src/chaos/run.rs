@@ -1,5 +1,6 @@
 //! One chaos run: the shop it started, and its steps in order (start, load alongside faults,
-//! wait for the shop to settle, check every order, count absorbed duplicates).
+//! wait for the shop to settle, check every order, count absorbed duplicates, a late joiner
+//! catching up from the history through a broker fault).
 
 use std::{
     collections::BTreeMap,
@@ -71,6 +72,11 @@ impl ChaosRun {
         let (mut verdict, stock) = self.check_orders(&judged).await?;
         verdict.lost += options.orders - placed.len();
         let absorbed = self.absorbed_duplicates().await?;
+        let late_joiner = if options.no_late_joiner {
+            None
+        } else {
+            Some(self.late_joiner(options).await?)
+        };
         Ok(Report {
             orders: options.orders,
             replicas: options.replicas,
@@ -88,6 +94,7 @@ impl ChaosRun {
             verdict,
             stock,
             audit,
+            late_joiner,
         })
     }
 
