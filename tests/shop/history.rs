@@ -239,100 +239,18 @@ async fn retention_bounds_the_history() {
 
 /// The history's first offset and how many events it holds, read from its start to its end.
 async fn history_extent(stream: &str) -> (u64, u64) {
-    use futures_util::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-    use service_kit::history::{self, Start};
     let connection = lapin::Connection::connect(
         &shop_tests::amqp_url(),
         lapin::ConnectionProperties::default(),
     )
     .await
     .expect("the broker");
-    let end = history::end(&connection, stream)
-        .await
-        .expect("the history's end")
-        .expect("the history holds events");
-    let channel = connection.create_channel().await.expect("a channel");
-    channel
-        .basic_qos(500, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut reader = channel
-        .basic_consume(
-            stream.into(),
-            "extent".into(),
-            BasicConsumeOptions::default(),
-            history::reader_arguments(Start::First),
-        )
-        .await
-        .expect("the history");
-    let (mut first, mut held) = (None, 0);
-    while let Some(Ok(delivery)) = reader.next().await {
-        let offset = history::offset_of(&delivery).expect("an offset");
+    let mut first = None;
+    let held = service_kit::history::read_to_end(&connection, stream, |offset, _| {
         first = first.or(Some(offset));
-        held += 1;
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .expect("ack");
-        if offset >= end {
-            break;
-        }
-    }
+    })
+    .await
+    .expect("the history read");
     let _ = connection.close(200, "read".into()).await;
     (first.expect("the history holds events"), held)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_catch_up_stopped_half_way_resumes_where_it_was() {
-    let mut shop = Shop::start_only(PARTICIPANTS).await;
-    // About 130 events, one per transaction: long enough to be stopped in.
-    let orders = settled_orders(&shop, 20).await;
-    fn one_at_a_time(config: &mut Config) {
-        config.replay_from = ReplayFrom::Start;
-        config.batch_max = 1;
-    }
-    shop.start_service_with("console", one_at_a_time).await;
-    let position = "SELECT coalesce(max(next_offset), 0) FROM console.replay";
-    eventually("the console's catch-up under way", || async {
-        shop.count(position).await > 0
-    })
-    .await;
-    // Its batch lock, taken as a replica would: the catch-up cannot finish meanwhile.
-    let mut holder = shop.env.pool.acquire().await.expect("a connection");
-    sqlx::query("SELECT pg_advisory_lock(hashtext('console.batches'))")
-        .execute(&mut *holder)
-        .await
-        .expect("the lock");
-    let reached = shop.count(position).await;
-    let finished = "SELECT count(*) FROM console.replay WHERE finished_at IS NOT NULL";
-    assert_eq!(shop.count(finished).await, 0, "stopped half way");
-    shop.stop_service("console").await;
-    sqlx::query("SELECT pg_advisory_unlock(hashtext('console.batches'))")
-        .execute(&mut *holder)
-        .await
-        .expect("unlocked");
-    drop(holder);
-
-    shop.start_service_with("console", one_at_a_time).await;
-    caught_up(&shop, "console").await;
-    assert!(shop.count(position).await > reached);
-    // Every event of every order, each once: nothing lost, nothing twice.
-    for (order_id, _) in &orders {
-        let published = shop
-            .spy
-            .for_order(*order_id)
-            .iter()
-            .map(|seen| seen.envelope.message_id)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        let heard = shop
-            .count(&format!(
-                "SELECT count(*) FROM console.events WHERE order_id = '{order_id}'"
-            ))
-            .await;
-        assert_eq!(usize::try_from(heard).ok(), Some(published), "{order_id}");
-    }
-    shop.stop().await;
 }

@@ -217,8 +217,12 @@ async fn run<S: Service>(
     let metrics = Metrics::describing(spec.metrics);
     let broker_connected = Arc::new(AtomicBool::new(false));
     let consumer_paused = Arc::new(AtomicBool::new(false));
-    let replay_progress =
-        (config.replay_from != ReplayFrom::None).then(|| Arc::new(Mutex::new(Progress::default())));
+    let replay_progress = (config.replay_from != ReplayFrom::None).then(|| {
+        Arc::new(Mutex::new(Progress {
+            from: config.replay_from.to_string(),
+            ..Progress::default()
+        }))
+    });
 
     let health = Health {
         service,

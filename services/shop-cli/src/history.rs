@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use serde_json::Value;
 use service_kit::{
     Config, ErrorChain,
-    history::{self, ReplayFrom, Start},
+    history::{self, ReplayFrom},
 };
 use shared_events::Envelope;
 use shop::ServiceEntry;
@@ -33,27 +31,9 @@ pub async fn show(order_id: Uuid, json: bool) -> anyhow::Result<()> {
     )
     .await
     .context("cannot reach RabbitMQ on AMQP_URL")?;
-    let Some(end) = history::end(&connection, &stream)
-        .await
-        .with_context(|| format!("cannot read {stream}"))?
-    else {
-        bail!("{stream} holds no events");
-    };
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut reader = channel
-        .basic_consume(
-            stream.as_str().into(),
-            "shop-history".into(),
-            BasicConsumeOptions::default(),
-            history::reader_arguments(Start::First),
-        )
-        .await?;
     let wanted = order_id.to_string();
     let mut story = Vec::new();
-    while let Some(delivery) = reader.next().await {
-        let delivery = delivery?;
-        let offset = history::offset_of(&delivery).unwrap_or(end);
+    let read = history::read_to_end(&connection, &stream, |offset, delivery| {
         // The correlation id is the order's: only its events are read whole.
         let ours = delivery
             .properties
@@ -71,13 +51,11 @@ pub async fn show(order_id: Uuid, json: bool) -> anyhow::Result<()> {
                     .map(|u| u.to_string()),
             });
         }
-        delivery
-            .acker
-            .ack(BasicAckOptions { multiple: true })
-            .await?;
-        if offset >= end {
-            break;
-        }
+    })
+    .await
+    .with_context(|| format!("cannot read {stream}"))?;
+    if read == 0 {
+        bail!("{stream} holds no events");
     }
     let _ = connection.close(200, "read".into()).await;
     if story.is_empty() {

@@ -317,6 +317,47 @@ pub async fn end(connection: &Connection, stream: &str) -> Result<Option<u64>, E
     Ok(end)
 }
 
+/// Reads the history from its oldest event to its end as of now, handing each delivery (and
+/// its offset) to `visit`; how many were read (none when it is empty). For tools: one reader
+/// of the whole log.
+pub async fn read_to_end(
+    connection: &Connection,
+    stream: &str,
+    mut visit: impl FnMut(u64, &Delivery),
+) -> Result<u64, EndError> {
+    let Some(end) = end(connection, stream).await? else {
+        return Ok(0);
+    };
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(1000, BasicQosOptions { global: false })
+        .await?;
+    let mut reader = channel
+        .basic_consume(
+            stream.into(),
+            "history-reader".into(),
+            BasicConsumeOptions::default(),
+            reader_arguments(Start::First),
+        )
+        .await?;
+    let mut read = 0;
+    while let Some(delivery) = reader.next().await {
+        let delivery = delivery?;
+        let offset = offset_of(&delivery).unwrap_or(end);
+        visit(offset, &delivery);
+        read += 1;
+        delivery
+            .acker
+            .ack(BasicAckOptions { multiple: true })
+            .await?;
+        if offset >= end {
+            break;
+        }
+    }
+    let _ = channel.close(200, "read".into()).await;
+    Ok(read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

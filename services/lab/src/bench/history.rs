@@ -12,17 +12,12 @@ use std::{
 };
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use indicatif::ProgressBar;
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions},
-    types::FieldTable,
-};
+use lapin::{Connection, ConnectionProperties, options::QueueBindOptions, types::FieldTable};
 use serde_json::Value;
 use service_kit::{
     CancellationToken, Config,
-    history::{self, ReplayFrom, Start},
+    history::{self, ReplayFrom},
     topology,
 };
 use shop::fleet;
@@ -157,36 +152,14 @@ pub(super) async fn measure_history(
 
 /// Reads the history from its start to its end: events, orders, bytes.
 async fn stored(connection: &Connection, stream: &str) -> anyhow::Result<Stored> {
-    let end = history::end(connection, stream)
-        .await?
-        .context("the history holds nothing")?;
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut reader = channel
-        .basic_consume(
-            stream.into(),
-            "bench-history".into(),
-            BasicConsumeOptions::default(),
-            history::reader_arguments(Start::First),
-        )
-        .await?;
-    let (mut events, mut bytes, mut orders) = (0_u64, 0_u64, BTreeSet::new());
-    while let Some(delivery) = reader.next().await {
-        let delivery = delivery?;
-        events += 1;
+    let (mut bytes, mut orders) = (0_u64, BTreeSet::new());
+    let events = history::read_to_end(connection, stream, |_, delivery| {
         bytes += delivery.data.len() as u64;
         if let Some(order) = delivery.properties.correlation_id() {
             orders.insert(order.to_string());
         }
-        let offset = history::offset_of(&delivery).unwrap_or(end);
-        delivery
-            .acker
-            .ack(BasicAckOptions { multiple: true })
-            .await?;
-        if offset >= end {
-            break;
-        }
-    }
+    })
+    .await?;
     let orders = (orders.len() as u64).max(1);
     let disk_bytes = disk_bytes(stream);
     Ok(Stored {
