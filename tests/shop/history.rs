@@ -254,3 +254,48 @@ async fn history_extent(stream: &str) -> (u64, u64) {
     let _ = connection.close(200, "read".into()).await;
     (first.expect("the history holds events"), held)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_a_time_learns_what_occurred_since_then() {
+    let mut shop = Shop::start_only(PARTICIPANTS).await;
+    let earlier = settled_orders(&shop, 3).await;
+    // The history's times are to the second: the later orders begin in a second of their own.
+    let last_earlier = shop
+        .spy
+        .all()
+        .iter()
+        .map(|seen| seen.envelope.occurred_at.timestamp())
+        .max()
+        .expect("events");
+    eventually("a new second", || async {
+        chrono::Utc::now().timestamp() > last_earlier
+    })
+    .await;
+    let later = settled_orders(&shop, 3).await;
+    let since = later
+        .iter()
+        .flat_map(|(order_id, _)| shop.spy.for_order(*order_id))
+        .map(|seen| seen.envelope.occurred_at)
+        .min()
+        .expect("events");
+
+    let mut config = shop.env.config();
+    config.replay_from = ReplayFrom::Since(since);
+    shop.services
+        .push(RunningService::start("notifications", config).await);
+    let replay = caught_up(&shop, "notifications").await;
+    assert_eq!(replay["from"], since.to_rfc3339(), "{replay}");
+    for (order_id, status) in &later {
+        let expected = if status == "confirmed" {
+            "order_confirmed"
+        } else {
+            "order_cancelled"
+        };
+        shop.assert_notices(*order_id, &[expected]).await;
+    }
+    for (order_id, _) in &earlier {
+        assert!(shop.notices(*order_id).await.is_empty(), "{order_id}");
+    }
+    assert_eq!(notice_count(&shop).await, 3);
+    shop.stop().await;
+}

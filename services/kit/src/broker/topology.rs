@@ -4,6 +4,7 @@
 //! ```text
 //! <ns>.events (topic) --routing keys from Routes--> <ns>.<service> (quorum work queue)
 //! <ns>.commands (topic; orchestrated style) --the commands it handles--> the same work queue
+//! <ns>.events --#--> <ns>.history (the shop's stream, declared once for all: `history`)
 //!
 //! <ns>.<service>.private (direct; only this service publishes to it)
 //!     --<ns>.<service>.retry.<ms>ms--> delay queue (quorum, TTL) --expired--> back to the work queue
