@@ -123,6 +123,9 @@ pub fn document() -> Value {
             messages.insert(message_key(event, version), message(event, version));
         }
     }
+    let (history, catching_up) = history();
+    channels.insert("history".to_owned(), history);
+    operations.insert("any.catches_up.history".to_owned(), catching_up);
     json!({
         "asyncapi": "3.0.0",
         "info": {
@@ -144,6 +147,58 @@ pub fn document() -> Value {
         "operations": operations,
         "components": { "messages": messages },
     })
+}
+
+/// The shop's history: the stream every event is also appended to, and a service catching up
+/// from it (`REPLAY_FROM`), reading every version of every event it holds.
+fn history() -> (Value, Value) {
+    let events: Vec<String> = CATALOG
+        .iter()
+        .flat_map(|event| {
+            (event.oldest_read..=event.version).map(|version| message_key(event, version))
+        })
+        .collect();
+    let channel_messages: Map<String, Value> = events
+        .iter()
+        .map(|key| {
+            let reference = json!({ "$ref": format!("#/components/messages/{key}") });
+            (key.clone(), reference)
+        })
+        .collect();
+    let stream = service_kit::history::history_name(DEFAULT_NAMESPACE);
+    let channel = json!({
+        "address": stream,
+        "title": format!("Every event, kept in the stream {stream}"),
+        "description": "A RabbitMQ stream bound to every routing key of the events exchange, kept for HISTORY_MAX_AGE and at most HISTORY_MAX_BYTES; every service may read it, none may write it. The orchestrated style's commands are not in it.",
+        "messages": channel_messages,
+        "bindings": { "amqp": {
+            "is": "queue",
+            "queue": {
+                "name": stream,
+                "durable": true,
+                "exclusive": false,
+                "autoDelete": false,
+                "vhost": "/",
+            },
+            "bindingVersion": AMQP_BINDING_VERSION,
+        } },
+    });
+    let received: Vec<Value> = events
+        .iter()
+        .map(|key| json!({ "$ref": format!("#/channels/history/messages/{key}") }))
+        .collect();
+    let operation = json!({
+        "action": "receive",
+        "title": "A service catches up from the history (REPLAY_FROM)",
+        "summary": "Read from an offset or a time (the consumer argument x-stream-offset) up to where the history ended when the catch-up began, through the service's own route table, each event handled as a live delivery (inbox, handler, outbox); the reader keeps its own position.",
+        "channel": { "$ref": "#/channels/history" },
+        "messages": received,
+        "bindings": { "amqp": {
+            "ack": true,
+            "bindingVersion": AMQP_BINDING_VERSION,
+        } },
+    });
+    (channel, operation)
 }
 
 /// Who subscribes to `event`, and in which styles, from the services' own `routes()`.

@@ -259,12 +259,17 @@ mod tests {
         assert_eq!(rules.topic_write, r"^payment\.");
         assert_eq!(
             broker_permissions("shop", "console").read,
-            r"^shop\.(events|console|console\..+|commands|style\.[a-z]+|[^.]+\.dlq)$",
+            r"^shop\.(events|console|console\..+|commands|style\.[a-z]+|history|[^.]+\.dlq)$",
             "the console may read every dead-letter queue, and write none"
         );
         assert_eq!(
-            rules.read, rules.configure,
-            "a service reads only its own, and the commands bound to it"
+            rules.read,
+            r"^shop\.(events|payment|payment\..+|commands|style\.[a-z]+|history)$",
+            "a service reads its own, the commands bound to it, and the shop's history"
+        );
+        assert!(
+            !rules.configure.contains("history") && !rules.write.contains("history"),
+            "nobody declares or writes the history but the provisioner and the broker"
         );
         assert_eq!(
             broker_permissions("shop", "saga").write,
