@@ -10,10 +10,11 @@
 //! - `service.rs` runs a service: HTTP, migrations, then the broker session;
 //! - `messaging/`: a message's way in: the broker session, the consume loop, batches, one
 //!   delivery's life (`apply`), settling, parking, the inbox, provenance, the failure policy,
-//!   and the handler's contract (routes, context, unit of work);
+//!   catching up from the history (`replay`), and the handler's contract (routes, context,
+//!   unit of work);
 //! - `outbox/`: a message's way out: rows written in the unit of work, and the relay;
-//! - `broker/`: RabbitMQ as the shop uses it: topology, confirmed publishing, the messaging
-//!   span, the style marker, the operator's dead-letter tools;
+//! - `broker/`: RabbitMQ as the shop uses it: topology, the history (a stream), confirmed
+//!   publishing, the messaging span, the style marker, the operator's dead-letter tools;
 //! - `http/`: the server, its health routes and limits, bearer tokens, request extractors;
 //! - `runtime/`: configuration, the database handle, telemetry, metrics, outages, sweeps.
 //!

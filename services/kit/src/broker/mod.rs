@@ -1,5 +1,6 @@
-//! RabbitMQ, as the shop uses it: every exchange and queue (`topology`), confirmed publishing
-//! (`publisher`), the messaging span, the style marker, and the operator's dead-letter tools.
+//! RabbitMQ, as the shop uses it: every exchange and queue (`topology`), the shop's history
+//! (`history`, a stream), confirmed publishing (`publisher`), the messaging span, the style
+//! marker, and the operator's dead-letter tools.
 
 pub mod dead_letters;
 pub mod headers;

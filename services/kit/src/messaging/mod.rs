@@ -1,5 +1,6 @@
 //! A message's way in: from the broker session and the consume loop down to one delivery's
-//! life (`apply`, read first), with batching, settling, parking and the failure policy around it.
+//! life (`apply`, read first), with batching, settling, parking and the failure policy around it,
+//! and catching up from the shop's history before going live (`replay`).
 
 pub(crate) mod apply;
 pub(crate) mod batch;

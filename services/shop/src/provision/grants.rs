@@ -263,8 +263,7 @@ mod tests {
             "the console may read every dead-letter queue, and write none"
         );
         assert_eq!(
-            rules.read,
-            r"^shop\.(events|payment|payment\..+|commands|style\.[a-z]+|history)$",
+            rules.read, r"^shop\.(events|payment|payment\..+|commands|style\.[a-z]+|history)$",
             "a service reads its own, the commands bound to it, and the shop's history"
         );
         assert!(
