@@ -244,11 +244,7 @@ impl<S: Service> Consumer<S> {
                         ConsumeError::ConsumerEnded
                     });
                     let caught_up = matches!(step, Ok(Step::Settled { caught_up: true }));
-                    let step = step.and_then(|step| match step {
-                        Step::HandedBack => Err(ConsumeError::HandedBack),
-                        step => Ok(step),
-                    });
-                    match step.map(|step| self.after_step(step, &mut breaker, &mut freed, &mut batch, publisher, &catch_up)) {
+                    match step.and_then(|step| self.after_step(step, &mut breaker, &mut freed, &mut batch, publisher, &catch_up)) {
                         Ok(Some(delay)) => probe_at.as_mut().reset(tokio::time::Instant::now() + delay),
                         Ok(None) if caught_up => break Ok(()),
                         Ok(None) => {}
@@ -288,7 +284,8 @@ impl<S: Service> Consumer<S> {
     }
 
     /// What a finished batch (or probe) means for the circuit breaker: `Some(delay)` when a
-    /// batch is now held and the database is to be asked again after `delay`.
+    /// batch is now held and the database is to be asked again after `delay`; `Err` when a
+    /// catch-up must start again from its position.
     fn after_step(
         &self,
         step: Step,
@@ -297,12 +294,13 @@ impl<S: Service> Consumer<S> {
         batch: &mut JoinSet<Step>,
         publisher: &Publisher,
         catch_up: &Option<(Arc<Replay>, u64)>,
-    ) -> Option<Duration> {
+    ) -> Result<Option<Duration>, ConsumeError> {
         let waiting = match step {
-            Step::Settled { .. } | Step::HandedBack => {
+            Step::HandedBack => return Err(ConsumeError::HandedBack),
+            Step::Settled { .. } => {
                 breaker.close(self.db.timeout);
                 self.paused.store(false, Ordering::SeqCst);
-                return None;
+                return Ok(None);
             }
             Step::Held(Held { deliveries, error }) | Step::Probed(deliveries, Err(error)) => {
                 self.database.failed(&error);
@@ -313,11 +311,11 @@ impl<S: Service> Consumer<S> {
                 *freed = None;
                 self.spawn_batch(batch, deliveries, publisher, breaker.bound, catch_up);
                 breaker.bound = (breaker.bound * 2).min(SLOW_BATCH_BOUND);
-                return None;
+                return Ok(None);
             }
         };
         self.paused.store(true, Ordering::SeqCst);
-        Some(breaker.hold(waiting))
+        Ok(Some(breaker.hold(waiting)))
     }
 
     /// Another instance's commit named a correlation id: try what this one parked for it.
@@ -389,10 +387,14 @@ impl<S: Service> Consumer<S> {
         let publisher = publisher.clone();
         let catch_up = catch_up.clone();
         batch.spawn(async move {
-            let read_through = deliveries.iter().filter_map(history::offset_of).max();
-            let (deliveries, skipped) = match &catch_up {
-                Some((replay, _)) => replay.sort(deliveries),
-                None => (deliveries, Vec::new()),
+            // During a catch-up: how far the batch reads, and what it passes over.
+            let (read_through, deliveries, skipped) = match &catch_up {
+                Some((replay, _)) => {
+                    let read_through = deliveries.iter().filter_map(history::offset_of).max();
+                    let (handle, skipped) = replay.sort(deliveries);
+                    (read_through, handle, skipped)
+                }
+                None => (None, deliveries, Vec::new()),
             };
             for delivery in &skipped {
                 ack_alone(delivery).await;
