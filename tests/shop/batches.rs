@@ -3,9 +3,9 @@
 //! touches only its own message, a duplicate in the batch is absorbed, two messages of one order
 //! apply in queue order and a message parked behind a batch-mate is freed by the batch's commit.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use service_kit::{Config, HandlerError, Routes, Service, ServiceSpec, headers, topology};
+use service_kit::{Config, Db, HandlerError, Routes, Service, ServiceSpec, headers, topology};
 use shared_events::{
     Envelope, Message, OrderConfirmed, OrderPlaced, PaymentCompleted, StockReserved, participants,
 };
@@ -13,6 +13,7 @@ use shop_lab::harness::order_placed;
 use shop_tests::{
     Env, RunningService, Spy, TestPublisher, count, eventually, metric, take_dead_letters,
 };
+use sqlx::Connection as _;
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
@@ -461,4 +462,57 @@ async fn consumer_batch_max_bounds_a_batch() {
     publisher.close().await;
     spy.close().await;
     env.cleanup().await;
+}
+
+/// A batch given up while it waits for the batch lock (a replica of its service holds it) does
+/// not go back to the pool holding the lock in an open transaction: once the lock comes it is
+/// rolled back, and the next batch begins at once.
+#[tokio::test]
+async fn a_batch_given_up_waiting_for_the_lock_leaves_no_transaction_open() {
+    let env = Env::new().await;
+    let db = Db::connect_lazy(&env.config(), "payment").expect("a database url");
+    let mut replica = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("the test's database");
+    sqlx::query("SELECT pg_advisory_lock(hashtext('payment.batches'))")
+        .execute(&mut replica)
+        .await
+        .expect("the batch lock, as a replica holds it");
+
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND application_name = 'payment'
+                      AND wait_event = 'advisory'";
+    let mut batch = Box::pin(db.begin_batch());
+    tokio::select! {
+        began = &mut batch => panic!("a batch began while the lock was held: {:?}", began.err()),
+        () = eventually("the batch waits for the lock", || async {
+            count(&env.pool, waiting).await == 1
+        }) => {}
+    }
+    drop(batch);
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('payment.batches'))")
+        .execute(&mut replica)
+        .await
+        .expect("the lock let go");
+
+    eventually(
+        "the given-up batch's connection is back in the pool",
+        || async { db.pool.size() == 1 && db.pool.num_idle() == 1 },
+    )
+    .await;
+    let open = "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'payment'
+                   AND state <> 'idle'";
+    let left_open = count(&env.pool, open).await;
+    let next_began = match tokio::time::timeout(Duration::from_secs(10), db.begin_batch()).await {
+        Ok(Ok(next)) => next.rollback().await.is_ok(),
+        _ => false,
+    };
+
+    // Asserted once all is closed: a pool left holding the lock would keep the cleanup waiting.
+    db.pool.close().await;
+    replica.close().await.expect("closed");
+    env.cleanup().await;
+    assert_eq!(left_open, 0, "no transaction left open");
+    assert!(next_began, "the next batch begins at once");
 }

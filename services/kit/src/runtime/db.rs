@@ -115,16 +115,25 @@ impl Db {
     }
 
     /// Begins the transaction of a consumer's batch, holding the service's batch lock until it
-    /// ends (taken in the same round trip as `BEGIN`): replicas of a service apply their batches
-    /// one at a time. Two batches that each hold some orders' rows and wait for the other's
-    /// would deadlock, and Postgres takes a second (`deadlock_timeout`) to notice; within one
-    /// process the consumer already takes one batch at a time, so the lock is free there.
-    pub(crate) async fn begin_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        let begin = format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{}.batches'))",
+    /// ends: replicas of a service apply their batches one at a time. Two batches that each
+    /// hold some orders' rows and wait for the other's would deadlock, and Postgres takes a
+    /// second (`deadlock_timeout`) to notice; within one process the consumer already takes one
+    /// batch at a time, so the lock is free there.
+    ///
+    /// The lock is asked for inside the begun transaction, not in the `BEGIN` statement: a
+    /// batch given up while it waits then rolls back once the lock comes. (sqlx counts a
+    /// transaction only once its `BEGIN` statement has answered, so one given up inside that
+    /// statement went back to the pool still open, holding the lock from every later batch.)
+    pub async fn begin_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let lock = format!(
+            "SELECT pg_advisory_xact_lock(hashtext('{}.batches'))",
             self.schema
         );
-        self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(lock))
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     /// Commits, then hands the events the transaction announced to the relay, so they leave
