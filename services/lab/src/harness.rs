@@ -178,6 +178,9 @@ enum Sink {
     Forward(mpsc::UnboundedSender<Seen>),
 }
 
+/// How long closing an [`EventTap`] may take.
+const TAP_CLOSE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Records everything published on a namespace's exchanges, events and commands (an exclusive
 /// queue bound `#` to both),
 /// reconnecting when the broker goes away. Bodies that are not envelopes are skipped.
@@ -300,9 +303,17 @@ impl EventTap {
             .collect()
     }
 
+    /// Stops recording. A tap still connecting (to a broker that accepted the connection and
+    /// then said nothing) is not waited for past [`TAP_CLOSE_PATIENCE`].
     pub async fn close(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(TAP_CLOSE_PATIENCE, self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
 }
 

@@ -37,6 +37,36 @@ async fn replay_state(pool: &PgPool) -> (bool, bool) {
     })
 }
 
+/// Drops the console's schema, which waits for every lock on its tables: a session still
+/// holding one (none should, with the console stopped) is named rather than waited for.
+async fn drop_console_schema(console: &PgPool) -> anyhow::Result<()> {
+    let mut tx = console.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '30s'")
+        .execute(&mut *tx)
+        .await?;
+    if let Err(e) = sqlx::query("DROP SCHEMA console CASCADE")
+        .execute(&mut *tx)
+        .await
+    {
+        drop(tx);
+        let holders: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT a.application_name, a.state, left(a.query, 80)
+               FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relnamespace = 'console'::regnamespace AND l.granted
+                AND a.pid <> pg_backend_pid()",
+        )
+        .fetch_all(console)
+        .await
+        .unwrap_or_default();
+        anyhow::bail!(
+            "the console's schema could not be dropped ({e}); holding its tables: {holders:?}"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 impl ChaosRun {
     pub(super) async fn late_joiner(
         &mut self,
@@ -51,9 +81,7 @@ impl ChaosRun {
                 fleet::terminate(child).await;
             }
         }
-        sqlx::query("DROP SCHEMA console CASCADE")
-            .execute(&console)
-            .await?;
+        drop_console_schema(&console).await?;
         self.journal
             .note("late joiner: the console stopped and its schema dropped");
         for (variable, value) in [("REPLAY_FROM", "start"), ("CONSUMER_BATCH_MAX", "1")] {

@@ -64,6 +64,10 @@ impl ChaosRun {
         tap.close().await;
 
         let (audit, settled_in) = self.await_settled(options).await?;
+        self.journal.note(format!(
+            "audited after {:.1}s; judging every order",
+            settled_in.as_secs_f64()
+        ));
         let judged: Vec<Placed> = placed
             .iter()
             .copied()
