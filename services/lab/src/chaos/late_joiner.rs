@@ -50,7 +50,7 @@ async fn drop_console_schema(console: &PgPool) -> anyhow::Result<()> {
     {
         drop(tx);
         let holders: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT DISTINCT a.application_name, a.state, left(a.query, 80)
+            "SELECT DISTINCT a.application_name, coalesce(a.state, ''), left(a.query, 80)
                FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                JOIN pg_class c ON c.oid = l.relation
               WHERE c.relnamespace = 'console'::regnamespace AND l.granted
