@@ -59,6 +59,18 @@ async fn notice_count(shop: &Shop) -> i64 {
         .await
 }
 
+/// Each order's customer was told once how it ended: confirmed or cancelled.
+async fn assert_told_how_each_ended(shop: &Shop, orders: &[(Uuid, String)]) {
+    for (order_id, status) in orders {
+        let expected = if status == "confirmed" {
+            "order_confirmed"
+        } else {
+            "order_cancelled"
+        };
+        shop.assert_notices(*order_id, &[expected]).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_ran_learns_every_settled_order_once() {
     let mut shop = Shop::start_only(PARTICIPANTS).await;
@@ -69,14 +81,7 @@ async fn a_subscriber_that_never_ran_learns_every_settled_order_once() {
     shop.start_service_with("notifications", replay_from_start)
         .await;
     let replay = caught_up(&shop, "notifications").await;
-    for (order_id, status) in &orders {
-        let expected = if status == "confirmed" {
-            "order_confirmed"
-        } else {
-            "order_cancelled"
-        };
-        shop.assert_notices(*order_id, &[expected]).await;
-    }
+    assert_told_how_each_ended(&shop, &orders).await;
     assert_eq!(notice_count(&shop).await, 6);
     assert!(replay["handled"].as_u64() >= Some(6), "{replay}");
     assert!(replay["skipped"].as_u64() > Some(0), "{replay}");
@@ -285,14 +290,7 @@ async fn a_replay_from_a_time_learns_what_occurred_since_then() {
         .push(RunningService::start("notifications", config).await);
     let replay = caught_up(&shop, "notifications").await;
     assert_eq!(replay["from"], since.to_rfc3339(), "{replay}");
-    for (order_id, status) in &later {
-        let expected = if status == "confirmed" {
-            "order_confirmed"
-        } else {
-            "order_cancelled"
-        };
-        shop.assert_notices(*order_id, &[expected]).await;
-    }
+    assert_told_how_each_ended(&shop, &later).await;
     for (order_id, _) in &earlier {
         assert!(shop.notices(*order_id).await.is_empty(), "{order_id}");
     }

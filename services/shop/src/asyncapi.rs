@@ -44,13 +44,7 @@ pub fn document() -> Value {
         let versions: Vec<String> = (event.oldest_read..=event.version)
             .map(|version| message_key(event, version))
             .collect();
-        let channel_messages: Map<String, Value> = versions
-            .iter()
-            .map(|key| {
-                let reference = json!({ "$ref": format!("#/components/messages/{key}") });
-                (key.clone(), reference)
-            })
-            .collect();
+        let channel_messages = message_refs(&versions);
         channels.insert(
             name.to_owned(),
             json!({
@@ -158,13 +152,7 @@ fn history() -> (Value, Value) {
             (event.oldest_read..=event.version).map(|version| message_key(event, version))
         })
         .collect();
-    let channel_messages: Map<String, Value> = events
-        .iter()
-        .map(|key| {
-            let reference = json!({ "$ref": format!("#/components/messages/{key}") });
-            (key.clone(), reference)
-        })
-        .collect();
+    let channel_messages = message_refs(&events);
     let stream = service_kit::history::history_name(DEFAULT_NAMESPACE);
     let channel = json!({
         "address": stream,
@@ -199,6 +187,16 @@ fn history() -> (Value, Value) {
         } },
     });
     (channel, operation)
+}
+
+/// A channel's messages: each key a reference to its message under `components`.
+fn message_refs(keys: &[String]) -> Map<String, Value> {
+    keys.iter()
+        .map(|key| {
+            let reference = json!({ "$ref": format!("#/components/messages/{key}") });
+            (key.clone(), reference)
+        })
+        .collect()
 }
 
 /// Who subscribes to `event`, and in which styles, from the services' own `routes()`.
